@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ferry-cdc/ferry/internal/admin"
+	"github.com/ferry-cdc/ferry/internal/cli"
+	"github.com/ferry-cdc/ferry/internal/metrics"
+	"github.com/ferry-cdc/ferry/internal/outbox"
+	"github.com/ferry-cdc/ferry/internal/pgdb"
+	"github.com/ferry-cdc/ferry/internal/publish"
+	"github.com/ferry-cdc/ferry/internal/route"
+)
+
+func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
+	log, err := cli.Logger(stderr, c.cfg.LogFormat, c.cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	switch c.name {
+	case "setup":
+		return withConn(ctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
+			if err := migrate(ctx, conn); err != nil {
+				return err
+			}
+			if err := outbox.Setup(ctx, conn, c.cfg.Outbox); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "ready: table %s, publication %s, slot %s\n", c.cfg.Outbox.Table, c.cfg.Outbox.Publication, c.cfg.Outbox.Slot)
+			return nil
+		})
+	case "status":
+		return c.status(ctx, stdout)
+	}
+
+	m := metrics.NewCDC()
+	router, err := route.New(c.cfg.Route)
+	if err != nil {
+		return err
+	}
+	pub, err := publish.New(c.cfg.Kafka, router, log, m)
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	if err := pub.Ping(ctx); err != nil {
+		return err
+	}
+
+	if c.name == "backfill" {
+		return withConn(ctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
+			n, err := outbox.Backfill(ctx, conn, c.cfg.Outbox, outbox.BackfillFilter{TenantID: c.bf.Tenant, Since: c.bf.Since}, pub)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "backfilled %d events\n", n)
+			return nil
+		})
+	}
+
+	if err := withConn(ctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error { return migrate(ctx, conn) }); err != nil {
+		return err
+	}
+	reader := outbox.NewReader(c.cfg.Outbox, c.cfg.PostgresURL, pub, log, m)
+	g, gctx := errgroup.WithContext(ctx)
+	if c.cfg.AdminAddr != "off" {
+		srv, err := admin.Listen(c.cfg.AdminAddr, m.Registry, func() (bool, string) {
+			switch {
+			case !reader.Leader():
+				return false, "standby: another cdc holds the slot"
+			case !reader.Ready():
+				return false, "not streaming, or heartbeats are not coming back"
+			}
+			return true, ""
+		}, nil)
+		if err != nil {
+			return err
+		}
+		log.Info("admin listening", "addr", srv.Addr())
+		g.Go(func() error { return srv.Run(gctx) })
+	}
+	g.Go(func() error {
+		err := reader.Run(gctx)
+		if err == nil {
+			err = context.Canceled // stop the admin server too
+		}
+		return err
+	})
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func migrate(ctx context.Context, conn *pgx.Conn) error {
+	_, err := pgdb.Migrate(ctx, conn)
+	return err
+}
+
+func withConn(ctx context.Context, url string, fn func(*pgx.Conn) error) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return pgdb.Explain("postgres", url, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return fn(conn)
+}
+
+// slotStatus is `cdc status`'s output.
+type slotStatus struct {
+	Slot             string     `json:"slot"`
+	Exists           bool       `json:"exists"`
+	Active           bool       `json:"active"`
+	WALStatus        string     `json:"wal_status"`
+	ConfirmedLSN     string     `json:"confirmed_lsn"`
+	LagBytes         int64      `json:"lag_bytes"`
+	LagSeconds       float64    `json:"lag_seconds"`
+	LastConfirmed    *time.Time `json:"last_confirmed_commit,omitempty"`
+	RecordedLSN      string     `json:"recorded_lsn,omitempty"`
+	SafeWALSizeBytes int64      `json:"safe_wal_size_bytes"`
+}
+
+func (c *command) status(ctx context.Context, stdout io.Writer) error {
+	return withConn(ctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
+		s := slotStatus{Slot: c.cfg.Outbox.Slot}
+		var lsn pglogrepl.LSN
+		err := conn.QueryRow(ctx, `SELECT active, COALESCE(wal_status, ''), confirmed_flush_lsn,
+				COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint, COALESCE(safe_wal_size, -1)
+			FROM pg_replication_slots WHERE slot_name = $1`, s.Slot).Scan(&s.Active, &s.WALStatus, &lsn, &s.LagBytes, &s.SafeWALSizeBytes)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+		case err != nil:
+			return fmt.Errorf("status: read slot: %w", err)
+		default:
+			s.Exists = true
+			s.ConfirmedLSN = lsn.String()
+		}
+		var rec pglogrepl.LSN
+		err = conn.QueryRow(ctx, `SELECT confirmed_lsn, confirmed_commit_time FROM ferry.cdc_slot WHERE slot_name = $1`, s.Slot).Scan(&rec, &s.LastConfirmed)
+		if err == nil {
+			s.RecordedLSN = rec.String()
+			if s.LastConfirmed != nil && s.LagBytes > 0 {
+				s.LagSeconds = time.Since(*s.LastConfirmed).Seconds()
+			}
+		} else if !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("status: read ferry.cdc_slot (run `cdc setup`): %w", err)
+		}
+		if c.st.JSON {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(s)
+		}
+		w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(w, "slot\t%s\n", s.Slot)
+		if !s.Exists {
+			fmt.Fprintf(w, "state\tmissing (run `cdc setup`)\n")
+			return w.Flush()
+		}
+		fmt.Fprintf(w, "active\t%v\nwal_status\t%s\nconfirmed_lsn\t%s\nlag_bytes\t%d\nlag_seconds\t%.1f\n", s.Active, s.WALStatus, s.ConfirmedLSN, s.LagBytes, s.LagSeconds)
+		return w.Flush()
+	})
+}

@@ -1,0 +1,67 @@
+// Package cli holds what both binaries' command lines share: loading the
+// YAML config file strictly (unknown keys are errors naming their path),
+// and building the slog logger. It is the one package that knows about
+// flags and files; components take plain Config structs.
+package cli
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// LoadYAML decodes the file at path into out, rejecting unknown keys. An
+// empty path does nothing.
+func LoadYAML(path string, out any) error {
+	if path == "" {
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(out); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	return nil
+}
+
+// FindConfigPath returns the --config value from args, or getenv's
+// FERRY_CONFIG. It runs before flag parsing so the file can be applied
+// first and flags override it.
+func FindConfigPath(args []string, getenv func(string) string) string {
+	for i, a := range args {
+		switch {
+		case a == "--config" && i+1 < len(args):
+			return args[i+1]
+		case strings.HasPrefix(a, "--config="):
+			return strings.TrimPrefix(a, "--config=")
+		}
+	}
+	return getenv("FERRY_CONFIG")
+}
+
+// Logger returns a slog logger writing to w: format "json" (default) or
+// "text"; level "debug", "info" (default), "warn" or "error".
+func Logger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log_level: %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "", "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log_format: %q: use json or text", format)
+}

@@ -1,0 +1,100 @@
+package lsnack
+
+import (
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// Tracker is the LSN watermark over transactions in flight to Kafka.
+type Tracker struct {
+	mu       sync.Mutex
+	queue    []*Pending // in commit order; queue[0] is the oldest not yet confirmed
+	acked    pglogrepl.LSN
+	ackedAt  time.Time // commit time of the transaction at acked
+	err      error
+	inFlight int
+}
+
+// Pending is one transaction in flight.
+type Pending struct {
+	end        pglogrepl.LSN
+	commitTime time.Time
+	done       bool
+}
+
+// New returns a tracker whose watermark starts at start (the slot's
+// confirmed position).
+func New(start pglogrepl.LSN) *Tracker {
+	return &Tracker{acked: start}
+}
+
+// Add registers a transaction, in commit order, whose end LSN is end.
+func (t *Tracker) Add(end pglogrepl.LSN, commitTime time.Time) *Pending {
+	p := &Pending{end: end, commitTime: commitTime}
+	t.mu.Lock()
+	t.queue = append(t.queue, p)
+	t.inFlight++
+	t.mu.Unlock()
+	return p
+}
+
+// Done marks p acknowledged (err nil) or failed. A failure is kept and
+// the watermark never passes p. Calling Done twice for p is a no-op.
+func (t *Tracker) Done(p *Pending, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err != nil {
+		if t.err == nil {
+			t.err = err
+		}
+		return
+	}
+	if p.done {
+		return
+	}
+	p.done = true
+	t.inFlight--
+	i := 0
+	for ; i < len(t.queue) && t.queue[i].done; i++ {
+		if t.queue[i].end > t.acked {
+			t.acked, t.ackedAt = t.queue[i].end, t.queue[i].commitTime
+		}
+	}
+	if i > 0 {
+		// Shift rather than reslice so the backing array does not grow
+		// without bound under a steady stream.
+		n := copy(t.queue, t.queue[i:])
+		clear(t.queue[n:])
+		t.queue = t.queue[:n]
+	}
+}
+
+// Acked returns the watermark, the commit time of the transaction that
+// set it (zero if none yet), and the number of transactions in flight.
+func (t *Tracker) Acked() (lsn pglogrepl.LSN, commitTime time.Time, inFlight int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.acked, t.ackedAt, t.inFlight
+}
+
+// Advance moves the watermark to lsn when nothing is in flight and lsn is
+// ahead (keepalive positions of an idle stream). It reports whether it
+// moved.
+func (t *Tracker) Advance(lsn pglogrepl.LSN) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.inFlight > 0 || lsn <= t.acked {
+		return false
+	}
+	t.acked = lsn
+	return true
+}
+
+// Err returns the first publishing failure, if any.
+func (t *Tracker) Err() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.err
+}

@@ -1,0 +1,97 @@
+package lsnack
+
+import (
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+)
+
+func TestWatermarkWaitsForEarlierTransactions(t *testing.T) {
+	tr := New(100)
+	a := tr.Add(110, time.Time{})
+	b := tr.Add(120, time.Time{})
+	c := tr.Add(130, time.Time{})
+	tr.Done(c, nil)
+	tr.Done(b, nil)
+	if lsn, _, n := tr.Acked(); lsn != 100 || n != 1 {
+		t.Fatalf("after later txs acked: watermark %v, in flight %d; want 100, 1", lsn, n)
+	}
+	tr.Done(a, nil)
+	if lsn, _, n := tr.Acked(); lsn != 130 || n != 0 {
+		t.Fatalf("after all acked: watermark %v, in flight %d; want 130, 0", lsn, n)
+	}
+}
+
+func TestFailureHoldsWatermark(t *testing.T) {
+	tr := New(100)
+	a := tr.Add(110, time.Time{})
+	b := tr.Add(120, time.Time{})
+	boom := errors.New("boom")
+	tr.Done(a, boom)
+	tr.Done(b, nil)
+	if lsn, _, _ := tr.Acked(); lsn != 100 {
+		t.Fatalf("watermark moved past a failed transaction: %v", lsn)
+	}
+	if !errors.Is(tr.Err(), boom) {
+		t.Fatalf("Err = %v, want boom", tr.Err())
+	}
+}
+
+func TestAdvanceOnlyWhenIdle(t *testing.T) {
+	tr := New(100)
+	p := tr.Add(110, time.Time{})
+	if tr.Advance(500) {
+		t.Fatal("advanced with a transaction in flight")
+	}
+	tr.Done(p, nil)
+	if !tr.Advance(500) {
+		t.Fatal("did not advance when idle")
+	}
+	if tr.Advance(400) {
+		t.Fatal("moved backwards")
+	}
+}
+
+// Random completion order from many goroutines: the watermark only ever
+// equals an end LSN whose predecessors are all done.
+func TestConcurrentCompletionNeverSkips(t *testing.T) {
+	tr := New(0)
+	const n = 5000
+	ps := make([]*Pending, n)
+	for i := range ps {
+		ps[i] = tr.Add(pglogrepl.LSN(i+1), time.Time{})
+	}
+	done := make([]bool, n)
+	var mu sync.Mutex
+	order := rand.Perm(n)
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for j := w; j < n; j += 8 {
+				i := order[j]
+				mu.Lock()
+				done[i] = true
+				mu.Unlock()
+				tr.Done(ps[i], nil)
+				lsn, _, _ := tr.Acked()
+				mu.Lock()
+				for k := 0; k < int(lsn); k++ {
+					if !done[k] {
+						t.Errorf("watermark %d passed transaction %d which is not done", lsn, k+1)
+					}
+				}
+				mu.Unlock()
+			}
+		}(w)
+	}
+	wg.Wait()
+	if lsn, _, inflight := tr.Acked(); lsn != n || inflight != 0 {
+		t.Fatalf("final watermark %d in flight %d", lsn, inflight)
+	}
+}

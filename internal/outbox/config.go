@@ -1,0 +1,132 @@
+package outbox
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Config configures the outbox reader.
+type Config struct {
+	// Table is the outbox table, schema-qualified. Default "public.outbox".
+	Table string `yaml:"table"`
+	// Columns names the table's columns. Defaults: DefaultColumns.
+	Columns Columns `yaml:"columns"`
+	// Publication is the publication name. Default "ferry_outbox".
+	Publication string `yaml:"publication"`
+	// Slot is the replication slot name. Default "ferry_outbox".
+	Slot string `yaml:"slot"`
+	// CreateObjects lets cdc create the outbox table, publication and slot
+	// when missing. Default true (the flag is --no-create to turn it off).
+	CreateObjects bool `yaml:"create_objects"`
+	// MessagePrefix is the prefix of table-less outbox messages written
+	// with pg_logical_emit_message(true, prefix, json). Default
+	// "ferry.outbox".
+	MessagePrefix string `yaml:"message_prefix"`
+	// HeartbeatInterval is how often cdc writes a heartbeat message and
+	// checks the previous one came back. Default 10s; negative disables.
+	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
+	// StatusInterval is how often the confirmed position is sent to the
+	// server. Default 1s.
+	StatusInterval time.Duration `yaml:"status_interval"`
+	// StandbyPoll is how often a standby cdc checks whether the slot's
+	// holder is gone. Default 1s.
+	StandbyPoll time.Duration `yaml:"standby_poll"`
+	// RecoverLostSlot, when the slot was dropped, recreated or
+	// invalidated, makes cdc create a new slot and backfill rows created
+	// since the last confirmed commit (minus RecoverMargin) instead of
+	// refusing to start. Duplicates are possible and carry the same event
+	// id.
+	RecoverLostSlot bool `yaml:"recover_lost_slot"`
+	// RecoverMargin is subtracted from the last confirmed commit time when
+	// recovering, to cover transactions that began before it and committed
+	// after it. Default 1h.
+	RecoverMargin time.Duration `yaml:"recover_margin"`
+	// WALWarnBytes: warn when the slot's safe_wal_size (what can still be
+	// written before max_slot_wal_keep_size invalidates it) drops below
+	// this. Default 1 GiB.
+	WALWarnBytes int64 `yaml:"wal_warn_bytes"`
+}
+
+// SetDefaults fills zero fields with their defaults. CreateObjects is not
+// touched (its default is set by the caller's flag).
+func (c *Config) SetDefaults() {
+	if c.Table == "" {
+		c.Table = "public.outbox"
+	}
+	if !strings.Contains(c.Table, ".") {
+		c.Table = "public." + c.Table
+	}
+	d := DefaultColumns()
+	for _, f := range []struct {
+		v   *string
+		def string
+	}{
+		{&c.Columns.ID, d.ID}, {&c.Columns.TenantID, d.TenantID}, {&c.Columns.AggregateType, d.AggregateType},
+		{&c.Columns.AggregateID, d.AggregateID}, {&c.Columns.EventType, d.EventType}, {&c.Columns.Payload, d.Payload},
+		{&c.Columns.Headers, d.Headers}, {&c.Columns.CreatedAt, d.CreatedAt}, {&c.Columns.Seq, d.Seq},
+	} {
+		if *f.v == "" {
+			*f.v = f.def
+		}
+	}
+	if c.Publication == "" {
+		c.Publication = "ferry_outbox"
+	}
+	if c.Slot == "" {
+		c.Slot = "ferry_outbox"
+	}
+	if c.MessagePrefix == "" {
+		c.MessagePrefix = "ferry.outbox"
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = 10 * time.Second
+	}
+	if c.StatusInterval == 0 {
+		c.StatusInterval = time.Second
+	}
+	if c.StandbyPoll == 0 {
+		c.StandbyPoll = time.Second
+	}
+	if c.RecoverMargin == 0 {
+		c.RecoverMargin = time.Hour
+	}
+	if c.WALWarnBytes == 0 {
+		c.WALWarnBytes = 1 << 30
+	}
+}
+
+var (
+	identRe = regexp.MustCompile(`^[a-z_][a-z0-9_$]*$`)
+	tableRe = regexp.MustCompile(`^[a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*$`)
+)
+
+// Validate returns every problem with the config at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if !tableRe.MatchString(c.Table) {
+		errs = append(errs, fmt.Errorf("outbox.table: %q: use a lower-case schema.table name", c.Table))
+	}
+	if !identRe.MatchString(c.Slot) || len(c.Slot) > 63 {
+		errs = append(errs, fmt.Errorf("outbox.slot: %q: slot names are lower-case letters, digits and _ (at most 63)", c.Slot))
+	}
+	if !identRe.MatchString(c.Publication) {
+		errs = append(errs, fmt.Errorf("outbox.publication: %q: use a lower-case identifier", c.Publication))
+	}
+	for name, v := range map[string]string{"id": c.Columns.ID, "tenant_id": c.Columns.TenantID,
+		"aggregate_type": c.Columns.AggregateType, "aggregate_id": c.Columns.AggregateID, "event_type": c.Columns.EventType,
+		"payload": c.Columns.Payload, "headers": c.Columns.Headers, "created_at": c.Columns.CreatedAt, "seq": c.Columns.Seq} {
+		if !identRe.MatchString(v) {
+			errs = append(errs, fmt.Errorf("outbox.columns.%s: %q: use a lower-case column name", name, v))
+		}
+	}
+	if c.StatusInterval < 0 || c.StandbyPoll < 0 {
+		errs = append(errs, errors.New("outbox.status_interval and outbox.standby_poll must be positive"))
+	}
+	if c.MessagePrefix == HeartbeatPrefix {
+		errs = append(errs, fmt.Errorf("outbox.message_prefix: %q is reserved for heartbeats", HeartbeatPrefix))
+	}
+	return errors.Join(errs...)
+}

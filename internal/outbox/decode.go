@@ -1,0 +1,225 @@
+package outbox
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// Columns names the outbox table's columns. Defaults match schemas/.
+type Columns struct {
+	ID            string `yaml:"id"`
+	TenantID      string `yaml:"tenant_id"`
+	AggregateType string `yaml:"aggregate_type"`
+	AggregateID   string `yaml:"aggregate_id"`
+	EventType     string `yaml:"event_type"`
+	Payload       string `yaml:"payload"`
+	Headers       string `yaml:"headers"`
+	CreatedAt     string `yaml:"created_at"`
+	// Seq orders rows for backfill (an identity column).
+	Seq string `yaml:"seq"`
+}
+
+// DefaultColumns are the column names of the table schemas/ creates.
+func DefaultColumns() Columns {
+	return Columns{ID: "id", TenantID: "tenant_id", AggregateType: "aggregate_type", AggregateID: "aggregate_id",
+		EventType: "event_type", Payload: "payload", Headers: "headers", CreatedAt: "created_at", Seq: "seq"}
+}
+
+// Postgres type OIDs whose text is guaranteed to be valid JSON.
+const (
+	oidJSON  = 114
+	oidJSONB = 3802
+)
+
+// relation is a decoded outbox relation: the tuple index of each column.
+type relation struct {
+	outbox                                                  bool
+	id, tenant, aggType, aggID, evType, payload, hdrs, crAt int
+	payloadIsJSON, headersIsJSON                            bool
+}
+
+// Decoder turns pgoutput messages into outbox transactions. It is not
+// safe for concurrent use; the reader owns it.
+type Decoder struct {
+	table         string // "schema.name"
+	cols          Columns
+	messagePrefix string
+	relations     map[uint32]*relation
+	tx            *Tx
+}
+
+// NewDecoder returns a decoder for the outbox table (schema-qualified)
+// and the prefix of table-less outbox messages.
+func NewDecoder(table string, cols Columns, messagePrefix string) *Decoder {
+	if !strings.Contains(table, ".") {
+		table = "public." + table
+	}
+	return &Decoder{table: table, cols: cols, messagePrefix: messagePrefix, relations: map[uint32]*relation{}}
+}
+
+// InTx reports whether a transaction has begun and not yet committed.
+func (d *Decoder) InTx() bool { return d.tx != nil }
+
+// Decode consumes one pgoutput message. It returns the transaction when
+// msg is its Commit, and a non-transactional logical message (for
+// heartbeats) when msg is one; otherwise both are nil.
+func (d *Decoder) Decode(msg pglogrepl.Message) (*Tx, *pglogrepl.LogicalDecodingMessage, error) {
+	switch m := msg.(type) {
+	case *pglogrepl.RelationMessage:
+		d.relations[m.RelationID] = d.relation(m)
+	case *pglogrepl.BeginMessage:
+		if d.tx != nil {
+			return nil, nil, fmt.Errorf("decode: Begin of xid %d inside xid %d", m.Xid, d.tx.Xid)
+		}
+		d.tx = &Tx{Xid: m.Xid, CommitTime: m.CommitTime}
+	case *pglogrepl.InsertMessage:
+		rel, ok := d.relations[m.RelationID]
+		if !ok {
+			return nil, nil, fmt.Errorf("decode: Insert for relation %d before its Relation message", m.RelationID)
+		}
+		if !rel.outbox {
+			return nil, nil, nil
+		}
+		if d.tx == nil {
+			return nil, nil, fmt.Errorf("decode: Insert outside a transaction")
+		}
+		d.tx.Events = append(d.tx.Events, rel.event(m.Tuple))
+	case *pglogrepl.LogicalDecodingMessage:
+		if !m.Transactional {
+			// Content aliases the receive buffer: copy before keeping it.
+			c := *m
+			c.Content = append([]byte(nil), m.Content...)
+			return nil, &c, nil
+		}
+		if m.Prefix != d.messagePrefix {
+			return nil, nil, nil
+		}
+		if d.tx == nil {
+			return nil, nil, fmt.Errorf("decode: transactional message outside a transaction")
+		}
+		d.tx.Events = append(d.tx.Events, messageEvent(m.Content))
+	case *pglogrepl.CommitMessage:
+		if d.tx == nil {
+			return nil, nil, fmt.Errorf("decode: Commit without Begin")
+		}
+		tx := d.tx
+		d.tx = nil
+		tx.CommitLSN, tx.EndLSN, tx.CommitTime = m.CommitLSN, m.TransactionEndLSN, m.CommitTime
+		return tx, nil, nil
+	}
+	// Type, Origin, Update, Delete, Truncate: not outbox events (the
+	// publication is insert-only; others may share the slot's database).
+	return nil, nil, nil
+}
+
+func (d *Decoder) relation(m *pglogrepl.RelationMessage) *relation {
+	r := &relation{id: -1, tenant: -1, aggType: -1, aggID: -1, evType: -1, payload: -1, hdrs: -1, crAt: -1}
+	if m.Namespace+"."+m.RelationName != d.table {
+		return r
+	}
+	r.outbox = true
+	for i, c := range m.Columns {
+		switch c.Name {
+		case d.cols.ID:
+			r.id = i
+		case d.cols.TenantID:
+			r.tenant = i
+		case d.cols.AggregateType:
+			r.aggType = i
+		case d.cols.AggregateID:
+			r.aggID = i
+		case d.cols.EventType:
+			r.evType = i
+		case d.cols.Payload:
+			r.payload = i
+			r.payloadIsJSON = c.DataType == oidJSON || c.DataType == oidJSONB
+		case d.cols.Headers:
+			r.hdrs = i
+			r.headersIsJSON = c.DataType == oidJSON || c.DataType == oidJSONB
+		case d.cols.CreatedAt:
+			r.crAt = i
+		}
+	}
+	return r
+}
+
+func (r *relation) event(t *pglogrepl.TupleData) Event {
+	col := func(i int) []byte {
+		if i < 0 || i >= len(t.Columns) || t.Columns[i].DataType != pglogrepl.TupleDataTypeText {
+			return nil
+		}
+		return t.Columns[i].Data // already a copy, safe to keep
+	}
+	e := Event{
+		ID:            string(col(r.id)),
+		TenantID:      string(col(r.tenant)),
+		AggregateType: string(col(r.aggType)),
+		AggregateID:   string(col(r.aggID)),
+		EventType:     string(col(r.evType)),
+		Payload:       col(r.payload),
+		Headers:       col(r.hdrs),
+		CreatedAt:     string(col(r.crAt)),
+	}
+	e.Invalid = validate(&e, !r.payloadIsJSON, !r.headersIsJSON)
+	return e
+}
+
+// message is the JSON body of a table-less outbox message.
+type message struct {
+	ID            string          `json:"id"`
+	TenantID      string          `json:"tenant_id"`
+	AggregateType string          `json:"aggregate_type"`
+	AggregateID   string          `json:"aggregate_id"`
+	EventType     string          `json:"event_type"`
+	Payload       json.RawMessage `json:"payload"`
+	Headers       json.RawMessage `json:"headers"`
+}
+
+func messageEvent(content []byte) Event {
+	var m message
+	if err := json.Unmarshal(content, &m); err != nil {
+		// Keep the raw content so the dead-letter record carries it.
+		return Event{Payload: append([]byte(nil), content...),
+			Invalid: fmt.Sprintf("outbox message is not a JSON object with id, tenant_id, aggregate_type, aggregate_id, event_type, payload: %v", err)}
+	}
+	e := Event{ID: m.ID, TenantID: m.TenantID, AggregateType: m.AggregateType, AggregateID: m.AggregateID,
+		EventType: m.EventType, Payload: m.Payload}
+	if len(m.Headers) > 0 && string(m.Headers) != "null" {
+		e.Headers = m.Headers
+	}
+	if string(e.Payload) == "null" {
+		e.Payload = nil
+	}
+	e.Invalid = validate(&e, false, false)
+	return e
+}
+
+// validate returns why e cannot be published normally, or "".
+func validate(e *Event, checkPayload, checkHeaders bool) string {
+	var problems []string
+	if e.ID == "" {
+		problems = append(problems, "missing event id")
+	}
+	if e.TenantID == "" {
+		problems = append(problems, "missing tenant_id")
+	}
+	if e.AggregateType == "" {
+		problems = append(problems, "missing aggregate_type")
+	}
+	if e.EventType == "" {
+		problems = append(problems, "missing event_type")
+	}
+	switch {
+	case e.Payload == nil:
+		problems = append(problems, "payload is null")
+	case checkPayload && !json.Valid(e.Payload):
+		problems = append(problems, "payload is not valid JSON")
+	}
+	if e.Headers != nil && checkHeaders && !json.Valid(e.Headers) {
+		problems = append(problems, "headers are not valid JSON")
+	}
+	return strings.Join(problems, "; ")
+}

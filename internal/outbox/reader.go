@@ -1,0 +1,441 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ferry-cdc/ferry/internal/lsnack"
+	"github.com/ferry-cdc/ferry/internal/metrics"
+	"github.com/ferry-cdc/ferry/internal/pgdb"
+)
+
+// HeartbeatPrefix is the logical message prefix of cdc's heartbeats. The
+// content is "<slot>:<sequence>".
+const HeartbeatPrefix = "ferry.heartbeat"
+
+// Handler receives committed transactions.
+type Handler interface {
+	// HandleTx is called on the reader's goroutine once per committed
+	// transaction, in commit order. It starts publishing and returns; it
+	// blocks only for back-pressure. It must call ack exactly once, from
+	// any goroutine: nil once every record is acknowledged by Kafka, or the
+	// error that stopped publishing (the reader then stops without
+	// confirming tx). A returned error stops the reader too.
+	HandleTx(ctx context.Context, tx *Tx, ack func(error)) error
+}
+
+// Reader streams the outbox into a Handler.
+type Reader struct {
+	cfg Config
+	url string
+	h   Handler
+	log *slog.Logger
+	m   *metrics.CDC
+
+	leader    atomic.Bool
+	streaming atomic.Bool
+	hbMu      sync.Mutex
+	hbSent    map[uint64]time.Time // heartbeats written and not yet seen
+	hbSeen    time.Time
+	hbStuck   atomic.Bool
+	confirmed atomic.Uint64
+}
+
+// NewReader returns a reader. cfg must have defaults set and be valid.
+func NewReader(cfg Config, url string, h Handler, log *slog.Logger, m *metrics.CDC) *Reader {
+	return &Reader{cfg: cfg, url: url, h: h, log: log, m: m, hbSent: map[uint64]time.Time{}}
+}
+
+// Ready reports whether the reader holds the slot and is streaming, and
+// its heartbeats come back.
+func (r *Reader) Ready() bool { return r.streaming.Load() && !r.hbStuck.Load() }
+
+// Leader reports whether this process holds the slot.
+func (r *Reader) Leader() bool { return r.leader.Load() }
+
+// Confirmed returns the position last confirmed to the slot.
+func (r *Reader) Confirmed() pglogrepl.LSN { return pglogrepl.LSN(r.confirmed.Load()) }
+
+// Run waits to hold the slot (as a standby while another cdc holds it),
+// runs the slot guard, recovers if asked, and streams until ctx ends or an
+// error stops it. It returns only after its goroutines have ended.
+func (r *Reader) Run(ctx context.Context) error {
+	lockConn, err := pgx.Connect(ctx, r.url)
+	if err != nil {
+		return pgdb.Explain("postgres", r.url, err)
+	}
+	defer lockConn.Close(context.WithoutCancel(ctx))
+	if err := r.waitLeader(ctx, lockConn); err != nil {
+		return err
+	}
+	r.leader.Store(true)
+	r.m.Leader.Set(1)
+	defer func() { r.leader.Store(false); r.m.Leader.Set(0) }()
+
+	st, err := prepare(ctx, lockConn, r.cfg)
+	if err != nil {
+		return err
+	}
+	if st.recoverSince != nil {
+		r.log.Warn("recovering lost slot: backfilling rows", "slot", r.cfg.Slot, "since", st.recoverSince.UTC().Format(time.RFC3339))
+		n, err := Backfill(ctx, lockConn, r.cfg, BackfillFilter{Since: *st.recoverSince}, r.h)
+		if err != nil {
+			return fmt.Errorf("recover lost slot: backfill: %w", err)
+		}
+		if err := adoptSlot(ctx, lockConn, r.cfg, st.start); err != nil {
+			return err
+		}
+		r.log.Warn("recovered lost slot", "slot", r.cfg.Slot, "backfilled", n, "lsn", st.start.String())
+	}
+	r.confirmed.Store(uint64(st.start))
+	r.m.ConfirmedLSN.Set(float64(st.start))
+
+	repl, err := r.startReplication(ctx)
+	if err != nil {
+		return err
+	}
+	defer repl.Close(context.WithoutCancel(ctx))
+	r.log.Info("streaming outbox", "slot", r.cfg.Slot, "lsn", st.start.String(), "table", r.cfg.Table)
+
+	pool, err := pgx.Connect(ctx, r.url) // heartbeat and lag queries
+	if err != nil {
+		return pgdb.Explain("postgres", r.url, err)
+	}
+	defer pool.Close(context.WithoutCancel(ctx))
+
+	g, gctx := errgroup.WithContext(ctx)
+	tracker := lsnack.New(st.start)
+	g.Go(func() error { return r.stream(gctx, repl, lockConn, tracker) })
+	g.Go(func() error { return r.monitor(gctx, pool, tracker) })
+	err = g.Wait()
+	r.streaming.Store(false)
+	if ctx.Err() != nil && (errors.Is(err, context.Canceled) || pgconn.Timeout(err)) {
+		return nil
+	}
+	return err
+}
+
+// waitLeader takes the slot's advisory lock, waiting as a standby while
+// another cdc holds it. The lock lives as long as conn.
+func (r *Reader) waitLeader(ctx context.Context, conn *pgx.Conn) error {
+	logged := false
+	for {
+		var ok bool
+		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext('ferry.cdc/' || $1))`, r.cfg.Slot).Scan(&ok); err != nil {
+			return fmt.Errorf("take the slot lock: %w", err)
+		}
+		if ok {
+			if logged {
+				r.log.Info("took over the slot", "slot", r.cfg.Slot)
+			}
+			return nil
+		}
+		if !logged {
+			r.log.Info("another cdc holds the slot; waiting as standby", "slot", r.cfg.Slot)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(r.cfg.StandbyPoll):
+		}
+	}
+}
+
+func (r *Reader) startReplication(ctx context.Context) (*pgconn.PgConn, error) {
+	cfg, err := pgconn.ParseConfig(r.url)
+	if err != nil {
+		return nil, fmt.Errorf("parse postgres URL: %w", err)
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	args := []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", r.cfg.Publication), "messages 'true'"}
+	wait := 100 * time.Millisecond
+	for {
+		conn, err := pgconn.ConnectConfig(ctx, cfg)
+		if err != nil {
+			return nil, pgdb.Explain("replication", r.url, err)
+		}
+		// Start from the slot's confirmed position (0 = server's choice).
+		err = pglogrepl.StartReplication(ctx, conn, r.cfg.Slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args})
+		if err == nil {
+			return conn, nil
+		}
+		conn.Close(context.WithoutCancel(ctx))
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "55006" { // object_in_use: the old holder's walsender is still exiting
+			return nil, fmt.Errorf("start replication on slot %s: %w", r.cfg.Slot, err)
+		}
+		r.log.Info("slot still active, retrying", "slot", r.cfg.Slot, "reason", pgErr.Message)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 2*time.Second)
+	}
+}
+
+// stream is the replication loop. It owns repl and lockConn.
+func (r *Reader) stream(ctx context.Context, repl *pgconn.PgConn, lockConn *pgx.Conn, tracker *lsnack.Tracker) error {
+	dec := NewDecoder(r.cfg.Table, r.cfg.Columns, r.cfg.MessagePrefix)
+	var (
+		serverEnd  pglogrepl.LSN // last keepalive position
+		lastSent   = r.Confirmed()
+		nextStatus = time.Now().Add(r.cfg.StatusInterval)
+	)
+	r.streaming.Store(true)
+
+	sendStatus := func() error {
+		acked, ackedAt, inFlight := tracker.Acked()
+		r.m.InFlight.Set(float64(inFlight))
+		if inFlight == 0 && !dec.InTx() && serverEnd > acked && tracker.Advance(serverEnd) {
+			acked = serverEnd
+		}
+		if acked > lastSent {
+			// Record first: the slot must never be ahead of the record.
+			_, err := lockConn.Exec(ctx, `UPDATE ferry.cdc_slot SET confirmed_lsn = $2,
+				confirmed_commit_time = COALESCE($3, confirmed_commit_time), updated_at = now() WHERE slot_name = $1`,
+				r.cfg.Slot, acked, nullTime(ackedAt))
+			if err != nil {
+				return fmt.Errorf("record confirmed position: %w", err)
+			}
+		}
+		// The flush position is set explicitly: pglogrepl would copy the
+		// write position into a zero flush position.
+		err := pglogrepl.SendStandbyStatusUpdate(ctx, repl, pglogrepl.StandbyStatusUpdate{
+			WALWritePosition: acked, WALFlushPosition: acked, WALApplyPosition: acked, ClientTime: time.Now()})
+		if err != nil {
+			return fmt.Errorf("send standby status: %w", err)
+		}
+		if acked > lastSent {
+			lastSent = acked
+			r.confirmed.Store(uint64(acked))
+			r.m.ConfirmedLSN.Set(float64(acked))
+		}
+		return nil
+	}
+
+	// One deadline context per status period, not per message: creating
+	// one per message costs more than the receive at high rates.
+	rctx, cancel := withDeadline(ctx, nextStatus)
+	defer func() { cancel() }()
+	for {
+		if err := tracker.Err(); err != nil {
+			return err
+		}
+		if !time.Now().Before(nextStatus) {
+			if err := sendStatus(); err != nil {
+				return err
+			}
+			nextStatus = time.Now().Add(r.cfg.StatusInterval)
+			cancel()
+			rctx, cancel = withDeadline(ctx, nextStatus)
+		}
+		raw, err := repl.ReceiveMessage(rctx)
+		if err != nil {
+			if pgconn.Timeout(err) && ctx.Err() == nil {
+				continue
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("replication stream: %w", err)
+		}
+		switch msg := raw.(type) {
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+		case *pgproto3.CopyData:
+			if len(msg.Data) == 0 {
+				continue
+			}
+			switch msg.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				pkm, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg.Data[1:])
+				if err != nil {
+					return fmt.Errorf("replication stream: keepalive: %w", err)
+				}
+				serverEnd = max(serverEnd, pkm.ServerWALEnd)
+				if pkm.ReplyRequested {
+					nextStatus = time.Now()
+				}
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(msg.Data[1:])
+				if err != nil {
+					return fmt.Errorf("replication stream: XLogData: %w", err)
+				}
+				if err := r.handle(ctx, dec, tracker, xld); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+func (r *Reader) handle(ctx context.Context, dec *Decoder, tracker *lsnack.Tracker, xld pglogrepl.XLogData) error {
+	m, err := pglogrepl.Parse(xld.WALData)
+	if err != nil {
+		return fmt.Errorf("replication stream: parse pgoutput at %s: %w", xld.WALStart, err)
+	}
+	tx, lm, err := dec.Decode(m)
+	if err != nil {
+		return fmt.Errorf("replication stream at %s: %w", xld.WALStart, err)
+	}
+	if lm != nil {
+		if lm.Prefix == HeartbeatPrefix {
+			r.heartbeatSeen(lm)
+		}
+		return nil
+	}
+	if tx == nil {
+		return nil
+	}
+	p := tracker.Add(tx.EndLSN, tx.CommitTime)
+	commit := tx.CommitTime
+	err = r.h.HandleTx(ctx, tx, func(err error) {
+		tracker.Done(p, err)
+		if err == nil {
+			r.m.Transactions.Inc()
+			r.m.CommitToAck.Observe(time.Since(commit).Seconds())
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("publish transaction at %s: %w", tx.CommitLSN, err)
+	}
+	return nil
+}
+
+// withDeadline is context.WithDeadline; the stream loop replaces its
+// deadline context each status period and cancels the old one.
+func withDeadline(ctx context.Context, t time.Time) (context.Context, context.CancelFunc) {
+	return context.WithDeadline(ctx, t)
+}
+
+func nullTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// monitor writes heartbeats, checks they come back, and samples slot lag.
+func (r *Reader) monitor(ctx context.Context, conn *pgx.Conn, tracker *lsnack.Tracker) error {
+	hb := r.cfg.HeartbeatInterval
+	tick := 5 * time.Second
+	if hb > 0 && hb < tick {
+		tick = hb
+	}
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	var seq uint64
+	var lastHB time.Time
+	warned := false
+	for {
+		if hb > 0 && time.Since(lastHB) >= hb {
+			if err := r.checkHeartbeats(hb); err != nil {
+				r.log.Error("heartbeat not received", "slot", r.cfg.Slot, "reason", err.Error())
+			}
+			seq++
+			r.hbMu.Lock()
+			r.hbSent[seq] = time.Now()
+			r.hbMu.Unlock()
+			if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, $2)`, HeartbeatPrefix, r.cfg.Slot+":"+strconv.FormatUint(seq, 10)); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("write heartbeat (the role needs EXECUTE on pg_logical_emit_message; or set heartbeat_interval negative): %w", err)
+			}
+			lastHB = time.Now()
+		}
+		var lag int64
+		var walStatus string
+		var safe int64
+		err := conn.QueryRow(ctx, `SELECT COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint,
+			COALESCE(wal_status, ''), COALESCE(safe_wal_size, -1) FROM pg_replication_slots WHERE slot_name = $1`, r.cfg.Slot).Scan(&lag, &walStatus, &safe)
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, pgx.ErrNoRows):
+			return fmt.Errorf("%w: replication slot %s was dropped while cdc was streaming", ErrSlotLost, r.cfg.Slot)
+		case err != nil:
+			return fmt.Errorf("read slot lag: %w", err)
+		}
+		if walStatus == "lost" {
+			return fmt.Errorf("%w: replication slot %s was invalidated (max_slot_wal_keep_size exceeded)", ErrSlotLost, r.cfg.Slot)
+		}
+		r.m.SlotLagBytes.Set(float64(lag))
+		r.m.SlotSafeWALSize.Set(float64(safe))
+		_, ackedAt, inFlight := tracker.Acked()
+		if lag > 0 && (inFlight > 0 || lag > 64<<10) && !ackedAt.IsZero() {
+			r.m.SlotLagSeconds.Set(time.Since(ackedAt).Seconds())
+		} else {
+			r.m.SlotLagSeconds.Set(0)
+		}
+		if safe >= 0 && safe < r.cfg.WALWarnBytes {
+			if !warned {
+				r.log.Warn("slot close to invalidation by max_slot_wal_keep_size", "slot", r.cfg.Slot, "safe_wal_size", safe)
+				warned = true
+			}
+		} else {
+			warned = false
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (r *Reader) heartbeatSeen(lm *pglogrepl.LogicalDecodingMessage) {
+	slot, seqText, ok := strings.Cut(string(lm.Content), ":")
+	if !ok || slot != r.cfg.Slot {
+		return // another slot's heartbeat on the same database
+	}
+	seq, err := strconv.ParseUint(seqText, 10, 64)
+	if err != nil {
+		return
+	}
+	r.hbMu.Lock()
+	defer r.hbMu.Unlock()
+	if _, ok := r.hbSent[seq]; !ok {
+		return // not ours: written by a process before this one
+	}
+	for s := range r.hbSent {
+		if s <= seq {
+			delete(r.hbSent, s)
+		}
+	}
+	r.hbSeen = time.Now()
+	r.hbStuck.Store(false)
+	r.m.HeartbeatAge.Set(0)
+}
+
+// checkHeartbeats reports a heartbeat written more than three intervals
+// ago that has not come back: the stream is stuck.
+func (r *Reader) checkHeartbeats(interval time.Duration) error {
+	r.hbMu.Lock()
+	defer r.hbMu.Unlock()
+	if !r.hbSeen.IsZero() {
+		r.m.HeartbeatAge.Set(time.Since(r.hbSeen).Seconds())
+	}
+	for seq, at := range r.hbSent {
+		if time.Since(at) > 3*interval {
+			r.hbStuck.Store(true)
+			return fmt.Errorf("heartbeat %d written %s ago has not come back through slot %s: replication is stuck or far behind", seq, time.Since(at).Round(time.Second), r.cfg.Slot)
+		}
+	}
+	return nil
+}
