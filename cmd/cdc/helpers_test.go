@@ -18,6 +18,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ferry-cdc/ferry/internal/kafkatest"
 	"github.com/ferry-cdc/ferry/internal/pgtest"
@@ -54,6 +55,13 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	e := &env{t: t, db: pgtest.New(t), kafka: kafkatest.New(t)}
+	connectEnv(t, e)
+	return e
+}
+
+// connectEnv fills e's slot name and connection from e.db.
+func connectEnv(t *testing.T, e *env) {
+	t.Helper()
 	cfg, err := pgx.ParseConfig(e.db)
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +72,6 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.conn.Close(context.Background()) })
-	return e
 }
 
 // args are the common cdc arguments for this env; extra override them.
@@ -229,4 +236,74 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// metric returns the value of an unlabelled metric from a process's
+// /metrics, or -1 when absent.
+func (p *proc) metric(name string) float64 {
+	resp, err := http.Get("http://" + p.admin + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err == nil {
+				return f
+			}
+		}
+	}
+	return -1
+}
+
+// readyz returns the status code and body of /readyz (0 if unreachable).
+func (p *proc) readyz() (int, string) {
+	resp, err := http.Get("http://" + p.admin + "/readyz")
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body) // a short body; an error leaves it partial
+	return resp.StatusCode, string(b)
+}
+
+// eventIDs returns the event_id headers of recs.
+func eventIDs(recs []*kgo.Record) map[string]int {
+	ids := map[string]int{}
+	for _, r := range recs {
+		ids[kafkatest.Header(r, "event_id")]++
+	}
+	return ids
+}
+
+// hasIDs is a Consume stop condition: every id in want was seen.
+func hasIDs(want []string) func([]*kgo.Record) bool {
+	return func(recs []*kgo.Record) bool {
+		got := eventIDs(recs)
+		for _, id := range want {
+			if got[id] == 0 {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// runToExit runs cdc in this process until it exits by itself (within a
+// minute) and returns its exit code and stderr.
+func (e *env) runToExit(extra ...string) (int, string) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var stderr syncBuffer
+	code := run(ctx, e.args(extra...), func(string) string { return "" }, io.Discard, &stderr)
+	if ctx.Err() != nil {
+		e.t.Fatalf("cdc did not exit within a minute; stderr:\n%s", stderr.String())
+	}
+	return code, stderr.String()
 }

@@ -40,6 +40,13 @@ type Config struct {
 	// dead-letter record; larger ones are left out (the outbox row keeps
 	// them). Default 65536.
 	MaxDeadLetterValueBytes int `yaml:"max_dead_letter_value_bytes"`
+	// MaxRecordBytes caps a produce batch, and so a record, in bytes
+	// before compression. Set it at or below the broker's
+	// message.max.bytes (and every topic's max.message.bytes): a larger
+	// record then fails alone, client-side, and is dead-lettered, instead
+	// of the broker refusing a whole batch of good records with it.
+	// Default 1000000 (Kafka's limit is 1048588).
+	MaxRecordBytes int `yaml:"max_record_bytes"`
 	// ClientID names the producer to the brokers. Default "ferry-cdc".
 	ClientID string `yaml:"client_id"`
 }
@@ -57,6 +64,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.MaxDeadLetterValueBytes == 0 {
 		c.MaxDeadLetterValueBytes = 64 << 10
+	}
+	if c.MaxRecordBytes == 0 {
+		c.MaxRecordBytes = 1000000
 	}
 	if c.ClientID == "" {
 		c.ClientID = "ferry-cdc"
@@ -83,6 +93,9 @@ func (c *Config) Validate() error {
 	if c.MaxBufferedRecords < 0 {
 		errs = append(errs, errors.New("kafka.max_buffered_records: must be positive"))
 	}
+	if c.MaxRecordBytes < 1024 || c.MaxRecordBytes > 1<<30 {
+		errs = append(errs, fmt.Errorf("kafka.max_record_bytes: %d: use a size between 1024 and 1073741824, at most the broker's message.max.bytes", c.MaxRecordBytes))
+	}
 	return errors.Join(errs...)
 }
 
@@ -108,6 +121,7 @@ func New(cfg Config, router *route.Router, log *slog.Logger, m *metrics.CDC) (*P
 		kgo.RequiredAcks(kgo.AllISRAcks()),                   // the default, stated: guarantee 1 needs it
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)), // murmur2, like the Java client
 		kgo.MaxBufferedRecords(cfg.MaxBufferedRecords),
+		kgo.ProducerBatchMaxBytes(int32(cfg.MaxRecordBytes)),
 		kgo.ProducerLinger(0),
 		kgo.AllowAutoTopicCreation(),
 		kgo.WithHooks(errorHook{p}),
