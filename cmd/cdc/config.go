@@ -140,8 +140,10 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 }
 
 func (f *flags) apply(cfg *Config) {
+	// Kong sets enum flags to their empty default even when not given, so
+	// an empty value never overrides the file.
 	set := func(dst *string, v *string) {
-		if v != nil {
+		if v != nil && *v != "" {
 			*dst = *v
 		}
 	}

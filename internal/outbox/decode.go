@@ -223,3 +223,18 @@ func validate(e *Event, checkPayload, checkHeaders bool) string {
 	}
 	return strings.Join(problems, "; ")
 }
+
+// Parse parses one pgoutput message. Unlike pglogrepl.Parse, which
+// panics on some malformed input (found by FuzzDecode), it returns an
+// error for anything it cannot parse.
+func Parse(data []byte) (m pglogrepl.Message, err error) {
+	if len(data) == 0 {
+		return nil, fmt.Errorf("empty pgoutput message")
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			m, err = nil, fmt.Errorf("malformed pgoutput message %q: %v", data[0], r)
+		}
+	}()
+	return pglogrepl.Parse(data)
+}

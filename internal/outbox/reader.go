@@ -285,7 +285,7 @@ func (r *Reader) stream(ctx context.Context, repl *pgconn.PgConn, lockConn *pgx.
 }
 
 func (r *Reader) handle(ctx context.Context, dec *Decoder, tracker *lsnack.Tracker, xld pglogrepl.XLogData) error {
-	m, err := pglogrepl.Parse(xld.WALData)
+	m, err := Parse(xld.WALData)
 	if err != nil {
 		return fmt.Errorf("replication stream: parse pgoutput at %s: %w", xld.WALStart, err)
 	}

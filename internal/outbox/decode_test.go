@@ -1,0 +1,150 @@
+package outbox
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+)
+
+func outboxRelation() *pglogrepl.RelationMessage {
+	cols := []struct {
+		name string
+		oid  uint32
+	}{{"seq", 20}, {"id", 2950}, {"tenant_id", 25}, {"aggregate_type", 25}, {"aggregate_id", 25}, {"event_type", 25}, {"payload", oidJSONB}, {"headers", oidJSONB}, {"created_at", 1184}}
+	m := &pglogrepl.RelationMessage{RelationID: 7, Namespace: "public", RelationName: "outbox"}
+	for _, c := range cols {
+		m.Columns = append(m.Columns, &pglogrepl.RelationMessageColumn{Name: c.name, DataType: c.oid})
+	}
+	return m
+}
+
+func insert(vals ...string) *pglogrepl.InsertMessage {
+	t := &pglogrepl.TupleData{}
+	for _, v := range vals {
+		if v == "<null>" {
+			t.Columns = append(t.Columns, &pglogrepl.TupleDataColumn{DataType: pglogrepl.TupleDataTypeNull})
+			continue
+		}
+		t.Columns = append(t.Columns, &pglogrepl.TupleDataColumn{DataType: pglogrepl.TupleDataTypeText, Data: []byte(v)})
+	}
+	return &pglogrepl.InsertMessage{RelationID: 7, Tuple: t}
+}
+
+func TestDecodeTransaction(t *testing.T) {
+	d := NewDecoder("outbox", DefaultColumns(), "ferry.outbox")
+	commit := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	steps := []pglogrepl.Message{
+		outboxRelation(),
+		&pglogrepl.BeginMessage{Xid: 42, FinalLSN: 0x100},
+		insert("1", "e1", "acme", "product", "p1", "product.created", `{"a": 1}`, "<null>", "2026-11-23 12:00:00+00"),
+		insert("2", "e2", "<null>", "product", "p1", "product.updated", `{"a": 2}`, "<null>", "2026-11-23 12:00:00+00"),
+		&pglogrepl.LogicalDecodingMessage{Transactional: true, Prefix: "ferry.outbox", Content: []byte(`{"id":"m1","tenant_id":"acme","aggregate_type":"order","aggregate_id":"o1","event_type":"order.placed","payload":{"t":1}}`)},
+		&pglogrepl.LogicalDecodingMessage{Transactional: true, Prefix: "other.app", Content: []byte(`ignored`)},
+		&pglogrepl.LogicalDecodingMessage{Transactional: true, Prefix: "ferry.outbox", Content: []byte(`not json`)},
+	}
+	for _, m := range steps {
+		tx, lm, err := d.Decode(m)
+		if err != nil || tx != nil || lm != nil {
+			t.Fatalf("Decode(%T) = %v, %v, %v before commit", m, tx, lm, err)
+		}
+	}
+	if !d.InTx() {
+		t.Fatal("InTx false inside a transaction")
+	}
+	tx, _, err := d.Decode(&pglogrepl.CommitMessage{CommitLSN: 0x100, TransactionEndLSN: 0x130, CommitTime: commit})
+	if err != nil || tx == nil {
+		t.Fatalf("commit: %v %v", tx, err)
+	}
+	if tx.EndLSN != 0x130 || tx.CommitLSN != 0x100 || tx.Xid != 42 || len(tx.Events) != 4 {
+		t.Fatalf("tx = %+v", tx)
+	}
+	want := []struct{ id, tenant, invalid string }{{"e1", "acme", ""}, {"e2", "", "missing tenant_id"}, {"m1", "acme", ""}, {"", "", "not a JSON object"}}
+	for i, w := range want {
+		e := tx.Events[i]
+		if e.ID != w.id || e.TenantID != w.tenant || !strings.Contains(e.Invalid, w.invalid) || (w.invalid == "") != (e.Invalid == "") {
+			t.Errorf("event %d = %+v, want id %q tenant %q invalid ~%q", i, e, w.id, w.tenant, w.invalid)
+		}
+	}
+	if string(tx.Events[2].Payload) != `{"t":1}` {
+		t.Errorf("message payload %s", tx.Events[2].Payload)
+	}
+}
+
+func TestDecodeIgnoresOtherTables(t *testing.T) {
+	d := NewDecoder("public.outbox", DefaultColumns(), "ferry.outbox")
+	rel := outboxRelation()
+	rel.RelationName = "orders"
+	for _, m := range []pglogrepl.Message{rel, &pglogrepl.BeginMessage{Xid: 1}, insert("x")} {
+		if _, _, err := d.Decode(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tx, _, err := d.Decode(&pglogrepl.CommitMessage{TransactionEndLSN: 5})
+	if err != nil || len(tx.Events) != 0 {
+		t.Fatalf("tx %+v err %v: want an empty transaction (still confirmed in order)", tx, err)
+	}
+}
+
+func TestDecodeProtocolErrors(t *testing.T) {
+	for name, msgs := range map[string][]pglogrepl.Message{
+		"insert before relation": {&pglogrepl.BeginMessage{}, &pglogrepl.InsertMessage{RelationID: 9, Tuple: &pglogrepl.TupleData{}}},
+		"commit without begin":   {&pglogrepl.CommitMessage{}},
+		"nested begin":           {&pglogrepl.BeginMessage{}, &pglogrepl.BeginMessage{}},
+	} {
+		d := NewDecoder("outbox", DefaultColumns(), "ferry.outbox")
+		var err error
+		for _, m := range msgs {
+			if _, _, err = d.Decode(m); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+}
+
+func TestNonTransactionalMessageIsCopied(t *testing.T) {
+	d := NewDecoder("outbox", DefaultColumns(), "ferry.outbox")
+	buf := []byte("slot:1")
+	_, lm, err := d.Decode(&pglogrepl.LogicalDecodingMessage{Prefix: HeartbeatPrefix, Content: buf})
+	if err != nil || lm == nil {
+		t.Fatal(lm, err)
+	}
+	buf[0] = 'X' // the receive buffer is reused
+	if string(lm.Content) != "slot:1" {
+		t.Fatalf("content aliases the receive buffer: %q", lm.Content)
+	}
+}
+
+// FuzzDecode feeds arbitrary bytes through pgoutput parsing and the
+// decoder: it may return errors, never panic.
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte("B\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x2a"))
+	f.Add([]byte("M\x01\x00\x00\x00\x00\x00\x00\x00\x01ferry.outbox\x00\x00\x00\x00\x02{}"))
+	f.Add([]byte("I\x00\x00\x00\x07N\x00\x01t\x00\x00\x00\x01x"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d := NewDecoder("outbox", DefaultColumns(), "ferry.outbox")
+		if _, _, err := d.Decode(outboxRelation()); err != nil {
+			t.Fatal(err)
+		}
+		m, err := Parse(data)
+		if err != nil {
+			return
+		}
+		_, _, _ = d.Decode(m) // errors are fine; panics are not
+	})
+}
+
+func FuzzMessageEvent(f *testing.F) {
+	f.Add([]byte(`{"id":"1","tenant_id":"a","aggregate_type":"t","aggregate_id":"x","event_type":"e","payload":{}}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		e := messageEvent(data)
+		if e.Invalid == "" && (e.ID == "" || e.TenantID == "" || e.Payload == nil) {
+			t.Fatalf("accepted an event missing required fields: %+v", e)
+		}
+	})
+}
