@@ -39,7 +39,7 @@ func NewCDC() *CDC {
 			Help: "The LSN last confirmed to the replication slot, as a number."}),
 		CommitToAck: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_cdc_commit_to_ack_seconds",
 			Help:    "Time from a transaction's commit in Postgres to Kafka's acknowledgement of all its records.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+			Buckets: prometheus.ExponentialBucketsRange(0.0002, 10, 48)}),
 		HeartbeatAge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_cdc_heartbeat_age_seconds",
 			Help: "Seconds since the last heartbeat message came back through the slot."}),
 		Leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_cdc_leader",
