@@ -108,6 +108,7 @@ func (d *Decoder) Decode(msg pglogrepl.Message) (*Tx, *pglogrepl.LogicalDecoding
 		tx := d.tx
 		d.tx = nil
 		tx.CommitLSN, tx.EndLSN, tx.CommitTime = m.CommitLSN, m.TransactionEndLSN, m.CommitTime
+		tx.CommitLSNText = m.CommitLSN.String()
 		return tx, nil, nil
 	}
 	// Type, Origin, Update, Delete, Truncate: not outbox events (the

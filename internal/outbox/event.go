@@ -28,9 +28,12 @@ type Event struct {
 
 // Tx is one committed transaction's outbox events, in the order written.
 type Tx struct {
-	Xid        uint32
-	CommitLSN  pglogrepl.LSN
-	EndLSN     pglogrepl.LSN // confirming this position means the tx is done
-	CommitTime time.Time
-	Events     []Event
+	Xid       uint32
+	CommitLSN pglogrepl.LSN
+	// CommitLSNText is CommitLSN formatted once per transaction for the
+	// commit_lsn header ("" when CommitLSN is 0, as in backfills).
+	CommitLSNText string
+	EndLSN        pglogrepl.LSN // confirming this position means the tx is done
+	CommitTime    time.Time
+	Events        []Event
 }

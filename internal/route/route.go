@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"text/template"
 	"time"
 
@@ -101,6 +102,8 @@ type Router struct {
 	// template execution per record.
 	fast           bool
 	prefix, suffix string
+	topics         sync.Map // aggregate type → checked topic, for the fast path
+	cached         atomic.Int64
 	bufs           sync.Pool
 }
 
@@ -130,18 +133,27 @@ type topicFields struct {
 
 // Topic renders the topic for e and checks it is a legal Kafka topic name.
 func (r *Router) Topic(e *outbox.Event) (string, error) {
-	var topic string
 	if r.fast {
-		topic = r.prefix + e.AggregateType + r.suffix
-	} else {
-		buf := r.bufs.Get().(*bytes.Buffer)
-		buf.Reset()
-		err := r.tpl.Execute(buf, topicFields{e.TenantID, e.AggregateType, e.AggregateID, e.EventType})
-		topic = buf.String()
-		r.bufs.Put(buf)
-		if err != nil {
-			return "", fmt.Errorf("topic template: %w", err)
+		if t, ok := r.topics.Load(e.AggregateType); ok {
+			return t.(string), nil
 		}
+		topic := r.prefix + e.AggregateType + r.suffix
+		if err := ValidTopic(topic); err != nil {
+			return "", err
+		}
+		// Aggregate types are few; a cap guards against an unbounded set.
+		if r.cached.Add(1) <= 10000 {
+			r.topics.Store(e.AggregateType, topic)
+		}
+		return topic, nil
+	}
+	buf := r.bufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	err := r.tpl.Execute(buf, topicFields{e.TenantID, e.AggregateType, e.AggregateID, e.EventType})
+	topic := buf.String()
+	r.bufs.Put(buf)
+	if err != nil {
+		return "", fmt.Errorf("topic template: %w", err)
 	}
 	if err := ValidTopic(topic); err != nil {
 		return "", err
@@ -202,18 +214,28 @@ func (r *Router) DeadLetter(topic string, tx *outbox.Tx, e *outbox.Event, reason
 	return rec
 }
 
-// Headers returns the Ferry headers for e.
+// Headers returns the Ferry headers for e. All values share one buffer:
+// this runs once per event on the hot path.
 func Headers(tx *outbox.Tx, e *outbox.Event) []kgo.RecordHeader {
+	lsn := tx.CommitLSNText
+	if lsn == "" && tx.CommitLSN != 0 {
+		lsn = tx.CommitLSN.String()
+	}
+	vals := [...]string{e.ID, e.TenantID, e.EventType, e.AggregateType, e.AggregateID, lsn}
+	keys := [...]string{HeaderEventID, HeaderTenantID, HeaderEventType, HeaderAggregateType, HeaderAggregateID, HeaderCommitLSN}
+	n := 0
+	for _, v := range vals {
+		n += len(v)
+	}
+	buf := make([]byte, 0, n)
 	h := make([]kgo.RecordHeader, 0, 8)
-	h = append(h,
-		kgo.RecordHeader{Key: HeaderEventID, Value: []byte(e.ID)},
-		kgo.RecordHeader{Key: HeaderTenantID, Value: []byte(e.TenantID)},
-		kgo.RecordHeader{Key: HeaderEventType, Value: []byte(e.EventType)},
-		kgo.RecordHeader{Key: HeaderAggregateType, Value: []byte(e.AggregateType)},
-		kgo.RecordHeader{Key: HeaderAggregateID, Value: []byte(e.AggregateID)},
-	)
-	if tx.CommitLSN != 0 {
-		h = append(h, kgo.RecordHeader{Key: HeaderCommitLSN, Value: []byte(tx.CommitLSN.String())})
+	for i, v := range vals {
+		if keys[i] == HeaderCommitLSN && v == "" {
+			continue
+		}
+		start := len(buf)
+		buf = append(buf, v...)
+		h = append(h, kgo.RecordHeader{Key: keys[i], Value: buf[start:len(buf):len(buf)]})
 	}
 	if len(e.Headers) > 0 {
 		var m map[string]any
@@ -249,7 +271,7 @@ func (r *Router) cloudEvent(tx *outbox.Tx, e *outbox.Event) ([]byte, error) {
 	ce := cloudEvent{SpecVersion: "1.0", ID: e.ID, Source: r.cfg.Source, Type: e.EventType, Subject: e.AggregateID,
 		DataContentType: "application/json", TenantID: e.TenantID, AggregateType: e.AggregateType, Data: e.Payload}
 	if tx.CommitLSN != 0 {
-		ce.CommitLSN = tx.CommitLSN.String()
+		ce.CommitLSN = tx.CommitLSN.String() // once per event, and only for envelopes
 	}
 	ce.Time = eventTime(e.CreatedAt, tx.CommitTime)
 	for _, h := range Headers(tx, e) {

@@ -15,7 +15,7 @@ import (
 var update = flag.Bool("update", false, "rewrite golden files")
 
 func sample() (*outbox.Tx, *outbox.Event) {
-	tx := &outbox.Tx{CommitLSN: 0x16B3748, CommitTime: time.Date(2026, 11, 23, 12, 0, 1, 0, time.UTC)}
+	tx := &outbox.Tx{CommitLSN: 0x16B3748, CommitLSNText: "0/16B3748", CommitTime: time.Date(2026, 11, 23, 12, 0, 1, 0, time.UTC)}
 	e := &outbox.Event{ID: "0b5e3c1e-8a41-4c3e-9d55-3a3f1f0e2a11", TenantID: "acme", AggregateType: "product", AggregateID: "sku-1",
 		EventType: "product.created", Payload: []byte(`{"name": "Anvil", "price": 100}`),
 		Headers:   []byte(`{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "other": 1}`),
