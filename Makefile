@@ -36,6 +36,7 @@ compose-check: deps
 # TCP, nothing skipped; then checks docker-compose.yml.
 test: deps compose-check
 	$(GO) vet ./...
+	$(GO) vet -tags containers ./...   # the testcontainers path must compile
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 # The same tests against real Kafka and PostgreSQL containers (needs a

@@ -33,12 +33,12 @@ import (
 )
 
 type result struct {
-	shape         string
-	rows          int
-	insertSecs    float64
-	refRate       float64
-	cdcRate       float64
-	peakRSSMiB    float64
+	shape      string
+	rows       int
+	insertSecs float64
+	refRate    float64
+	cdcRate    float64
+	peakRSSMiB float64
 }
 
 func main() {

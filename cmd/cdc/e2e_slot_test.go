@@ -131,3 +131,21 @@ func TestFailoverStandbyTakesOver(t *testing.T) {
 		t.Fatalf("standby exited:\n%s", p2.stderr.String())
 	}
 }
+
+// On SIGTERM (context cancel) cdc confirms what Kafka acknowledged, so a
+// planned restart resends nothing. The status interval of an hour leaves
+// the final update as the only one.
+func TestCleanShutdownConfirmsAcknowledged(t *testing.T) {
+	e := newEnv(t)
+	e.setup()
+	stop := e.inproc("--status-interval", "1h")
+	id := e.insert("acme", "product", "p1", "product.created", `{"n":1}`)
+	target := e.walInsertLSN()
+	e.kafka.Consume(t, time.Minute, hasIDs([]string{id}), e.topic("product"))
+	if code, stderr := stop(); code != 0 {
+		t.Fatalf("cdc exited %d: %s", code, stderr)
+	}
+	if got := e.slotLSN(); got < target {
+		t.Fatalf("slot at %s after a clean stop, want past the acknowledged transaction (%s)", got, target)
+	}
+}

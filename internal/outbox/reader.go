@@ -198,7 +198,7 @@ func (r *Reader) stream(ctx context.Context, repl *pgconn.PgConn, lockConn *pgx.
 	)
 	r.streaming.Store(true)
 
-	sendStatus := func() error {
+	sendStatus := func(ctx context.Context) error {
 		acked, ackedAt, inFlight := tracker.Acked()
 		r.m.InFlight.Set(float64(inFlight))
 		if inFlight == 0 && !dec.InTx() && serverEnd > acked && tracker.Advance(serverEnd) {
@@ -228,29 +228,50 @@ func (r *Reader) stream(ctx context.Context, repl *pgconn.PgConn, lockConn *pgx.
 		return nil
 	}
 
-	// One deadline context per status period, not per message: creating
-	// one per message costs more than the receive at high rates.
-	rctx, cancel := withDeadline(ctx, nextStatus)
+	// Receives use a deadline context that is never cancelled: pgconn
+	// closes the connection when a receive is cancelled, which would make
+	// the final status update impossible. The deadline is at most 100 ms
+	// away, so shutdown is noticed quickly, and the context is reused
+	// across messages until then (making one per message costs more than
+	// the receive at high rates).
+	base := context.WithoutCancel(ctx)
+	rdeadline := time.Now()
+	rctx, cancel := withDeadline(base, rdeadline)
 	defer func() { cancel() }()
 	for {
 		if err := tracker.Err(); err != nil {
 			return err
 		}
-		if !time.Now().Before(nextStatus) {
-			if err := sendStatus(); err != nil {
+		if ctx.Err() != nil {
+			// Shutting down: confirm what Kafka has acknowledged, under a
+			// fresh timeout, so the next holder resends less.
+			fctx, fcancel := context.WithTimeout(base, 5*time.Second)
+			err := sendStatus(fctx)
+			fcancel()
+			if err != nil {
+				r.log.Warn("final status update failed; the next start resends from the last confirmed position", "reason", err.Error())
+			}
+			return ctx.Err()
+		}
+		now := time.Now()
+		if !now.Before(nextStatus) {
+			if err := sendStatus(ctx); err != nil {
 				return err
 			}
-			nextStatus = time.Now().Add(r.cfg.StatusInterval)
+			nextStatus = now.Add(r.cfg.StatusInterval)
+		}
+		if !now.Before(rdeadline) {
 			cancel()
-			rctx, cancel = withDeadline(ctx, nextStatus)
+			rdeadline = now.Add(100 * time.Millisecond)
+			if nextStatus.Before(rdeadline) {
+				rdeadline = nextStatus
+			}
+			rctx, cancel = withDeadline(base, rdeadline)
 		}
 		raw, err := repl.ReceiveMessage(rctx)
 		if err != nil {
-			if pgconn.Timeout(err) && ctx.Err() == nil {
+			if pgconn.Timeout(err) {
 				continue
-			}
-			if ctx.Err() != nil {
-				return ctx.Err()
 			}
 			return fmt.Errorf("replication stream: %w", err)
 		}

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ferry-cdc/ferry/internal/kafkatest"
+	"github.com/ferry-cdc/ferry/internal/pgtest"
+)
+
+// Rows written before the slot existed are never streamed; `cdc backfill`
+// publishes them — all, one tenant, or since a time — in table order.
+func TestBackfillPublishesRowsWrittenBeforeTheSlot(t *testing.T) {
+	e := newEnv(t)
+	e.setup()
+	e.exec(`SELECT pg_drop_replication_slot($1)`, e.slot) // as if the rows predate cdc
+	e.exec(`DELETE FROM ferry.cdc_slot`)
+	old := e.insert("acme", "product", "p1", "product.created", `{"n":1}`)
+	e.exec(`UPDATE outbox SET created_at = now() - interval '2 days' WHERE id = $1`, old)
+	a2 := e.insert("acme", "product", "p1", "product.updated", `{"n":2}`)
+	g1 := e.insert("globex", "product", "p9", "product.created", `{"n":1}`)
+
+	backfill := func(extra ...string) string {
+		args := append([]string{"backfill", "--postgres-url", e.db, "--brokers", strings.Join(e.kafka.Addrs, ","),
+			"--topic-template", e.kafka.TopicPrefix + "outbox.{{.AggregateType}}"}, extra...)
+		var out, errb bytes.Buffer
+		if code := run(context.Background(), args, noenv, &out, &errb); code != 0 {
+			t.Fatalf("cdc %v exited %d: %s", extra, code, errb.String())
+		}
+		return out.String()
+	}
+	if out := backfill("--tenant", "acme", "--since", time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)); !strings.Contains(out, "backfilled 1 events") {
+		t.Fatalf("tenant+since backfill printed %q, want 1 event (acme's recent one)", out)
+	}
+	recs := e.kafka.Consume(t, time.Minute, hasIDs([]string{a2}), e.topic("product"))
+	if ids := eventIDs(recs); len(ids) != 1 {
+		t.Fatalf("tenant+since backfill published %v", ids)
+	}
+	if out := backfill(); !strings.Contains(out, "backfilled 3 events") {
+		t.Fatalf("full backfill printed %q", out)
+	}
+	recs = e.kafka.Consume(t, time.Minute, func(rs []*kgo.Record) bool { return len(rs) >= 4 }, e.topic("product"))
+	var acme []string
+	for _, r := range recs[1:] {
+		if string(r.Key) == "acme" {
+			acme = append(acme, kafkatest.Header(r, "event_id"))
+		}
+	}
+	if len(acme) != 2 || acme[0] != old || acme[1] != a2 {
+		t.Fatalf("full backfill: acme events %v, want [%s %s] in table order", acme, old, a2)
+	}
+	if ids := eventIDs(recs); ids[g1] != 1 {
+		t.Fatalf("globex event missing: %v", ids)
+	}
+}
+
+// A slot invalidated by max_slot_wal_keep_size is refused with a clear
+// reason. The setting is cluster-wide, so it is restored afterwards.
+func TestInvalidatedSlotIsDetected(t *testing.T) {
+	e := newEnv(t)
+	e.setup()
+	admin, err := pgx.Connect(context.Background(), pgtest.ServerURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	exec := func(sql string) {
+		if _, err := admin.Exec(context.Background(), sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	exec(`ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'`)
+	exec(`SELECT pg_reload_conf()`)
+	t.Cleanup(func() {
+		exec(`ALTER SYSTEM RESET max_slot_wal_keep_size`)
+		exec(`SELECT pg_reload_conf()`)
+		admin.Close(context.Background())
+	})
+	e.exec(`CREATE TABLE filler (pad text)`)
+	waitFor(t, time.Minute, "the slot to be invalidated", func() bool {
+		e.exec(`INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 2000)`)
+		e.exec(`SELECT pg_switch_wal()`)
+		e.exec(`CHECKPOINT`)
+		var status string
+		err := e.conn.QueryRow(context.Background(), `SELECT COALESCE(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1`, e.slot).Scan(&status)
+		return err == nil && status == "lost"
+	})
+	code, stderr := e.runToExit()
+	if code == 0 || !strings.Contains(stderr, "invalidated") || !strings.Contains(stderr, "--recover-lost-slot") {
+		t.Fatalf("cdc on an invalidated slot: exit %d, stderr:\n%s", code, stderr)
+	}
+}
