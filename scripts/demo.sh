@@ -37,7 +37,7 @@ wait_for "PostgreSQL" test -s "$DEMO/pg.url"
 PG=$(cat "$DEMO/pg.url")
 
 echo "== starting the dev broker on $BROKER"
-start devbroker bin/devbroker --port "$KAFKA_PORT"
+start devbroker bin/devbroker --port "$KAFKA_PORT" --data-dir "$DEMO/kafka"
 wait_for "the broker" kcat -b "$BROKER" -L
 
 echo "== starting cdc"

@@ -1,8 +1,10 @@
 // Command devbroker runs a Kafka-protocol broker (franz-go's kfake) on
 // 127.0.0.1:9092 for the demo, local development and kcat, with no Docker
-// and no Kafka install. Topics are auto-created; with --data-dir, records
-// of the topics named in --topics survive restarts (kfake writes topic
-// metadata only on a clean shutdown, so pre-create the topics you keep).
+// and no Kafka install. Topics are auto-created. Data is kept in
+// --data-dir (default .devbroker in the working folder; "" keeps it in
+// memory) between restarts. kfake writes topic metadata only on a clean
+// shutdown (SIGINT/SIGTERM), so after a crash only the topics named in
+// --topics come back: name the ones you must keep.
 //
 // It is a development tool, not a production broker.
 package main
@@ -32,7 +34,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	port := fs.Int("port", 9092, "TCP port on 127.0.0.1 (0 picks a free one)")
 	partitions := fs.Int("partitions", 4, "partitions of auto-created topics")
-	dataDir := fs.String("data-dir", "", "keep data in this folder between restarts (default: memory only)")
+	dataDir := fs.String("data-dir", ".devbroker", `keep data in this folder between restarts ("" = memory only)`)
 	topics := fs.String("topics", "", "comma-separated topics to create at start (kept across crashes with --data-dir)")
 	maxBytes := fs.Int("message-max-bytes", 0, "broker message.max.bytes (default: Kafka's 1048588)")
 	if err := fs.Parse(args); err != nil {
