@@ -358,3 +358,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v) // the client hanging up is its own problem
 }
+
+// ObjectCount returns the number of live objects of every entity type.
+func (s *Server) ObjectCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, objs := range s.objects {
+		n += len(objs)
+	}
+	return n
+}
