@@ -220,3 +220,20 @@ func truncate(s string) string {
 	}
 	return s[:MaxCallBytes] + "…(truncated)"
 }
+
+// Ignore records an event the integration does not handle as skipped,
+// with the reason, so it is visible rather than silently dropped.
+func (l *Log) Ignore(ctx context.Context, integration string, ev connector.Event, src Source, reason string) error {
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("delivery: encode event %s: %w", ev.ID, err)
+	}
+	_, err = l.pool.Exec(ctx, `INSERT INTO ferry.delivery (integration, event_id, tenant_id, event_type, aggregate_type,
+			aggregate_id, topic, kafka_partition, kafka_offset, state, reason, event)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'skipped', $10, $11) ON CONFLICT (integration, event_id) DO NOTHING`,
+		integration, ev.ID, ev.TenantID, ev.EventType, ev.AggregateType, ev.AggregateID, src.Topic, src.Partition, src.Offset, reason, body)
+	if err != nil {
+		return fmt.Errorf("delivery: record ignored %s: %w", ev.ID, err)
+	}
+	return nil
+}

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/ferry-cdc/ferry/internal/cli"
+	"github.com/ferry-cdc/ferry/internal/consume"
+)
+
+// Config is the sink's YAML file.
+type Config struct {
+	PostgresURL string `yaml:"postgres_url"`
+	Kafka       struct {
+		Brokers []string `yaml:"brokers"`
+	} `yaml:"kafka"`
+	// AdminAddr serves /metrics, /healthz, /readyz. Default
+	// "127.0.0.1:9465"; "off" disables.
+	AdminAddr    string        `yaml:"admin_addr"`
+	LogFormat    string        `yaml:"log_format"`
+	LogLevel     string        `yaml:"log_level"`
+	Integrations []Integration `yaml:"integrations"`
+}
+
+// Integration is one partner: an engine and its connector.
+type Integration struct {
+	consume.Config `yaml:",inline"`
+	Connector      ConnectorConfig `yaml:"connector"`
+}
+
+// ConnectorConfig picks and configures the connector. Only "webhook"
+// exists yet; the declarative HTTP connector is issue 4.
+type ConnectorConfig struct {
+	Type    string        `yaml:"type"`
+	URL     string        `yaml:"url"`
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+func (c *Config) setDefaults() {
+	if c.AdminAddr == "" {
+		c.AdminAddr = "127.0.0.1:9465"
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	for i := range c.Integrations {
+		c.Integrations[i].SetDefaults()
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.PostgresURL == "" {
+		errs = append(errs, errors.New("postgres_url: not set: use --postgres-url or FERRY_POSTGRES_URL"))
+	}
+	if len(c.Kafka.Brokers) == 0 {
+		errs = append(errs, errors.New("kafka.brokers: no brokers: set --brokers or FERRY_KAFKA_BROKERS"))
+	}
+	if len(c.Integrations) == 0 {
+		errs = append(errs, errors.New("integrations: none configured: add at least one in the --config file (see docs/config.md)"))
+	}
+	seen := map[string]bool{}
+	for i, in := range c.Integrations {
+		prefix := fmt.Sprintf("integrations[%d]", i)
+		if seen[in.Name] {
+			errs = append(errs, fmt.Errorf("%s.name: %q is used twice", prefix, in.Name))
+		}
+		seen[in.Name] = true
+		errs = append(errs, in.Validate(prefix))
+		switch in.Connector.Type {
+		case "webhook":
+			if in.Connector.URL == "" {
+				errs = append(errs, fmt.Errorf("%s.connector.url: required for a webhook", prefix))
+			}
+		default:
+			errs = append(errs, fmt.Errorf("%s.connector.type: %q: use webhook", prefix, in.Connector.Type))
+		}
+	}
+	if _, err := cli.Logger(io.Discard, c.LogFormat, c.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+type flags struct {
+	Config      string   `help:"YAML config file with the integrations (docs/config.md)." env:"FERRY_CONFIG" placeholder:"FILE"`
+	PostgresURL *string  `help:"PostgreSQL URL for the delivery log." env:"FERRY_POSTGRES_URL" placeholder:"URL"`
+	Brokers     []string `help:"Kafka seed brokers, comma-separated host:port." env:"FERRY_KAFKA_BROKERS" sep:","`
+	AdminAddr   *string  `help:"Address for /metrics, /healthz, /readyz (default 127.0.0.1:9465; 'off' disables)." env:"FERRY_ADMIN_ADDR" name:"admin-addr"`
+	LogFormat   *string  `help:"Log format: json (default) or text." env:"FERRY_LOG_FORMAT" name:"log-format"`
+	LogLevel    *string  `help:"Log level: debug, info (default), warn, error." env:"FERRY_LOG_LEVEL" name:"log-level"`
+
+	Run runCmd `cmd:"" default:"withargs" help:"Consume and deliver (the default command)."`
+}
+
+type runCmd struct{}
+
+var errHelp = errors.New("help shown")
+
+type command struct {
+	name string
+	cfg  Config
+}
+
+func parse(args []string, getenv func(string) string, stdout io.Writer) (*command, error) {
+	var cfg Config
+	if err := cli.LoadYAML(cli.FindConfigPath(args, getenv), &cfg); err != nil {
+		return nil, err
+	}
+	var f flags
+	exited := false
+	parser, err := kong.New(&f, kong.Name("sink"),
+		kong.Description("Deliver outbox events from Kafka to partner APIs, in order per tenant, isolating failures."),
+		kong.Writers(stdout, stdout), kong.Exit(func(int) { exited = true }),
+		kong.Resolvers(kong.ResolverFunc(func(_ *kong.Context, _ *kong.Path, fl *kong.Flag) (any, error) {
+			for _, name := range fl.Envs {
+				if v := getenv(name); v != "" {
+					return v, nil
+				}
+			}
+			return nil, nil
+		})),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}))
+	if err != nil {
+		return nil, err
+	}
+	kctx, err := parser.Parse(args)
+	if exited {
+		return nil, errHelp
+	}
+	if err != nil {
+		return nil, err
+	}
+	set := func(dst *string, v *string) {
+		if v != nil && *v != "" {
+			*dst = *v
+		}
+	}
+	set(&cfg.PostgresURL, f.PostgresURL)
+	if len(f.Brokers) > 0 {
+		cfg.Kafka.Brokers = f.Brokers
+	}
+	set(&cfg.AdminAddr, f.AdminAddr)
+	set(&cfg.LogFormat, f.LogFormat)
+	set(&cfg.LogLevel, f.LogLevel)
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	return &command{name: kctx.Command(), cfg: cfg}, nil
+}

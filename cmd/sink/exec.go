@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ferry-cdc/ferry/internal/admin"
+	"github.com/ferry-cdc/ferry/internal/cli"
+	"github.com/ferry-cdc/ferry/internal/consume"
+	"github.com/ferry-cdc/ferry/internal/delivery"
+	"github.com/ferry-cdc/ferry/internal/metrics"
+	"github.com/ferry-cdc/ferry/internal/pgdb"
+	"github.com/ferry-cdc/ferry/pkg/connector"
+	"github.com/ferry-cdc/ferry/pkg/connector/webhook"
+)
+
+func (c *command) exec(ctx context.Context, stderr io.Writer) error {
+	log, err := cli.Logger(stderr, c.cfg.LogFormat, c.cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(ctx, c.cfg.PostgresURL)
+	if err != nil {
+		return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
+	}
+	_, err = pgdb.Migrate(ctx, conn)
+	conn.Close(context.WithoutCancel(ctx))
+	if err != nil {
+		return err
+	}
+	pool, err := pgxpool.New(ctx, c.cfg.PostgresURL)
+	if err != nil {
+		return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
+	}
+	defer pool.Close()
+	dlog := delivery.New(pool)
+	m := metrics.NewSink()
+
+	g, gctx := errgroup.WithContext(ctx)
+	for _, in := range c.cfg.Integrations {
+		var conn connector.Connector
+		switch in.Connector.Type {
+		case "webhook":
+			conn, err = webhook.New(webhook.Config{URL: in.Connector.URL, Timeout: in.Connector.Timeout})
+		}
+		if err != nil {
+			return err
+		}
+		e := consume.New(in.Config, c.cfg.Kafka.Brokers, conn, dlog, log, m)
+		g.Go(func() error { return e.Run(gctx) })
+	}
+	if c.cfg.AdminAddr != "off" {
+		srv, err := admin.Listen(c.cfg.AdminAddr, m.Registry, func() (bool, string) {
+			if gctx.Err() != nil {
+				return false, "stopping"
+			}
+			return true, ""
+		}, nil)
+		if err != nil {
+			return err
+		}
+		log.Info("admin listening", "addr", srv.Addr())
+		g.Go(func() error { return srv.Run(gctx) })
+	}
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return nil
+	}
+	if err == nil && ctx.Err() == nil {
+		return errors.New("all integrations stopped")
+	}
+	return err
+}

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ferry-cdc/ferry/internal/kafkatest"
+	"github.com/ferry-cdc/ferry/internal/partnersim"
+	"github.com/ferry-cdc/ferry/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+type env struct {
+	t      *testing.T
+	db     string
+	kafka  *kafkatest.Broker
+	sim    *partnersim.Server
+	simURL string
+	prod   *kgo.Client
+	topic  string
+	conn   *pgx.Conn
+}
+
+func newEnv(t *testing.T, simCfg partnersim.Config) *env {
+	t.Helper()
+	e := &env{t: t, db: pgtest.New(t), kafka: kafkatest.New(t), sim: partnersim.New(simCfg)}
+	srv := httptest.NewServer(e.sim)
+	t.Cleanup(srv.Close)
+	e.simURL = srv.URL
+	e.topic = e.kafka.TopicPrefix + "outbox.product"
+	e.prod = e.kafka.Client(t, kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)), kgo.AllowAutoTopicCreation())
+	var err error
+	if e.conn, err = pgx.Connect(context.Background(), e.db); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.conn.Close(context.Background()) })
+	return e
+}
+
+// produce sends events as cdc would (headers, tenant key) and returns the
+// partition each landed on.
+func (e *env) produce(tenant, eventID, eventType string, payload string) int32 {
+	e.t.Helper()
+	rec := &kgo.Record{Topic: e.topic, Key: []byte(tenant), Value: []byte(payload), Headers: []kgo.RecordHeader{
+		{Key: "event_id", Value: []byte(eventID)}, {Key: "tenant_id", Value: []byte(tenant)},
+		{Key: "event_type", Value: []byte(eventType)}, {Key: "aggregate_type", Value: []byte("product")},
+		{Key: "aggregate_id", Value: []byte("p1")},
+	}}
+	res := e.prod.ProduceSync(context.Background(), rec)
+	if err := res.FirstErr(); err != nil {
+		e.t.Fatalf("produce: %v", err)
+	}
+	return res[0].Record.Partition
+}
+
+// config writes a sink config file; extra is YAML appended to the
+// integration.
+func (e *env) config(extra string) string {
+	e.t.Helper()
+	body := fmt.Sprintf(`postgres_url: %s
+kafka:
+  brokers: [%s]
+admin_addr: off
+log_format: text
+integrations:
+  - name: shop
+    topics: [%s]
+    workers: 16
+    commit_interval: 100ms
+    retry: {initial: 50ms, max: 500ms}
+    park_recheck: 100ms
+    connector:
+      type: webhook
+      url: %s/v1/events
+      timeout: 2s
+%s`, e.db, strings.Join(e.kafka.Addrs, ","), e.topic, e.simURL, extra)
+	p := filepath.Join(e.t.TempDir(), "sink.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// start runs the sink in this process until stop is called.
+func (e *env) start(args ...string) (stop func() (int, string)) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var stderr syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, args, func(string) string { return "" }, io.Discard, &stderr) }()
+	var once sync.Once
+	var code int
+	stop = func() (int, string) {
+		once.Do(func() { cancel(); code = <-done })
+		return code, stderr.String()
+	}
+	e.t.Cleanup(func() {
+		if c, s := stop(); c != 0 || e.t.Failed() {
+			e.t.Logf("sink exit %d:\n%s", c, s)
+		}
+	})
+	return stop
+}
+
+// delivered returns, per tenant, the payload "n" values the partner
+// applied (replays excluded), in arrival order.
+func (e *env) delivered() map[string][]int {
+	out := map[string][]int{}
+	for _, r := range e.sim.Requests("") {
+		if r.Replayed || r.Status >= 300 {
+			continue
+		}
+		var ev struct {
+			Payload struct{ N int } `json:"payload"`
+		}
+		if err := json.Unmarshal([]byte(r.Body), &ev); err != nil {
+			e.t.Fatalf("partner got %q: %v", r.Body, err)
+		}
+		out[r.Tenant] = append(out[r.Tenant], ev.Payload.N)
+	}
+	return out
+}
+
+func (e *env) state(eventID string) string {
+	var s string
+	err := e.conn.QueryRow(context.Background(), `SELECT state FROM ferry.delivery WHERE integration = 'shop' AND event_id = $1`, eventID).Scan(&s)
+	if err != nil {
+		return "none"
+	}
+	return s
+}
+
+func waitFor(t *testing.T, ceiling time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(ceiling)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", ceiling, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func metric(addr, name string) float64 {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body) // a partial scrape reads as absent
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err == nil {
+				return f
+			}
+		}
+	}
+	return -1
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

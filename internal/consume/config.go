@@ -1,0 +1,142 @@
+package consume
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"time"
+
+	"github.com/ferry-cdc/ferry/internal/retry"
+)
+
+// Rejection policies.
+const (
+	OnRejectPark = "park"
+	OnRejectSkip = "skip" // record the rejection and continue the lane
+)
+
+// Config configures one integration's engine.
+type Config struct {
+	// Name identifies the integration (delivery log, metrics, group).
+	Name string `yaml:"name"`
+	// Topics to consume.
+	Topics []string `yaml:"topics"`
+	// Group is the consumer group. Default "ferry-sink-<name>".
+	Group string `yaml:"group"`
+	// EventTypes are path.Match patterns of event types this integration
+	// handles ("product.*"); others are recorded as skipped. Default all.
+	EventTypes []string `yaml:"event_types"`
+	// Workers is the number of lanes delivering at once. Default 64.
+	Workers int `yaml:"workers"`
+	// Concurrency caps partner calls in flight (0 = Workers).
+	Concurrency int `yaml:"concurrency"`
+	// RateLimit caps partner calls per second (0 = unlimited).
+	RateLimit float64 `yaml:"rate_limit"`
+	// Timeout bounds each delivery. Default 30s.
+	Timeout time.Duration `yaml:"timeout"`
+	// Retry is the backoff for failed deliveries.
+	Retry retry.Policy `yaml:"retry"`
+	// OnReject is "park" (default: the lane waits for an operator's retry
+	// or skip) or "skip" (record the rejection and go on).
+	OnReject string `yaml:"on_reject"`
+	// ParkRecheck is how often a parked lane re-reads its event's state
+	// (an operator may have retried or skipped it). Default 2s.
+	ParkRecheck time.Duration `yaml:"park_recheck"`
+	// MaxBufferedPerPartition pauses fetching a partition holding this
+	// many unfinished records. Default 10000.
+	MaxBufferedPerPartition int `yaml:"max_buffered_per_partition"`
+	// CommitInterval is how often offsets are committed. Default 1s.
+	CommitInterval time.Duration `yaml:"commit_interval"`
+	// Breaker pauses the whole integration while the partner is down.
+	Breaker BreakerConfig `yaml:"breaker"`
+}
+
+// BreakerConfig configures the circuit breaker.
+type BreakerConfig struct {
+	// Failures of the last Window calls that open the breaker. Default
+	// 50 of 100 — one failing tenant among many does not open it.
+	Failures uint `yaml:"failures"`
+	Window   uint `yaml:"window"`
+	// OpenFor is how long it stays open before probing. Default 5s.
+	OpenFor time.Duration `yaml:"open_for"`
+}
+
+// SetDefaults fills zero fields.
+func (c *Config) SetDefaults() {
+	if c.Group == "" {
+		c.Group = "ferry-sink-" + c.Name
+	}
+	if c.Workers == 0 {
+		c.Workers = 64
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = c.Workers
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 30 * time.Second
+	}
+	c.Retry.SetDefaults()
+	if c.OnReject == "" {
+		c.OnReject = OnRejectPark
+	}
+	if c.ParkRecheck == 0 {
+		c.ParkRecheck = 2 * time.Second
+	}
+	if c.MaxBufferedPerPartition == 0 {
+		c.MaxBufferedPerPartition = 10000
+	}
+	if c.CommitInterval == 0 {
+		c.CommitInterval = time.Second
+	}
+	if c.Breaker.Failures == 0 {
+		c.Breaker.Failures = 50
+	}
+	if c.Breaker.Window == 0 {
+		c.Breaker.Window = 100
+	}
+	if c.Breaker.OpenFor == 0 {
+		c.Breaker.OpenFor = 5 * time.Second
+	}
+}
+
+// Validate returns every problem at once; prefix is the field path.
+func (c *Config) Validate(prefix string) error {
+	var errs []error
+	if c.Name == "" {
+		errs = append(errs, fmt.Errorf("%s.name: required", prefix))
+	}
+	if len(c.Topics) == 0 {
+		errs = append(errs, fmt.Errorf("%s.topics: name at least one topic (e.g. outbox.product)", prefix))
+	}
+	for i, p := range c.EventTypes {
+		if _, err := path.Match(p, ""); err != nil {
+			errs = append(errs, fmt.Errorf("%s.event_types[%d]: %q: %v", prefix, i, p, err))
+		}
+	}
+	if c.OnReject != OnRejectPark && c.OnReject != OnRejectSkip {
+		errs = append(errs, fmt.Errorf("%s.on_reject: %q: use %q or %q", prefix, c.OnReject, OnRejectPark, OnRejectSkip))
+	}
+	if c.Workers < 0 || c.Concurrency < 0 || c.RateLimit < 0 || c.MaxBufferedPerPartition < 0 {
+		errs = append(errs, fmt.Errorf("%s: workers, concurrency, rate_limit and max_buffered_per_partition must not be negative", prefix))
+	}
+	if c.Breaker.Failures > c.Breaker.Window {
+		errs = append(errs, fmt.Errorf("%s.breaker.failures: %d is more than the window %d", prefix, c.Breaker.Failures, c.Breaker.Window))
+	}
+	if err := c.Retry.Validate(prefix + ".retry"); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// handles reports whether the integration handles eventType.
+func (c *Config) handles(eventType string) bool {
+	if len(c.EventTypes) == 0 {
+		return true
+	}
+	for _, p := range c.EventTypes {
+		if ok, _ := path.Match(p, eventType); ok { // patterns were validated
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,398 @@
+package consume
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/failsafe-go/failsafe-go/circuitbreaker"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
+	"golang.org/x/time/rate"
+
+	"github.com/ferry-cdc/ferry/internal/delivery"
+	"github.com/ferry-cdc/ferry/internal/lane"
+	"github.com/ferry-cdc/ferry/internal/metrics"
+	"github.com/ferry-cdc/ferry/pkg/connector"
+)
+
+// Engine delivers one integration's events.
+type Engine struct {
+	cfg     Config
+	brokers []string
+	conn    connector.Connector
+	dlog    *delivery.Log
+	log     *slog.Logger
+	m       *metrics.Sink
+
+	cl      *kgo.Client
+	sched   *lane.Scheduler
+	limiter *rate.Limiter
+	sem     *semaphore.Weighted
+	breaker circuitbreaker.CircuitBreaker[any]
+
+	// commitMu serialises commits with revocations, so a partition is
+	// never committed after it was revoked (another member may own it).
+	commitMu sync.Mutex
+	owned    map[lane.TP]bool
+	paused   map[lane.TP]bool
+}
+
+// New returns an engine; cfg must have defaults set and be valid.
+func New(cfg Config, brokers []string, conn connector.Connector, dlog *delivery.Log, log *slog.Logger, m *metrics.Sink) *Engine {
+	e := &Engine{cfg: cfg, brokers: brokers, conn: conn, dlog: dlog, log: log.With("integration", cfg.Name), m: m,
+		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, sem: semaphore.NewWeighted(int64(cfg.Concurrency))}
+	if cfg.RateLimit > 0 {
+		e.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit/10)))
+	}
+	e.breaker = circuitbreaker.NewBuilder[any]().
+		WithFailureThresholdRatio(cfg.Breaker.Failures, cfg.Breaker.Window).
+		WithDelay(cfg.Breaker.OpenFor).
+		WithSuccessThreshold(1).
+		OnStateChanged(func(ev circuitbreaker.StateChangedEvent) {
+			e.log.Warn("circuit breaker "+ev.NewState.String(), "previous", ev.OldState.String())
+			open := 0.0
+			if ev.NewState != circuitbreaker.ClosedState {
+				open = 1
+			}
+			e.m.BreakerOpen.WithLabelValues(cfg.Name).Set(open)
+		}).Build()
+	e.sched = lane.New(cfg.Workers, e.deliver)
+	return e
+}
+
+// Run consumes and delivers until ctx ends; it returns after its
+// goroutines end, having committed what was finished.
+func (e *Engine) Run(ctx context.Context) error {
+	cl, err := kgo.NewClient(
+		kgo.SeedBrokers(e.brokers...),
+		kgo.ConsumerGroup(e.cfg.Group),
+		kgo.ConsumeTopics(e.cfg.Topics...),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.DisableAutoCommit(),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.OnPartitionsAssigned(e.assigned),
+		kgo.OnPartitionsRevoked(e.revoked),
+		kgo.OnPartitionsLost(e.lost),
+		kgo.ClientID("ferry-sink-"+e.cfg.Name),
+	)
+	if err != nil {
+		return fmt.Errorf("%s: kafka client: %w", e.cfg.Name, err)
+	}
+	e.cl = cl
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = cl.Ping(pctx)
+	cancel()
+	if err != nil {
+		cl.Close()
+		return fmt.Errorf("%s: cannot reach Kafka brokers %v: %w (check --brokers / FERRY_KAFKA_BROKERS)", e.cfg.Name, e.brokers, err)
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { e.sched.Run(gctx); return nil })
+	g.Go(func() error { return e.commitLoop(gctx) })
+	g.Go(func() error { return e.poll(gctx) })
+	err = g.Wait()
+
+	// Leave the group cleanly: the revoke callback commits what finished.
+	cl.Close()
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+func (e *Engine) poll(ctx context.Context) error {
+	for {
+		fs := e.cl.PollRecords(ctx, 1000)
+		if ctx.Err() != nil {
+			e.cl.AllowRebalance()
+			return ctx.Err()
+		}
+		fs.EachError(func(topic string, p int32, err error) {
+			e.log.Warn("fetch failed", "topic", topic, "partition", p, "reason", err.Error())
+		})
+		fs.EachPartition(func(ftp kgo.FetchTopicPartition) {
+			if len(ftp.Records) == 0 {
+				return
+			}
+			tp := lane.TP{Topic: ftp.Topic, Partition: ftp.Partition}
+			items := make([]*lane.Item, len(ftp.Records))
+			for i, r := range ftp.Records {
+				items[i] = &lane.Item{Key: string(r.Key), Offset: r.Offset, Value: r}
+			}
+			if n := e.sched.Add(tp, items...); n >= e.cfg.MaxBufferedPerPartition {
+				// Memory stays bounded: stop fetching this partition until
+				// its lanes drain.
+				e.cl.PauseFetchPartitions(map[string][]int32{tp.Topic: {tp.Partition}})
+				e.commitMu.Lock()
+				e.paused[tp] = true
+				e.commitMu.Unlock()
+			}
+		})
+		e.cl.AllowRebalance()
+	}
+}
+
+// commitLoop commits each owned partition's watermark, resumes paused
+// partitions that drained, and publishes lane gauges.
+func (e *Engine) commitLoop(ctx context.Context) error {
+	t := time.NewTicker(e.cfg.CommitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		e.commit(ctx)
+		for state, n := range e.sched.LaneCounts() {
+			e.m.Lanes.WithLabelValues(e.cfg.Name, string(state)).Set(float64(n))
+		}
+	}
+}
+
+func (e *Engine) commit(ctx context.Context) {
+	e.commitMu.Lock()
+	defer e.commitMu.Unlock()
+	offsets := map[string]map[int32]kgo.EpochOffset{}
+	for tp := range e.owned {
+		off, ok := e.sched.Committable(tp)
+		if !ok {
+			continue
+		}
+		if offsets[tp.Topic] == nil {
+			offsets[tp.Topic] = map[int32]kgo.EpochOffset{}
+		}
+		offsets[tp.Topic][tp.Partition] = kgo.EpochOffset{Epoch: -1, Offset: off}
+		if e.paused[tp] && e.sched.Buffered(tp) < e.cfg.MaxBufferedPerPartition/2 {
+			e.cl.ResumeFetchPartitions(map[string][]int32{tp.Topic: {tp.Partition}})
+			delete(e.paused, tp)
+		}
+	}
+	if len(offsets) == 0 {
+		return
+	}
+	e.cl.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, _ *kmsg.OffsetCommitResponse, err error) {
+		if err != nil && ctx.Err() == nil {
+			e.log.Warn("offset commit failed; will retry", "reason", err.Error())
+		}
+	})
+}
+
+func (e *Engine) assigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
+	e.commitMu.Lock()
+	defer e.commitMu.Unlock()
+	for topic, ps := range assigned {
+		for _, p := range ps {
+			e.owned[lane.TP{Topic: topic, Partition: p}] = true
+		}
+	}
+	e.log.Info("partitions assigned", "partitions", fmt.Sprint(assigned))
+}
+
+// revoked waits for in-flight deliveries of the revoked partitions, then
+// commits their watermarks and forgets them, before the group moves them.
+func (e *Engine) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
+	e.release(ctx, cl, revoked, true)
+}
+
+// lost forgets partitions without committing: they may be someone else's.
+func (e *Engine) lost(ctx context.Context, cl *kgo.Client, lost map[string][]int32) {
+	e.release(ctx, cl, lost, false)
+}
+
+func (e *Engine) release(ctx context.Context, cl *kgo.Client, parts map[string][]int32, commit bool) {
+	var tps []lane.TP
+	for topic, ps := range parts {
+		for _, p := range ps {
+			tps = append(tps, lane.TP{Topic: topic, Partition: p})
+		}
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.cfg.Timeout+5*time.Second)
+	defer cancel()
+	final := e.sched.Revoke(wctx, tps)
+	e.commitMu.Lock()
+	defer e.commitMu.Unlock()
+	for _, tp := range tps {
+		delete(e.owned, tp)
+		delete(e.paused, tp)
+	}
+	if !commit || len(final) == 0 {
+		return
+	}
+	offsets := map[string]map[int32]kgo.EpochOffset{}
+	for tp, off := range final {
+		if offsets[tp.Topic] == nil {
+			offsets[tp.Topic] = map[int32]kgo.EpochOffset{}
+		}
+		offsets[tp.Topic][tp.Partition] = kgo.EpochOffset{Epoch: -1, Offset: off}
+	}
+	cl.CommitOffsetsSync(wctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, _ *kmsg.OffsetCommitResponse, err error) {
+		if err != nil {
+			e.log.Warn("commit on revoke failed; the next owner redelivers (deduplicated by the delivery log)", "reason", err.Error())
+		}
+	})
+	e.log.Info("partitions revoked", "partitions", fmt.Sprint(parts))
+}
+
+// deliver runs one record through the delivery log and the connector.
+func (e *Engine) deliver(ctx context.Context, tp lane.TP, it *lane.Item) lane.Outcome {
+	rec := it.Value.(*kgo.Record)
+	src := delivery.Source{Topic: tp.Topic, Partition: tp.Partition, Offset: rec.Offset}
+	ev, bad := decode(rec)
+	if bad == "" && !e.cfg.handles(ev.EventType) {
+		if err := e.dlog.Ignore(ctx, e.cfg.Name, ev, src, "no handler for event type "+ev.EventType+" in this integration"); err != nil {
+			return e.dbTrouble(err)
+		}
+		e.m.Deliveries.WithLabelValues(e.cfg.Name, "skipped").Inc()
+		return lane.Outcome{Verdict: lane.Done}
+	}
+	// An open breaker pauses the whole integration: wait without touching
+	// the log or burning an attempt.
+	if bad == "" && !e.breaker.TryAcquirePermit() {
+		return lane.Outcome{Verdict: lane.Backoff, Delay: max(e.breaker.RemainingDelay(), 50*time.Millisecond)}
+	}
+	att, err := e.dlog.Begin(ctx, e.cfg.Name, ev, src)
+	var nc *delivery.ErrNotClaimed
+	switch {
+	case errors.As(err, &nc) && nc.State == delivery.Rejected && e.cfg.OnReject == OnRejectPark:
+		return lane.Outcome{Verdict: lane.Park, Delay: e.cfg.ParkRecheck}
+	case errors.As(err, &nc):
+		e.m.Deliveries.WithLabelValues(e.cfg.Name, "duplicate").Inc()
+		return lane.Outcome{Verdict: lane.Done} // delivered (or skipped) before: never twice
+	case err != nil:
+		return e.dbTrouble(err)
+	}
+
+	var res connector.Result
+	var derr error
+	if bad != "" {
+		derr = &connector.Rejection{Reason: "bad input: " + bad}
+		e.m.BadRecords.WithLabelValues(e.cfg.Name).Inc()
+	} else {
+		res, derr = e.call(ctx, connector.Request{Integration: e.cfg.Name, Event: ev,
+			IdempotencyKey: e.cfg.Name + ":" + ev.ID, Attempt: att.Number})
+	}
+	outcome, retryAfter := connector.Classify(derr)
+	o := delivery.Outcome{Calls: res.Calls}
+	switch outcome {
+	case connector.Succeeded:
+		o.State = delivery.Succeeded
+	case connector.Failed:
+		o.State, o.Reason = delivery.Failed, derr.Error()
+		o.NextRetry = time.Now().Add(e.cfg.Retry.Delay(att.Number, retryAfter))
+	case connector.Rejected:
+		o.State, o.Reason = delivery.Rejected, derr.Error()
+	}
+	var rej *connector.Rejection
+	var fail *connector.Failure
+	switch {
+	case errors.As(derr, &rej):
+		o.Status, o.Calls = rej.Status, rej.Calls
+	case errors.As(derr, &fail):
+		o.Status, o.Calls = fail.Status, fail.Calls
+	case len(res.Calls) > 0:
+		o.Status = res.Calls[len(res.Calls)-1].Status
+	}
+	if err := e.dlog.Finish(ctx, att, o); err != nil {
+		return e.dbTrouble(err)
+	}
+	e.m.Deliveries.WithLabelValues(e.cfg.Name, outcome.String()).Inc()
+	switch outcome {
+	case connector.Failed:
+		e.log.Warn("delivery failed; lane backs off", "event_id", ev.ID, "tenant_id", ev.TenantID, "attempt", att.Number,
+			"partition", tp.Partition, "offset", rec.Offset, "reason", o.Reason, "retry_at", o.NextRetry.Format(time.RFC3339Nano))
+		return lane.Outcome{Verdict: lane.Backoff, Delay: time.Until(o.NextRetry)}
+	case connector.Rejected:
+		e.log.Error("delivery rejected", "event_id", ev.ID, "tenant_id", ev.TenantID, "partition", tp.Partition,
+			"offset", rec.Offset, "reason", o.Reason, "policy", e.cfg.OnReject)
+		if e.cfg.OnReject == OnRejectSkip {
+			return lane.Outcome{Verdict: lane.Done}
+		}
+		return lane.Outcome{Verdict: lane.Park, Delay: e.cfg.ParkRecheck}
+	}
+	return lane.Outcome{Verdict: lane.Done}
+}
+
+// call runs the connector behind the rate limit, the concurrency cap and
+// the breaker, with the per-delivery timeout.
+func (e *Engine) call(ctx context.Context, req connector.Request) (connector.Result, error) {
+	if e.limiter != nil {
+		if err := e.limiter.Wait(ctx); err != nil {
+			return connector.Result{}, &connector.Failure{Reason: "stopping", Err: err}
+		}
+	}
+	if err := e.sem.Acquire(ctx, 1); err != nil {
+		return connector.Result{}, &connector.Failure{Reason: "stopping", Err: err}
+	}
+	defer e.sem.Release(1)
+	cctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+	defer cancel()
+	start := time.Now()
+	res, err := e.conn.Deliver(cctx, req)
+	e.m.DeliveryDuration.WithLabelValues(e.cfg.Name).Observe(time.Since(start).Seconds())
+	// Rejections mean the partner is up and answering: only failures
+	// count against the breaker.
+	if out, _ := connector.Classify(err); out == connector.Failed {
+		e.breaker.RecordFailure()
+	} else {
+		e.breaker.RecordSuccess()
+	}
+	return res, err
+}
+
+// dbTrouble: the delivery log is unreachable; the lane waits and retries.
+func (e *Engine) dbTrouble(err error) lane.Outcome {
+	e.log.Error("delivery log unavailable; lane waits", "reason", err.Error())
+	return lane.Outcome{Verdict: lane.Backoff, Delay: time.Second}
+}
+
+// decode reads an outbox event from a record cdc produced. It returns why
+// the record is unusable, or "".
+func decode(r *kgo.Record) (connector.Event, string) {
+	ev := connector.Event{Headers: map[string]string{}}
+	for _, h := range r.Headers {
+		v := string(h.Value)
+		switch h.Key {
+		case "event_id":
+			ev.ID = v
+		case "tenant_id":
+			ev.TenantID = v
+		case "event_type":
+			ev.EventType = v
+		case "aggregate_type":
+			ev.AggregateType = v
+		case "aggregate_id":
+			ev.AggregateID = v
+		default:
+			ev.Headers[h.Key] = v
+		}
+	}
+	var problems []string
+	if ev.ID == "" {
+		ev.ID = fmt.Sprintf("bad:%s/%d/%d", r.Topic, r.Partition, r.Offset)
+		problems = append(problems, "no event_id header")
+	}
+	if ev.TenantID == "" {
+		ev.TenantID = string(r.Key)
+	}
+	if ev.TenantID == "" {
+		problems = append(problems, "no tenant (tenant_id header or key)")
+	}
+	if !json.Valid(r.Value) {
+		problems = append(problems, "payload is not JSON")
+	} else {
+		ev.Payload = r.Value
+	}
+	if len(problems) > 0 {
+		return ev, fmt.Sprintf("%v at %s/%d offset %d", problems, r.Topic, r.Partition, r.Offset)
+	}
+	return ev, ""
+}
