@@ -23,6 +23,17 @@ func TestDocsMetricsMatchCode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s := NewSink()
+	s.Deliveries.WithLabelValues("i", "succeeded")
+	s.DeliveryDuration.WithLabelValues("i")
+	s.Lanes.WithLabelValues("i", "active")
+	s.BreakerOpen.WithLabelValues("i")
+	s.BadRecords.WithLabelValues("i")
+	sinkFamilies, err := s.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	families = append(families, sinkFamilies...)
 	var missing []string
 	for _, f := range families {
 		if !documented[f.GetName()] {
