@@ -42,6 +42,11 @@ type Config struct {
 	// ParkRecheck is how often a parked lane re-reads its event's state
 	// (an operator may have retried or skipped it). Default 2s.
 	ParkRecheck time.Duration `yaml:"park_recheck"`
+	// ParkAfter moves a lane blocked (backing off or parked) this long,
+	// with its queued records and every later one, into Postgres
+	// (ferry.parked_event) so the partition's offsets move on and memory
+	// stays flat. Default 30s; negative disables.
+	ParkAfter time.Duration `yaml:"park_after"`
 	// MaxBufferedPerPartition pauses fetching a partition holding this
 	// many unfinished records. Default 10000.
 	MaxBufferedPerPartition int `yaml:"max_buffered_per_partition"`
@@ -81,6 +86,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.ParkRecheck == 0 {
 		c.ParkRecheck = 2 * time.Second
+	}
+	if c.ParkAfter == 0 {
+		c.ParkAfter = 30 * time.Second
 	}
 	if c.MaxBufferedPerPartition == 0 {
 		c.MaxBufferedPerPartition = 10000

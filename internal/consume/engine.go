@@ -63,7 +63,10 @@ func New(cfg Config, brokers []string, conn connector.Connector, dlog *delivery.
 			}
 			e.m.BreakerOpen.WithLabelValues(cfg.Name).Set(open)
 		}).Build()
-	e.sched = lane.New(cfg.Workers, e.deliver)
+	e.sched = lane.New(cfg.Workers, e.deliverItem)
+	if cfg.ParkAfter > 0 {
+		e.sched.SetSpill(cfg.ParkAfter, e.spill)
+	}
 	return e
 }
 
@@ -186,12 +189,25 @@ func (e *Engine) commit(ctx context.Context) {
 	})
 }
 
-func (e *Engine) assigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
+func (e *Engine) assigned(ctx context.Context, _ *kgo.Client, assigned map[string][]int32) {
 	e.commitMu.Lock()
 	defer e.commitMu.Unlock()
 	for topic, ps := range assigned {
 		for _, p := range ps {
-			e.owned[lane.TP{Topic: topic, Partition: p}] = true
+			tp := lane.TP{Topic: topic, Partition: p}
+			e.owned[tp] = true
+			// Parked records of this partition go first in their lanes,
+			// before anything fetched from Kafka.
+			parked, err := e.loadParked(ctx, tp)
+			if err != nil {
+				e.log.Error("could not load parked records; they are delivered once the database answers and the partition is reassigned",
+					"partition", p, "reason", err.Error())
+				continue
+			}
+			if len(parked) > 0 {
+				e.sched.AddSpilled(tp, parked...)
+				e.log.Info("resuming parked records", "partition", p, "parked", len(parked))
+			}
 		}
 	}
 	e.log.Info("partitions assigned", "partitions", fmt.Sprint(assigned))
@@ -242,9 +258,28 @@ func (e *Engine) release(ctx context.Context, cl *kgo.Client, parts map[string][
 	e.log.Info("partitions revoked", "partitions", fmt.Sprint(parts))
 }
 
+// deliverItem delivers a fetched record, or a parked one (read back from
+// Postgres and deleted there once finished).
+func (e *Engine) deliverItem(ctx context.Context, tp lane.TP, it *lane.Item) lane.Outcome {
+	ref, parked := it.Value.(parkedRef)
+	if !parked {
+		return e.deliver(ctx, tp, it.Value.(*kgo.Record))
+	}
+	rec, err := e.unpark(ctx, ref)
+	if err != nil {
+		return e.dbTrouble(err)
+	}
+	out := e.deliver(ctx, tp, rec)
+	if out.Verdict == lane.Done {
+		if err := e.dropParked(ctx, ref); err != nil {
+			return e.dbTrouble(err) // delivered; the retry finds it succeeded and drops it again
+		}
+	}
+	return out
+}
+
 // deliver runs one record through the delivery log and the connector.
-func (e *Engine) deliver(ctx context.Context, tp lane.TP, it *lane.Item) lane.Outcome {
-	rec := it.Value.(*kgo.Record)
+func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.Outcome {
 	src := delivery.Source{Topic: tp.Topic, Partition: tp.Partition, Offset: rec.Offset}
 	ev, bad := decode(rec)
 	if bad == "" && !e.cfg.handles(ev.EventType) {

@@ -237,3 +237,6 @@ func (l *Log) Ignore(ctx context.Context, integration string, ev connector.Event
 	}
 	return nil
 }
+
+// Pool is the log's connection pool, for the engine's parked queue.
+func (l *Log) Pool() *pgxpool.Pool { return l.pool }

@@ -16,9 +16,18 @@ type TP struct {
 type Item struct {
 	Key    string
 	Offset int64
-	// Value is the caller's record (the scheduler does not look inside).
+	// Value is the caller's record (the scheduler does not look inside),
+	// or, once Spilled, the caller's reference to where it was spilled.
 	Value any
+	// Spilled items live in durable storage: their offsets no longer hold
+	// back the partition's watermark.
+	Spilled bool
 }
+
+// SpillFunc stores a blocked lane's items durably, in order, and returns a
+// small reference item for each (Spilled set, same Key and Offset). It is
+// called from the worker that holds the lane.
+type SpillFunc func(tp TP, items []*Item) ([]*Item, error)
 
 // Verdict is what a delivery attempt decided for its lane.
 type Verdict int
@@ -62,6 +71,9 @@ type Scheduler struct {
 	workers int
 	deliver DeliverFunc
 
+	spill      SpillFunc
+	spillAfter time.Duration
+
 	mu    sync.Mutex
 	cond  *sync.Cond // signals ready lanes, finished deliveries and stop
 	ready []*lane
@@ -85,13 +97,14 @@ type slot struct {
 }
 
 type lane struct {
-	p       *partition
-	key     string
-	queue   []*Item
-	state   LaneState
-	queued  bool // in the ready list
-	running bool
-	timer   *time.Timer
+	p            *partition
+	key          string
+	queue        []*Item
+	state        LaneState
+	queued       bool // in the ready list
+	running      bool
+	timer        *time.Timer
+	blockedSince time.Time // zero while the lane flows
 }
 
 // New returns a scheduler with the given number of workers.
@@ -99,6 +112,49 @@ func New(workers int, deliver DeliverFunc) *Scheduler {
 	s := &Scheduler{workers: max(1, workers), deliver: deliver, parts: map[TP]*partition{}}
 	s.cond = sync.NewCond(&s.mu)
 	return s
+}
+
+// SetSpill enables durable parking: a lane blocked (backing off or
+// parked) for at least after has its queued items spilled with fn. Call
+// before Run.
+func (s *Scheduler) SetSpill(after time.Duration, fn SpillFunc) {
+	s.spillAfter, s.spill = after, fn
+}
+
+// AddSpilled puts reference items loaded from durable storage at the front
+// of their lanes (a new owner of tp calls it before fetching tp). They do
+// not take part in the watermark.
+func (s *Scheduler) AddSpilled(tp TP, items ...*Item) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.partition(tp)
+	for _, it := range items {
+		it.Spilled = true
+		l := p.lane(it.Key)
+		l.queue = append(l.queue, it)
+		if l.blockedSince.IsZero() {
+			l.blockedSince = time.Now() // it was blocked before: keep spilling while it stays so
+		}
+		s.enqueue(l)
+	}
+}
+
+func (s *Scheduler) partition(tp TP) *partition {
+	p := s.parts[tp]
+	if p == nil {
+		p = &partition{tp: tp, lanes: map[string]*lane{}, next: -1}
+		s.parts[tp] = p
+	}
+	return p
+}
+
+func (p *partition) lane(key string) *lane {
+	l := p.lanes[key]
+	if l == nil {
+		l = &lane{p: p, key: key, state: Active}
+		p.lanes[key] = l
+	}
+	return l
 }
 
 // Run starts the workers and returns when ctx ends and they have exited.
@@ -135,11 +191,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 func (s *Scheduler) Add(tp TP, items ...*Item) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p := s.parts[tp]
-	if p == nil {
-		p = &partition{tp: tp, lanes: map[string]*lane{}, next: -1}
-		s.parts[tp] = p
-	}
+	p := s.partition(tp)
 	for _, it := range items {
 		if p.next >= 0 && it.Offset < p.next {
 			continue // a refetch of what we already hold
@@ -147,11 +199,7 @@ func (s *Scheduler) Add(tp TP, items ...*Item) int {
 		p.next = it.Offset + 1
 		p.offsets = append(p.offsets, slot{offset: it.Offset})
 		p.buffered++
-		l := p.lanes[it.Key]
-		if l == nil {
-			l = &lane{p: p, key: it.Key, state: Active}
-			p.lanes[it.Key] = l
-		}
+		l := p.lane(it.Key)
 		l.queue = append(l.queue, it)
 		s.enqueue(l)
 	}
@@ -194,13 +242,24 @@ func (s *Scheduler) work(ctx context.Context) {
 		out := s.deliver(ctx, l.p.tp, it)
 
 		s.mu.Lock()
+		if out.Verdict != Done {
+			if l.blockedSince.IsZero() {
+				l.blockedSince = time.Now()
+			}
+			if s.spill != nil && time.Since(l.blockedSince) >= s.spillAfter {
+				s.spillLane(l) // still holding the lane: no other worker touches it
+			}
+		}
 		l.running = false
 		l.p.running--
 		switch out.Verdict {
 		case Done:
 			l.queue[0] = nil
 			l.queue = l.queue[1:]
-			l.p.finish(it.Offset)
+			if !it.Spilled {
+				l.p.finish(it.Offset)
+			}
+			l.blockedSince = time.Time{}
 			if len(l.queue) == 0 {
 				delete(l.p.lanes, l.key) // lanes come and go with their tenants' traffic
 			}
@@ -219,6 +278,40 @@ func (s *Scheduler) work(ctx context.Context) {
 		}
 		s.cond.Broadcast() // Revoke may be waiting for this partition
 		s.mu.Unlock()
+	}
+}
+
+// spillLane moves l's queued, not yet spilled items to durable storage and
+// finishes their offsets. s.mu is held on entry and exit; it is released
+// around the spill call. The caller holds the lane (running).
+func (s *Scheduler) spillLane(l *lane) {
+	var items []*Item
+	for _, it := range l.queue {
+		if !it.Spilled {
+			items = append(items, it)
+		}
+	}
+	if len(items) == 0 {
+		return
+	}
+	s.mu.Unlock()
+	refs, err := s.spill(l.p.tp, items)
+	s.mu.Lock()
+	if err != nil || len(refs) != len(items) {
+		return // kept in memory; the next blocked attempt tries again
+	}
+	byItem := make(map[*Item]*Item, len(items))
+	for i, it := range items {
+		refs[i].Spilled = true
+		byItem[it] = refs[i]
+	}
+	for i, it := range l.queue {
+		if ref, ok := byItem[it]; ok {
+			l.queue[i] = ref
+			if !l.p.revoked {
+				l.p.finish(it.Offset)
+			}
+		}
 	}
 }
 

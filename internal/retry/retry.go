@@ -51,4 +51,6 @@ func (p Policy) Delay(attempt int, retryAfter time.Duration) time.Duration {
 }
 
 // String describes the policy.
-func (p Policy) String() string { return fmt.Sprintf("exponential %s..%s with jitter", p.Initial, p.Max) }
+func (p Policy) String() string {
+	return fmt.Sprintf("exponential %s..%s with jitter", p.Initial, p.Max)
+}
