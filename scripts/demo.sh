@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Ferry demo, no Docker: a throwaway PostgreSQL (devpg), a Kafka-protocol
-# broker (devbroker on 127.0.0.1:${KAFKA_PORT}), and cdc. It writes events
-# for several tenants into the outbox, in mixed transactions, and reads
-# them back per tenant with kcat, in order. Everything is stopped and
-# removed on exit.
+# broker (devbroker on 127.0.0.1:${KAFKA_PORT}), cdc, the partner API
+# simulator and sink. It writes events for several tenants into the outbox,
+# in mixed transactions; reads them back per tenant with kcat, in order;
+# and shows what reached the partner per tenant, in order — including a
+# tenant whose partner calls fail for a while and then catch up. Everything
+# is stopped and removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KAFKA_PORT=${KAFKA_PORT:-9092}
 ADMIN_ADDR=${ADMIN_ADDR:-127.0.0.1:9464}
+SINK_ADMIN_ADDR=${SINK_ADMIN_ADDR:-127.0.0.1:9465}
+PARTNER_ADDR=${PARTNER_ADDR:-127.0.0.1:8089}
 DEMO=.demo
 rm -rf "$DEMO" && mkdir -p "$DEMO"
 BROKER=127.0.0.1:$KAFKA_PORT
@@ -44,6 +48,30 @@ echo "== starting cdc"
 start cdc bin/cdc run --postgres-url "$PG" --brokers "$BROKER" --admin-addr "$ADMIN_ADDR" --log-format text
 wait_for "cdc to stream" curl -sf "http://$ADMIN_ADDR/readyz"
 
+echo "== starting the partner API simulator on $PARTNER_ADDR; tenant globex's calls will fail 6 times (HTTP 503)"
+start partnersim bin/partnersim -addr "$PARTNER_ADDR"
+wait_for "the partner simulator" curl -sf "http://$PARTNER_ADDR/healthz"
+curl -sf -X POST "http://$PARTNER_ADDR/_sim/rules" -d '{"tenant":"globex","status":503,"reason":"globex backend down","times":6}'
+
+echo "== starting sink (integration 'shop': webhook to the partner)"
+cat > "$DEMO/sink.yaml" <<YAML
+postgres_url: $PG
+kafka:
+  brokers: [$BROKER]
+admin_addr: $SINK_ADMIN_ADDR
+log_format: text
+integrations:
+  - name: shop
+    topics: [outbox.product]
+    retry: {initial: 200ms, max: 2s}
+    connector:
+      type: webhook
+      url: http://$PARTNER_ADDR/v1/events
+      timeout: 5s
+YAML
+start sink bin/sink run --config "$DEMO/sink.yaml"
+wait_for "sink" curl -sf "http://$SINK_ADMIN_ADDR/readyz"
+
 echo "== writing outbox events: three tenants, mixed transactions, one table-less message"
 psql -q "$PG" <<'SQL'
 BEGIN;
@@ -77,8 +105,16 @@ echo "== dead-letter topic"
 wait_for "the dead letter" bash -c "[ \$(kcat -b $BROKER -C -t ferry.cdc.dead_letter -o beginning -e -q | wc -l) -ge 1 ]"
 kcat -b "$BROKER" -C -t ferry.cdc.dead_letter -o beginning -e -q -f '   %h\n' | tr ',' '\n' | grep -E 'ferry_error|event_id' | sed 's/^/   /'
 
+echo "== what reached the partner, per tenant, in arrival order (globex fails, backs off, then catches up in order)"
+wait_for "6 events applied at the partner" bash -c "curl -sf http://$PARTNER_ADDR/_sim/report | grep -q '^applied 6\$'"
+curl -sf "http://$PARTNER_ADDR/_sim/report" | tail -n +2
+
+echo "== delivery log (ferry.delivery)"
+psql -q "$PG" -c "SELECT tenant_id, event_type, state, attempts, last_status, left(coalesce(reason, ''), 60) AS reason FROM ferry.delivery ORDER BY tenant_id, created_at"
+
 echo "== cdc status"
 bin/cdc status --postgres-url "$PG" --brokers "$BROKER"
 echo "== metrics (excerpt)"
 curl -sf "http://$ADMIN_ADDR/metrics" | grep -E '^ferry_cdc_(events_total|transactions_total|slot_lag_bytes|confirmed_lsn)' | sed 's/^/   /'
+curl -sf "http://$SINK_ADMIN_ADDR/metrics" | grep -E '^ferry_sink_deliveries_total' | sed 's/^/   /'
 echo "== done; cleaning up"

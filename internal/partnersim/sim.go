@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -168,6 +169,44 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// report writes a plain-text summary: "applied N", then per tenant every
+// request in arrival order with its status.
+func (s *Server) report(w io.Writer) {
+	reqs := s.Requests("")
+	byTenant := map[string][]Request{}
+	var tenants []string
+	applied := 0
+	for _, r := range reqs {
+		if _, ok := byTenant[r.Tenant]; !ok {
+			tenants = append(tenants, r.Tenant)
+		}
+		byTenant[r.Tenant] = append(byTenant[r.Tenant], r)
+		if r.Status < 300 && !r.Replayed {
+			applied++
+		}
+	}
+	sort.Strings(tenants)
+	fmt.Fprintf(w, "applied %d\n", applied)
+	for _, t := range tenants {
+		fmt.Fprintf(w, "-- tenant %s\n", t)
+		for _, r := range byTenant[t] {
+			note := "applied"
+			switch {
+			case r.Replayed:
+				note = "replayed (idempotency key seen before: not applied again)"
+			case r.Status >= 300:
+				note = "refused"
+			}
+			var ev struct {
+				EventType string          `json:"event_type"`
+				Payload   json.RawMessage `json:"payload"`
+			}
+			_ = json.Unmarshal([]byte(r.Body), &ev) // a body that is not an event prints empty
+			fmt.Fprintf(w, "   #%-4d %s %s -> %d %-8s %-16s %s\n", r.Seq, r.Time.Format("15:04:05.000"), r.Method, r.Status, note, ev.EventType, ev.Payload)
+		}
+	}
+}
+
 func (s *Server) inOutage() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -178,6 +217,9 @@ func (s *Server) control(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.URL.Path == "/_sim/requests" && r.Method == http.MethodGet:
 		writeJSON(w, http.StatusOK, s.Requests(r.URL.Query().Get("tenant")))
+	case r.URL.Path == "/_sim/report" && r.Method == http.MethodGet:
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		s.report(w)
 	case r.URL.Path == "/_sim/objects" && r.Method == http.MethodGet:
 		writeJSON(w, http.StatusOK, s.Objects(r.URL.Query().Get("entity")))
 	case r.URL.Path == "/_sim/rules" && r.Method == http.MethodPost:
