@@ -47,6 +47,7 @@ test-containers: deps
 # Benchmarks (not tests): writes docs/benchmarks.md.
 bench: deps build
 	$(GO) run ./bench/cdcbench -out docs/benchmarks.md $(BENCH_ARGS)
+	$(GO) run ./bench/sinkbench -out docs/benchmarks.md $(SINK_BENCH_ARGS)
 
 demo: deps build
 	./scripts/demo.sh

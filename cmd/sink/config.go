@@ -15,7 +15,11 @@ import (
 // Config is the sink's YAML file.
 type Config struct {
 	PostgresURL string `yaml:"postgres_url"`
-	Kafka       struct {
+	// PostgresMaxConns sizes the delivery log's connection pool. Default:
+	// the integrations' concurrency summed, capped at 64 (each delivery
+	// makes two short round trips).
+	PostgresMaxConns int32 `yaml:"postgres_max_conns"`
+	Kafka            struct {
 		Brokers []string `yaml:"brokers"`
 	} `yaml:"kafka"`
 	// AdminAddr serves /metrics, /healthz, /readyz. Default
@@ -47,8 +51,13 @@ func (c *Config) setDefaults() {
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
+	sum := int32(0)
 	for i := range c.Integrations {
 		c.Integrations[i].SetDefaults()
+		sum += int32(c.Integrations[i].Concurrency)
+	}
+	if c.PostgresMaxConns == 0 {
+		c.PostgresMaxConns = min(max(sum, 4), 64)
 	}
 }
 

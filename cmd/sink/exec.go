@@ -33,7 +33,12 @@ func (c *command) exec(ctx context.Context, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	pool, err := pgxpool.New(ctx, c.cfg.PostgresURL)
+	pcfg, err := pgxpool.ParseConfig(c.cfg.PostgresURL)
+	if err != nil {
+		return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
+	}
+	pcfg.MaxConns = c.cfg.PostgresMaxConns
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
 	}

@@ -41,7 +41,12 @@ func New(cfg Config) (*Connector, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 10 * time.Second
 	}
-	return &Connector{cfg: cfg, client: &http.Client{Timeout: cfg.Timeout}}, nil
+	// The default transport keeps 2 idle connections per host: with many
+	// lanes calling one partner, every other call would open a new TCP
+	// connection.
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 1024, 1024
+	return &Connector{cfg: cfg, client: &http.Client{Timeout: cfg.Timeout, Transport: tr}}, nil
 }
 
 // Deliver implements connector.Connector.
