@@ -93,7 +93,7 @@ func setup(ctx context.Context, cl *pgtest.Cluster, bin, name string, partnerArg
 		return nil, err
 	}
 	e.procs = append(e.procs, b)
-	p, err := start(filepath.Join(bin, "partnersim"), append([]string{"-addr", e.partner}, partnerArgs...)...)
+	p, err := start(filepath.Join(bin, "partnersim"), append([]string{"-addr", e.partner, "-discard"}, partnerArgs...)...)
 	if err != nil {
 		e.stop()
 		return nil, err
@@ -318,8 +318,9 @@ func runBench(ctx context.Context, bin string, events, parked int, out string) e
 
 Made by `+"`make bench`"+` (`+"`go run ./bench/sinkbench -out docs/benchmarks.md`"+`) on %s, %d CPUs, %s, host %s.
 The real `+"`sink`"+` binary with the delivery log on (a throwaway PostgreSQL 15,
-fsync off), devbroker and partnersim as separate processes, webhook
-connector. Rates run from the first success to the last.
+fsync off), devbroker and partnersim (`+"`-discard`"+`: it answers without
+storing anything) as separate processes, all sharing the machine's cores;
+webhook connector. Rates run from the first success to the last.
 
 | run | events | result | target |
 |---|---|---|---|

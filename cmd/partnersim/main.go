@@ -36,6 +36,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Float64Var(&cfg.RateLimit, "rate-limit", 0, "requests per second before 429 (0 = unlimited)")
 	fs.DurationVar(&cfg.RetryAfter, "retry-after", time.Second, "Retry-After sent with 429 and 503")
 	fs.Uint64Var(&cfg.Seed, "seed", 1, "seed for the random error draws")
+	fs.BoolVar(&cfg.Discard, "discard", false, "answer API requests without storing objects or the request log (benchmarks)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}

@@ -114,7 +114,9 @@ func TestRejectedParksUntilSkippedAndFailedRetries(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	if err := delivery.New(pool).Skip(context.Background(), "shop", "acme-2", "bad price, fixed by hand at the partner"); err != nil {
+	dlog := delivery.New(pool)
+	defer dlog.Close()
+	if err := dlog.Skip(context.Background(), "shop", "acme-2", "bad price, fixed by hand at the partner"); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, time.Minute, "acme to resume after the skip", func() bool { return len(e.delivered()["acme"]) == 3 })

@@ -44,6 +44,7 @@ func (c *command) exec(ctx context.Context, stderr io.Writer) error {
 	}
 	defer pool.Close()
 	dlog := delivery.New(pool)
+	defer dlog.Close() // before the pool closes: defers run last-in first-out
 	m := metrics.NewSink()
 
 	g, gctx := errgroup.WithContext(ctx)

@@ -1,5 +1,6 @@
 // Package admin serves a binary's operator HTTP endpoints: Prometheus
-// metrics at /metrics, liveness at /healthz and readiness at /readyz.
+// metrics at /metrics, liveness at /healthz, readiness at /readyz and Go
+// profiles at /debug/pprof/.
 // Safe for concurrent use.
 package admin
 
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,6 +44,11 @@ func Listen(addr string, reg *prometheus.Registry, ready func() (bool, string), 
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	// Profiles for operators (the admin address is loopback by default).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	for p, h := range extra {
 		mux.Handle(p, h)
 	}

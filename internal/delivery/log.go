@@ -44,10 +44,15 @@ const MaxCallBytes = 4096
 // Log is the delivery log.
 type Log struct {
 	pool *pgxpool.Pool
+	b    *batcher
 }
 
-// New returns a Log on pool (migrations applied).
-func New(pool *pgxpool.Pool) *Log { return &Log{pool: pool} }
+// New returns a Log on pool (migrations applied). Close it to stop its
+// batchers.
+func New(pool *pgxpool.Pool) *Log { return &Log{pool: pool, b: newBatcher(pool)} }
+
+// Close waits for statements in progress and stops the batchers.
+func (l *Log) Close() { l.b.close() }
 
 // Attempt is one claimed delivery attempt: Finish must be called with its
 // outcome.
@@ -56,6 +61,7 @@ type Attempt struct {
 	EventID     string
 	// Number counts from 1; it fences Finish.
 	Number int
+	event  connector.Event // stored with a failure or rejection
 }
 
 // ErrNotClaimed means the delivery is final, or another process moved it
@@ -70,21 +76,18 @@ func (e *ErrNotClaimed) Error() string {
 // (pending → in_flight) or moves failed/in_flight → in_flight. It returns
 // *ErrNotClaimed when the delivery is already final (a redelivery).
 func (l *Log) Begin(ctx context.Context, integration string, ev connector.Event, src Source) (Attempt, error) {
-	body, err := json.Marshal(ev)
-	if err != nil {
-		return Attempt{}, fmt.Errorf("delivery: encode event %s: %w", ev.ID, err)
-	}
 	var n int
 	var state State
 	// in_flight → in_flight takes over an attempt a dead process left
 	// behind; partition ownership keeps live processes apart.
-	err = l.pool.QueryRow(ctx, `INSERT INTO ferry.delivery AS d (integration, event_id, tenant_id, event_type, aggregate_type,
-			aggregate_id, topic, kafka_partition, kafka_offset, state, attempts, event)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'in_flight', 1, $10)
+	err := l.b.do(ctx, &op{sql: `INSERT INTO ferry.delivery AS d (integration, event_id, tenant_id, event_type, aggregate_type,
+			aggregate_id, topic, kafka_partition, kafka_offset, state, attempts)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'in_flight', 1)
 		ON CONFLICT (integration, event_id) DO UPDATE SET state = 'in_flight', attempts = d.attempts + 1, updated_at = now()
 			WHERE d.state IN ('pending', 'failed', 'in_flight', 'waiting')
 		RETURNING attempts, state`,
-		integration, ev.ID, ev.TenantID, ev.EventType, ev.AggregateType, ev.AggregateID, src.Topic, src.Partition, src.Offset, body).Scan(&n, &state)
+		args: []any{integration, ev.ID, ev.TenantID, ev.EventType, ev.AggregateType, ev.AggregateID, src.Topic, src.Partition, src.Offset},
+		scan: func(r pgx.Row) error { return r.Scan(&n, &state) }})
 	if errors.Is(err, pgx.ErrNoRows) {
 		if err := l.pool.QueryRow(ctx, `SELECT state FROM ferry.delivery WHERE integration = $1 AND event_id = $2`, integration, ev.ID).Scan(&state); err != nil {
 			return Attempt{}, fmt.Errorf("delivery: read %s: %w", ev.ID, err)
@@ -94,7 +97,7 @@ func (l *Log) Begin(ctx context.Context, integration string, ev connector.Event,
 	if err != nil {
 		return Attempt{}, fmt.Errorf("delivery: begin %s: %w", ev.ID, err)
 	}
-	return Attempt{Integration: integration, EventID: ev.ID, Number: n}, nil
+	return Attempt{Integration: integration, EventID: ev.ID, Number: n, event: ev}, nil
 }
 
 // Outcome is what an attempt ended with.
@@ -109,9 +112,15 @@ type Outcome struct {
 // Finish records the attempt's outcome. It fails when the delivery moved
 // since Begin (fenced by the attempt number).
 func (l *Log) Finish(ctx context.Context, a Attempt, o Outcome) error {
-	calls, err := json.Marshal(bound(o.Calls))
-	if err != nil {
-		return fmt.Errorf("delivery: encode calls: %w", err)
+	// Calls (bounded bodies) and the event are kept for failures and
+	// rejections, which operators inspect and retry; a success keeps its
+	// status code.
+	var calls []byte
+	var err error
+	if o.State != Succeeded {
+		if calls, err = json.Marshal(bound(o.Calls)); err != nil {
+			return fmt.Errorf("delivery: encode calls: %w", err)
+		}
 	}
 	var next *time.Time
 	if !o.NextRetry.IsZero() {
@@ -121,14 +130,20 @@ func (l *Log) Finish(ctx context.Context, a Attempt, o Outcome) error {
 	if o.Status != 0 {
 		status = &o.Status
 	}
-	tag, err := l.pool.Exec(ctx, `UPDATE ferry.delivery SET state = $4, last_status = $5, reason = NULLIF($6, ''),
-			calls = $7, next_attempt_at = $8, updated_at = now()
+	var event []byte
+	if o.State != Succeeded {
+		if event, err = json.Marshal(a.event); err != nil {
+			return fmt.Errorf("delivery: encode event %s: %w", a.EventID, err)
+		}
+	}
+	fin := &op{sql: `UPDATE ferry.delivery SET state = $4, last_status = $5, reason = NULLIF($6, ''),
+			calls = $7, next_attempt_at = $8, event = COALESCE($9, event), updated_at = now()
 		WHERE integration = $1 AND event_id = $2 AND attempts = $3 AND state = 'in_flight'`,
-		a.Integration, a.EventID, a.Number, o.State, status, o.Reason, calls, next)
-	if err != nil {
+		args: []any{a.Integration, a.EventID, a.Number, o.State, status, o.Reason, calls, next, event}}
+	if err := l.b.do(ctx, fin); err != nil {
 		return fmt.Errorf("delivery: finish %s: %w", a.EventID, err)
 	}
-	if tag.RowsAffected() != 1 {
+	if fin.tag.RowsAffected() != 1 {
 		return fmt.Errorf("delivery: finish %s attempt %d: the delivery moved on since (another process, or an operator)", a.EventID, a.Number)
 	}
 	return nil

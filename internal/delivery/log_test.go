@@ -34,7 +34,9 @@ func newLog(t *testing.T) *Log {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	return New(pool)
+	l := New(pool)
+	t.Cleanup(l.Close)
+	return l
 }
 
 var ev = connector.Event{ID: "e1", TenantID: "acme", EventType: "product.created", AggregateType: "product", AggregateID: "p1", Payload: []byte(`{}`)}
@@ -57,7 +59,7 @@ func TestRedeliveryOfSucceededIsNotClaimed(t *testing.T) {
 		t.Fatalf("other integration: %v", err)
 	}
 	r, err := l.Get(ctx, "shop", "e1")
-	if err != nil || r.Attempts != 1 || len(r.Calls) != 1 || len(r.Calls[0].RequestBody) > MaxCallBytes+20 {
+	if err != nil || r.Attempts != 1 || r.Status == nil || *r.Status != 201 {
 		t.Fatalf("record %+v %v", r, err)
 	}
 }
@@ -75,8 +77,13 @@ func TestFinishIsFencedByAttempt(t *testing.T) {
 	if err := l.Finish(ctx, first, Outcome{State: Succeeded}); err == nil {
 		t.Fatal("the old attempt moved the delivery forward")
 	}
-	if err := l.Finish(ctx, second, Outcome{State: Rejected, Status: 422, Reason: "bad sku"}); err != nil {
+	if err := l.Finish(ctx, second, Outcome{State: Rejected, Status: 422, Reason: "bad sku",
+		Calls: []connector.Call{{Method: "POST", Status: 422, RequestBody: strings.Repeat("x", 10000)}}}); err != nil {
 		t.Fatal(err)
+	}
+	// A rejection keeps the bounded calls and the event for inspection.
+	if r, err := l.Get(ctx, "shop", "e1"); err != nil || len(r.Calls) != 1 || len(r.Calls[0].RequestBody) > MaxCallBytes+20 || r.Calls[0].Status != 422 {
+		t.Fatalf("rejected record %+v %v", r, err)
 	}
 	if err := l.Retry(ctx, "shop", "e1"); err != nil {
 		t.Fatal(err)

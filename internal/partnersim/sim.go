@@ -30,6 +30,11 @@ type Config struct {
 	RetryAfter time.Duration
 	// Seed makes the error draws repeatable.
 	Seed uint64
+	// Discard answers /v1 requests (201 with an id, after latency, rules
+	// and faults) without storing objects, idempotency keys or the request
+	// log: for throughput benchmarks, where the simulator must cost the
+	// machine as little as possible.
+	Discard bool
 }
 
 // Rule answers matching /v1 requests with a fixed status instead of
@@ -255,6 +260,10 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "read body", http.StatusBadRequest)
 		return
 	}
+	if s.cfg.Discard {
+		s.discard(w, r)
+		return
+	}
 	req := Request{Time: time.Now(), Method: r.Method, Path: r.URL.Path, Tenant: r.Header.Get("X-Tenant-ID"),
 		IdempotencyKey: r.Header.Get("Idempotency-Key"), Body: string(body)}
 	status, resp, hdr, replayed := s.answer(r, req, body)
@@ -268,6 +277,32 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(k, v)
 	}
 	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(resp) // the client hanging up is its own problem
+}
+
+// discard answers without keeping anything (Config.Discard).
+func (s *Server) discard(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.Copy(io.Discard, r.Body) // the body's content does not matter here
+	req := Request{Method: r.Method, Tenant: r.Header.Get("X-Tenant-ID")}
+	status, resp, hdr := http.StatusCreated, []byte(`{"id":"x"}`), map[string]string(nil)
+	retry := map[string]string{"Retry-After": strconv.Itoa(max(1, int(s.cfg.RetryAfter.Seconds())))}
+	s.mu.Lock()
+	switch {
+	case time.Now().Before(s.outage):
+		status, resp, hdr = http.StatusServiceUnavailable, errBody("partner outage"), retry
+	default:
+		for _, rule := range s.rules {
+			if rule.Tenant == "" || rule.Tenant == req.Tenant {
+				status, resp = rule.Status, errBody(rule.Reason)
+				break
+			}
+		}
+	}
+	s.mu.Unlock()
+	for k, v := range hdr {
+		w.Header().Set(k, v)
+	}
 	w.WriteHeader(status)
 	_, _ = w.Write(resp) // the client hanging up is its own problem
 }

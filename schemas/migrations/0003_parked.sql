@@ -15,5 +15,7 @@ CREATE TABLE ferry.parked_event (
     parked_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (integration, seq)
 );
-CREATE INDEX parked_event_partition ON ferry.parked_event (integration, topic, kafka_partition, seq);
-CREATE INDEX parked_event_tenant ON ferry.parked_event (integration, tenant_id, seq);
+-- Not led by integration, so the per-row lookups (integration, seq) always
+-- use the primary key (see 0002_sink.sql).
+CREATE INDEX parked_event_partition ON ferry.parked_event (topic, kafka_partition, integration, seq);
+CREATE INDEX parked_event_tenant ON ferry.parked_event (tenant_id, integration, seq);
