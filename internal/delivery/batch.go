@@ -20,7 +20,7 @@ import (
 const maxBatch = 256
 
 // batchers is the number of batches in flight at once.
-const batchers = 4
+const batchers = 8
 
 // op is one statement waiting for a batch.
 type op struct {
