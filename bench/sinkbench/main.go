@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -33,9 +34,10 @@ func main() {
 	events := flag.Int("events", 100_000, "events per throughput run")
 	parked := flag.Int("parked", 100_000, "events parked in the memory run")
 	out := flag.String("out", "", "append the Markdown section to this file")
+	repeat := flag.Int("repeat", 3, "runs per rate scenario (the median is reported)")
 	bin := flag.String("bin", "bin", "folder with sink, devbroker and partnersim")
 	flag.Parse()
-	if err := runBench(context.Background(), *bin, *events, *parked, *out); err != nil {
+	if err := runBench(context.Background(), *bin, *events, *parked, *repeat, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "sinkbench:", err)
 		os.Exit(1)
 	}
@@ -201,116 +203,140 @@ func peakRSS(pid int) float64 {
 	return 0
 }
 
+// parkedRun has one tenant fail every call with n events queued and
+// returns the sink's peak RSS once all of them are parked in Postgres.
+func parkedRun(ctx context.Context, cl *pgtest.Cluster, bin string, n int) (float64, error) {
+	e, err := setup(ctx, cl, bin, "sink_parked")
+	if err != nil {
+		return 0, err
+	}
+	defer e.stop()
+	if err := e.produce(ctx, n, 1, func(int) string { return "stuck" }); err != nil {
+		return 0, err
+	}
+	resp, err := http.Post("http://"+e.partner+"/_sim/rules", "application/json", strings.NewReader(`{"tenant":"stuck","status":503}`))
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	s, err := e.sink("    park_after: 1s\n")
+	if err != nil {
+		return 0, err
+	}
+	conn, err := pgx.Connect(ctx, e.pg)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(ctx)
+	deadline := time.Now().Add(15 * time.Minute)
+	for {
+		var got int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM ferry.parked_event`).Scan(&got); err == nil && got >= n {
+			break
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("parked events did not reach %d", n)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second) // a few retry rounds with everything parked
+	return peakRSS(s.Process.Pid), nil
+}
+
 func tenantN(i int) string { return fmt.Sprintf("tenant-%04d", i%1000) }
 
-func runBench(ctx context.Context, bin string, events, parked int, out string) error {
+// runs measures one scenario repeat times and returns every result.
+func runs(repeat int, name string, fn func(i int) (float64, error)) ([]float64, error) {
+	var out []float64
+	for i := range repeat {
+		v, err := fn(i)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		fmt.Fprintf(os.Stderr, "%s run %d: %.0f\n", name, i+1, v)
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func median(vs []float64) float64 {
+	s := append([]float64(nil), vs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+func list(vs []float64) string {
+	var parts []string
+	for _, v := range vs {
+		parts = append(parts, fmt.Sprintf("%.0f", v))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// scenario sets up a fresh database, broker and partner, produces events
+// over 1,000 tenants, optionally installs a partner rule, runs sink with
+// extra config and returns its delivery rate over want successes.
+func scenario(ctx context.Context, cl *pgtest.Cluster, bin, name string, events, want int, rule, extra string, partnerArgs []string, rss *float64) (float64, error) {
+	e, err := setup(ctx, cl, bin, name, partnerArgs...)
+	if err != nil {
+		return 0, err
+	}
+	defer e.stop()
+	if err := e.produce(ctx, events, 1000, tenantN); err != nil {
+		return 0, err
+	}
+	if rule != "" {
+		resp, err := http.Post("http://"+e.partner+"/_sim/rules", "application/json", strings.NewReader(rule))
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+	}
+	s, err := e.sink(extra)
+	if err != nil {
+		return 0, err
+	}
+	r, err := rate(e.admin, want)
+	if rss != nil {
+		*rss = max(*rss, peakRSS(s.Process.Pid))
+	}
+	return r, err
+}
+
+func runBench(ctx context.Context, bin string, events, parked, repeat int, out string) error {
 	cl, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"shared_buffers": "512MB", "max_wal_size": "8GB"}})
 	if err != nil {
 		return err
 	}
 	defer cl.Stop()
 	var b strings.Builder
-
-	// 1. 0 ms partner, 1,000 tenants.
-	e, err := setup(ctx, cl, bin, "sink_fast")
+	var fastRSS float64
+	fast, err := runs(repeat, "0 ms partner", func(i int) (float64, error) {
+		return scenario(ctx, cl, bin, fmt.Sprintf("sink_fast_%d", i), events, events, "", "    workers: 128\n", nil, &fastRSS)
+	})
 	if err != nil {
 		return err
 	}
-	if err := e.produce(ctx, events, 1000, tenantN); err != nil {
-		return err
-	}
-	s, err := e.sink("    workers: 128\n")
-	if err != nil {
-		return err
-	}
-	fast, err := rate(e.admin, events)
-	if err != nil {
-		return err
-	}
-	fastRSS := peakRSS(s.Process.Pid)
-	e.stop()
-	fmt.Fprintf(os.Stderr, "0 ms partner: %.0f deliveries/s, RSS %.1f MiB\n", fast, fastRSS)
-
-	// 2. 20 ms partner, concurrency 256.
 	slowN := events / 2
-	e, err = setup(ctx, cl, bin, "sink_slow", "-latency", "20ms")
-	if err != nil {
-		return err
-	}
-	if err := e.produce(ctx, slowN, 1000, tenantN); err != nil {
-		return err
-	}
-	if _, err := e.sink("    workers: 256\n    concurrency: 256\n"); err != nil {
-		return err
-	}
-	slow, err := rate(e.admin, slowN)
-	if err != nil {
-		return err
-	}
-	e.stop()
 	ideal := 256 / 0.020
-	fmt.Fprintf(os.Stderr, "20 ms partner: %.0f deliveries/s, efficiency %.2f\n", slow, slow/ideal)
-
-	// 3. One tenant fails every call: healthy tenants' rate vs run 1.
-	e, err = setup(ctx, cl, bin, "sink_failing")
+	slow, err := runs(repeat, "20 ms partner", func(i int) (float64, error) {
+		return scenario(ctx, cl, bin, fmt.Sprintf("sink_slow_%d", i), slowN, slowN, "", "    workers: 256\n    concurrency: 256\n", []string{"-latency", "20ms"}, nil)
+	})
 	if err != nil {
 		return err
 	}
-	if err := e.produce(ctx, events, 1000, tenantN); err != nil {
-		return err
-	}
-	resp, err := http.Post("http://"+e.partner+"/_sim/rules", "application/json", strings.NewReader(`{"tenant":"tenant-0000","status":503}`))
+	healthy, err := runs(repeat, "one failing tenant", func(i int) (float64, error) {
+		return scenario(ctx, cl, bin, fmt.Sprintf("sink_failing_%d", i), events, events-events/1000, `{"tenant":"tenant-0000","status":503}`, "    workers: 128\n", nil, nil)
+	})
 	if err != nil {
 		return err
 	}
-	resp.Body.Close()
-	if _, err := e.sink("    workers: 128\n"); err != nil {
-		return err
-	}
-	healthy, err := rate(e.admin, events-events/1000)
+	parkedRSS, err := parkedRun(ctx, cl, bin, parked)
 	if err != nil {
 		return err
 	}
-	e.stop()
-	fmt.Fprintf(os.Stderr, "one failing tenant: healthy %.0f deliveries/s (%.0f%% of baseline)\n", healthy, 100*healthy/fast)
-
-	// 4. 100,000 parked events.
-	e, err = setup(ctx, cl, bin, "sink_parked")
-	if err != nil {
-		return err
-	}
-	if err := e.produce(ctx, parked, 1, func(int) string { return "stuck" }); err != nil {
-		return err
-	}
-	resp, err = http.Post("http://"+e.partner+"/_sim/rules", "application/json", strings.NewReader(`{"tenant":"stuck","status":503}`))
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	s, err = e.sink("    park_after: 1s\n")
-	if err != nil {
-		return err
-	}
-	conn, err := pgx.Connect(ctx, e.pg)
-	if err != nil {
-		return err
-	}
-	deadline := time.Now().Add(15 * time.Minute)
-	for {
-		var n int
-		if err := conn.QueryRow(ctx, `SELECT count(*) FROM ferry.parked_event`).Scan(&n); err == nil && n >= parked {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("parked events did not reach %d", parked)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	time.Sleep(3 * time.Second) // a few retry rounds with everything parked
-	parkedRSS := peakRSS(s.Process.Pid)
-	conn.Close(ctx)
-	e.stop()
 	fmt.Fprintf(os.Stderr, "%d parked events: peak RSS %.1f MiB\n", parked, parkedRSS)
+	fastM, slowM, healthyM := median(fast), median(slow), median(healthy)
 
 	host, _ := os.Hostname()
 	fmt.Fprintf(&b, `
@@ -324,12 +350,17 @@ webhook connector. Rates run from the first success to the last.
 
 | run | events | result | target |
 |---|---|---|---|
-| 0 ms partner, 1,000 tenants, 128 workers | %d | %.0f deliveries/s (peak RSS %.1f MiB) | ≥ 10,000/s |
-| 20 ms partner, concurrency 256 | %d | %.0f deliveries/s = efficiency %.2f of 256 / 20 ms | ≥ 0.9 |
-| one tenant of 1,000 failing every call | %d | healthy tenants %.0f deliveries/s = %.0f%% of the 0 ms run | ≥ 95%% |
+| 0 ms partner, 1,000 tenants, 128 workers | %d | median %.0f deliveries/s (runs: %s; peak RSS %.1f MiB) | ≥ 10,000/s |
+| 20 ms partner, concurrency 256 | %d | median %.0f deliveries/s = efficiency %.2f of 256 / 20 ms (runs: %s) | ≥ 0.9 |
+| one tenant of 1,000 failing every call | %d | healthy tenants: median %.0f deliveries/s = %.0f%% of the 0 ms median (runs: %s) | ≥ 95%% |
 | one tenant with %d events parked in Postgres | %d | peak RSS %.1f MiB | < 200 MiB |
+
+Each rate is the median of %d runs, each on a fresh database, broker and
+partner. This 2-core VM shares its cores between sink, Postgres, the
+broker and the partner; single runs vary by about ±30%%.
 `, time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), runtime.Version(), host,
-		events, fast, fastRSS, slowN, slow, slow/ideal, events, healthy, 100*healthy/fast, parked, parked, parkedRSS)
+		events, fastM, list(fast), fastRSS, slowN, slowM, slowM/ideal, list(slow), events, healthyM, 100*healthyM/fastM, list(healthy),
+		parked, parked, parkedRSS, len(fast))
 	fmt.Print(b.String())
 	if out == "" {
 		return nil
