@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/alecthomas/kong"
@@ -103,16 +104,48 @@ type flags struct {
 	LogFormat   *string  `help:"Log format: json (default) or text." env:"FERRY_LOG_FORMAT" name:"log-format"`
 	LogLevel    *string  `help:"Log level: debug, info (default), warn, error." env:"FERRY_LOG_LEVEL" name:"log-level"`
 
-	Run runCmd `cmd:"" default:"withargs" help:"Consume and deliver (the default command)."`
+	Run      runCmd      `cmd:"" default:"withargs" help:"Consume and deliver (the default command)."`
+	Status   statusCmd   `cmd:"" help:"Deliveries by integration and state, and parked queue depth per tenant."`
+	Failures failuresCmd `cmd:"" help:"Failed and rejected deliveries: status code, reason, attempts, and the partner calls."`
+	Retry    retryCmd    `cmd:"" help:"Make a rejected or failed delivery retryable: one event, a tenant's, or all of an integration's."`
+	Skip     skipCmd     `cmd:"" help:"Skip a delivery (its lane moves on); a reason is required and recorded."`
 }
 
 type runCmd struct{}
+
+type statusCmd struct {
+	JSON bool `help:"Print JSON."`
+}
+
+type failuresCmd struct {
+	Integration string        `help:"Only this integration."`
+	Tenant      string        `help:"Only this tenant."`
+	State       []string      `help:"States to list (default failed,rejected)." enum:"failed,rejected,in_flight,pending,skipped,succeeded" sep:","`
+	Since       time.Duration `help:"Only deliveries updated within this long (e.g. 1h)."`
+	Limit       int           `help:"At most this many rows." default:"100"`
+	Calls       bool          `help:"Show the partner calls (request and response, bounded)."`
+	JSON        bool          `help:"Print JSON."`
+}
+
+type retryCmd struct {
+	Integration string `help:"The integration." required:""`
+	Event       string `help:"One event id." xor:"what" required:""`
+	Tenant      string `help:"Every rejected or failed delivery of this tenant." xor:"what" required:""`
+	All         bool   `help:"Every rejected or failed delivery of the integration." xor:"what" required:""`
+}
+
+type skipCmd struct {
+	Integration string `help:"The integration." required:""`
+	Event       string `help:"The event id." required:""`
+	Reason      string `help:"Why (recorded in the delivery log and ferry.operator_action)." required:""`
+}
 
 var errHelp = errors.New("help shown")
 
 type command struct {
 	name string
 	cfg  Config
+	f    flags
 }
 
 func parse(args []string, getenv func(string) string, stdout io.Writer) (*command, error) {
@@ -157,8 +190,13 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 	set(&cfg.LogFormat, f.LogFormat)
 	set(&cfg.LogLevel, f.LogLevel)
 	cfg.setDefaults()
-	if err := cfg.validate(); err != nil {
-		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	name := strings.Fields(kctx.Command())[0]
+	if name == "run" {
+		if err := cfg.validate(); err != nil {
+			return nil, fmt.Errorf("invalid configuration:\n%w", err)
+		}
+	} else if cfg.PostgresURL == "" {
+		return nil, errors.New("postgres_url: not set: use --postgres-url or FERRY_POSTGRES_URL")
 	}
-	return &command{name: kctx.Command(), cfg: cfg}, nil
+	return &command{name: name, cfg: cfg, f: f}, nil
 }

@@ -19,7 +19,10 @@ import (
 	"github.com/ferry-cdc/ferry/pkg/connector/webhook"
 )
 
-func (c *command) exec(ctx context.Context, stderr io.Writer) error {
+func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
+	if c.name != "run" {
+		return c.operate(ctx, stdout)
+	}
 	log, err := cli.Logger(stderr, c.cfg.LogFormat, c.cfg.LogLevel)
 	if err != nil {
 		return err

@@ -28,7 +28,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprintf(stderr, "sink: %v\n", err)
 		return 2
 	}
-	if err := c.exec(ctx, stderr); err != nil {
+	if err := c.exec(ctx, stdout, stderr); err != nil {
 		fmt.Fprintf(stderr, "sink: %v\n", err)
 		return 1
 	}

@@ -255,3 +255,138 @@ func (l *Log) Ignore(ctx context.Context, integration string, ev connector.Event
 
 // Pool is the log's connection pool, for the engine's parked queue.
 func (l *Log) Pool() *pgxpool.Pool { return l.pool }
+
+// Filter selects deliveries for Failures.
+type Filter struct {
+	Integration string    // "" = all
+	TenantID    string    // "" = all
+	States      []State   // empty = failed and rejected
+	Since       time.Time // zero = any time
+	Limit       int       // 0 = 100
+}
+
+// Failure is one problem delivery, for operators.
+type Failure struct {
+	Integration string           `json:"integration"`
+	EventID     string           `json:"event_id"`
+	TenantID    string           `json:"tenant_id"`
+	EventType   string           `json:"event_type"`
+	State       State            `json:"state"`
+	Attempts    int              `json:"attempts"`
+	LastStatus  *int             `json:"last_status"`
+	Reason      string           `json:"reason"`
+	Calls       []connector.Call `json:"calls,omitempty"`
+	Topic       string           `json:"topic"`
+	Partition   int32            `json:"partition"`
+	Offset      int64            `json:"offset"`
+	UpdatedAt   time.Time        `json:"updated_at"`
+}
+
+// Failures lists problem deliveries, newest first.
+func (l *Log) Failures(ctx context.Context, f Filter) ([]Failure, error) {
+	states := f.States
+	if len(states) == 0 {
+		states = []State{Failed, Rejected}
+	}
+	if f.Limit == 0 {
+		f.Limit = 100
+	}
+	var since *time.Time
+	if !f.Since.IsZero() {
+		since = &f.Since
+	}
+	rows, err := l.pool.Query(ctx, `SELECT integration, event_id, tenant_id, event_type, state, attempts, last_status,
+			COALESCE(reason, ''), calls, topic, kafka_partition, kafka_offset, updated_at
+		FROM ferry.delivery
+		WHERE ($1 = '' OR integration = $1) AND ($2 = '' OR tenant_id = $2) AND state = ANY($3)
+			AND ($4::timestamptz IS NULL OR updated_at >= $4)
+		ORDER BY updated_at DESC LIMIT $5`, f.Integration, f.TenantID, states, since, f.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("delivery: list failures: %w", err)
+	}
+	defer rows.Close()
+	var out []Failure
+	for rows.Next() {
+		var x Failure
+		var calls []byte
+		if err := rows.Scan(&x.Integration, &x.EventID, &x.TenantID, &x.EventType, &x.State, &x.Attempts, &x.LastStatus,
+			&x.Reason, &calls, &x.Topic, &x.Partition, &x.Offset, &x.UpdatedAt); err != nil {
+			return nil, fmt.Errorf("delivery: read failures: %w", err)
+		}
+		if len(calls) > 0 {
+			if err := json.Unmarshal(calls, &x.Calls); err != nil {
+				return nil, fmt.Errorf("delivery: decode calls of %s: %w", x.EventID, err)
+			}
+		}
+		out = append(out, x)
+	}
+	return out, rows.Err()
+}
+
+// Count is the number of deliveries in one state, per integration.
+type Count struct {
+	Integration string `json:"integration"`
+	State       State  `json:"state"`
+	Deliveries  int64  `json:"deliveries"`
+}
+
+// Counts returns delivery counts by integration and state, and the parked
+// queue depth per integration and tenant.
+func (l *Log) Counts(ctx context.Context) ([]Count, map[string]map[string]int64, error) {
+	rows, err := l.pool.Query(ctx, `SELECT integration, state, count(*) FROM ferry.delivery GROUP BY 1, 2 ORDER BY 1, 2`)
+	if err != nil {
+		return nil, nil, fmt.Errorf("delivery: counts: %w", err)
+	}
+	var out []Count
+	for rows.Next() {
+		var c Count
+		if err := rows.Scan(&c.Integration, &c.State, &c.Deliveries); err != nil {
+			rows.Close()
+			return nil, nil, err
+		}
+		out = append(out, c)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	parked := map[string]map[string]int64{}
+	prows, err := l.pool.Query(ctx, `SELECT integration, tenant_id, count(*) FROM ferry.parked_event GROUP BY 1, 2`)
+	if err != nil {
+		return nil, nil, fmt.Errorf("delivery: parked counts: %w", err)
+	}
+	defer prows.Close()
+	for prows.Next() {
+		var in, tenant string
+		var n int64
+		if err := prows.Scan(&in, &tenant, &n); err != nil {
+			return nil, nil, err
+		}
+		if parked[in] == nil {
+			parked[in] = map[string]int64{}
+		}
+		parked[in][tenant] = n
+	}
+	return out, parked, prows.Err()
+}
+
+// RetryTenant makes every rejected or failed delivery of a tenant (or of
+// the whole integration when tenant is "") retryable; it returns how many.
+func (l *Log) RetryTenant(ctx context.Context, integration, tenant string) (int, error) {
+	var n int
+	err := pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE ferry.delivery SET state = 'pending', updated_at = now()
+			WHERE integration = $1 AND ($2 = '' OR tenant_id = $2) AND state IN ('rejected', 'failed')`, integration, tenant)
+		if err != nil {
+			return err
+		}
+		n = int(tag.RowsAffected())
+		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, action, reason) VALUES ($1, $2, 'retry', $3)`,
+			integration, tenant, fmt.Sprintf("%d deliveries", n))
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("delivery: retry %s/%s: %w", integration, tenant, err)
+	}
+	return n, nil
+}
