@@ -109,6 +109,19 @@ type flags struct {
 	Failures failuresCmd `cmd:"" help:"Failed and rejected deliveries: status code, reason, attempts, and the partner calls."`
 	Retry    retryCmd    `cmd:"" help:"Make a rejected or failed delivery retryable: one event, a tenant's, or all of an integration's."`
 	Skip     skipCmd     `cmd:"" help:"Skip a delivery (its lane moves on); a reason is required and recorded."`
+	Pause    pauseCmd    `cmd:"" help:"Pause an integration, or one tenant of it: its lanes wait without calling the partner. Survives restarts."`
+	Resume   resumeCmd   `cmd:"" help:"Resume a paused integration or tenant."`
+}
+
+type pauseCmd struct {
+	Integration string `help:"The integration." required:""`
+	Tenant      string `help:"Only this tenant (default: the whole integration)."`
+	Reason      string `help:"Why (recorded)."`
+}
+
+type resumeCmd struct {
+	Integration string `help:"The integration." required:""`
+	Tenant      string `help:"Only this tenant (default: the whole integration)."`
 }
 
 type runCmd struct{}

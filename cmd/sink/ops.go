@@ -26,6 +26,16 @@ func (c *command) operate(ctx context.Context, stdout io.Writer) error {
 	if err := pool.Ping(ctx); err != nil {
 		return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
 	}
+	// Idempotent: an operator may pause a tenant before the first run.
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
+	}
+	_, err = pgdb.Migrate(ctx, conn.Conn())
+	conn.Release()
+	if err != nil {
+		return err
+	}
 	dlog := delivery.New(pool)
 	defer dlog.Close()
 	switch c.name {
@@ -57,6 +67,20 @@ func (c *command) operate(ctx context.Context, stdout io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(stdout, "skipped %s/%s: %s\n", s.Integration, s.Event, s.Reason)
+		return nil
+	case "pause":
+		p := c.f.Pause
+		if err := dlog.Pause(ctx, p.Integration, p.Tenant, p.Reason); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "paused %s\n", target(p.Integration, p.Tenant))
+		return nil
+	case "resume":
+		r := c.f.Resume
+		if err := dlog.Resume(ctx, r.Integration, r.Tenant); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "resumed %s\n", target(r.Integration, r.Tenant))
 		return nil
 	}
 	return fmt.Errorf("unknown command %q", c.name)
@@ -128,6 +152,13 @@ func failures(ctx context.Context, dlog *delivery.Log, cmd failuresCmd, stdout i
 		}
 	}
 	return w.Flush()
+}
+
+func target(integration, tenant string) string {
+	if tenant == "" {
+		return integration + " (all tenants)"
+	}
+	return integration + " tenant " + tenant
 }
 
 func oneLine(s string, n int) string {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -91,4 +92,37 @@ func TestOperatorFailuresSkipRetryAndStatus(t *testing.T) {
 	if err := e.conn.QueryRow(context.Background(), `SELECT count(*) FROM ferry.operator_action`).Scan(&acts); err != nil || acts != 2 {
 		t.Fatalf("operator acts recorded: %d %v", acts, err)
 	}
+}
+
+// A paused tenant's events wait (no partner call) while others flow, also
+// across a restart; resuming delivers them in order.
+func TestOperatorPauseAndResumeSurviveRestart(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	if code, out, errOut := e.runCmd("pause", "--integration", "shop", "--tenant", "acme", "--reason", "partner migration"); code != 0 {
+		t.Fatalf("pause: %d %s %s", code, out, errOut)
+	}
+	for n := 1; n <= 3; n++ {
+		e.produce("acme", fmt.Sprintf("acme-%d", n), "product.updated", fmt.Sprintf(`{"n":%d}`, n))
+		e.produce("globex", fmt.Sprintf("globex-%d", n), "product.updated", fmt.Sprintf(`{"n":%d}`, n))
+	}
+	stop := e.start("--config", e.config(""))
+	waitFor(t, time.Minute, "globex delivered", func() bool { return len(e.delivered()["globex"]) == 3 })
+	if len(e.sim.Requests("acme")) != 0 {
+		t.Fatal("a paused tenant's event reached the partner")
+	}
+	stop()
+	e.start("--config", e.config(""))
+	e.produce("globex", "globex-4", "product.updated", `{"n":4}`)
+	waitFor(t, time.Minute, "globex-4 after the restart", func() bool { return len(e.delivered()["globex"]) == 4 })
+	if len(e.sim.Requests("acme")) != 0 {
+		t.Fatal("the pause did not survive a restart")
+	}
+	if code, _, errOut := e.runCmd("resume", "--integration", "shop", "--tenant", "nobody"); code != 1 || !strings.Contains(errOut, "not paused") {
+		t.Fatalf("resume of a tenant that is not paused: %d %s", code, errOut)
+	}
+	if code, out, errOut := e.runCmd("resume", "--integration", "shop", "--tenant", "acme"); code != 0 {
+		t.Fatalf("resume: %d %s %s", code, out, errOut)
+	}
+	waitFor(t, time.Minute, "acme after resume", func() bool { return len(e.delivered()["acme"]) == 3 })
+	checkInOrder(t, e.delivered(), map[string]int{"acme": 3, "globex": 4})
 }

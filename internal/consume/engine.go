@@ -37,6 +37,9 @@ type Engine struct {
 	sem     *semaphore.Weighted
 	breaker circuitbreaker.CircuitBreaker[any]
 
+	pausedMu sync.RWMutex
+	pauses   map[string]bool // tenant → paused; "" = the whole integration
+
 	// commitMu serialises commits with revocations, so a partition is
 	// never committed after it was revoked (another member may own it).
 	commitMu sync.Mutex
@@ -97,9 +100,16 @@ func (e *Engine) Run(ctx context.Context) error {
 		return fmt.Errorf("%s: cannot reach Kafka brokers %v: %w (check --brokers / FERRY_KAFKA_BROKERS)", e.cfg.Name, e.brokers, err)
 	}
 
+	// Pauses are known before the first delivery, so a paused tenant stays
+	// paused across restarts.
+	if e.pauses, err = e.dlog.Paused(ctx, e.cfg.Name); err != nil {
+		cl.Close()
+		return fmt.Errorf("%s: %w", e.cfg.Name, err)
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { e.sched.Run(gctx); return nil })
 	g.Go(func() error { return e.commitLoop(gctx) })
+	g.Go(func() error { return e.pauseLoop(gctx) })
 	g.Go(func() error { return e.poll(gctx) })
 	err = g.Wait()
 
@@ -278,10 +288,40 @@ func (e *Engine) deliverItem(ctx context.Context, tp lane.TP, it *lane.Item) lan
 	return out
 }
 
+// pauseLoop keeps the operator pauses (ferry.pause) current.
+func (e *Engine) pauseLoop(ctx context.Context) error {
+	t := time.NewTicker(e.cfg.ParkRecheck)
+	defer t.Stop()
+	for {
+		p, err := e.dlog.Paused(ctx, e.cfg.Name)
+		if err != nil && ctx.Err() == nil {
+			e.log.Warn("could not read pauses; keeping the last known", "reason", err.Error())
+		} else if err == nil {
+			e.pausedMu.Lock()
+			e.pauses = p
+			e.pausedMu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (e *Engine) isPaused(tenant string) bool {
+	e.pausedMu.RLock()
+	defer e.pausedMu.RUnlock()
+	return e.pauses[""] || e.pauses[tenant]
+}
+
 // deliver runs one record through the delivery log and the connector.
 func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.Outcome {
 	src := delivery.Source{Topic: tp.Topic, Partition: tp.Partition, Offset: rec.Offset}
 	ev, bad := decode(rec)
+	if e.isPaused(ev.TenantID) {
+		return lane.Outcome{Verdict: lane.Pause, Delay: e.cfg.ParkRecheck}
+	}
 	if bad == "" && !e.cfg.handles(ev.EventType) {
 		if err := e.dlog.Ignore(ctx, e.cfg.Name, ev, src, "no handler for event type "+ev.EventType+" in this integration"); err != nil {
 			return e.dbTrouble(err)

@@ -390,3 +390,56 @@ func (l *Log) RetryTenant(ctx context.Context, integration, tenant string) (int,
 	}
 	return n, nil
 }
+
+// Pause pauses an integration (tenant "") or one tenant of it, and
+// records the act.
+func (l *Log) Pause(ctx context.Context, integration, tenant, reason string) error {
+	return pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO ferry.pause (integration, tenant_id, reason) VALUES ($1, $2, $3)
+			ON CONFLICT (integration, tenant_id) DO UPDATE SET reason = $3, paused_at = now()`, integration, tenant, reason); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, action, reason) VALUES ($1, $2, 'pause', $3)`,
+			integration, tenant, reason)
+		return err
+	})
+}
+
+// Resume lifts a pause and records the act. It fails when nothing was
+// paused.
+func (l *Log) Resume(ctx context.Context, integration, tenant string) error {
+	return pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `DELETE FROM ferry.pause WHERE integration = $1 AND tenant_id = $2`, integration, tenant)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			what := integration
+			if tenant != "" {
+				what += " tenant " + tenant
+			}
+			return fmt.Errorf("delivery: %s is not paused", what)
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, action) VALUES ($1, $2, 'resume')`, integration, tenant)
+		return err
+	})
+}
+
+// Paused returns the paused tenants of an integration; the "" key means
+// the whole integration is paused.
+func (l *Log) Paused(ctx context.Context, integration string) (map[string]bool, error) {
+	rows, err := l.pool.Query(ctx, `SELECT tenant_id FROM ferry.pause WHERE integration = $1`, integration)
+	if err != nil {
+		return nil, fmt.Errorf("delivery: read pauses: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var t string
+		if err := rows.Scan(&t); err != nil {
+			return nil, err
+		}
+		out[t] = true
+	}
+	return out, rows.Err()
+}

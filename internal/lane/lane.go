@@ -44,6 +44,9 @@ const (
 	// re-checks the same item (an operator may have retried or skipped
 	// it). The lane reports as parked meanwhile.
 	Park
+	// Pause: an operator paused the lane; it waits Outcome.Delay and
+	// checks again. It reports as paused.
+	Pause
 )
 
 // Outcome is a DeliverFunc's answer.
@@ -64,6 +67,7 @@ const (
 	Active     LaneState = "active"
 	BackingOff LaneState = "backing_off"
 	Parked     LaneState = "parked"
+	Paused     LaneState = "paused"
 )
 
 // Scheduler runs lanes over a bounded worker pool.
@@ -242,7 +246,7 @@ func (s *Scheduler) work(ctx context.Context) {
 		out := s.deliver(ctx, l.p.tp, it)
 
 		s.mu.Lock()
-		if out.Verdict != Done {
+		if out.Verdict == Backoff || out.Verdict == Park {
 			if l.blockedSince.IsZero() {
 				l.blockedSince = time.Now()
 			}
@@ -264,11 +268,8 @@ func (s *Scheduler) work(ctx context.Context) {
 				delete(l.p.lanes, l.key) // lanes come and go with their tenants' traffic
 			}
 			s.enqueue(l)
-		case Backoff, Park:
-			l.state = BackingOff
-			if out.Verdict == Park {
-				l.state = Parked
-			}
+		case Backoff, Park, Pause:
+			l.state = map[Verdict]LaneState{Backoff: BackingOff, Park: Parked, Pause: Paused}[out.Verdict]
 			l.timer = time.AfterFunc(out.Delay, func() {
 				s.mu.Lock()
 				defer s.mu.Unlock()

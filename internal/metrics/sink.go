@@ -22,7 +22,7 @@ func NewSink() *Sink {
 		DeliveryDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ferry_sink_delivery_seconds",
 			Help: "Duration of connector calls.", Buckets: prometheus.ExponentialBucketsRange(0.0005, 30, 24)}, []string{"integration"}),
 		Lanes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_sink_lanes",
-			Help: "Tenant lanes holding records, by state (active, backing_off, parked)."}, []string{"integration", "state"}),
+			Help: "Tenant lanes holding records, by state (active, backing_off, parked, paused)."}, []string{"integration", "state"}),
 		BreakerOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_sink_breaker_open",
 			Help: "1 while the integration's circuit breaker is open or half-open (partner calls paused)."}, []string{"integration"}),
 		BadRecords: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_sink_bad_records_total",
