@@ -30,13 +30,35 @@ import (
 	"github.com/ferry-cdc/ferry/internal/pgtest"
 )
 
+// trace prints delivery progress every half second (to see stalls).
+var trace = flag.Bool("trace", false, "print progress every 0.5 s")
+
 func main() {
 	events := flag.Int("events", 100_000, "events per throughput run")
 	parked := flag.Int("parked", 100_000, "events parked in the memory run")
 	out := flag.String("out", "", "append the Markdown section to this file")
 	repeat := flag.Int("repeat", 3, "runs per rate scenario (the median is reported)")
+	only := flag.String("only", "", `run one scenario only ("slow": the 20 ms partner), without writing a report`)
 	bin := flag.String("bin", "bin", "folder with sink, devbroker and partnersim")
 	flag.Parse()
+	if *only == "slow" {
+		cl, err := pgtest.Start(context.Background(), pgtest.Options{})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		defer cl.Stop()
+		for i := range *repeat {
+			r, err := scenario(context.Background(), cl, *bin, fmt.Sprintf("only_slow_%d", i), *events/2, *events/2, "",
+				"    workers: 512\n    concurrency: 256\n", []string{"-latency", "20ms"}, nil)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			fmt.Printf("20 ms partner: %.0f deliveries/s, efficiency %.2f\n", r, r/(256/0.020))
+		}
+		return
+	}
 	if err := runBench(context.Background(), *bin, *events, *parked, *repeat, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "sinkbench:", err)
 		os.Exit(1)
@@ -180,6 +202,9 @@ func rate(admin string, n int) (float64, error) {
 		if v >= float64(n) {
 			return (v - n0) / time.Since(first).Seconds(), nil
 		}
+		if *trace && !first.IsZero() && time.Since(first).Milliseconds()%500 < 10 {
+			fmt.Fprintf(os.Stderr, "  t=%.1fs delivered=%.0f\n", time.Since(first).Seconds(), v)
+		}
 		if time.Now().After(deadline) {
 			return 0, fmt.Errorf("%0.f of %d delivered in 15 minutes", v, n)
 		}
@@ -320,7 +345,7 @@ func runBench(ctx context.Context, bin string, events, parked, repeat int, out s
 	slowN := events / 2
 	ideal := 256 / 0.020
 	slow, err := runs(repeat, "20 ms partner", func(i int) (float64, error) {
-		return scenario(ctx, cl, bin, fmt.Sprintf("sink_slow_%d", i), slowN, slowN, "", "    workers: 256\n    concurrency: 256\n", []string{"-latency", "20ms"}, nil)
+		return scenario(ctx, cl, bin, fmt.Sprintf("sink_slow_%d", i), slowN, slowN, "", "    workers: 512\n    concurrency: 256\n", []string{"-latency", "20ms"}, nil)
 	})
 	if err != nil {
 		return err
@@ -351,7 +376,7 @@ webhook connector. Rates run from the first success to the last.
 | run | events | result | target |
 |---|---|---|---|
 | 0 ms partner, 1,000 tenants, 128 workers | %d | median %.0f deliveries/s (runs: %s; peak RSS %.1f MiB) | ≥ 10,000/s |
-| 20 ms partner, concurrency 256 | %d | median %.0f deliveries/s = efficiency %.2f of 256 / 20 ms (runs: %s) | ≥ 0.9 |
+| 20 ms partner, concurrency 256 (512 workers) | %d | median %.0f deliveries/s = efficiency %.2f of 256 / 20 ms (runs: %s) | ≥ 0.9 |
 | one tenant of 1,000 failing every call | %d | healthy tenants: median %.0f deliveries/s = %.0f%% of the 0 ms median (runs: %s) | ≥ 95%% |
 | one tenant with %d events parked in Postgres | %d | peak RSS %.1f MiB | < 200 MiB |
 
