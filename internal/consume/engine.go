@@ -350,8 +350,12 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 		return lane.Outcome{Verdict: lane.Done}
 	}
 	// An open breaker pauses the whole integration: wait without touching
-	// the log or burning an attempt.
-	if bad == "" && !e.breaker.TryAcquirePermit() {
+	// the log or burning an attempt. (The permit itself is taken only right
+	// before the call, which always records its result: a permit taken and
+	// never recorded would leave a half-open breaker waiting forever.)
+	// Once the open delay has passed, lanes go on: the breaker turns
+	// half-open only when asked for a permit.
+	if bad == "" && e.breaker.IsOpen() && e.breaker.RemainingDelay() > 0 {
 		return lane.Outcome{Verdict: lane.Backoff, Delay: max(e.breaker.RemainingDelay(), 50*time.Millisecond)}
 	}
 	att, err := e.dlog.Begin(ctx, e.cfg.Name, ev, src)
@@ -371,6 +375,10 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	if bad != "" {
 		derr = &connector.Rejection{Reason: "bad input: " + bad}
 		e.m.BadRecords.WithLabelValues(e.cfg.Name).Inc()
+	} else if !e.breaker.TryAcquirePermit() {
+		// Half-open with its probe already out, or opened meanwhile.
+		derr = &connector.Failure{Reason: "circuit breaker open: partner calls are paused for this integration",
+			RetryAfter: max(e.breaker.RemainingDelay(), 100*time.Millisecond)}
 	} else {
 		res, derr = e.call(ctx, connector.Request{Integration: e.cfg.Name, Event: ev,
 			IdempotencyKey: e.cfg.Name + ":" + ev.ID, Attempt: att.Number})

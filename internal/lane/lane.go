@@ -118,9 +118,9 @@ func New(workers int, deliver DeliverFunc) *Scheduler {
 	return s
 }
 
-// SetSpill enables durable parking: a lane blocked (backing off or
-// parked) for at least after has its queued items spilled with fn. Call
-// before Run.
+// SetSpill enables durable parking: a lane blocked (backing off, parked
+// or paused) for at least after has its queued items spilled with fn.
+// Call before Run.
 func (s *Scheduler) SetSpill(after time.Duration, fn SpillFunc) {
 	s.spillAfter, s.spill = after, fn
 }
@@ -246,7 +246,9 @@ func (s *Scheduler) work(ctx context.Context) {
 		out := s.deliver(ctx, l.p.tp, it)
 
 		s.mu.Lock()
-		if out.Verdict == Backoff || out.Verdict == Park {
+		// Backing off, parked and paused lanes are all blocked: past
+		// spillAfter their records move to durable storage.
+		if out.Verdict != Done {
 			if l.blockedSince.IsZero() {
 				l.blockedSince = time.Now()
 			}
