@@ -1,0 +1,156 @@
+// Package mapping records which partner object each of our objects is:
+// (integration, entity type, tenant, our id) → partner id, with a state
+// (creating, active, deleting, deleted), so updates and deletes reach the
+// right partner object (guarantee 3). Store is the Postgres-backed store
+// with a bounded cache; it is safe for concurrent use.
+//
+// Creates follow an intent protocol: Intend before the partner call
+// (state creating, with the idempotency key), Activate with the partner id
+// after it. A retry after a crash in between finds the intent and sends
+// the same key.
+package mapping
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// State is a mapping's state.
+type State string
+
+// Mapping states.
+const (
+	Creating State = "creating"
+	Active   State = "active"
+	Deleting State = "deleting"
+	Deleted  State = "deleted"
+)
+
+// Key names one of our objects in one integration.
+type Key struct {
+	Integration, EntityType, TenantID, LocalID string
+}
+
+// Mapping is one row.
+type Mapping struct {
+	Key
+	RemoteID       string
+	State          State
+	IdempotencyKey string
+	UpdatedAt      time.Time
+}
+
+// ErrNotFound means no mapping exists for the key.
+var ErrNotFound = errors.New("mapping: not found")
+
+// Store is the Postgres-backed mapping store.
+type Store struct {
+	pool  *pgxpool.Pool
+	cache *lru.Cache[Key, Mapping] // active mappings only
+}
+
+// New returns a store caching up to size active mappings (0: 100,000).
+func New(pool *pgxpool.Pool, size int) (*Store, error) {
+	if size == 0 {
+		size = 100_000
+	}
+	c, err := lru.New[Key, Mapping](size)
+	if err != nil {
+		return nil, fmt.Errorf("mapping: cache: %w", err)
+	}
+	return &Store{pool: pool, cache: c}, nil
+}
+
+// Get returns the mapping for k, or ErrNotFound. Active mappings are served
+// from the cache; every write through this store updates or drops the
+// cached entry, so a deleted mapping is never returned as active.
+func (s *Store) Get(ctx context.Context, k Key) (Mapping, error) {
+	if m, ok := s.cache.Get(k); ok {
+		return m, nil
+	}
+	m := Mapping{Key: k}
+	var remote *string
+	err := s.pool.QueryRow(ctx, `SELECT remote_id, state, idempotency_key, updated_at FROM ferry.mapping
+		WHERE integration = $1 AND entity_type = $2 AND tenant_id = $3 AND local_id = $4`,
+		k.Integration, k.EntityType, k.TenantID, k.LocalID).Scan(&remote, &m.State, &m.IdempotencyKey, &m.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Mapping{}, ErrNotFound
+	}
+	if err != nil {
+		return Mapping{}, fmt.Errorf("mapping: get %+v: %w", k, err)
+	}
+	if remote != nil {
+		m.RemoteID = *remote
+	}
+	if m.State == Active {
+		s.cache.Add(k, m)
+	}
+	return m, nil
+}
+
+// Intend records the intent to create k's partner object with the given
+// idempotency key, and returns the mapping as it now stands: a new
+// intent, or the existing row (an earlier intent keeps its key, so a
+// retry sends the same one; an active mapping means nothing to create).
+func (s *Store) Intend(ctx context.Context, k Key, idempotencyKey string) (Mapping, error) {
+	m := Mapping{Key: k}
+	var remote *string
+	err := s.pool.QueryRow(ctx, `INSERT INTO ferry.mapping AS m (integration, entity_type, tenant_id, local_id, state, idempotency_key)
+		VALUES ($1, $2, $3, $4, 'creating', $5)
+		ON CONFLICT (integration, entity_type, tenant_id, local_id) DO UPDATE
+			SET state = CASE WHEN m.state = 'deleted' THEN 'creating' ELSE m.state END,
+			    idempotency_key = CASE WHEN m.state = 'deleted' THEN $5 ELSE m.idempotency_key END,
+			    remote_id = CASE WHEN m.state = 'deleted' THEN NULL ELSE m.remote_id END,
+			    updated_at = now()
+		RETURNING remote_id, state, idempotency_key, updated_at`,
+		k.Integration, k.EntityType, k.TenantID, k.LocalID, idempotencyKey).Scan(&remote, &m.State, &m.IdempotencyKey, &m.UpdatedAt)
+	if err != nil {
+		return Mapping{}, fmt.Errorf("mapping: intend %+v: %w", k, err)
+	}
+	if remote != nil {
+		m.RemoteID = *remote
+	}
+	s.cache.Remove(k)
+	return m, nil
+}
+
+// Activate records the partner id of k after a successful create.
+func (s *Store) Activate(ctx context.Context, k Key, remoteID string) (Mapping, error) {
+	if remoteID == "" {
+		return Mapping{}, errors.New("mapping: activate needs the partner id")
+	}
+	m := Mapping{Key: k, RemoteID: remoteID, State: Active}
+	err := s.pool.QueryRow(ctx, `INSERT INTO ferry.mapping AS m (integration, entity_type, tenant_id, local_id, remote_id, state)
+		VALUES ($1, $2, $3, $4, $5, 'active')
+		ON CONFLICT (integration, entity_type, tenant_id, local_id) DO UPDATE SET remote_id = $5, state = 'active', updated_at = now()
+		RETURNING idempotency_key, updated_at`, k.Integration, k.EntityType, k.TenantID, k.LocalID, remoteID).Scan(&m.IdempotencyKey, &m.UpdatedAt)
+	if err != nil {
+		return Mapping{}, fmt.Errorf("mapping: activate %+v: %w", k, err)
+	}
+	s.cache.Add(k, m)
+	return m, nil
+}
+
+// MarkDeleted records that k's partner object was deleted. It reports
+// false when there was nothing mapped (a recorded no-op for the caller).
+func (s *Store) MarkDeleted(ctx context.Context, k Key) (bool, error) {
+	s.cache.Remove(k) // first: never serve a deleted id, even if the write fails
+	tag, err := s.pool.Exec(ctx, `UPDATE ferry.mapping SET state = 'deleted', updated_at = now()
+		WHERE integration = $1 AND entity_type = $2 AND tenant_id = $3 AND local_id = $4 AND state <> 'deleted'`,
+		k.Integration, k.EntityType, k.TenantID, k.LocalID)
+	if err != nil {
+		return false, fmt.Errorf("mapping: delete %+v: %w", k, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// Purge empties the cache. The sink calls it when partition ownership
+// changes: another process may have written mappings of tenants this one
+// owned before.
+func (s *Store) Purge() { s.cache.Purge() }
