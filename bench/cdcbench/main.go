@@ -39,23 +39,26 @@ type result struct {
 	refRate    float64
 	cdcRate    float64
 	peakRSSMiB float64
+	refRuns    []float64
+	cdcRuns    []float64
 }
 
 func main() {
 	rows := flag.Int("rows", 1_000_000, "backlog rows per shape")
+	repeat := flag.Int("repeat", 3, "drains of the backlog per shape (medians are reported)")
 	rate := flag.Int("rate", 5000, "steady events/s for the latency run")
 	latDur := flag.Duration("latency-duration", 20*time.Second, "length of the latency run")
 	out := flag.String("out", "", "write the Markdown report here (default stdout only)")
 	bin := flag.String("bin", "bin", "folder with the cdc and devbroker binaries (make build)")
 	flag.Parse()
 	ctx := context.Background()
-	if err := runBench(ctx, *rows, *rate, *latDur, *out, *bin); err != nil {
+	if err := runBench(ctx, *rows, *repeat, *rate, *latDur, *out, *bin); err != nil {
 		fmt.Fprintln(os.Stderr, "cdcbench:", err)
 		os.Exit(1)
 	}
 }
 
-func runBench(ctx context.Context, rows, rate int, latDur time.Duration, out, bin string) error {
+func runBench(ctx context.Context, rows, repeat, rate int, latDur time.Duration, out, bin string) error {
 	cl, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{
 		// Commits wake the walsender at once (synchronous_commit=off
 		// delays changes up to wal_writer_delay); fsync stays off.
@@ -67,7 +70,7 @@ func runBench(ctx context.Context, rows, rate int, latDur time.Duration, out, bi
 	defer cl.Stop()
 	var results []result
 	for _, shape := range []string{"1000-row transactions", "single-row transactions"} {
-		r, err := drain(ctx, cl, bin, shape, rows)
+		r, err := drain(ctx, cl, bin, shape, rows, repeat)
 		if err != nil {
 			return fmt.Errorf("%s: %w", shape, err)
 		}
@@ -87,13 +90,20 @@ func runBench(ctx context.Context, rows, rate int, latDur time.Duration, out, bi
 	return nil
 }
 
-func newDB(ctx context.Context, cl *pgtest.Cluster, bin, name string) (string, error) {
+// newDB creates a database and runs `cdc setup` for each slot (one per
+// drain, so every drain reads the same backlog).
+func newDB(ctx context.Context, cl *pgtest.Cluster, bin, name string, slots ...string) (string, error) {
 	url, err := pgtest.CreateDatabase(ctx, cl.URL, name)
 	if err != nil {
 		return "", err
 	}
-	if out, err := exec.Command(bin+"/cdc", "setup", "--postgres-url", url, "--brokers", "127.0.0.1:1", "--slot", name).CombinedOutput(); err != nil {
-		return "", fmt.Errorf("cdc setup: %v: %s", err, out)
+	if len(slots) == 0 {
+		slots = []string{name}
+	}
+	for _, slot := range slots {
+		if out, err := exec.Command(bin+"/cdc", "setup", "--postgres-url", url, "--brokers", "127.0.0.1:1", "--slot", slot).CombinedOutput(); err != nil {
+			return "", fmt.Errorf("cdc setup: %v: %s", err, out)
+		}
 	}
 	return url, nil
 }
@@ -154,11 +164,15 @@ func fill(ctx context.Context, url, shape string, rows int) error {
 	return <-errs
 }
 
-func drain(ctx context.Context, cl *pgtest.Cluster, bin, shape string, rows int) (result, error) {
+func drain(ctx context.Context, cl *pgtest.Cluster, bin, shape string, rows, repeat int) (result, error) {
 	r := result{shape: shape, rows: rows}
 	name := "bench_" + strings.Fields(shape)[0][:4]
 	name = strings.ReplaceAll(name, "-", "_")
-	url, err := newDB(ctx, cl, bin, name)
+	var slots []string
+	for i := range repeat {
+		slots = append(slots, fmt.Sprintf("%s_%d", name, i))
+	}
+	url, err := newDB(ctx, cl, bin, name, slots...)
 	if err != nil {
 		return r, err
 	}
@@ -167,8 +181,10 @@ func drain(ctx context.Context, cl *pgtest.Cluster, bin, shape string, rows int)
 		return r, err
 	}
 	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot('ref_'||current_database(), 'pgoutput')`); err != nil {
-		return r, err
+	for _, slot := range slots {
+		if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot('ref_'||$1, 'pgoutput')`, slot); err != nil {
+			return r, err
+		}
 	}
 	t0 := time.Now()
 	if err := fill(ctx, url, shape, rows); err != nil {
@@ -182,26 +198,47 @@ func drain(ctx context.Context, cl *pgtest.Cluster, bin, shape string, rows int)
 	if _, err := conn.Exec(ctx, `CHECKPOINT`); err != nil {
 		return r, err
 	}
+	for _, slot := range slots {
+		ref, err := refDrain(url, "ref_"+slot, end, rows)
+		if err != nil {
+			return r, err
+		}
+		rate, rss, err := cdcDrain(bin, url, slot, rows)
+		if err != nil {
+			return r, err
+		}
+		fmt.Fprintf(os.Stderr, "%s, drain %s: pg_recvlogical %.0f/s, cdc %.0f/s, RSS %.1f MiB\n", shape, slot, ref, rate, rss)
+		r.refRuns, r.cdcRuns = append(r.refRuns, ref), append(r.cdcRuns, rate)
+		r.peakRSSMiB = max(r.peakRSSMiB, rss)
+	}
+	r.refRate, r.cdcRate = median(r.refRuns), median(r.cdcRuns)
+	return r, nil
+}
 
-	// Reference: pg_recvlogical to /dev/null, same backlog, own slot.
-	t0 = time.Now()
-	ref := exec.Command("pg_recvlogical", "-d", url, "--slot", "ref_"+name, "--start", "--endpos", end.String(),
+// refDrain times pg_recvlogical (pgoutput to /dev/null) over the backlog.
+func refDrain(url, slot string, end pglogrepl.LSN, rows int) (float64, error) {
+	t0 := time.Now()
+	ref := exec.Command("pg_recvlogical", "-d", url, "--slot", slot, "--start", "--endpos", end.String(),
 		"--no-loop", "-o", "proto_version=1", "-o", "publication_names=ferry_outbox", "-f", "/dev/null")
 	if out, err := ref.CombinedOutput(); err != nil {
-		return r, fmt.Errorf("pg_recvlogical: %v: %s", err, out)
+		return 0, fmt.Errorf("pg_recvlogical: %v: %s", err, out)
 	}
-	r.refRate = float64(rows) / time.Since(t0).Seconds()
+	return float64(rows) / time.Since(t0).Seconds(), nil
+}
 
+// cdcDrain runs the cdc binary on its own slot and a fresh broker until it
+// published rows events; it returns the rate and cdc's peak RSS.
+func cdcDrain(bin, url, slot string, rows int) (float64, float64, error) {
 	broker, brokerAddr, err := startBroker(bin)
 	if err != nil {
-		return r, err
+		return 0, 0, err
 	}
 	defer stop(broker)
 	admin := freeAddr()
-	cdc := exec.Command(bin+"/cdc", "run", "--postgres-url", url, "--brokers", brokerAddr, "--admin-addr", admin, "--log-level", "warn", "--slot", name)
+	cdc := exec.Command(bin+"/cdc", "run", "--postgres-url", url, "--brokers", brokerAddr, "--admin-addr", admin, "--log-level", "warn", "--slot", slot)
 	cdc.Stderr = os.Stderr
 	if err := cdc.Start(); err != nil {
-		return r, err
+		return 0, 0, err
 	}
 	defer stop(cdc)
 	var first time.Time
@@ -213,16 +250,27 @@ func drain(ctx context.Context, cl *pgtest.Cluster, bin, shape string, rows int)
 			first, n0 = time.Now(), n
 		}
 		if n >= float64(rows) {
-			r.cdcRate = (n - n0) / time.Since(first).Seconds()
-			break
+			return (n - n0) / time.Since(first).Seconds(), peakRSS(cdc.Process.Pid), nil
 		}
 		if time.Now().After(deadline) {
-			return r, fmt.Errorf("cdc published %.0f of %d in 10 minutes", n, rows)
+			return 0, 0, fmt.Errorf("cdc published %.0f of %d in 10 minutes", n, rows)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	r.peakRSSMiB = peakRSS(cdc.Process.Pid)
-	return r, nil
+}
+
+func median(vs []float64) float64 {
+	s := append([]float64(nil), vs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+func list(vs []float64) string {
+	var parts []string
+	for _, v := range vs {
+		parts = append(parts, fmt.Sprintf("%.0f", v))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // latency runs cdc live and writes single-row transactions at a steady
@@ -417,12 +465,16 @@ after Kafka acknowledges). Peak RSS is cdc's VmHWM.
 
 ## Draining a backlog (cdc)
 
-| shape | rows | insert time | pg_recvlogical | cdc | cdc / pg_recvlogical | cdc peak RSS |
-|---|---|---|---|---|---|---|
+Each backlog is drained once per slot (slots made before the fill, so
+every drain reads the same WAL); the table gives medians, and every drain
+is listed.
+
+| shape | rows | insert time | pg_recvlogical (median) | cdc (median) | cdc / pg_recvlogical | cdc peak RSS | drains: pg_recvlogical; cdc |
+|---|---|---|---|---|---|---|---|
 `)
 	for _, r := range rs {
-		fmt.Fprintf(&b, "| %s | %d | %.1f s | %.0f events/s | %.0f events/s | %.2f | %.1f MiB |\n",
-			r.shape, r.rows, r.insertSecs, r.refRate, r.cdcRate, r.cdcRate/r.refRate, r.peakRSSMiB)
+		fmt.Fprintf(&b, "| %s | %d | %.1f s | %.0f events/s | %.0f events/s | %.2f | %.1f MiB | %s; %s |\n",
+			r.shape, r.rows, r.insertSecs, r.refRate, r.cdcRate, r.cdcRate/r.refRate, r.peakRSSMiB, list(r.refRuns), list(r.cdcRuns))
 	}
 	fmt.Fprintf(&b, `
 ## Commit-to-Kafka-ack latency (cdc)
