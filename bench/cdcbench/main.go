@@ -8,11 +8,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"math"
 	"net"
 	"net/http"
@@ -29,6 +27,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/ferry-cdc/ferry/bench/benchutil"
 	"github.com/ferry-cdc/ferry/internal/pgtest"
 )
 
@@ -211,7 +210,7 @@ func drain(ctx context.Context, cl *pgtest.Cluster, bin, shape string, rows, rep
 		r.refRuns, r.cdcRuns = append(r.refRuns, ref), append(r.cdcRuns, rate)
 		r.peakRSSMiB = max(r.peakRSSMiB, rss)
 	}
-	r.refRate, r.cdcRate = median(r.refRuns), median(r.cdcRuns)
+	r.refRate, r.cdcRate = benchutil.Median(r.refRuns), benchutil.Median(r.cdcRuns)
 	return r, nil
 }
 
@@ -234,7 +233,7 @@ func cdcDrain(bin, url, slot string, rows int) (float64, float64, error) {
 		return 0, 0, err
 	}
 	defer stop(broker)
-	admin := freeAddr()
+	admin := benchutil.FreeAddr()
 	cdc := exec.Command(bin+"/cdc", "run", "--postgres-url", url, "--brokers", brokerAddr, "--admin-addr", admin, "--log-level", "warn", "--slot", slot)
 	cdc.Stderr = os.Stderr
 	if err := cdc.Start(); err != nil {
@@ -245,32 +244,18 @@ func cdcDrain(bin, url, slot string, rows int) (float64, float64, error) {
 	var n0 float64
 	deadline := time.Now().Add(10 * time.Minute)
 	for {
-		n := metric(admin, `ferry_cdc_events_total{outcome="published"}`)
+		n := benchutil.Metric(admin, `ferry_cdc_events_total{outcome="published"}`)
 		if n > 0 && first.IsZero() {
 			first, n0 = time.Now(), n
 		}
 		if n >= float64(rows) {
-			return (n - n0) / time.Since(first).Seconds(), peakRSS(cdc.Process.Pid), nil
+			return (n - n0) / time.Since(first).Seconds(), benchutil.PeakRSS(cdc.Process.Pid), nil
 		}
 		if time.Now().After(deadline) {
 			return 0, 0, fmt.Errorf("cdc published %.0f of %d in 10 minutes", n, rows)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-func median(vs []float64) float64 {
-	s := append([]float64(nil), vs...)
-	sort.Float64s(s)
-	return s[len(s)/2]
-}
-
-func list(vs []float64) string {
-	var parts []string
-	for _, v := range vs {
-		parts = append(parts, fmt.Sprintf("%.0f", v))
-	}
-	return strings.Join(parts, ", ")
 }
 
 // latency runs cdc live and writes single-row transactions at a steady
@@ -285,7 +270,7 @@ func latency(ctx context.Context, cl *pgtest.Cluster, bin string, rate int, dur 
 		return
 	}
 	defer stop(broker)
-	admin := freeAddr()
+	admin := benchutil.FreeAddr()
 	cdc := exec.Command(bin+"/cdc", "run", "--postgres-url", url, "--brokers", brokerAddr, "--admin-addr", admin, "--log-level", "warn", "--slot", "bench_latency")
 	cdc.Stderr = os.Stderr
 	if err = cdc.Start(); err != nil {
@@ -328,15 +313,15 @@ func latency(ctx context.Context, cl *pgtest.Cluster, bin string, rate int, dur 
 	if err = <-errs; err != nil {
 		return
 	}
-	for metric(admin, `ferry_cdc_events_total{outcome="published"}`) < float64(total) {
+	for benchutil.Metric(admin, `ferry_cdc_events_total{outcome="published"}`) < float64(total) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	buckets, count := histogram(admin, "ferry_cdc_commit_to_ack_seconds")
-	return quantile(buckets, count, 0.50), quantile(buckets, count, 0.99), int(count), peakRSS(cdc.Process.Pid), nil
+	return quantile(buckets, count, 0.50), quantile(buckets, count, 0.99), int(count), benchutil.PeakRSS(cdc.Process.Pid), nil
 }
 
 func startBroker(bin string) (*exec.Cmd, string, error) {
-	addr := freeAddr()
+	addr := benchutil.FreeAddr()
 	_, port, _ := net.SplitHostPort(addr) // freeAddr returns host:port
 	cmd := exec.Command(bin+"/devbroker", "--port", port)
 	cmd.Stderr = os.Stderr
@@ -359,25 +344,6 @@ func stop(cmd *exec.Cmd) {
 	_ = cmd.Wait()                          // its exit status is not the measurement
 }
 
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func scrape(admin string) []string {
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		return nil
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body) // a partial scrape reads as "not yet"
-	return strings.Split(string(b), "\n")
-}
-
 func ready(admin string) bool {
 	resp, err := http.Get("http://" + admin + "/readyz")
 	if err != nil {
@@ -387,22 +353,12 @@ func ready(admin string) bool {
 	return resp.StatusCode == 200
 }
 
-func metric(admin, name string) float64 {
-	for _, line := range scrape(admin) {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return 0
-}
-
 type bucket struct{ le, count float64 }
 
 func histogram(admin, name string) ([]bucket, float64) {
 	var bs []bucket
 	var count float64
-	for _, line := range scrape(admin) {
+	for _, line := range benchutil.Scrape(admin) {
 		if rest, ok := strings.CutPrefix(line, name+`_bucket{le="`); ok {
 			le, val, _ := strings.Cut(rest, `"} `)
 			l, _ := strconv.ParseFloat(le, 64)
@@ -433,22 +389,6 @@ func quantile(bs []bucket, count, q float64) float64 {
 	return prevLE
 }
 
-func peakRSS(pid int) float64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
-			return kb / 1024
-		}
-	}
-	return 0
-}
-
 func render(rs []result, rate int, dur time.Duration, p50, p99 float64, n int, latRSS float64) string {
 	var b strings.Builder
 	host, _ := os.Hostname()
@@ -474,7 +414,7 @@ is listed.
 `)
 	for _, r := range rs {
 		fmt.Fprintf(&b, "| %s | %d | %.1f s | %.0f events/s | %.0f events/s | %.2f | %.1f MiB | %s; %s |\n",
-			r.shape, r.rows, r.insertSecs, r.refRate, r.cdcRate, r.cdcRate/r.refRate, r.peakRSSMiB, list(r.refRuns), list(r.cdcRuns))
+			r.shape, r.rows, r.insertSecs, r.refRate, r.cdcRate, r.cdcRate/r.refRate, r.peakRSSMiB, benchutil.List(r.refRuns), benchutil.List(r.cdcRuns))
 	}
 	fmt.Fprintf(&b, `
 ## Commit-to-Kafka-ack latency (cdc)

@@ -7,18 +7,15 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ferry-cdc/ferry/bench/benchutil"
 	"github.com/ferry-cdc/ferry/internal/pgtest"
 )
 
@@ -84,15 +82,6 @@ func start(name string, args ...string) (*exec.Cmd, error) {
 	return cmd, cmd.Start()
 }
 
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func waitDial(addr string) error {
 	for range 400 {
 		if c, err := net.Dial("tcp", addr); err == nil {
@@ -110,7 +99,7 @@ func setup(ctx context.Context, cl *pgtest.Cluster, bin, name string, partnerArg
 	if err != nil {
 		return nil, err
 	}
-	e := &env{bin: bin, pg: url, broker: freeAddr(), partner: freeAddr(), admin: freeAddr()}
+	e := &env{bin: bin, pg: url, broker: benchutil.FreeAddr(), partner: benchutil.FreeAddr(), admin: benchutil.FreeAddr()}
 	_, port, _ := net.SplitHostPort(e.broker) // freeAddr returns host:port
 	b, err := start(filepath.Join(bin, "devbroker"), "--port", port, "--data-dir", "")
 	if err != nil {
@@ -171,22 +160,6 @@ integrations:
 	return cmd, nil
 }
 
-func metric(admin, name string) float64 {
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		return 0
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body) // a partial scrape reads as "not yet"
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return 0
-}
-
 // rate waits until the succeeded counter reaches n and returns the rate
 // from the first success to the last.
 func rate(admin string, n int) (float64, error) {
@@ -195,7 +168,7 @@ func rate(admin string, n int) (float64, error) {
 	var n0 float64
 	deadline := time.Now().Add(15 * time.Minute)
 	for {
-		v := metric(admin, name)
+		v := benchutil.Metric(admin, name)
 		if v > 0 && first.IsZero() {
 			first, n0 = time.Now(), v
 		}
@@ -210,22 +183,6 @@ func rate(admin string, n int) (float64, error) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-func peakRSS(pid int) float64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
-			return kb / 1024
-		}
-	}
-	return 0
 }
 
 // parkedRun has one tenant fail every call with n events queued and
@@ -265,7 +222,7 @@ func parkedRun(ctx context.Context, cl *pgtest.Cluster, bin string, n int) (floa
 		time.Sleep(200 * time.Millisecond)
 	}
 	time.Sleep(3 * time.Second) // a few retry rounds with everything parked
-	return peakRSS(s.Process.Pid), nil
+	return benchutil.PeakRSS(s.Process.Pid), nil
 }
 
 func tenantN(i int) string { return fmt.Sprintf("tenant-%04d", i%1000) }
@@ -282,20 +239,6 @@ func runs(repeat int, name string, fn func(i int) (float64, error)) ([]float64, 
 		out = append(out, v)
 	}
 	return out, nil
-}
-
-func median(vs []float64) float64 {
-	s := append([]float64(nil), vs...)
-	sort.Float64s(s)
-	return s[len(s)/2]
-}
-
-func list(vs []float64) string {
-	var parts []string
-	for _, v := range vs {
-		parts = append(parts, fmt.Sprintf("%.0f", v))
-	}
-	return strings.Join(parts, ", ")
 }
 
 // scenario sets up a fresh database, broker and partner, produces events
@@ -323,7 +266,7 @@ func scenario(ctx context.Context, cl *pgtest.Cluster, bin, name string, events,
 	}
 	r, err := rate(e.admin, want)
 	if rss != nil {
-		*rss = max(*rss, peakRSS(s.Process.Pid))
+		*rss = max(*rss, benchutil.PeakRSS(s.Process.Pid))
 	}
 	return r, err
 }
@@ -361,7 +304,7 @@ func runBench(ctx context.Context, bin string, events, parked, repeat int, out s
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "%d parked events: peak RSS %.1f MiB\n", parked, parkedRSS)
-	fastM, slowM, healthyM := median(fast), median(slow), median(healthy)
+	fastM, slowM, healthyM := benchutil.Median(fast), benchutil.Median(slow), benchutil.Median(healthy)
 
 	host, _ := os.Hostname()
 	fmt.Fprintf(&b, `
@@ -386,7 +329,7 @@ sink, Postgres, the broker and the partner: the 20 ms run is CPU-bound
 (full efficiency needs 12,800 deliveries/s, about what the machine
 delivers with a 0 ms partner).
 `, time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), runtime.Version(), host,
-		events, fastM, list(fast), fastRSS, slowN, slowM, slowM/ideal, list(slow), events, healthyM, 100*healthyM/fastM, list(healthy),
+		events, fastM, benchutil.List(fast), fastRSS, slowN, slowM, slowM/ideal, benchutil.List(slow), events, healthyM, 100*healthyM/fastM, benchutil.List(healthy),
 		parked, parked, parkedRSS, len(fast))
 	fmt.Print(b.String())
 	if out == "" {

@@ -118,7 +118,7 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 		kong.Description("Stream a PostgreSQL outbox table into tenant-keyed Kafka topics by logical replication, losing nothing."),
 		kong.Writers(stdout, stdout),
 		kong.Exit(func(int) { exited = true }),
-		kong.Resolvers(envResolver(getenv)),
+		kong.Resolvers(cli.EnvResolver(getenv)),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}))
 	if err != nil {
 		return nil, err
@@ -140,13 +140,7 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 }
 
 func (f *flags) apply(cfg *Config) {
-	// Kong sets enum flags to their empty default even when not given, so
-	// an empty value never overrides the file.
-	set := func(dst *string, v *string) {
-		if v != nil && *v != "" {
-			*dst = *v
-		}
-	}
+	set := cli.Override
 	set(&cfg.PostgresURL, f.PostgresURL)
 	if len(f.Brokers) > 0 {
 		cfg.Kafka.Brokers = f.Brokers
@@ -181,17 +175,4 @@ func (f *flags) apply(cfg *Config) {
 	set(&cfg.AdminAddr, f.AdminAddr)
 	set(&cfg.LogFormat, f.LogFormat)
 	set(&cfg.LogLevel, f.LogLevel)
-}
-
-// envResolver reads flags' env tags through getenv rather than the
-// process environment, so tests can pass their own.
-func envResolver(getenv func(string) string) kong.Resolver {
-	return kong.ResolverFunc(func(_ *kong.Context, _ *kong.Path, fl *kong.Flag) (any, error) {
-		for _, name := range fl.Envs {
-			if v := getenv(name); v != "" {
-				return v, nil
-			}
-		}
-		return nil, nil
-	})
 }

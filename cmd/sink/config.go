@@ -171,14 +171,7 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 	parser, err := kong.New(&f, kong.Name("sink"),
 		kong.Description("Deliver outbox events from Kafka to partner APIs, in order per tenant, isolating failures."),
 		kong.Writers(stdout, stdout), kong.Exit(func(int) { exited = true }),
-		kong.Resolvers(kong.ResolverFunc(func(_ *kong.Context, _ *kong.Path, fl *kong.Flag) (any, error) {
-			for _, name := range fl.Envs {
-				if v := getenv(name); v != "" {
-					return v, nil
-				}
-			}
-			return nil, nil
-		})),
+		kong.Resolvers(cli.EnvResolver(getenv)),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}))
 	if err != nil {
 		return nil, err
@@ -190,11 +183,7 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 	if err != nil {
 		return nil, err
 	}
-	set := func(dst *string, v *string) {
-		if v != nil && *v != "" {
-			*dst = *v
-		}
-	}
+	set := cli.Override
 	set(&cfg.PostgresURL, f.PostgresURL)
 	if len(f.Brokers) > 0 {
 		cfg.Kafka.Brokers = f.Brokers

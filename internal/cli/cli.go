@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/alecthomas/kong"
 	"gopkg.in/yaml.v3"
 )
 
@@ -64,4 +65,26 @@ func Logger(w io.Writer, format, level string) (*slog.Logger, error) {
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("log_format: %q: use json or text", format)
+}
+
+// EnvResolver makes kong read flags' env tags through getenv rather than
+// the process environment, so tests can pass their own.
+func EnvResolver(getenv func(string) string) kong.Resolver {
+	return kong.ResolverFunc(func(_ *kong.Context, _ *kong.Path, fl *kong.Flag) (any, error) {
+		for _, name := range fl.Envs {
+			if v := getenv(name); v != "" {
+				return v, nil
+			}
+		}
+		return nil, nil
+	})
+}
+
+// Override sets *dst to *v when the flag was given. Kong sets enum flags
+// to their empty default even when not given, so an empty value never
+// overrides the config file.
+func Override(dst *string, v *string) {
+	if v != nil && *v != "" {
+		*dst = *v
+	}
 }

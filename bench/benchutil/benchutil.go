@@ -1,0 +1,81 @@
+// Package benchutil holds what the benchmark commands share: free ports,
+// reading a process's /metrics and peak RSS, and summarising repeated runs.
+package benchutil
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// FreeAddr returns a free 127.0.0.1:port.
+func FreeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err) // no free port on loopback: nothing to benchmark with
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Scrape returns the lines of an admin address's /metrics (nil if it
+// does not answer).
+func Scrape(admin string) []string {
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body) // a partial scrape reads as "not yet"
+	return strings.Split(string(b), "\n")
+}
+
+// Metric returns the value of one series (name with labels), or 0.
+func Metric(admin, name string) float64 {
+	for _, line := range Scrape(admin) {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64) // Prometheus text format values parse
+			return f
+		}
+	}
+	return 0
+}
+
+// PeakRSS returns a process's peak resident set (VmHWM) in MiB.
+func PeakRSS(pid int) float64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if v, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// Median returns the median of vs.
+func Median(vs []float64) float64 {
+	s := append([]float64(nil), vs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+// List formats vs as "1, 2, 3".
+func List(vs []float64) string {
+	parts := make([]string, len(vs))
+	for i, v := range vs {
+		parts[i] = fmt.Sprintf("%.0f", v)
+	}
+	return strings.Join(parts, ", ")
+}
