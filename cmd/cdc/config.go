@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/alecthomas/kong"
@@ -41,13 +42,17 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// validate returns every problem at once.
-func (c *Config) validate() error {
+// validate returns every problem at once; commands that do not talk to
+// Kafka (setup, status, prune) do not need its settings.
+func (c *Config) validate(needKafka bool) error {
 	var errs []error
 	if c.PostgresURL == "" {
 		errs = append(errs, errors.New("postgres_url: not set: use --postgres-url or FERRY_POSTGRES_URL (e.g. postgres://ferry@127.0.0.1:5432/app)"))
 	}
-	errs = append(errs, c.Kafka.Validate(), c.Outbox.Validate(), c.Route.Validate())
+	if needKafka {
+		errs = append(errs, c.Kafka.Validate(), c.Route.Validate())
+	}
+	errs = append(errs, c.Outbox.Validate())
 	if _, err := cli.Logger(io.Discard, c.LogFormat, c.LogLevel); err != nil {
 		errs = append(errs, err)
 	}
@@ -84,6 +89,11 @@ type flags struct {
 	Setup    setupCmd    `cmd:"" help:"Apply migrations and create the outbox table, publication and slot, then exit. Idempotent."`
 	Backfill backfillCmd `cmd:"" help:"Publish rows already in the outbox table (all, one tenant, or since a time), then exit."`
 	Status   statusCmd   `cmd:"" help:"Show the slot, its confirmed LSN and lag, then exit."`
+	Prune    pruneCmd    `cmd:"" help:"Delete outbox rows older than --older-than (never ones a lost-slot recovery could need), then exit."`
+}
+
+type pruneCmd struct {
+	OlderThan time.Duration `help:"Delete rows created longer ago than this (e.g. 720h)." required:""`
 }
 
 type runCmd struct{}
@@ -104,6 +114,7 @@ type command struct {
 	cfg  Config
 	bf   backfillCmd
 	st   statusCmd
+	pr   pruneCmd
 }
 
 func parse(args []string, getenv func(string) string, stdout io.Writer) (*command, error) {
@@ -132,10 +143,11 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 	}
 	f.apply(&cfg)
 	cfg.setDefaults()
-	if err := cfg.validate(); err != nil {
+	name := strings.Fields(kctx.Command())[0]
+	if err := cfg.validate(name == "run" || name == "backfill"); err != nil {
 		return nil, fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	c := &command{name: kctx.Command(), cfg: cfg, bf: f.Backfill, st: f.Status}
+	c := &command{name: name, cfg: cfg, bf: f.Backfill, st: f.Status, pr: f.Prune}
 	return c, nil
 }
 

@@ -41,6 +41,15 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 		})
 	case "status":
 		return c.status(ctx, stdout)
+	case "prune":
+		return withConn(ctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
+			res, err := outbox.Prune(ctx, conn, c.cfg.Outbox, c.pr.OlderThan)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "pruned %d rows created before %s\n", res.Deleted, res.Cutoff.UTC().Format(time.RFC3339))
+			return nil
+		})
 	}
 
 	m := metrics.NewCDC()

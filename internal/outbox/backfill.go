@@ -31,7 +31,7 @@ func Backfill(ctx context.Context, conn *pgx.Conn, cfg Config, f BackfillFilter,
 		WHERE %s > $1 AND ($2 = '' OR %s = $2) AND ($3::timestamptz IS NULL OR %s >= $3)
 		ORDER BY %s LIMIT %d`,
 		id(c.ID), id(c.TenantID), id(c.AggregateType), id(c.AggregateID), id(c.EventType), id(c.Payload), id(c.Headers),
-		id(c.CreatedAt), id(c.Seq), id(strings.Split(cfg.Table, ".")...),
+		id(c.CreatedAt), id(c.Seq), id(splitTable(cfg.Table)...),
 		id(c.Seq), id(c.TenantID), id(c.CreatedAt), id(c.Seq), backfillBatch)
 	var since *time.Time
 	if !f.Since.IsZero() {
@@ -85,6 +85,8 @@ func Backfill(ctx context.Context, conn *pgx.Conn, cfg Config, f BackfillFilter,
 }
 
 func id(parts ...string) string { return pgx.Identifier(parts).Sanitize() }
+
+func splitTable(table string) []string { return strings.Split(table, ".") }
 
 func deref(s *string) string {
 	if s == nil {
