@@ -1,9 +1,11 @@
 package metrics
 
 import (
+	"encoding/json"
 	"os"
 	"regexp"
 	"sort"
+	"strings"
 	"testing"
 )
 
@@ -47,5 +49,41 @@ func TestDocsMetricsMatchCode(t *testing.T) {
 	}
 	if len(documented) > 0 {
 		t.Errorf("in docs/metrics.md but not registered: %v", documented)
+	}
+}
+
+// The Grafana dashboard queries only documented metrics (and docs match
+// the code, above).
+func TestGrafanaDashboardUsesDocumentedMetrics(t *testing.T) {
+	docs, err := os.ReadFile("../../docs/metrics.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("../../docs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatalf("dashboard is not JSON: %v", err)
+	}
+	if len(dash.Panels) == 0 {
+		t.Fatal("dashboard has no panels")
+	}
+	name := regexp.MustCompile(`ferry_[a-z_]+`)
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			for _, m := range name.FindAllString(tg.Expr, -1) {
+				base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(m, "_bucket"), "_sum"), "_count")
+				if !strings.Contains(string(docs), "`"+base) {
+					t.Errorf("panel %q queries %s, which docs/metrics.md does not list", p.Title, m)
+				}
+			}
+		}
 	}
 }
