@@ -112,9 +112,6 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	return err
 }
 
-// caughtUpBytes is the slot lag below which cdc counts as caught up.
-const caughtUpBytes = 64 << 10
-
 func migrate(ctx context.Context, conn *pgx.Conn) error {
 	_, err := pgdb.Migrate(ctx, conn)
 	return err
@@ -162,9 +159,8 @@ func (c *command) status(ctx context.Context, stdout io.Writer) error {
 		err = conn.QueryRow(ctx, `SELECT confirmed_lsn, confirmed_commit_time FROM ferry.cdc_slot WHERE slot_name = $1`, s.Slot).Scan(&rec, &s.LastConfirmed)
 		if err == nil {
 			s.RecordedLSN = rec.String()
-			// Within 64 KiB is caught up (heartbeats and keepalives leave
-			// a little WAL behind); the reader's metric uses the same rule.
-			if s.LastConfirmed != nil && s.LagBytes > caughtUpBytes {
+			// The reader's lag metric uses the same rule.
+			if s.LastConfirmed != nil && s.LagBytes > outbox.CaughtUpBytes {
 				s.LagSeconds = time.Since(*s.LastConfirmed).Seconds()
 			}
 		} else if !errors.Is(err, pgx.ErrNoRows) {

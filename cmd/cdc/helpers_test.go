@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/ferry-cdc/ferry/internal/kafkatest"
 	"github.com/ferry-cdc/ferry/internal/pgtest"
+	"github.com/ferry-cdc/ferry/internal/testutil"
 )
 
 var cdcBinary string
@@ -149,27 +149,6 @@ func (p *proc) ready() bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// waitFor polls cond until it holds or the ceiling passes.
-func waitFor(t *testing.T, ceiling time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(ceiling)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", ceiling, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // exec runs SQL on the test database.
 func (e *env) exec(sql string, args ...any) {
 	e.t.Helper()
@@ -221,22 +200,13 @@ func (e *env) walInsertLSN() pglogrepl.LSN {
 	return lsn
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+// Shared helpers (internal/testutil), under the names the tests use.
+var (
+	waitFor  = testutil.WaitFor
+	freeAddr = testutil.FreeAddr
+)
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testutil.SyncBuffer
 
 // metric returns the value of an unlabelled metric from a process's
 // /metrics, or -1 when absent.

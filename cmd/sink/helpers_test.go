@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -22,6 +19,7 @@ import (
 	"github.com/ferry-cdc/ferry/internal/kafkatest"
 	"github.com/ferry-cdc/ferry/internal/partnersim"
 	"github.com/ferry-cdc/ferry/internal/pgtest"
+	"github.com/ferry-cdc/ferry/internal/testutil"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -152,26 +150,6 @@ func (e *env) state(eventID string) string {
 	return s
 }
 
-func waitFor(t *testing.T, ceiling time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(ceiling)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", ceiling, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func metric(addr, name string) float64 {
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -190,19 +168,10 @@ func metric(addr, name string) float64 {
 	return -1
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+// Shared helpers (internal/testutil), under the names the tests use.
+var (
+	waitFor  = testutil.WaitFor
+	freeAddr = testutil.FreeAddr
+)
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testutil.SyncBuffer

@@ -19,6 +19,7 @@ import (
 	"github.com/ferry-cdc/ferry/internal/delivery"
 	"github.com/ferry-cdc/ferry/internal/lane"
 	"github.com/ferry-cdc/ferry/internal/metrics"
+	"github.com/ferry-cdc/ferry/internal/route"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 )
 
@@ -464,15 +465,15 @@ func decode(r *kgo.Record) (connector.Event, string) {
 	for _, h := range r.Headers {
 		v := string(h.Value)
 		switch h.Key {
-		case "event_id":
+		case route.HeaderEventID:
 			ev.ID = v
-		case "tenant_id":
+		case route.HeaderTenantID:
 			ev.TenantID = v
-		case "event_type":
+		case route.HeaderEventType:
 			ev.EventType = v
-		case "aggregate_type":
+		case route.HeaderAggregateType:
 			ev.AggregateType = v
-		case "aggregate_id":
+		case route.HeaderAggregateID:
 			ev.AggregateID = v
 		default:
 			ev.Headers[h.Key] = v

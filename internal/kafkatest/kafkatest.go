@@ -11,6 +11,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ferry-cdc/ferry/internal/route"
 )
 
 // Broker is a Kafka-protocol broker for one test.
@@ -102,11 +104,4 @@ func AtLeast(n int) func([]*kgo.Record) bool {
 }
 
 // Header returns the value of a record header, or "".
-func Header(r *kgo.Record, key string) string {
-	for _, h := range r.Headers {
-		if h.Key == key {
-			return string(h.Value)
-		}
-	}
-	return ""
-}
+func Header(r *kgo.Record, key string) string { return route.HeaderValue(r, key) }

@@ -22,6 +22,10 @@ import (
 	"github.com/ferry-cdc/ferry/internal/pgdb"
 )
 
+// CaughtUpBytes is the slot lag below which cdc counts as caught up:
+// heartbeats and keepalives always leave a little WAL behind.
+const CaughtUpBytes = 64 << 10
+
 // HeartbeatPrefix is the logical message prefix of cdc's heartbeats. The
 // content is "<slot>:<sequence>".
 const HeartbeatPrefix = "ferry.heartbeat"
@@ -399,7 +403,7 @@ func (r *Reader) monitor(ctx context.Context, conn *pgx.Conn, tracker *lsnack.Tr
 		r.m.SlotLagBytes.Set(float64(lag))
 		r.m.SlotSafeWALSize.Set(float64(safe))
 		_, ackedAt, inFlight := tracker.Acked()
-		if lag > 0 && (inFlight > 0 || lag > 64<<10) && !ackedAt.IsZero() {
+		if lag > 0 && (inFlight > 0 || lag > CaughtUpBytes) && !ackedAt.IsZero() {
 			r.m.SlotLagSeconds.Set(time.Since(ackedAt).Seconds())
 		} else {
 			r.m.SlotLagSeconds.Set(0)
