@@ -24,17 +24,69 @@ type Event struct {
 type Mapping struct {
 	EntityType string `json:"entity_type"`
 	LocalID    string `json:"local_id"`
-	RemoteID   string `json:"remote_id"`
+	RemoteID   string `json:"remote_id,omitempty"`
+	// State is creating (an intent: the create call may or may not have
+	// reached the partner), active, deleting or deleted.
+	State string `json:"state"`
+	// IdempotencyKey is the key the create was (or is to be) sent with.
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+}
+
+// Active reports whether the mapping holds a live partner object.
+func (m Mapping) Active() bool { return m.State == "active" && m.RemoteID != "" }
+
+// ErrNoMapping is returned by Mappings.Get when nothing was ever mapped.
+var ErrNoMapping = errors.New("no mapping")
+
+// Mappings is the mapping store, scoped to one integration and tenant.
+// The sink provides it (backed by pkg/mapping); connectors that create
+// partner objects use it to find partner ids and to record new ones.
+type Mappings interface {
+	// Get returns the mapping of one of our objects, or ErrNoMapping.
+	Get(ctx context.Context, entityType, localID string) (Mapping, error)
+	// Intend records the intent to create the object before the partner
+	// call, and returns the mapping as it now stands: an earlier intent
+	// keeps its idempotency key, so a retry sends the same one.
+	Intend(ctx context.Context, entityType, localID, idempotencyKey string) (Mapping, error)
+	// Activate records the partner id after a successful create.
+	Activate(ctx context.Context, entityType, localID, remoteID string) error
+	// MarkDeleted records that the partner object is gone; false when
+	// nothing was mapped.
+	MarkDeleted(ctx context.Context, entityType, localID string) (bool, error)
+}
+
+// Step is one completed call of a multi-step operation, as recorded in
+// the delivery log: a retry resumes after the last recorded step, and
+// compensation undoes them in reverse.
+type Step struct {
+	Name string `json:"name"`
+	// RemoteID is the partner id the step's response carried, if any.
+	RemoteID string `json:"remote_id,omitempty"`
+	// Created marks a step that created the entity's own mapping.
+	Created bool `json:"created,omitempty"`
+	// Response is the step's response body (bounded), for later steps'
+	// templates.
+	Response string `json:"response,omitempty"`
 }
 
 // Request is one delivery attempt.
 type Request struct {
 	Integration string
 	Event       Event
-	// Mappings are the partner ids already recorded for this event's
-	// objects (the aggregate, and parents it refers to), keyed by entity
-	// type. Empty when nothing is mapped yet.
-	Mappings map[string]Mapping
+	// Mappings is the mapping store for this event's tenant; nil when the
+	// sink runs without one.
+	Mappings Mappings
+	// Resync is set for a tenant's resync (enabling it): the event is its
+	// aggregate's latest, and creates and updates become upserts.
+	Resync bool
+	// Delete asks to delete the event's aggregate at the partner whatever
+	// its event type says (rolling back a disabled tenant).
+	Delete bool
+	// Steps are the steps completed by earlier attempts of this event.
+	Steps []Step
+	// Checkpoint records a completed step in the delivery log before the
+	// next one starts; nil means steps are not recorded.
+	Checkpoint func(ctx context.Context, s Step) error
 	// IdempotencyKey is stable across every attempt of this event for this
 	// integration; send it as the Idempotency-Key header.
 	IdempotencyKey string
@@ -44,13 +96,11 @@ type Request struct {
 
 // Result is a successful delivery.
 type Result struct {
-	// Mappings are partner ids to record (created or confirmed objects),
-	// keyed by entity type.
-	Mappings map[string]Mapping
-	// Deleted lists entity types whose mapping the partner no longer holds.
-	Deleted []string
 	// Calls are the partner calls made, for the delivery log.
 	Calls []Call
+	// Note says what was done when it is not obvious ("nothing mapped:
+	// delete is a no-op").
+	Note string
 }
 
 // Call is one partner request and its response, bounded for storage.
@@ -77,8 +127,16 @@ type Connector interface {
 // earlier successful Deliver did (e.g. delete the object it created),
 // after a later step or event was rejected.
 type Undoer interface {
-	Undo(ctx context.Context, req Request, done Result) (Result, error)
+	// Undo undoes steps (completed by req's earlier attempt, the last
+	// one first). It returns the calls made, or an error: a failure is
+	// retried later, a rejection leaves the steps for an operator.
+	Undo(ctx context.Context, req Request, steps []Step) ([]Call, error)
 }
+
+// ErrNothingToUndo is returned by Undo when none of the steps can be
+// undone: the delivery stays rejected with its steps, and an operator
+// retry resumes after them.
+var ErrNothingToUndo = errors.New("nothing to undo: no completed step has an undo request")
 
 // Prober is implemented by connectors that can check the partner's
 // health cheaply; the sink's circuit breaker calls it while open.
@@ -91,6 +149,10 @@ type Rejection struct {
 	Status int    // partner status code, 0 if none
 	Reason string // what the partner said, for operators
 	Calls  []Call // the calls made, the refused one last
+	// Steps are the steps completed before the refused one (in this
+	// attempt or earlier ones): the sink undoes them when the connector
+	// is an Undoer.
+	Steps []Step
 }
 
 func (r *Rejection) Error() string {
@@ -126,6 +188,17 @@ func (f *Failure) Error() string {
 
 func (f *Failure) Unwrap() error { return f.Err }
 
+// Waiting means the event needs another object's partner id that is not
+// mapped yet (a price needs its product): the sink waits, without
+// counting an attempt, and tries again shortly.
+type Waiting struct {
+	EntityType, LocalID string
+}
+
+func (w *Waiting) Error() string {
+	return fmt.Sprintf("waiting for %s %s to be created at the partner first", w.EntityType, w.LocalID)
+}
+
 // Outcome classifies a Deliver error.
 type Outcome int
 
@@ -134,14 +207,16 @@ const (
 	Succeeded Outcome = iota
 	Rejected
 	Failed
+	Waits // see Waiting
 )
 
 func (o Outcome) String() string {
-	return [...]string{"succeeded", "rejected", "failed"}[o]
+	return [...]string{"succeeded", "rejected", "failed", "waiting"}[o]
 }
 
 // Classify tells what err means for the delivery: nil succeeded, a
-// *Rejection rejected, anything else failed (retry). It also returns the
+// *Rejection rejected, a *Waiting waits, anything else failed (retry).
+// It also returns the
 // Retry-After of a *Failure.
 func Classify(err error) (Outcome, time.Duration) {
 	if err == nil {
@@ -150,6 +225,10 @@ func Classify(err error) (Outcome, time.Duration) {
 	var rej *Rejection
 	if errors.As(err, &rej) {
 		return Rejected, 0
+	}
+	var w *Waiting
+	if errors.As(err, &w) {
+		return Waits, 0
 	}
 	var f *Failure
 	if errors.As(err, &f) {

@@ -19,6 +19,7 @@ func TestClassify(t *testing.T) {
 		{fmt.Errorf("step 2: %w", &Rejection{Status: 402}), Rejected, 0},
 		{&Failure{Status: 429, RetryAfter: 3 * time.Second}, Failed, 3 * time.Second},
 		{context.DeadlineExceeded, Failed, 0},
+		{fmt.Errorf("price: %w", &Waiting{EntityType: "product", LocalID: "p1"}), Waits, 0},
 		{errors.New("connection reset"), Failed, 0},
 	} {
 		got, after := Classify(c.err)

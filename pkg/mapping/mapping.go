@@ -19,6 +19,8 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ferry-cdc/ferry/pkg/connector"
 )
 
 // State is a mapping's state.
@@ -154,3 +156,66 @@ func (s *Store) MarkDeleted(ctx context.Context, k Key) (bool, error) {
 // changes: another process may have written mappings of tenants this one
 // owned before.
 func (s *Store) Purge() { s.cache.Purge() }
+
+// For returns the store scoped to one integration and tenant, as the
+// connector contract's Mappings.
+func (s *Store) For(integration, tenant string) connector.Mappings {
+	return scoped{s: s, integration: integration, tenant: tenant}
+}
+
+// ForTenant lists a tenant's mappings of one integration that hold a
+// partner object (creating or active), newest first: a rollback deletes
+// children (created after their parents) before their parents.
+func (s *Store) ForTenant(ctx context.Context, integration, tenant string) ([]Mapping, error) {
+	rows, err := s.pool.Query(ctx, `SELECT entity_type, local_id, COALESCE(remote_id, ''), state, idempotency_key, updated_at
+		FROM ferry.mapping WHERE tenant_id = $1 AND integration = $2 AND state IN ('creating', 'active')
+		ORDER BY created_at DESC, entity_type, local_id`, tenant, integration)
+	if err != nil {
+		return nil, fmt.Errorf("mapping: list %s/%s: %w", integration, tenant, err)
+	}
+	defer rows.Close()
+	var out []Mapping
+	for rows.Next() {
+		m := Mapping{Key: Key{Integration: integration, TenantID: tenant}}
+		if err := rows.Scan(&m.EntityType, &m.LocalID, &m.RemoteID, &m.State, &m.IdempotencyKey, &m.UpdatedAt); err != nil {
+			return nil, fmt.Errorf("mapping: list %s/%s: %w", integration, tenant, err)
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+type scoped struct {
+	s                   *Store
+	integration, tenant string
+}
+
+func (c scoped) key(entityType, localID string) Key {
+	return Key{Integration: c.integration, EntityType: entityType, TenantID: c.tenant, LocalID: localID}
+}
+
+func conv(m Mapping) connector.Mapping {
+	return connector.Mapping{EntityType: m.EntityType, LocalID: m.LocalID, RemoteID: m.RemoteID, State: string(m.State), IdempotencyKey: m.IdempotencyKey}
+}
+
+func (c scoped) Get(ctx context.Context, entityType, localID string) (connector.Mapping, error) {
+	m, err := c.s.Get(ctx, c.key(entityType, localID))
+	if errors.Is(err, ErrNotFound) {
+		return connector.Mapping{}, connector.ErrNoMapping
+	}
+	return conv(m), err
+}
+
+func (c scoped) Intend(ctx context.Context, entityType, localID, idempotencyKey string) (connector.Mapping, error) {
+	m, err := c.s.Intend(ctx, c.key(entityType, localID), idempotencyKey)
+	return conv(m), err
+}
+
+func (c scoped) Activate(ctx context.Context, entityType, localID, remoteID string) error {
+	_, err := c.s.Activate(ctx, c.key(entityType, localID), remoteID)
+	return err
+}
+
+func (c scoped) MarkDeleted(ctx context.Context, entityType, localID string) (bool, error) {
+	return c.s.MarkDeleted(ctx, c.key(entityType, localID))
+}

@@ -37,7 +37,7 @@ func Run(t *testing.T, h Harness) {
 	}
 	req := func(tenant string) connector.Request {
 		ev := h.Event(tenant)
-		return connector.Request{Integration: "conformance", Event: ev, IdempotencyKey: "conformance:" + ev.ID, Attempt: 1}
+		return connector.Request{Integration: "conformance", Event: ev, Mappings: NewMemMappings(), IdempotencyKey: "conformance:" + ev.ID, Attempt: 1}
 	}
 	expect := func(t *testing.T, err error, want connector.Outcome) {
 		t.Helper()

@@ -1,0 +1,551 @@
+package httpconn
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"text/template"
+	"time"
+
+	"github.com/theory/jsonpath"
+
+	"github.com/ferry-cdc/ferry/pkg/connector"
+	"github.com/ferry-cdc/ferry/pkg/connector/webhook"
+)
+
+// Connector is a declarative HTTP connector. It is safe for concurrent
+// use.
+type Connector struct {
+	cfg      Config
+	base     string
+	entities map[string]*entity
+	headers  map[string]*template.Template
+	auth     func(*http.Request)
+	client   *http.Client
+}
+
+// New checks cfg (every problem at once, each with its field path under
+// prefix, e.g. "integrations[1].connector") and returns the connector.
+// Secrets are read from the environment now.
+func New(cfg Config, prefix string) (*Connector, error) {
+	return newWithEnv(cfg, prefix, env)
+}
+
+func newWithEnv(cfg Config, prefix string, getenv func(string) string) (*Connector, error) {
+	entities, headers, err := cfg.compile(prefix, getenv)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	c := &Connector{cfg: cfg, base: strings.TrimRight(cfg.BaseURL, "/"), entities: entities, headers: headers}
+	switch a := cfg.Auth; a.Type {
+	case "bearer":
+		tok := getenv(a.TokenEnv)
+		c.auth = func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+tok) }
+	case "basic":
+		u, p := getenv(a.UsernameEnv), getenv(a.PasswordEnv)
+		c.auth = func(r *http.Request) { r.SetBasicAuth(u, p) }
+	case "header":
+		v := getenv(a.ValueEnv)
+		c.auth = func(r *http.Request) { r.Header.Set(a.Header, v) }
+	default:
+		c.auth = func(*http.Request) {}
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 1024, 1024
+	c.client = &http.Client{Timeout: cfg.Timeout, Transport: tr}
+	return c, nil
+}
+
+// delivery is one Deliver or Undo in progress.
+type delivery struct {
+	c     *Connector
+	req   connector.Request
+	e     *entity
+	data  map[string]any
+	steps map[string]any // .steps
+	calls []connector.Call
+}
+
+// Deliver implements connector.Connector.
+func (c *Connector) Deliver(ctx context.Context, req connector.Request) (connector.Result, error) {
+	d, err := c.start(req)
+	if err != nil {
+		return connector.Result{}, err
+	}
+	res, err := d.run(ctx)
+	res.Calls = d.calls
+	return res, err
+}
+
+// start finds the entity and builds the template data.
+func (c *Connector) start(req connector.Request) (*delivery, error) {
+	ev := req.Event
+	e, ok := c.entities[ev.AggregateType]
+	if !ok {
+		return nil, &connector.Rejection{Reason: fmt.Sprintf("no entity %q in this connector's configuration (aggregate type of event type %s); configured: %v",
+			ev.AggregateType, ev.EventType, sortedKeys(c.entities))}
+	}
+	var payload any
+	dec := json.NewDecoder(bytes.NewReader(ev.Payload))
+	dec.UseNumber()
+	if err := dec.Decode(&payload); err != nil {
+		return nil, &connector.Rejection{Reason: "payload is not JSON: " + err.Error()}
+	}
+	headers := map[string]any{}
+	for k, v := range ev.Headers {
+		headers[k] = v
+	}
+	d := &delivery{c: c, req: req, e: e, steps: map[string]any{}}
+	d.data = map[string]any{
+		"event_id": ev.ID, "tenant_id": ev.TenantID, "event_type": ev.EventType, "aggregate_type": ev.AggregateType,
+		"aggregate_id": ev.AggregateID, "payload": payload, "headers": headers, "remote_id": "",
+		"ids": map[string]any{}, "parents": map[string]any{}, "steps": d.steps, "idempotency_key": req.IdempotencyKey,
+	}
+	local, err := render(e.id, d.data)
+	if err != nil || local == "" {
+		return nil, &connector.Rejection{Reason: fmt.Sprintf("cannot tell our id of the %s: %v (entity id template)", e.name, orEmpty(err))}
+	}
+	d.data["local_id"] = local
+	return d, nil
+}
+
+func orEmpty(err error) string {
+	if err == nil {
+		return "it is empty"
+	}
+	return err.Error()
+}
+
+func (d *delivery) run(ctx context.Context) (connector.Result, error) {
+	if d.req.Mappings == nil {
+		return connector.Result{}, &connector.Rejection{Reason: "the http connector needs the sink's mapping store"}
+	}
+	op := d.c.cfg.operation(d.req.Event.EventType)
+	if d.req.Delete {
+		op = opDelete
+	}
+	if op == "" {
+		return connector.Result{}, &connector.Rejection{Reason: fmt.Sprintf("event type %s maps to no operation: add it to the connector's operations (create, update, upsert or delete)", d.req.Event.EventType)}
+	}
+	if d.req.Resync && op != opDelete {
+		op = opUpsert
+	}
+	// Parents first: a child whose parent is not at the partner yet waits.
+	if op != opDelete {
+		parents := d.data["parents"].(map[string]any)
+		for _, p := range sortedKeys(d.e.parents) {
+			pid, err := render(d.e.parents[p], d.data)
+			if err != nil || pid == "" {
+				return connector.Result{}, &connector.Rejection{Reason: fmt.Sprintf("cannot tell the %s parent's id: %v", p, orEmpty(err))}
+			}
+			m, err := d.req.Mappings.Get(ctx, p, pid)
+			if err != nil && !errors.Is(err, connector.ErrNoMapping) {
+				return connector.Result{}, &connector.Failure{Reason: "mapping store", Err: err}
+			}
+			if !m.Active() {
+				return connector.Result{}, &connector.Waiting{EntityType: p, LocalID: pid}
+			}
+			parents[p] = m.RemoteID
+		}
+	}
+	local := d.data["local_id"].(string)
+	m, err := d.req.Mappings.Get(ctx, d.e.name, local)
+	if err != nil && !errors.Is(err, connector.ErrNoMapping) {
+		return connector.Result{}, &connector.Failure{Reason: "mapping store", Err: err}
+	}
+	d.data["remote_id"] = m.RemoteID
+	if err := d.loadIDs(ctx, local); err != nil {
+		return connector.Result{}, err
+	}
+	done := map[string]connector.Step{}
+	for _, s := range d.req.Steps {
+		done[s.Name] = s
+	}
+	switch {
+	case op == opDelete && !m.Active() && m.State != "creating":
+		return connector.Result{Note: fmt.Sprintf("nothing mapped for %s %s: delete is a no-op", d.e.name, local)}, nil
+	case op == opDelete && !m.Active():
+		// An intent whose create may have reached the partner.
+		id, err := d.lookup(ctx)
+		if err != nil {
+			return connector.Result{}, err
+		}
+		if id == "" {
+			if _, err := d.req.Mappings.MarkDeleted(ctx, d.e.name, local); err != nil {
+				return connector.Result{}, &connector.Failure{Reason: "mapping store", Err: err}
+			}
+			return connector.Result{Note: fmt.Sprintf("%s %s was never created at the partner: delete is a no-op", d.e.name, local)}, nil
+		}
+		d.data["remote_id"] = id
+	case (op == opCreate || op == opUpsert) && m.Active() && len(done) == 0:
+		op = opUpdate // already at the partner (a resync, or a second create)
+	case op == opUpdate && !m.Active() && len(done) == 0:
+		if d.c.cfg.NoUpsert {
+			return connector.Result{}, &connector.Rejection{Reason: fmt.Sprintf("update of %s %s, which has no mapping (never created at the partner) and no_upsert is set", d.e.name, local)}
+		}
+		op = opCreate
+	case op == opUpsert:
+		op = opCreate
+	}
+	if op == opCreate && len(done) == 0 && !m.Active() {
+		// The intent comes before the partner call, so a crash after the
+		// partner's answer is recovered, not created twice.
+		first := d.e.ops[opCreate][0]
+		im, err := d.req.Mappings.Intend(ctx, d.e.name, local, d.req.IdempotencyKey+":"+first.name)
+		if err != nil {
+			return connector.Result{}, &connector.Failure{Reason: "mapping store", Err: err}
+		}
+		if im.IdempotencyKey != d.req.IdempotencyKey+":"+first.name && d.e.lookup != nil {
+			// An earlier event's create may have reached the partner.
+			id, err := d.lookup(ctx)
+			if err != nil {
+				return connector.Result{}, err
+			}
+			if id != "" {
+				// Found: the create step is done; the remaining create
+				// steps (a price after its item) still run.
+				done[first.name] = connector.Step{Name: first.name, RemoteID: id, Created: true}
+				d.data["remote_id"] = id
+			}
+		}
+		d.data["idempotency_key"] = im.IdempotencyKey
+	}
+	return d.runSteps(ctx, op, done)
+}
+
+// loadIDs fills .ids with the mappings create steps record.
+func (d *delivery) loadIDs(ctx context.Context, local string) error {
+	ids := d.data["ids"].(map[string]any)
+	for _, s := range d.e.ops[opCreate] {
+		if s.maps == "" || s.maps == d.e.name {
+			continue
+		}
+		m, err := d.req.Mappings.Get(ctx, s.maps, local)
+		if err != nil && !errors.Is(err, connector.ErrNoMapping) {
+			return &connector.Failure{Reason: "mapping store", Err: err}
+		}
+		ids[s.maps] = m.RemoteID
+	}
+	return nil
+}
+
+// runSteps runs op's steps, skipping those done in earlier attempts.
+func (d *delivery) runSteps(ctx context.Context, op string, done map[string]connector.Step) (connector.Result, error) {
+	var completed []connector.Step
+	local := d.data["local_id"].(string)
+	for i, s := range d.e.ops[op] {
+		key := d.req.IdempotencyKey + ":" + s.name
+		if i == 0 && op == opCreate {
+			key = d.data["idempotency_key"].(string)
+		}
+		if prev, ok := done[s.name]; ok {
+			d.steps[s.name] = stepData(prev)
+			completed = append(completed, prev)
+			if prev.RemoteID != "" && s.maps != "" {
+				// The mapping may not have been written before a crash.
+				if err := d.activate(ctx, s.maps, local, prev.RemoteID); err != nil {
+					return connector.Result{}, err
+				}
+			}
+			continue
+		}
+		resp, err := d.do(ctx, s.call, key, op == opDelete)
+		if err != nil {
+			// Typed errors stay unwrapped (callers type-assert them); the
+			// step is named in the reason.
+			var rej *connector.Rejection
+			var fail *connector.Failure
+			switch {
+			case errors.As(err, &rej):
+				rej.Steps, rej.Reason = completed, fmt.Sprintf("%s step %q: %s", op, s.name, rej.Reason)
+			case errors.As(err, &fail):
+				fail.Reason = fmt.Sprintf("%s step %q: %s", op, s.name, fail.Reason)
+			}
+			return connector.Result{}, err
+		}
+		st := connector.Step{Name: s.name, Response: bounded(resp), Created: op == opCreate && s.maps == d.e.name}
+		if s.id != nil {
+			if st.RemoteID, err = extractID(s.id, resp); err != nil {
+				return connector.Result{}, &connector.Failure{Reason: fmt.Sprintf("%s step %q: the answer has no partner id at %s: %v", op, s.name, s.idSrc, err),
+					Calls: d.calls}
+			}
+		}
+		d.steps[s.name] = stepData(st)
+		completed = append(completed, st)
+		// Recorded before the mapping: a crash in between resumes here and
+		// writes the mapping from the recorded step.
+		if d.req.Checkpoint != nil {
+			if err := d.req.Checkpoint(ctx, st); err != nil {
+				return connector.Result{}, &connector.Failure{Reason: "delivery log: record step " + s.name, Err: err}
+			}
+		}
+		if st.RemoteID != "" && s.maps != "" {
+			if err := d.activate(ctx, s.maps, local, st.RemoteID); err != nil {
+				return connector.Result{}, err
+			}
+			if s.maps == d.e.name {
+				d.data["remote_id"] = st.RemoteID
+			} else {
+				d.data["ids"].(map[string]any)[s.maps] = st.RemoteID
+			}
+		}
+	}
+	if op == opDelete {
+		if err := d.markDeleted(ctx); err != nil {
+			return connector.Result{}, err
+		}
+	}
+	return connector.Result{}, nil
+}
+
+func (d *delivery) activate(ctx context.Context, entityType, local, remote string) error {
+	if err := d.req.Mappings.Activate(ctx, entityType, local, remote); err != nil {
+		return &connector.Failure{Reason: "mapping store: record the partner id", Err: err}
+	}
+	return nil
+}
+
+// markDeleted marks the entity's mappings (and those its create steps
+// recorded) deleted.
+func (d *delivery) markDeleted(ctx context.Context) error {
+	local := d.data["local_id"].(string)
+	types := []string{d.e.name}
+	for _, s := range d.e.ops[opCreate] {
+		if s.maps != "" && !slices.Contains(types, s.maps) {
+			types = append(types, s.maps)
+		}
+	}
+	for _, t := range types {
+		if _, err := d.req.Mappings.MarkDeleted(ctx, t, local); err != nil {
+			return &connector.Failure{Reason: "mapping store", Err: err}
+		}
+	}
+	return nil
+}
+
+func stepData(s connector.Step) map[string]any {
+	var resp any
+	dec := json.NewDecoder(strings.NewReader(s.Response))
+	dec.UseNumber()
+	if dec.Decode(&resp) != nil {
+		resp = s.Response
+	}
+	return map[string]any{"id": s.RemoteID, "response": resp}
+}
+
+// lookup asks the partner for the object by our id; "" when not found or
+// no lookup is configured.
+func (d *delivery) lookup(ctx context.Context) (string, error) {
+	if d.e.lookup == nil {
+		return "", nil
+	}
+	resp, err := d.do(ctx, *d.e.lookup, "", true)
+	if err != nil {
+		return "", fmt.Errorf("lookup: %w", err)
+	}
+	if resp == nil {
+		return "", nil
+	}
+	id, err := extractID(d.e.lookup.id, resp)
+	if err != nil {
+		return "", nil // no match: not at the partner
+	}
+	return id, nil
+}
+
+// Undo implements connector.Undoer: it runs the undo request of each
+// completed step, the last first, and marks the mappings they created
+// deleted. It returns connector.ErrNothingToUndo when no step has one.
+func (c *Connector) Undo(ctx context.Context, req connector.Request, steps []connector.Step) ([]connector.Call, error) {
+	d, err := c.start(req)
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string]step{}
+	for _, op := range []string{opCreate, opUpdate, opDelete} {
+		for _, s := range d.e.ops[op] {
+			if _, ok := byName[s.name]; !ok {
+				byName[s.name] = s
+			}
+		}
+	}
+	undoable := false
+	for _, s := range steps {
+		d.steps[s.Name] = stepData(s)
+		if byName[s.Name].undo != nil {
+			undoable = true
+		}
+	}
+	if !undoable {
+		return nil, connector.ErrNothingToUndo
+	}
+	local := d.data["local_id"].(string)
+	for i := len(steps) - 1; i >= 0; i-- {
+		s := steps[i]
+		cfg := byName[s.Name]
+		if cfg.undo == nil {
+			continue
+		}
+		if _, err := d.do(ctx, *cfg.undo, req.IdempotencyKey+":undo:"+s.Name, true); err != nil {
+			return d.calls, fmt.Errorf("undo step %q: %w", s.Name, err)
+		}
+		if cfg.maps != "" {
+			if _, err := req.Mappings.MarkDeleted(ctx, cfg.maps, local); err != nil {
+				return d.calls, &connector.Failure{Reason: "mapping store", Err: err}
+			}
+		}
+	}
+	return d.calls, nil
+}
+
+// Probe implements connector.Prober.
+func (c *Connector) Probe(ctx context.Context) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+c.cfg.HealthPath, nil)
+	if err != nil {
+		return err
+	}
+	c.auth(req)
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		return fmt.Errorf("partner answers %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// do renders and makes one call. A 404/410 answer is success (nil body)
+// when missingOK (deletes, undos and lookups: the object is not there).
+func (d *delivery) do(ctx context.Context, c call, idemKey string, missingOK bool) ([]byte, error) {
+	path, err := render(c.path, d.data)
+	if err != nil {
+		return nil, &connector.Rejection{Reason: "cannot build the request path: " + err.Error(), Calls: d.calls}
+	}
+	var body string
+	if c.body != nil {
+		if body, err = render(c.body, d.data); err != nil {
+			return nil, &connector.Rejection{Reason: "cannot build the request body: " + err.Error(), Calls: d.calls}
+		}
+		if !json.Valid([]byte(body)) {
+			return nil, &connector.Rejection{Reason: "the rendered body is not JSON (check the body template): " + bounded([]byte(body)), Calls: d.calls}
+		}
+	}
+	var rdr io.Reader
+	if body != "" {
+		rdr = strings.NewReader(body)
+	}
+	url := d.c.base + path
+	hreq, err := http.NewRequestWithContext(ctx, c.method, url, rdr)
+	if err != nil {
+		return nil, &connector.Rejection{Reason: "bad request: " + err.Error(), Calls: d.calls}
+	}
+	if body != "" {
+		hreq.Header.Set("Content-Type", "application/json")
+	}
+	hreq.Header.Set("Accept", "application/json")
+	if idemKey != "" {
+		hreq.Header.Set("Idempotency-Key", idemKey)
+	}
+	hreq.Header.Set("X-Tenant-ID", d.req.Event.TenantID)
+	for _, hs := range []map[string]*template.Template{d.c.headers, c.headers} {
+		for name, t := range hs {
+			v, err := render(t, d.data)
+			if err != nil {
+				return nil, &connector.Rejection{Reason: "cannot build header " + name + ": " + err.Error(), Calls: d.calls}
+			}
+			hreq.Header.Set(name, v)
+		}
+	}
+	d.c.auth(hreq)
+	rec := connector.Call{Method: c.method, URL: url, RequestBody: body}
+	start := time.Now()
+	resp, err := d.c.client.Do(hreq)
+	rec.Duration = time.Since(start)
+	if err != nil {
+		rec.Error = err.Error()
+		d.calls = append(d.calls, rec)
+		return nil, &connector.Failure{Reason: "no answer from partner", Calls: d.calls, Err: err}
+	}
+	defer resp.Body.Close()
+	rb, readErr := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	rec.Status, rec.ResponseBody = resp.StatusCode, bounded(rb)
+	d.calls = append(d.calls, rec)
+	s := resp.StatusCode
+	switch {
+	case readErr != nil:
+		return nil, &connector.Failure{Status: s, Reason: "response cut off", Calls: d.calls, Err: readErr}
+	case d.retries(s):
+		return nil, &connector.Failure{Status: s, Reason: bounded(rb), Calls: d.calls,
+			RetryAfter: webhook.RetryAfter(resp.Header.Get("Retry-After"), time.Now())}
+	case s >= 200 && s < 300:
+		return rb, nil
+	case missingOK && (s == http.StatusNotFound || s == http.StatusGone):
+		return nil, nil
+	case d.rejects(s):
+		return nil, &connector.Rejection{Status: s, Reason: bounded(rb), Calls: d.calls}
+	default:
+		return nil, &connector.Failure{Status: s, Reason: "unexpected answer: " + bounded(rb), Calls: d.calls}
+	}
+}
+
+func (d *delivery) retries(s int) bool {
+	if len(d.c.cfg.RetryStatuses) > 0 {
+		return slices.Contains(d.c.cfg.RetryStatuses, s)
+	}
+	return s == 408 || s == 425 || s == 429 || s >= 500
+}
+
+func (d *delivery) rejects(s int) bool {
+	if len(d.c.cfg.RejectStatuses) > 0 {
+		return slices.Contains(d.c.cfg.RejectStatuses, s)
+	}
+	return s >= 400 && s < 500
+}
+
+func parsePath(s string) (*jsonpath.Path, error) { return jsonpath.Parse(s) }
+
+// extractID returns the first value the path selects, as a string.
+func extractID(p *jsonpath.Path, body []byte) (string, error) {
+	var v any
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&v); err != nil {
+		return "", fmt.Errorf("the answer is not JSON: %v", err)
+	}
+	nodes := p.Select(v)
+	if len(nodes) == 0 {
+		return "", errors.New("nothing there")
+	}
+	switch x := nodes[0].(type) {
+	case string:
+		if x == "" {
+			return "", errors.New("it is empty")
+		}
+		return x, nil
+	case json.Number:
+		return x.String(), nil
+	default:
+		return "", fmt.Errorf("it is a %T, not a string or number", x)
+	}
+}
+
+// maxBody bounds bodies kept for steps and reasons.
+const maxBody = 4096
+
+func bounded(b []byte) string {
+	if len(b) > maxBody {
+		return string(b[:maxBody]) + "…(truncated)"
+	}
+	return string(b)
+}

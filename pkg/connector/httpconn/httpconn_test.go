@@ -1,0 +1,582 @@
+package httpconn
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/ferry-cdc/ferry/internal/partnersim"
+	"github.com/ferry-cdc/ferry/pkg/connector"
+	"github.com/ferry-cdc/ferry/pkg/connector/connectortest"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+var testEnv = map[string]string{"SHOP_TOKEN": "s3cret-token", "PAYMENTS_API_KEY": "pk_test_123"}
+
+func getenv(k string) string { return testEnv[k] }
+
+// example returns the connector section of examples/<name>.yaml.
+func example(t testing.TB, name string) Config {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "..", "examples", name+".yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct {
+		Integrations []struct {
+			Connector struct {
+				Type   string `yaml:"type"`
+				Config `yaml:",inline"`
+			} `yaml:"connector"`
+		} `yaml:"integrations"`
+	}
+	if err := yaml.Unmarshal(b, &f); err != nil {
+		t.Fatal(err)
+	}
+	return f.Integrations[0].Connector.Config
+}
+
+func newConn(t testing.TB, cfg Config, baseURL string) *Connector {
+	t.Helper()
+	cfg.BaseURL = baseURL
+	c, err := newWithEnv(cfg, "connector", getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func sim(t testing.TB) (*partnersim.Server, string) {
+	s := partnersim.New(partnersim.Config{})
+	srv := httptest.NewServer(s)
+	t.Cleanup(srv.Close)
+	return s, srv.URL
+}
+
+func event(id, typ, aggType, aggID, payload string) connector.Event {
+	return connector.Event{ID: id, TenantID: "acme", EventType: typ, AggregateType: aggType, AggregateID: aggID, Payload: []byte(payload)}
+}
+
+func req(ev connector.Event, m connector.Mappings) connector.Request {
+	return connector.Request{Integration: "shop", Event: ev, Mappings: m, IdempotencyKey: "shop:" + ev.ID, Attempt: 1}
+}
+
+func TestConformance(t *testing.T) {
+	cfg := example(t, "shop")
+	connectortest.Run(t, connectortest.Harness{
+		New: func(t testing.TB, baseURL string, timeout time.Duration) connector.Connector {
+			c := cfg
+			c.Timeout = timeout
+			return newConn(t, c, baseURL)
+		},
+		Event: func(tenant string) connector.Event {
+			ev := event("e-1", "product.created", "product", "p1", `{"name": "Lamp", "price": 25, "currency": "EUR"}`)
+			ev.TenantID = tenant
+			return ev
+		},
+	})
+}
+
+// TestConfigErrorsAllAtOnce: every problem is reported at start-up, each
+// with its field path and what to do.
+func TestConfigErrorsAllAtOnce(t *testing.T) {
+	var cfg Config
+	err := yaml.Unmarshal([]byte(`
+base_url: ftp://partner
+auth: {type: bearer, token_env: NOT_SET_ANYWHERE}
+operations: {"product.created": make}
+entities:
+  product:
+    create:
+      path: /v1/items/{{.nme}}
+      body: '{"name": {{.payload.name}'
+    update:
+      path: /v1/items/{{.remote_id}}
+      id: "$["
+      method: FETCH
+  variant:
+    parents: {widget: "{{.payload.widget_id}}"}
+    create:
+      path: /v1/variants
+      body: '{"p": {{.parents.product}}}'
+      id: $.id
+    update:
+      path: /v1/variants/{{.remote_id}}
+    delete:
+      path: /v1/variants/{{.remote_id}}
+`), &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = newWithEnv(cfg, "integrations[1].connector", getenv)
+	if err == nil {
+		t.Fatal("bad config accepted")
+	}
+	for _, want := range []string{
+		`integrations[1].connector.base_url: "ftp://partner": give the partner's http(s) URL`,
+		`integrations[1].connector.auth.token_env: environment variable NOT_SET_ANYWHERE is not set`,
+		`integrations[1].connector.operations.product.created: "make": use create, update, upsert or delete`,
+		`integrations[1].connector.entities.product.create.path: unknown field "nme"`,
+		`integrations[1].connector.entities.product.create.body: template does not parse`,
+		`integrations[1].connector.entities.product.update.method: "FETCH"`,
+		`integrations[1].connector.entities.product.update.id: "$[" is not a JSON path`,
+		`integrations[1].connector.entities.product.delete: required`,
+		`integrations[1].connector.entities.product.create: no step has an id`,
+		`integrations[1].connector.entities.variant.create.body: unknown parent "product"`,
+		`integrations[1].connector.entities.variant.parents.widget: not an entity of this connector`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q; got:\n%v", want, err)
+		}
+	}
+}
+
+// recorder is a partner that records every request (for golden files)
+// and answers like partnersim.
+type recorder struct {
+	mu   sync.Mutex
+	reqs []string
+	sim  *partnersim.Server
+}
+
+func (r *recorder) ServeHTTP(w http.ResponseWriter, q *http.Request) {
+	body, _ := io.ReadAll(q.Body)
+	q.Body = io.NopCloser(bytes.NewReader(body))
+	var hs []string
+	for _, h := range []string{"Authorization", "Idempotency-Key", "X-Tenant-Id", "X-Api-Key", "Content-Type"} {
+		if v := q.Header.Get(h); v != "" {
+			hs = append(hs, h+": "+v)
+		}
+	}
+	r.mu.Lock()
+	r.reqs = append(r.reqs, fmt.Sprintf("%s %s\n%s\n%s\n", q.Method, q.URL.RequestURI(), strings.Join(hs, "\n"), body))
+	r.mu.Unlock()
+	r.sim.ServeHTTP(w, q)
+}
+
+// TestGoldenRequests renders the shop example's create (two steps),
+// update, a variant create (with its parent's partner id) and delete,
+// and compares every request with testdata/shop.golden.
+func TestGoldenRequests(t *testing.T) {
+	rec := &recorder{sim: partnersim.New(partnersim.Config{})}
+	srv := httptest.NewServer(rec)
+	defer srv.Close()
+	c := newConn(t, example(t, "shop"), srv.URL)
+	m := connectortest.NewMemMappings()
+	ctx := context.Background()
+	for _, ev := range []connector.Event{
+		event("e1", "product.created", "product", "p/1", `{"name": "Lamp \"Nova\"", "price": 25.50, "currency": "EUR"}`),
+		event("e2", "product.updated", "product", "p/1", `{"name": "Lamp Nova ✓", "price": 27, "currency": "EUR"}`),
+		event("e3", "variant.created", "variant", "v1", `{"product_id": "p/1", "sku": "NOVA-RED"}`),
+		event("e4", "variant.deleted", "variant", "v1", `{}`),
+		event("e5", "product.deleted", "product", "p/1", `{}`),
+	} {
+		if _, err := c.Deliver(ctx, req(ev, m)); err != nil {
+			t.Fatalf("%s: %v", ev.EventType, err)
+		}
+	}
+	got := strings.Join(rec.reqs, "---\n")
+	golden := filepath.Join("testdata", "shop.golden")
+	if *update {
+		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run go test -run TestGoldenRequests -update to write it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("rendered requests differ from %s:\n%s", golden, got)
+	}
+	if n := rec.sim.ObjectCount(); n != 0 {
+		t.Errorf("%d partner objects left after the deletes", n)
+	}
+}
+
+// TestCreateUpdateDeleteReachTheRightObject: the update and the delete go
+// to the object the create made, found through the mapping.
+func TestCreateUpdateDeleteReachTheRightObject(t *testing.T) {
+	s, base := sim(t)
+	c := newConn(t, example(t, "shop"), base)
+	m := connectortest.NewMemMappings()
+	ctx := context.Background()
+	for _, id := range []string{"p1", "p2"} {
+		if _, err := c.Deliver(ctx, req(event("c-"+id, "product.created", "product", id, `{"name": "`+id+`", "price": 1, "currency": "EUR"}`), m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Deliver(ctx, req(event("u-p2", "product.updated", "product", "p2", `{"name": "p2 renamed", "price": 2, "currency": "EUR"}`), m)); err != nil {
+		t.Fatal(err)
+	}
+	p2, _ := m.Get(ctx, "product", "p2")
+	items := map[string]partnersim.Object{}
+	for _, o := range s.Objects("items") {
+		items[o.ID] = o
+	}
+	if o := items[p2.RemoteID]; o.Fields["name"] != "p2 renamed" || o.Version != 2 {
+		t.Fatalf("update did not reach p2's item %s: %+v", p2.RemoteID, o)
+	}
+	if _, err := c.Deliver(ctx, req(event("d-p1", "product.deleted", "product", "p1", `{}`), m)); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Objects("items"); len(got) != 1 || got[0].ID != p2.RemoteID {
+		t.Fatalf("after deleting p1 the partner holds %+v, want only p2's item %s", got, p2.RemoteID)
+	}
+	if p1, _ := m.Get(ctx, "product", "p1"); p1.State != "deleted" {
+		t.Fatalf("p1's mapping is %s after the delete", p1.State)
+	}
+	// Deleting it again is a recorded no-op.
+	res, err := c.Deliver(ctx, req(event("d-p1b", "product.deleted", "product", "p1", `{}`), m))
+	if err != nil || !strings.Contains(res.Note, "no-op") || len(res.Calls) != 0 {
+		t.Fatalf("second delete: %+v, %v", res, err)
+	}
+}
+
+// TestResumeAtFailedStep: step 2 fails; the retry does not repeat step 1.
+func TestResumeAtFailedStep(t *testing.T) {
+	s, base := sim(t)
+	c := newConn(t, example(t, "shop"), base)
+	m := connectortest.NewMemMappings()
+	ctx := context.Background()
+	s.AddRule(partnersim.Rule{Entity: "prices", Status: 503, Times: 1})
+	r := req(event("e1", "product.created", "product", "p1", `{"name": "Lamp", "price": 25, "currency": "EUR"}`), m)
+	var recorded []connector.Step
+	r.Checkpoint = func(_ context.Context, s connector.Step) error { recorded = append(recorded, s); return nil }
+	_, err := c.Deliver(ctx, r)
+	if out, _ := connector.Classify(err); out != connector.Failed {
+		t.Fatalf("first attempt: %v", err)
+	}
+	if len(recorded) != 1 || recorded[0].Name != "item" || recorded[0].RemoteID == "" {
+		t.Fatalf("recorded steps %+v", recorded)
+	}
+	r.Steps, r.Attempt = recorded, 2
+	res, err := c.Deliver(ctx, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Calls) != 1 || !strings.HasSuffix(res.Calls[0].URL, "/v1/prices") {
+		t.Fatalf("retry made %+v, want only the price call", res.Calls)
+	}
+	if n := len(s.Objects("items")); n != 1 {
+		t.Fatalf("%d items at the partner, want 1", n)
+	}
+	if pm, _ := m.Get(ctx, "product_price", "p1"); !pm.Active() {
+		t.Fatalf("price mapping %+v", pm)
+	}
+}
+
+// TestRejectedStepUndoesEarlierSteps: the price is rejected; Undo deletes
+// the item and its mapping.
+func TestRejectedStepUndoesEarlierSteps(t *testing.T) {
+	s, base := sim(t)
+	c := newConn(t, example(t, "shop"), base)
+	m := connectortest.NewMemMappings()
+	ctx := context.Background()
+	s.AddRule(partnersim.Rule{Entity: "prices", Status: 422, Reason: "amount must be positive"})
+	r := req(event("e1", "product.created", "product", "p1", `{"name": "Lamp", "price": -1, "currency": "EUR"}`), m)
+	_, err := c.Deliver(ctx, r)
+	var rej *connector.Rejection
+	if !errors.As(err, &rej) || len(rej.Steps) != 1 || rej.Status != 422 {
+		t.Fatalf("want a 422 rejection after step item: %#v", err)
+	}
+	if n := len(s.Objects("items")); n != 1 {
+		t.Fatalf("%d items before undo", n)
+	}
+	calls, err := c.Undo(ctx, r, rej.Steps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(calls) != 1 || calls[0].Method != http.MethodDelete || calls[0].Status != 204 {
+		t.Fatalf("undo calls %+v", calls)
+	}
+	if n := len(s.Objects("items")); n != 0 {
+		t.Fatalf("%d items after undo", n)
+	}
+	if pm, _ := m.Get(ctx, "product", "p1"); pm.State != "deleted" {
+		t.Fatalf("mapping after undo: %+v", pm)
+	}
+}
+
+// TestChildWaitsForParent: a variant whose product is not mapped waits.
+func TestChildWaitsForParent(t *testing.T) {
+	s, base := sim(t)
+	c := newConn(t, example(t, "shop"), base)
+	m := connectortest.NewMemMappings()
+	ctx := context.Background()
+	v := req(event("v", "variant.created", "variant", "v1", `{"product_id": "p1", "sku": "RED"}`), m)
+	_, err := c.Deliver(ctx, v)
+	var w *connector.Waiting
+	if !errors.As(err, &w) || w.EntityType != "product" || w.LocalID != "p1" {
+		t.Fatalf("want waiting for product p1: %v", err)
+	}
+	if n := len(s.Requests("acme")); n != 0 {
+		t.Fatalf("a waiting child called the partner %d times", n)
+	}
+	if _, err := c.Deliver(ctx, req(event("p", "product.created", "product", "p1", `{"name": "Lamp", "price": 1, "currency": "EUR"}`), m)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Deliver(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := m.Get(ctx, "product", "p1")
+	vs := s.Objects("variants")
+	if len(vs) != 1 || vs[0].Fields["item_id"] != p.RemoteID {
+		t.Fatalf("variant %+v, want item_id %s", vs, p.RemoteID)
+	}
+}
+
+// TestCrashAfterCreateRecoversByLookup: the partner created the item but
+// the mapping was never written (an intent was). The next event finds the
+// item by our id instead of creating a second one.
+func TestCrashAfterCreateRecoversByLookup(t *testing.T) {
+	s, base := sim(t)
+	c := newConn(t, example(t, "shop"), base)
+	ctx := context.Background()
+	m := connectortest.NewMemMappings()
+	// The create's partner call succeeds, the mapping write is lost.
+	lossy := &losingActivate{MemMappings: m}
+	_, err := c.Deliver(ctx, req(event("e1", "product.created", "product", "p1", `{"name": "Lamp", "price": 1, "currency": "EUR"}`), lossy))
+	if err == nil {
+		t.Fatal("the lost mapping write was not reported")
+	}
+	if mm, _ := m.Get(ctx, "product", "p1"); mm.State != "creating" {
+		t.Fatalf("intent not kept: %+v", mm)
+	}
+	// A different event (an update) arrives: upsert must find the item.
+	if _, err := c.Deliver(ctx, req(event("e2", "product.updated", "product", "p1", `{"name": "Lamp 2", "price": 2, "currency": "EUR"}`), m)); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(s.Objects("items")); n != 1 {
+		t.Fatalf("%d items at the partner, want 1: %+v", n, s.Objects("items"))
+	}
+}
+
+type losingActivate struct{ *connectortest.MemMappings }
+
+func (l *losingActivate) Activate(context.Context, string, string, string) error {
+	return errors.New("connection lost")
+}
+
+// TestSameKeyReplaysWithoutLookup: with no lookup configured, the intent's
+// idempotency key makes the partner replay its first answer.
+func TestSameKeyReplaysWithoutLookup(t *testing.T) {
+	s, base := sim(t)
+	cfg := example(t, "payments")
+	c := newConn(t, cfg, base)
+	ctx := context.Background()
+	m := connectortest.NewMemMappings()
+	ev := event("o1-placed", "order.placed", "order", "o1", `{"total": 10, "currency": "EUR", "card": "4242"}`)
+	ev.AggregateType = "order"
+	if _, err := c.Deliver(ctx, req(ev, &losingActivate{MemMappings: m})); err == nil {
+		t.Fatal("lost write not reported")
+	}
+	// The retry of the same event sends the same key.
+	r := req(ev, m)
+	r.Attempt = 2
+	if _, err := c.Deliver(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(s.Objects("authorizations")); n != 1 {
+		t.Fatalf("%d authorizations, want 1", n)
+	}
+	var replayed int
+	for _, q := range s.Requests("acme") {
+		if q.Replayed {
+			replayed++
+		}
+	}
+	if replayed != 1 {
+		t.Fatalf("%d replayed answers, want 1", replayed)
+	}
+}
+
+// TestPaymentsExample: authorized, declined (402/422 reject), errors retry.
+func TestPaymentsExample(t *testing.T) {
+	s := partnersim.New(partnersim.Config{})
+	rec := &recorder{sim: s}
+	srv := httptest.NewServer(rec)
+	defer srv.Close()
+	c := newConn(t, example(t, "payments"), srv.URL)
+	ctx := context.Background()
+	m := connectortest.NewMemMappings()
+	s.AddRule(partnersim.Rule{BodyContains: "4000000000000002", Status: 402, Reason: "card_declined"})
+	s.AddRule(partnersim.Rule{BodyContains: "4000000000000119", Status: 503, Reason: "processing_error", Times: 1})
+	order := func(id, card string) connector.Request {
+		return req(event(id+"-placed", "order.placed", "order", id, `{"total": 10, "currency": "EUR", "card": "`+card+`"}`), m)
+	}
+	if _, err := c.Deliver(ctx, order("o1", "4242424242424242")); err != nil {
+		t.Fatalf("authorize: %v", err)
+	}
+	_, err := c.Deliver(ctx, order("o2", "4000000000000002"))
+	var rej *connector.Rejection
+	if !errors.As(err, &rej) || rej.Status != 402 || !strings.Contains(rej.Reason, "card_declined") {
+		t.Fatalf("declined card: %v", err)
+	}
+	_, err = c.Deliver(ctx, order("o3", "4000000000000119"))
+	if out, _ := connector.Classify(err); out != connector.Failed {
+		t.Fatalf("processing error: %v, want failed (retried)", err)
+	}
+	if _, err := c.Deliver(ctx, order("o3", "4000000000000119")); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	// Auth is the API-key header from the environment, on every call.
+	for _, q := range rec.reqs {
+		if !strings.Contains(q, "X-Api-Key: pk_test_123") {
+			t.Fatalf("call without the API key: %s", q)
+		}
+	}
+	if o1, _ := m.Get(ctx, "order", "o1"); !o1.Active() {
+		t.Fatalf("o1 not mapped: %+v", o1)
+	}
+	// A cancelled order voids its authorization.
+	if _, err := c.Deliver(ctx, req(event("o1-cancelled", "order.cancelled", "order", "o1", `{}`), m)); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(s.Objects("authorizations")); n != 1 {
+		t.Fatalf("%d authorizations left, want o3's", n)
+	}
+}
+
+func TestOperationPrecedence(t *testing.T) {
+	c := Config{Operations: map[string]string{"*.deleted": "delete", "product.*": "upsert", "product.deleted": "update", "*": "create"}}
+	for typ, want := range map[string]string{"product.deleted": "update", "price.deleted": "delete", "product.renamed": "upsert", "x": "create"} {
+		if got := c.operation(typ); got != want {
+			t.Errorf("operation(%q) = %q, want %q", typ, got, want)
+		}
+	}
+	if got := (&Config{}).operation("order.updated"); got != "update" {
+		t.Errorf("default operations: %q", got)
+	}
+}
+
+// FuzzBodyEscaping: whatever a payload string holds, the rendered body is
+// JSON and carries the value unchanged, in and outside a JSON string.
+func FuzzBodyEscaping(f *testing.F) {
+	for _, s := range []string{"plain", `quo"te`, `back\slash`, "new\nline", "</script>", "\u2028", "{{.x}}", "\x00"} {
+		f.Add(s)
+	}
+	whole, err := compile("body", `{"v": {{.payload.v}}, "s": "pre-{{.payload.v}}-post"}`, bodyKind, scope{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		out, err := render(whole, map[string]any{"payload": map[string]any{"v": v}})
+		if err != nil {
+			return // invalid UTF-8 is reported, not sent
+		}
+		var got struct{ V, S string }
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			t.Fatalf("body %q is not JSON: %v", out, err)
+		}
+		// Invalid UTF-8 becomes U+FFFD, as encoding/json writes it.
+		var want string
+		b, _ := json.Marshal(v)
+		_ = json.Unmarshal(b, &want)
+		if got.V != want || got.S != "pre-"+want+"-post" {
+			t.Fatalf("value %q came out as %q / %q", v, got.V, got.S)
+		}
+	})
+}
+
+// FuzzPathEscaping: a value in a path stays one segment and round-trips.
+func FuzzPathEscaping(f *testing.F) {
+	for _, s := range []string{"p1", "a/b", "../admin", "x?y=z", "spa ce", "%2F", "#frag"} {
+		f.Add(s)
+	}
+	p, err := compile("path", `/v1/items/{{.local_id}}/x?q={{.local_id}}`, pathKind, scope{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		out, err := render(p, map[string]any{"local_id": v})
+		if err != nil {
+			t.Fatal(err)
+		}
+		u, err := url.Parse("http://h" + out)
+		if err != nil {
+			t.Fatalf("%q: %v", out, err)
+		}
+		seg := strings.Split(u.EscapedPath(), "/")
+		if len(seg) != 5 {
+			t.Fatalf("value %q split the path: %q", v, out)
+		}
+		if got, _ := url.PathUnescape(seg[3]); got != v {
+			t.Fatalf("segment %q, want %q", got, v)
+		}
+		if got := u.Query().Get("q"); got != v {
+			t.Fatalf("query %q, want %q", got, v)
+		}
+	})
+}
+
+// FuzzExtractID: any answer and path: an id or an error, never a panic.
+func FuzzExtractID(f *testing.F) {
+	f.Add(`{"id": "x1"}`, "$.id")
+	f.Add(`{"data": [{"id": 42}]}`, "$.data[0].id")
+	f.Add(`[1, {"a": null}]`, "$..a")
+	f.Add(`not json`, "$.id")
+	f.Fuzz(func(t *testing.T, body, path string) {
+		p, err := parsePath(path)
+		if err != nil {
+			return
+		}
+		id, err := extractID(p, []byte(body))
+		if err == nil && id == "" {
+			t.Fatalf("empty id without an error for %q at %q", body, path)
+		}
+	})
+}
+
+func TestExtractID(t *testing.T) {
+	for _, c := range []struct{ body, path, want string }{
+		{`{"id": "x1"}`, "$.id", "x1"},
+		{`{"data": [{"id": 12345678901234567890}]}`, "$.data[0].id", "12345678901234567890"},
+		{`{"data": []}`, "$.data[0].id", ""},
+		{`{"id": {"n": 1}}`, "$.id", ""},
+	} {
+		p, _ := parsePath(c.path)
+		got, err := extractID(p, []byte(c.body))
+		if got != c.want || (c.want == "") != (err != nil) {
+			t.Errorf("extractID(%s, %s) = %q, %v; want %q", c.body, c.path, got, err, c.want)
+		}
+	}
+}
+
+func TestSecretsNeverRecorded(t *testing.T) {
+	_, base := sim(t)
+	c := newConn(t, example(t, "shop"), base)
+	res, err := c.Deliver(context.Background(), req(event("e1", "product.created", "product", "p1", `{"name": "Lamp", "price": 1, "currency": "EUR"}`), connectortest.NewMemMappings()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(res)
+	if strings.Contains(string(b), testEnv["SHOP_TOKEN"]) {
+		t.Fatalf("the token is in the recorded calls: %s", b)
+	}
+	keys := make([]string, 0)
+	for k := range c.entities {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	if fmt.Sprint(keys) != "[product variant]" {
+		t.Fatalf("entities %v", keys)
+	}
+}

@@ -1,0 +1,291 @@
+package httpconn
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"slices"
+	"sort"
+	"strings"
+	"text/template"
+	"text/template/parse"
+)
+
+// Templates are Go text/template over the event (see Data). Escaping is
+// automatic, by where the value lands, as html/template does for HTML:
+//
+//   - in a path, each value is path-escaped ("a/b" → "a%2Fb"), and after
+//     a "?" query-escaped;
+//   - in a body, a value outside a JSON string is written as JSON (a
+//     string quoted, a number as is, an object as an object), and a value
+//     inside a JSON string is written as that string's escaped content;
+//   - in a header, values are written as they are (no newlines allowed).
+//
+// End a pipeline with "raw" to write a value unescaped.
+type kind int
+
+const (
+	pathKind kind = iota
+	bodyKind
+	headerKind
+)
+
+// Escapers appended to each action; "raw" opts out.
+const (
+	fnJSON       = "json"
+	fnJSONString = "jsonString"
+	fnPath       = "pathEscape"
+	fnQuery      = "queryEscape"
+	fnHeader     = "headerValue"
+	fnRaw        = "raw"
+)
+
+var funcs = template.FuncMap{
+	fnJSON: func(v any) (string, error) {
+		b, err := json.Marshal(v)
+		return string(b), err
+	},
+	fnJSONString: func(v any) (string, error) {
+		b, err := json.Marshal(text(v))
+		if err != nil {
+			return "", err
+		}
+		return string(b[1 : len(b)-1]), nil
+	},
+	fnPath:  func(v any) string { return url.PathEscape(text(v)) },
+	fnQuery: func(v any) string { return url.QueryEscape(text(v)) },
+	fnHeader: func(v any) (string, error) {
+		s := text(v)
+		if strings.ContainsAny(s, "\r\n") {
+			return "", fmt.Errorf("header value %q contains a line break", s)
+		}
+		return s, nil
+	},
+	fnRaw: func(v any) string { return text(v) },
+}
+
+// text is v as a plain string: strings as they are, anything else as
+// JSON (numbers keep their digits: payloads are decoded with UseNumber).
+func text(v any) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case json.Number:
+		return x.String()
+	case nil:
+		return ""
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	return string(b)
+}
+
+// fields are what templates see: the top-level keys of Data.
+var fields = []string{"event_id", "tenant_id", "event_type", "aggregate_type", "aggregate_id", "local_id",
+	"payload", "headers", "remote_id", "ids", "parents", "steps", "idempotency_key"}
+
+// scope is what a template may refer to besides fields.
+type scope struct {
+	parents []string // .parents.X
+	steps   []string // .steps.X (earlier steps only)
+	ids     []string // .ids.X
+}
+
+// compile parses src as a template of kind k, checks every field it
+// refers to, and adds the escapers.
+func compile(name, src string, k kind, sc scope) (*template.Template, error) {
+	t, err := template.New(name).Funcs(funcs).Option("missingkey=error").Parse(src)
+	if err != nil {
+		return nil, fmt.Errorf("template does not parse: %v", strings.TrimPrefix(err.Error(), "template: "+name+":"))
+	}
+	if t.Tree == nil || t.Tree.Root == nil {
+		return t, nil
+	}
+	var errs []string
+	walk(t.Tree.Root, func(n parse.Node) {
+		if f, ok := n.(*parse.FieldNode); ok {
+			if msg := sc.check(f.Ident); msg != "" {
+				errs = append(errs, msg)
+			}
+		}
+	})
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%s", strings.Join(errs, "; "))
+	}
+	st := &escState{}
+	st.list(t.Tree.Root, k)
+	return t, nil
+}
+
+func (sc scope) check(ident []string) string {
+	if !slices.Contains(fields, ident[0]) {
+		return fmt.Sprintf("unknown field %q (templates see .%s)", ident[0], strings.Join(fields, ", ."))
+	}
+	sub := map[string][]string{"parents": sc.parents, "steps": sc.steps, "ids": sc.ids}
+	if known, ok := sub[ident[0]]; ok && len(ident) > 1 && !slices.Contains(known, ident[1]) {
+		switch ident[0] {
+		case "parents":
+			return fmt.Sprintf("unknown parent %q: declare it under the entity's parents", ident[1])
+		case "steps":
+			return fmt.Sprintf("unknown step %q: only earlier steps of this operation can be used (%v)", ident[1], sc.steps)
+		default:
+			return fmt.Sprintf("unknown id %q: name it with map: on a create step", ident[1])
+		}
+	}
+	return ""
+}
+
+// walk calls f on every node under n.
+func walk(n parse.Node, f func(parse.Node)) {
+	if n == nil {
+		return
+	}
+	f(n)
+	switch x := n.(type) {
+	case *parse.ListNode:
+		if x == nil {
+			return
+		}
+		for _, c := range x.Nodes {
+			walk(c, f)
+		}
+	case *parse.ActionNode:
+		walk(x.Pipe, f)
+	case *parse.PipeNode:
+		if x == nil {
+			return
+		}
+		for _, c := range x.Cmds {
+			walk(c, f)
+		}
+	case *parse.CommandNode:
+		for _, a := range x.Args {
+			walk(a, f)
+		}
+	case *parse.IfNode:
+		walk(x.Pipe, f)
+		walk(x.List, f)
+		walk(x.ElseList, f)
+	case *parse.RangeNode:
+		walk(x.Pipe, f)
+		walk(x.List, f)
+		walk(x.ElseList, f)
+	case *parse.WithNode:
+		walk(x.Pipe, f)
+		walk(x.List, f)
+		walk(x.ElseList, f)
+	}
+}
+
+// escState tracks where in the output an action lands: inside a JSON
+// string (bodies) or after a "?" (paths).
+type escState struct {
+	inString bool // body: inside a JSON string
+	escaped  bool // body: the last character was a backslash in a string
+	query    bool // path: after "?"
+}
+
+func (s *escState) list(l *parse.ListNode, k kind) {
+	if l == nil {
+		return
+	}
+	for _, n := range l.Nodes {
+		switch x := n.(type) {
+		case *parse.TextNode:
+			s.text(x.Text, k)
+		case *parse.ActionNode:
+			if len(x.Pipe.Decl) == 0 {
+				s.escape(x.Pipe, k)
+			}
+		case *parse.IfNode:
+			s.branch(&x.BranchNode, k)
+		case *parse.RangeNode:
+			s.branch(&x.BranchNode, k)
+		case *parse.WithNode:
+			s.branch(&x.BranchNode, k)
+		}
+	}
+}
+
+// branch escapes both arms from the same state; the state after the
+// "then" arm carries on (templates whose arms end in different contexts
+// are not supported).
+func (s *escState) branch(b *parse.BranchNode, k kind) {
+	save := *s
+	s.list(b.List, k)
+	after := *s
+	*s = save
+	s.list(b.ElseList, k)
+	*s = after
+}
+
+func (s *escState) text(t []byte, k kind) {
+	for _, c := range t {
+		switch {
+		case k == pathKind && c == '?':
+			s.query = true
+		case k != bodyKind:
+		case s.escaped:
+			s.escaped = false
+		case s.inString && c == '\\':
+			s.escaped = true
+		case c == '"':
+			s.inString = !s.inString
+		}
+	}
+}
+
+func (s *escState) escape(p *parse.PipeNode, k kind) {
+	if n := len(p.Cmds); n > 0 {
+		if id, ok := p.Cmds[n-1].Args[0].(*parse.IdentifierNode); ok && isEscaper(id.Ident) {
+			return
+		}
+	}
+	fn := fnHeader
+	switch {
+	case k == pathKind && s.query:
+		fn = fnQuery
+	case k == pathKind:
+		fn = fnPath
+	case k == bodyKind && s.inString:
+		fn = fnJSONString
+	case k == bodyKind:
+		fn = fnJSON
+	}
+	p.Cmds = append(p.Cmds, &parse.CommandNode{NodeType: parse.NodeCommand, Pos: p.Pos,
+		Args: []parse.Node{parse.NewIdentifier(fn).SetPos(p.Pos)}})
+}
+
+func isEscaper(name string) bool {
+	switch name {
+	case fnJSON, fnJSONString, fnPath, fnQuery, fnHeader, fnRaw:
+		return true
+	}
+	return false
+}
+
+// render executes t over data.
+func render(t *template.Template, data map[string]any) (string, error) {
+	var b bytes.Buffer
+	if err := t.Execute(&b, data); err != nil {
+		msg := err.Error()
+		if i := strings.LastIndex(msg, ": "); i >= 0 && strings.Contains(msg, "executing") {
+			msg = msg[i+2:]
+		}
+		return "", fmt.Errorf("%s: %s", t.Name(), msg)
+	}
+	return b.String(), nil
+}
+
+// sortedKeys returns m's keys in order.
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
