@@ -88,6 +88,7 @@ type flags struct {
 	Run      runCmd      `cmd:"" default:"withargs" help:"Stream the outbox to Kafka (the default command)."`
 	Setup    setupCmd    `cmd:"" help:"Apply migrations and create the outbox table, publication and slot, then exit. Idempotent."`
 	Backfill backfillCmd `cmd:"" help:"Publish rows already in the outbox table (all, one tenant, or since a time), then exit."`
+	Resync   resyncCmd   `cmd:"" help:"Republish a tenant's latest event per aggregate for one integration (what sink tenants enable asks for), then exit. The running cdc streams them in order."`
 	Status   statusCmd   `cmd:"" help:"Show the slot, its confirmed LSN and lag, then exit."`
 	Prune    pruneCmd    `cmd:"" help:"Delete outbox rows older than --older-than (never ones a lost-slot recovery could need), then exit."`
 }
@@ -102,6 +103,10 @@ type backfillCmd struct {
 	Tenant string    `help:"Only this tenant's rows."`
 	Since  time.Time `help:"Only rows created at or after this RFC 3339 time." format:"2006-01-02T15:04:05Z07:00"`
 }
+type resyncCmd struct {
+	Integration string `help:"The sink integration to resync." required:""`
+	Tenant      string `help:"The tenant." required:""`
+}
 type statusCmd struct {
 	JSON bool `help:"Print JSON."`
 }
@@ -115,6 +120,7 @@ type command struct {
 	bf   backfillCmd
 	st   statusCmd
 	pr   pruneCmd
+	rs   resyncCmd
 }
 
 func parse(args []string, getenv func(string) string, stdout io.Writer) (*command, error) {
@@ -147,7 +153,7 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 	if err := cfg.validate(name == "run" || name == "backfill"); err != nil {
 		return nil, fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	c := &command{name: name, cfg: cfg, bf: f.Backfill, st: f.Status, pr: f.Prune}
+	c := &command{name: name, cfg: cfg, bf: f.Backfill, st: f.Status, pr: f.Prune, rs: f.Resync}
 	return c, nil
 }
 

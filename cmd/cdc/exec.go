@@ -41,6 +41,18 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 		})
 	case "status":
 		return c.status(ctx, stdout)
+	case "resync":
+		return withConn(ctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
+			if err := migrate(ctx, conn); err != nil {
+				return err
+			}
+			id, n, err := outbox.Resync(ctx, conn, c.cfg.Outbox, c.rs.Integration, c.rs.Tenant)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "resync %d: %d events of tenant %s emitted for %s; the running cdc publishes them\n", id, n, c.rs.Tenant, c.rs.Integration)
+			return nil
+		})
 	case "prune":
 		return withConn(ctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
 			res, err := outbox.Prune(ctx, conn, c.cfg.Outbox, c.pr.OlderThan)
@@ -97,6 +109,16 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 		}
 		log.Info("admin listening", "addr", srv.Addr())
 		g.Go(func() error { return srv.Run(gctx) })
+	}
+	if c.cfg.Outbox.ResyncPoll > 0 {
+		g.Go(func() error {
+			conn, err := pgx.Connect(gctx, c.cfg.PostgresURL)
+			if err != nil {
+				return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
+			}
+			defer conn.Close(context.WithoutCancel(gctx))
+			return outbox.ServeResyncs(gctx, conn, c.cfg.Outbox, c.cfg.Outbox.ResyncPoll, log)
+		})
 	}
 	g.Go(func() error {
 		err := reader.Run(gctx)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferry-cdc/ferry/internal/cli"
 	"github.com/ferry-cdc/ferry/internal/consume"
+	"github.com/ferry-cdc/ferry/pkg/connector/httpconn"
 )
 
 // Config is the sink's YAML file.
@@ -37,12 +38,13 @@ type Integration struct {
 	Connector      ConnectorConfig `yaml:"connector"`
 }
 
-// ConnectorConfig picks and configures the connector. Only "webhook"
-// exists yet; the declarative HTTP connector is issue 4.
+// ConnectorConfig picks and configures the connector: "http" (the
+// declarative HTTP connector, pkg/connector/httpconn: its fields are
+// inline) or "webhook" (POST every event to url).
 type ConnectorConfig struct {
-	Type    string        `yaml:"type"`
-	URL     string        `yaml:"url"`
-	Timeout time.Duration `yaml:"timeout"`
+	Type            string `yaml:"type"`
+	URL             string `yaml:"url"`
+	httpconn.Config `yaml:",inline"`
 }
 
 func (c *Config) setDefaults() {
@@ -86,8 +88,18 @@ func (c *Config) validate() error {
 			if in.Connector.URL == "" {
 				errs = append(errs, fmt.Errorf("%s.connector.url: required for a webhook", prefix))
 			}
+			if in.Connector.BaseURL != "" || len(in.Connector.Entities) > 0 {
+				errs = append(errs, fmt.Errorf("%s.connector: base_url and entities belong to type http, not webhook", prefix))
+			}
+		case "http":
+			if in.Connector.URL != "" {
+				errs = append(errs, fmt.Errorf("%s.connector.url: type http takes base_url (and entities), not url", prefix))
+			}
+			if _, err := httpconn.New(in.Connector.Config, prefix+".connector"); err != nil {
+				errs = append(errs, err)
+			}
 		default:
-			errs = append(errs, fmt.Errorf("%s.connector.type: %q: use webhook", prefix, in.Connector.Type))
+			errs = append(errs, fmt.Errorf("%s.connector.type: %q: use http or webhook", prefix, in.Connector.Type))
 		}
 	}
 	if _, err := cli.Logger(io.Discard, c.LogFormat, c.LogLevel); err != nil {
@@ -111,6 +123,32 @@ type flags struct {
 	Skip     skipCmd     `cmd:"" help:"Skip a delivery (its lane moves on); a reason is required and recorded."`
 	Pause    pauseCmd    `cmd:"" help:"Pause an integration, or one tenant of it: its lanes wait without calling the partner. Survives restarts."`
 	Resume   resumeCmd   `cmd:"" help:"Resume a paused integration or tenant."`
+	Tenants  tenantsCmd  `cmd:"" help:"List tenants, or switch one on (resync it at the partner) or off (roll it back)."`
+}
+
+type tenantsCmd struct {
+	List    tenantsListCmd   `cmd:"" default:"withargs" help:"Tenants per integration: switch, pause, deliveries by state, parked events, last resync."`
+	Enable  tenantsEnableCmd `cmd:"" help:"Switch a tenant on and resync it: each of its objects' latest event is delivered again (created or updated at the partner)."`
+	Disable tenantsSwitchCmd `cmd:"" help:"Switch a tenant off and roll it back: every object its mappings hold is deleted at the partner. Its new events are recorded as skipped."`
+}
+
+type tenantsListCmd struct {
+	Integration string `help:"Only this integration."`
+	JSON        bool   `help:"Print JSON."`
+}
+
+type tenantsSwitchCmd struct {
+	Integration string `help:"The integration (with its connector in --config, for the rollback)." required:""`
+	Tenant      string `help:"The tenant." required:""`
+	Reason      string `help:"Why (recorded)."`
+	NoRollback  bool   `help:"Only switch off; leave the partner's objects as they are." name:"no-rollback"`
+}
+
+type tenantsEnableCmd struct {
+	Integration string        `help:"The integration." required:""`
+	Tenant      string        `help:"The tenant." required:""`
+	Reason      string        `help:"Why (recorded)."`
+	Wait        time.Duration `help:"How long to wait for cdc to serve the resync request." default:"10s"`
 }
 
 type pauseCmd struct {
@@ -192,7 +230,11 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 	set(&cfg.LogFormat, f.LogFormat)
 	set(&cfg.LogLevel, f.LogLevel)
 	cfg.setDefaults()
-	name := strings.Fields(kctx.Command())[0]
+	words := strings.Fields(kctx.Command())
+	name := words[0]
+	if name == "tenants" {
+		name = "tenants " + words[1]
+	}
 	if name == "run" {
 		if err := cfg.validate(); err != nil {
 			return nil, fmt.Errorf("invalid configuration:\n%w", err)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 
 	"github.com/jackc/pgx/v5"
@@ -16,7 +17,9 @@ import (
 	"github.com/ferry-cdc/ferry/internal/metrics"
 	"github.com/ferry-cdc/ferry/internal/pgdb"
 	"github.com/ferry-cdc/ferry/pkg/connector"
+	"github.com/ferry-cdc/ferry/pkg/connector/httpconn"
 	"github.com/ferry-cdc/ferry/pkg/connector/webhook"
+	"github.com/ferry-cdc/ferry/pkg/mapping"
 )
 
 func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
@@ -50,17 +53,17 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	defer dlog.Close() // before the pool closes: defers run last-in first-out
 	m := metrics.NewSink()
 
+	maps, err := mapping.New(pool, 0)
+	if err != nil {
+		return err
+	}
 	g, gctx := errgroup.WithContext(ctx)
-	for _, in := range c.cfg.Integrations {
-		var conn connector.Connector
-		switch in.Connector.Type {
-		case "webhook":
-			conn, err = webhook.New(webhook.Config{URL: in.Connector.URL, Timeout: in.Connector.Timeout})
-		}
+	for i, in := range c.cfg.Integrations {
+		conn, err := in.connector(i)
 		if err != nil {
 			return err
 		}
-		e := consume.New(in.Config, c.cfg.Kafka.Brokers, conn, dlog, log, m)
+		e := consume.New(in.Config, c.cfg.Kafka.Brokers, conn, dlog, maps, log, m)
 		g.Go(func() error { return e.Run(gctx) })
 	}
 	if c.cfg.AdminAddr != "off" {
@@ -84,4 +87,13 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 		return errors.New("all integrations stopped")
 	}
 	return err
+}
+
+// connector builds the integration's connector; i is its index in the
+// config, for error paths.
+func (in Integration) connector(i int) (connector.Connector, error) {
+	if in.Connector.Type == "http" {
+		return httpconn.New(in.Connector.Config, fmt.Sprintf("integrations[%d].connector", i))
+	}
+	return webhook.New(webhook.Config{URL: in.Connector.URL, Timeout: in.Connector.Timeout})
 }

@@ -75,6 +75,8 @@ func (c *command) operate(ctx context.Context, stdout io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "paused %s\n", target(p.Integration, p.Tenant))
 		return nil
+	case "tenants list", "tenants enable", "tenants disable":
+		return c.tenants(ctx, dlog, pool, stdout)
 	case "resume":
 		r := c.f.Resume
 		if err := dlog.Resume(ctx, r.Integration, r.Tenant); err != nil {

@@ -47,6 +47,9 @@ type Config struct {
 	// (ferry.parked_event) so the partition's offsets move on and memory
 	// stays flat. Default 30s; negative disables.
 	ParkAfter time.Duration `yaml:"park_after"`
+	// WaitRecheck is how often an event waiting for a parent's mapping
+	// looks again. Default 500ms.
+	WaitRecheck time.Duration `yaml:"wait_recheck"`
 	// MaxBufferedPerPartition pauses fetching a partition holding this
 	// many unfinished records. Default 10000.
 	MaxBufferedPerPartition int `yaml:"max_buffered_per_partition"`
@@ -89,6 +92,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.ParkAfter == 0 {
 		c.ParkAfter = 30 * time.Second
+	}
+	if c.WaitRecheck == 0 {
+		c.WaitRecheck = 500 * time.Millisecond
 	}
 	if c.MaxBufferedPerPartition == 0 {
 		c.MaxBufferedPerPartition = 10000

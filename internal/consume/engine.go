@@ -21,6 +21,7 @@ import (
 	"github.com/ferry-cdc/ferry/internal/metrics"
 	"github.com/ferry-cdc/ferry/internal/route"
 	"github.com/ferry-cdc/ferry/pkg/connector"
+	"github.com/ferry-cdc/ferry/pkg/mapping"
 )
 
 // Engine delivers one integration's events.
@@ -29,6 +30,7 @@ type Engine struct {
 	brokers []string
 	conn    connector.Connector
 	dlog    *delivery.Log
+	maps    *mapping.Store // nil: connectors get no mapping store
 	log     *slog.Logger
 	m       *metrics.Sink
 
@@ -40,6 +42,7 @@ type Engine struct {
 
 	pausedMu sync.RWMutex
 	pauses   map[string]bool // tenant → paused; "" = the whole integration
+	disabled map[string]bool // tenants switched off
 
 	// commitMu serialises commits with revocations, so a partition is
 	// never committed after it was revoked (another member may own it).
@@ -49,8 +52,9 @@ type Engine struct {
 }
 
 // New returns an engine; cfg must have defaults set and be valid.
-func New(cfg Config, brokers []string, conn connector.Connector, dlog *delivery.Log, log *slog.Logger, m *metrics.Sink) *Engine {
-	e := &Engine{cfg: cfg, brokers: brokers, conn: conn, dlog: dlog, log: log.With("integration", cfg.Name), m: m,
+// maps may be nil when the connector needs no mappings.
+func New(cfg Config, brokers []string, conn connector.Connector, dlog *delivery.Log, maps *mapping.Store, log *slog.Logger, m *metrics.Sink) *Engine {
+	e := &Engine{cfg: cfg, brokers: brokers, conn: conn, dlog: dlog, maps: maps, log: log.With("integration", cfg.Name), m: m,
 		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, sem: semaphore.NewWeighted(int64(cfg.Concurrency))}
 	if cfg.RateLimit > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit/10)))
@@ -107,7 +111,10 @@ func (e *Engine) Run(ctx context.Context) error {
 
 	// Pauses are known before the first delivery, so a paused tenant stays
 	// paused across restarts.
-	if e.pauses, err = e.dlog.Paused(ctx, e.cfg.Name); err != nil {
+	if e.pauses, err = e.dlog.Paused(ctx, e.cfg.Name); err == nil {
+		e.disabled, err = e.dlog.Disabled(ctx, e.cfg.Name)
+	}
+	if err != nil {
 		cl.Close()
 		return fmt.Errorf("%s: %w", e.cfg.Name, err)
 	}
@@ -315,11 +322,15 @@ func (e *Engine) pauseLoop(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		p, err := e.dlog.Paused(ctx, e.cfg.Name)
+		var d map[string]bool
+		if err == nil {
+			d, err = e.dlog.Disabled(ctx, e.cfg.Name)
+		}
 		if err != nil && ctx.Err() == nil {
-			e.log.Warn("could not read pauses; keeping the last known", "reason", err.Error())
+			e.log.Warn("could not read pauses and the tenant switch; keeping the last known", "reason", err.Error())
 		} else if err == nil {
 			e.pausedMu.Lock()
-			e.pauses = p
+			e.pauses, e.disabled = p, d
 			e.pausedMu.Unlock()
 		}
 		select {
@@ -336,15 +347,32 @@ func (e *Engine) isPaused(tenant string) bool {
 	return e.pauses[""] || e.pauses[tenant]
 }
 
+func (e *Engine) isDisabled(tenant string) bool {
+	e.pausedMu.RLock()
+	defer e.pausedMu.RUnlock()
+	return e.disabled[tenant]
+}
+
 // deliver runs one record through the delivery log and the connector.
 func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.Outcome {
 	src := delivery.Source{Topic: tp.Topic, Partition: tp.Partition, Offset: rec.Offset}
-	ev, bad := decode(rec)
+	ev, resync, bad := decode(rec)
+	if resync != "" && resync != e.cfg.Name {
+		return lane.Outcome{Verdict: lane.Done} // another integration's resync
+	}
 	if e.isPaused(ev.TenantID) {
 		return lane.Outcome{Verdict: lane.Pause, Delay: e.cfg.ParkRecheck}
 	}
-	if bad == "" && !e.cfg.handles(ev.EventType) {
-		if err := e.dlog.Ignore(ctx, e.cfg.Name, ev, src, "no handler for event type "+ev.EventType+" in this integration"); err != nil {
+	skip := ""
+	switch {
+	case bad != "":
+	case e.isDisabled(ev.TenantID):
+		skip = "skipped by switch: tenant " + ev.TenantID + " is disabled for this integration"
+	case !e.cfg.handles(ev.EventType):
+		skip = "no handler for event type " + ev.EventType + " in this integration"
+	}
+	if skip != "" {
+		if err := e.dlog.Ignore(ctx, e.cfg.Name, ev, src, skip); err != nil {
 			return e.dbTrouble(err)
 		}
 		e.m.Deliveries.WithLabelValues(e.cfg.Name, "skipped").Inc()
@@ -362,7 +390,7 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	att, err := e.dlog.Begin(ctx, e.cfg.Name, ev, src)
 	var nc *delivery.ErrNotClaimed
 	switch {
-	case errors.As(err, &nc) && nc.State == delivery.Rejected && e.cfg.OnReject == OnRejectPark:
+	case errors.As(err, &nc) && (nc.State == delivery.Rejected || nc.State == delivery.Compensated) && e.cfg.OnReject == OnRejectPark:
 		return lane.Outcome{Verdict: lane.Park, Delay: e.cfg.ParkRecheck}
 	case errors.As(err, &nc):
 		e.m.Deliveries.WithLabelValues(e.cfg.Name, "duplicate").Inc()
@@ -370,31 +398,31 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	case err != nil:
 		return e.dbTrouble(err)
 	}
+	req := connector.Request{Integration: e.cfg.Name, Event: ev, Resync: resync != "", Steps: att.Steps,
+		IdempotencyKey: e.cfg.Name + ":" + ev.ID, Attempt: att.Number,
+		Checkpoint: func(ctx context.Context, s connector.Step) error { return e.dlog.Checkpoint(ctx, att, s) }}
+	if e.maps != nil {
+		req.Mappings = e.maps.For(e.cfg.Name, ev.TenantID)
+	}
 
 	var res connector.Result
 	var derr error
-	if bad != "" {
+	switch {
+	case att.Compensating:
+		// A rejected multi-step delivery whose undo failed before.
+		derr = &connector.Rejection{Reason: "undoing the completed steps after a rejection", Steps: att.Steps}
+	case bad != "":
 		derr = &connector.Rejection{Reason: "bad input: " + bad}
 		e.m.BadRecords.WithLabelValues(e.cfg.Name).Inc()
-	} else if !e.breaker.TryAcquirePermit() {
+	case !e.breaker.TryAcquirePermit():
 		// Half-open with its probe already out, or opened meanwhile.
 		derr = &connector.Failure{Reason: "circuit breaker open: partner calls are paused for this integration",
 			RetryAfter: max(e.breaker.RemainingDelay(), 100*time.Millisecond)}
-	} else {
-		res, derr = e.call(ctx, connector.Request{Integration: e.cfg.Name, Event: ev,
-			IdempotencyKey: e.cfg.Name + ":" + ev.ID, Attempt: att.Number})
+	default:
+		res, derr = e.call(ctx, req)
 	}
 	outcome, retryAfter := connector.Classify(derr)
-	o := delivery.Outcome{Calls: res.Calls}
-	switch outcome {
-	case connector.Succeeded:
-		o.State = delivery.Succeeded
-	case connector.Failed:
-		o.State, o.Reason = delivery.Failed, derr.Error()
-		o.NextRetry = time.Now().Add(e.cfg.Retry.Delay(att.Number, retryAfter))
-	case connector.Rejected:
-		o.State, o.Reason = delivery.Rejected, derr.Error()
-	}
+	o := delivery.Outcome{Calls: res.Calls, Reason: res.Note}
 	var rej *connector.Rejection
 	var fail *connector.Failure
 	switch {
@@ -405,17 +433,36 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	case len(res.Calls) > 0:
 		o.Status = res.Calls[len(res.Calls)-1].Status
 	}
+	switch outcome {
+	case connector.Succeeded:
+		o.State = delivery.Succeeded
+	case connector.Failed:
+		o.State, o.Reason = delivery.Failed, derr.Error()
+		o.NextRetry = time.Now().Add(e.cfg.Retry.Delay(att.Number, retryAfter))
+	case connector.Waits:
+		o.State, o.Reason = delivery.Waiting, derr.Error()
+		o.NextRetry = time.Now().Add(e.cfg.WaitRecheck)
+	case connector.Rejected:
+		o.State, o.Reason = delivery.Rejected, derr.Error()
+		if len(rej.Steps) > 0 {
+			e.compensate(ctx, req, rej.Steps, att, &o)
+		}
+	}
 	if err := e.dlog.Finish(ctx, att, o); err != nil {
 		return e.dbTrouble(err)
 	}
-	e.m.Deliveries.WithLabelValues(e.cfg.Name, outcome.String()).Inc()
-	switch outcome {
-	case connector.Failed:
-		e.log.Warn("delivery failed; lane backs off", "event_id", ev.ID, "tenant_id", ev.TenantID, "attempt", att.Number,
+	e.m.Deliveries.WithLabelValues(e.cfg.Name, string(o.State)).Inc()
+	switch o.State {
+	case delivery.Failed, delivery.Compensating:
+		e.log.Warn("delivery "+string(o.State)+"; lane backs off", "event_id", ev.ID, "tenant_id", ev.TenantID, "attempt", att.Number,
 			"partition", tp.Partition, "offset", rec.Offset, "reason", o.Reason, "retry_at", o.NextRetry.Format(time.RFC3339Nano))
 		return lane.Outcome{Verdict: lane.Backoff, Delay: time.Until(o.NextRetry)}
-	case connector.Rejected:
-		e.log.Error("delivery rejected", "event_id", ev.ID, "tenant_id", ev.TenantID, "partition", tp.Partition,
+	case delivery.Waiting:
+		e.log.Info("delivery waits for a parent", "event_id", ev.ID, "tenant_id", ev.TenantID,
+			"partition", tp.Partition, "offset", rec.Offset, "reason", o.Reason)
+		return lane.Outcome{Verdict: lane.Backoff, Delay: e.cfg.WaitRecheck}
+	case delivery.Rejected, delivery.Compensated:
+		e.log.Error("delivery "+string(o.State), "event_id", ev.ID, "tenant_id", ev.TenantID, "partition", tp.Partition,
 			"offset", rec.Offset, "reason", o.Reason, "policy", e.cfg.OnReject)
 		if e.cfg.OnReject == OnRejectSkip {
 			return lane.Outcome{Verdict: lane.Done}
@@ -423,6 +470,30 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 		return lane.Outcome{Verdict: lane.Park, Delay: e.cfg.ParkRecheck}
 	}
 	return lane.Outcome{Verdict: lane.Done}
+}
+
+// compensate undoes the steps a rejected delivery completed, when the
+// connector can: o becomes compensated, or compensating (to be retried)
+// when the undo failed; it stays rejected when nothing can be undone.
+func (e *Engine) compensate(ctx context.Context, req connector.Request, steps []connector.Step, att delivery.Attempt, o *delivery.Outcome) {
+	u, ok := e.conn.(connector.Undoer)
+	if !ok {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+	defer cancel()
+	calls, err := u.Undo(cctx, req, steps)
+	o.Calls = append(o.Calls, calls...)
+	switch {
+	case errors.Is(err, connector.ErrNothingToUndo):
+	case err == nil:
+		o.State = delivery.Compensated
+		o.Reason += fmt.Sprintf("; compensated: undid %d completed step(s)", len(steps))
+	default:
+		o.State = delivery.Compensating
+		o.Reason += "; undo failed, will retry: " + err.Error()
+		o.NextRetry = time.Now().Add(e.cfg.Retry.Delay(att.Number, 0))
+	}
 }
 
 // call runs the connector behind the rate limit, the concurrency cap and
@@ -442,8 +513,8 @@ func (e *Engine) call(ctx context.Context, req connector.Request) (connector.Res
 	start := time.Now()
 	res, err := e.conn.Deliver(cctx, req)
 	e.m.DeliveryDuration.WithLabelValues(e.cfg.Name).Observe(time.Since(start).Seconds())
-	// Rejections mean the partner is up and answering: only failures
-	// count against the breaker.
+	// Rejections mean the partner is up and answering, and a waiting
+	// event made no call: only failures count against the breaker.
 	if out, _ := connector.Classify(err); out == connector.Failed {
 		e.breaker.RecordFailure()
 	} else {
@@ -458,10 +529,11 @@ func (e *Engine) dbTrouble(err error) lane.Outcome {
 	return lane.Outcome{Verdict: lane.Backoff, Delay: time.Second}
 }
 
-// decode reads an outbox event from a record cdc produced. It returns why
-// the record is unusable, or "".
-func decode(r *kgo.Record) (connector.Event, string) {
-	ev := connector.Event{Headers: map[string]string{}}
+// decode reads an outbox event from a record cdc produced. It returns the
+// integration the record resyncs (or ""), and why the record is unusable
+// (or "").
+func decode(r *kgo.Record) (ev connector.Event, resync, bad string) {
+	ev = connector.Event{Headers: map[string]string{}}
 	for _, h := range r.Headers {
 		v := string(h.Value)
 		switch h.Key {
@@ -475,6 +547,8 @@ func decode(r *kgo.Record) (connector.Event, string) {
 			ev.AggregateType = v
 		case route.HeaderAggregateID:
 			ev.AggregateID = v
+		case route.HeaderResync:
+			resync = v
 		default:
 			ev.Headers[h.Key] = v
 		}
@@ -496,7 +570,7 @@ func decode(r *kgo.Record) (connector.Event, string) {
 		ev.Payload = r.Value
 	}
 	if len(problems) > 0 {
-		return ev, fmt.Sprintf("%v at %s/%d offset %d", problems, r.Topic, r.Partition, r.Offset)
+		return ev, resync, fmt.Sprintf("%v at %s/%d offset %d", problems, r.Topic, r.Partition, r.Offset)
 	}
-	return ev, ""
+	return ev, resync, ""
 }

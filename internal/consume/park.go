@@ -43,7 +43,7 @@ func (e *Engine) spill(tp lane.TP, items []*lane.Item) ([]*lane.Item, error) {
 		if err != nil {
 			return nil, err
 		}
-		ev, _ := decode(r) // only for the ids kept beside the record
+		ev, _, _ := decode(r) // only for the ids kept beside the record
 		batch.Queue(`INSERT INTO ferry.parked_event (integration, tenant_id, event_id, topic, kafka_partition, kafka_offset, lane_key, record)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq`, e.cfg.Name, ev.TenantID, ev.ID, tp.Topic, tp.Partition, r.Offset, it.Key, body)
 	}

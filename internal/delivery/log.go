@@ -25,11 +25,18 @@ const (
 	Rejected  State = "rejected"
 	Waiting   State = "waiting"
 	Skipped   State = "skipped"
+	// Compensating: rejected after some steps succeeded, and their undo
+	// is in progress (or waits to be retried).
+	Compensating State = "compensating"
+	// Compensated: rejected, and the completed steps were undone.
+	Compensated State = "compensated"
 )
 
 // Final reports whether a delivery in state s is never sent again by the
 // engine (an operator may still retry a rejected one).
-func (s State) Final() bool { return s == Succeeded || s == Rejected || s == Skipped }
+func (s State) Final() bool {
+	return s == Succeeded || s == Rejected || s == Skipped || s == Compensated
+}
 
 // Source is where the event came from in Kafka.
 type Source struct {
@@ -61,7 +68,13 @@ type Attempt struct {
 	EventID     string
 	// Number counts from 1; it fences Finish.
 	Number int
-	event  connector.Event // stored with a failure or rejection
+	// Steps are the steps earlier attempts completed (multi-step
+	// operations).
+	Steps []connector.Step
+	// Compensating is set when the attempt is to finish undoing Steps
+	// after a rejection, not to deliver.
+	Compensating bool
+	event        connector.Event // stored with a failure or rejection
 }
 
 // ErrNotClaimed means the delivery is final, or another process moved it
@@ -78,16 +91,20 @@ func (e *ErrNotClaimed) Error() string {
 func (l *Log) Begin(ctx context.Context, integration string, ev connector.Event, src Source) (Attempt, error) {
 	var n int
 	var state State
+	var steps []byte
 	// in_flight → in_flight takes over an attempt a dead process left
-	// behind; partition ownership keeps live processes apart.
+	// behind; partition ownership keeps live processes apart. A
+	// compensating delivery stays compensating: its undo goes on.
 	err := l.b.do(ctx, &op{sql: `INSERT INTO ferry.delivery AS d (integration, event_id, tenant_id, event_type, aggregate_type,
 			aggregate_id, topic, kafka_partition, kafka_offset, state, attempts)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'in_flight', 1)
-		ON CONFLICT (integration, event_id) DO UPDATE SET state = 'in_flight', attempts = d.attempts + 1, updated_at = now()
-			WHERE d.state IN ('pending', 'failed', 'in_flight', 'waiting')
-		RETURNING attempts, state`,
+		ON CONFLICT (integration, event_id) DO UPDATE
+			SET state = CASE WHEN d.state = 'compensating' THEN 'compensating' ELSE 'in_flight' END,
+				attempts = d.attempts + 1, updated_at = now()
+			WHERE d.state IN ('pending', 'failed', 'in_flight', 'waiting', 'compensating')
+		RETURNING attempts, state, steps`,
 		args: []any{integration, ev.ID, ev.TenantID, ev.EventType, ev.AggregateType, ev.AggregateID, src.Topic, src.Partition, src.Offset},
-		scan: func(r pgx.Row) error { return r.Scan(&n, &state) }})
+		scan: func(r pgx.Row) error { return r.Scan(&n, &state, &steps) }})
 	if errors.Is(err, pgx.ErrNoRows) {
 		if err := l.pool.QueryRow(ctx, `SELECT state FROM ferry.delivery WHERE integration = $1 AND event_id = $2`, integration, ev.ID).Scan(&state); err != nil {
 			return Attempt{}, fmt.Errorf("delivery: read %s: %w", ev.ID, err)
@@ -97,12 +114,40 @@ func (l *Log) Begin(ctx context.Context, integration string, ev connector.Event,
 	if err != nil {
 		return Attempt{}, fmt.Errorf("delivery: begin %s: %w", ev.ID, err)
 	}
-	return Attempt{Integration: integration, EventID: ev.ID, Number: n, event: ev}, nil
+	a := Attempt{Integration: integration, EventID: ev.ID, Number: n, Compensating: state == Compensating, event: ev}
+	if len(steps) > 0 {
+		if err := json.Unmarshal(steps, &a.Steps); err != nil {
+			return Attempt{}, fmt.Errorf("delivery: decode steps of %s: %w", ev.ID, err)
+		}
+	}
+	return a, nil
+}
+
+// Checkpoint records a completed step of the attempt, before the next
+// step starts.
+func (l *Log) Checkpoint(ctx context.Context, a Attempt, s connector.Step) error {
+	s.Response = truncate(s.Response)
+	b, err := json.Marshal([]connector.Step{s})
+	if err != nil {
+		return fmt.Errorf("delivery: encode step: %w", err)
+	}
+	cp := &op{sql: `UPDATE ferry.delivery SET steps = COALESCE(steps, '[]'::jsonb) || $4::jsonb, updated_at = now()
+		WHERE integration = $1 AND event_id = $2 AND attempts = $3 AND state = 'in_flight'`,
+		args: []any{a.Integration, a.EventID, a.Number, b}}
+	if err := l.b.do(ctx, cp); err != nil {
+		return fmt.Errorf("delivery: record step %s of %s: %w", s.Name, a.EventID, err)
+	}
+	if cp.tag.RowsAffected() != 1 {
+		return fmt.Errorf("delivery: record step %s of %s: the delivery moved on since (another process, or an operator)", s.Name, a.EventID)
+	}
+	return nil
 }
 
 // Outcome is what an attempt ended with.
 type Outcome struct {
-	State     State // Succeeded, Failed or Rejected
+	// State is Succeeded, Failed, Rejected, Waiting (the attempt is not
+	// counted), Compensating or Compensated.
+	State     State
 	Status    int
 	Reason    string
 	Calls     []connector.Call
@@ -137,8 +182,9 @@ func (l *Log) Finish(ctx context.Context, a Attempt, o Outcome) error {
 		}
 	}
 	fin := &op{sql: `UPDATE ferry.delivery SET state = $4, last_status = $5, reason = NULLIF($6, ''),
-			calls = $7, next_attempt_at = $8, event = COALESCE($9, event), updated_at = now()
-		WHERE integration = $1 AND event_id = $2 AND attempts = $3 AND state = 'in_flight'`,
+			calls = $7, next_attempt_at = $8, event = COALESCE($9, event), updated_at = now(),
+			attempts = CASE WHEN $4 = 'waiting' THEN attempts - 1 ELSE attempts END
+		WHERE integration = $1 AND event_id = $2 AND attempts = $3 AND state IN ('in_flight', 'compensating')`,
 		args: []any{a.Integration, a.EventID, a.Number, o.State, status, o.Reason, calls, next, event}}
 	if err := l.b.do(ctx, fin); err != nil {
 		return fmt.Errorf("delivery: finish %s: %w", a.EventID, err)
@@ -172,14 +218,18 @@ func (l *Log) Skip(ctx context.Context, integration, eventID, reason string) err
 	})
 }
 
+// retrySteps: a retry resumes after the recorded steps, unless they were
+// undone (compensated): then it starts again.
+const retrySteps = `steps = CASE WHEN state = 'compensated' THEN NULL ELSE steps END`
+
 // Retry makes a rejected delivery retryable again (an operator act).
 func (l *Log) Retry(ctx context.Context, integration, eventID string) error {
 	return pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
 		var tenant string
-		err := tx.QueryRow(ctx, `UPDATE ferry.delivery SET state = 'pending', updated_at = now()
-			WHERE integration = $1 AND event_id = $2 AND state IN ('rejected', 'failed') RETURNING tenant_id`, integration, eventID).Scan(&tenant)
+		err := tx.QueryRow(ctx, `UPDATE ferry.delivery SET state = 'pending', updated_at = now(), `+retrySteps+`
+			WHERE integration = $1 AND event_id = $2 AND state IN ('rejected', 'failed', 'compensated') RETURNING tenant_id`, integration, eventID).Scan(&tenant)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("delivery: %s/%s is not rejected or failed: nothing to retry", integration, eventID)
+			return fmt.Errorf("delivery: %s/%s is not rejected, failed or compensated: nothing to retry", integration, eventID)
 		}
 		if err != nil {
 			return err
@@ -245,7 +295,9 @@ func (l *Log) Ignore(ctx context.Context, integration string, ev connector.Event
 	}
 	_, err = l.pool.Exec(ctx, `INSERT INTO ferry.delivery (integration, event_id, tenant_id, event_type, aggregate_type,
 			aggregate_id, topic, kafka_partition, kafka_offset, state, reason, event)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'skipped', $10, $11) ON CONFLICT (integration, event_id) DO NOTHING`,
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'skipped', $10, $11) ON CONFLICT (integration, event_id) DO UPDATE
+			SET state = 'skipped', reason = $10, event = $11, updated_at = now()
+			WHERE ferry.delivery.state IN ('pending', 'failed', 'waiting', 'in_flight')`,
 		integration, ev.ID, ev.TenantID, ev.EventType, ev.AggregateType, ev.AggregateID, src.Topic, src.Partition, src.Offset, reason, body)
 	if err != nil {
 		return fmt.Errorf("delivery: record ignored %s: %w", ev.ID, err)
@@ -260,7 +312,7 @@ func (l *Log) Pool() *pgxpool.Pool { return l.pool }
 type Filter struct {
 	Integration string    // "" = all
 	TenantID    string    // "" = all
-	States      []State   // empty = failed and rejected
+	States      []State   // empty = failed, rejected, waiting, compensating, compensated
 	Since       time.Time // zero = any time
 	Limit       int       // 0 = 100
 }
@@ -286,7 +338,7 @@ type Failure struct {
 func (l *Log) Failures(ctx context.Context, f Filter) ([]Failure, error) {
 	states := f.States
 	if len(states) == 0 {
-		states = []State{Failed, Rejected}
+		states = []State{Failed, Rejected, Waiting, Compensating, Compensated}
 	}
 	if f.Limit == 0 {
 		f.Limit = 100
@@ -375,8 +427,8 @@ func (l *Log) Counts(ctx context.Context) ([]Count, map[string]map[string]int64,
 func (l *Log) RetryTenant(ctx context.Context, integration, tenant string) (int, error) {
 	var n int
 	err := pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE ferry.delivery SET state = 'pending', updated_at = now()
-			WHERE integration = $1 AND ($2 = '' OR tenant_id = $2) AND state IN ('rejected', 'failed')`, integration, tenant)
+		tag, err := tx.Exec(ctx, `UPDATE ferry.delivery SET state = 'pending', updated_at = now(), `+retrySteps+`
+			WHERE integration = $1 AND ($2 = '' OR tenant_id = $2) AND state IN ('rejected', 'failed', 'compensated')`, integration, tenant)
 		if err != nil {
 			return err
 		}

@@ -44,6 +44,10 @@ type Config struct {
 	// recovering, to cover transactions that began before it and committed
 	// after it. Default 1h.
 	RecoverMargin time.Duration `yaml:"recover_margin"`
+	// ResyncPoll is how often cdc looks for resync requests (filed by
+	// `sink tenants enable` when the sink shares this database). Default
+	// 2s; negative disables.
+	ResyncPoll time.Duration `yaml:"resync_poll"`
 	// WALWarnBytes: warn when the slot's safe_wal_size (what can still be
 	// written before max_slot_wal_keep_size invalidates it) drops below
 	// this. Default 1 GiB.
@@ -77,6 +81,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Slot == "" {
 		c.Slot = "ferry_outbox"
+	}
+	if c.ResyncPoll == 0 {
+		c.ResyncPoll = 2 * time.Second
 	}
 	if c.MessagePrefix == "" {
 		c.MessagePrefix = "ferry.outbox"

@@ -40,11 +40,14 @@ const (
 	// HeaderError is set on dead-letter records: why the event was routed
 	// aside.
 	HeaderError = "ferry_error"
+	// HeaderResync marks an event republished to resync a tenant for one
+	// integration (its value); other integrations ignore it.
+	HeaderResync = "ferry_resync"
 )
 
 // traceHeaders are the outbox headers keys copied to Kafka headers: W3C
-// trace context and baggage.
-var traceHeaders = []string{"traceparent", "tracestate", "baggage"}
+// trace context and baggage, and the resync mark.
+var traceHeaders = []string{"traceparent", "tracestate", "baggage", HeaderResync}
 
 // Config configures a Router.
 type Config struct {

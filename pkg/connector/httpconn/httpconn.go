@@ -549,3 +549,11 @@ func bounded(b []byte) string {
 	}
 	return string(b)
 }
+
+// Handles reports whether entityType is one of the connector's entities
+// (mapping types recorded by a step's map: are not: they are deleted with
+// their entity).
+func (c *Connector) Handles(entityType string) bool {
+	_, ok := c.entities[entityType]
+	return ok
+}
