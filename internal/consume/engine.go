@@ -111,10 +111,7 @@ func (e *Engine) Run(ctx context.Context) error {
 
 	// Pauses are known before the first delivery, so a paused tenant stays
 	// paused across restarts.
-	if e.pauses, err = e.dlog.Paused(ctx, e.cfg.Name); err == nil {
-		e.disabled, err = e.dlog.Disabled(ctx, e.cfg.Name)
-	}
-	if err != nil {
+	if err = e.refresh(ctx); err != nil {
 		cl.Close()
 		return fmt.Errorf("%s: %w", e.cfg.Name, err)
 	}
@@ -234,6 +231,11 @@ func (e *Engine) assigned(ctx context.Context, _ *kgo.Client, assigned map[strin
 		for _, p := range ps {
 			tp := lane.TP{Topic: topic, Partition: p}
 			e.owned[tp] = true
+			if e.maps != nil {
+				// Another process wrote this partition's tenants' mappings
+				// while it owned them.
+				e.maps.Purge()
+			}
 			// Parked records of this partition go first in their lanes,
 			// before anything fetched from Kafka.
 			parked, err := e.loadParked(ctx, tp)
@@ -321,17 +323,8 @@ func (e *Engine) pauseLoop(ctx context.Context) error {
 	t := time.NewTicker(e.cfg.ParkRecheck)
 	defer t.Stop()
 	for {
-		p, err := e.dlog.Paused(ctx, e.cfg.Name)
-		var d map[string]bool
-		if err == nil {
-			d, err = e.dlog.Disabled(ctx, e.cfg.Name)
-		}
-		if err != nil && ctx.Err() == nil {
+		if err := e.refresh(ctx); err != nil && ctx.Err() == nil {
 			e.log.Warn("could not read pauses and the tenant switch; keeping the last known", "reason", err.Error())
-		} else if err == nil {
-			e.pausedMu.Lock()
-			e.pauses, e.disabled = p, d
-			e.pausedMu.Unlock()
 		}
 		select {
 		case <-ctx.Done():
@@ -339,6 +332,36 @@ func (e *Engine) pauseLoop(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// refresh re-reads the pauses and the tenant switch. A tenant switched
+// on or off loses its cached mappings: the rollback (or a resync) that
+// goes with the switch may write them from another process.
+func (e *Engine) refresh(ctx context.Context) error {
+	p, err := e.dlog.Paused(ctx, e.cfg.Name)
+	if err != nil {
+		return err
+	}
+	d, err := e.dlog.Disabled(ctx, e.cfg.Name)
+	if err != nil {
+		return err
+	}
+	e.pausedMu.Lock()
+	defer e.pausedMu.Unlock()
+	if e.maps != nil {
+		for t := range d {
+			if !e.disabled[t] {
+				e.maps.PurgeTenant(e.cfg.Name, t)
+			}
+		}
+		for t := range e.disabled {
+			if !d[t] {
+				e.maps.PurgeTenant(e.cfg.Name, t)
+			}
+		}
+	}
+	e.pauses, e.disabled = p, d
+	return nil
 }
 
 func (e *Engine) isPaused(tenant string) bool {
@@ -366,7 +389,11 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	skip := ""
 	switch {
 	case bad != "":
+	case e.isDisabled(ev.TenantID) && resync != "" && e.refresh(ctx) != nil:
+		return e.dbTrouble(errors.New("cannot read the tenant switch"))
 	case e.isDisabled(ev.TenantID):
+		// (A resync event follows an enable this engine may not have seen
+		// yet: the switch was just re-read for it.)
 		skip = "skipped by switch: tenant " + ev.TenantID + " is disabled for this integration"
 	case !e.cfg.handles(ev.EventType):
 		skip = "no handler for event type " + ev.EventType + " in this integration"

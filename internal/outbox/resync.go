@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -62,7 +63,7 @@ func resync(ctx context.Context, tx pgx.Tx, cfg Config, integration, tenant stri
 			FROM %[9]s WHERE %[5]s = $2 ORDER BY %[3]s, %[4]s, %[8]s DESC) latest ORDER BY seq) x`,
 		ResyncHeader, id(c.ID), id(c.AggregateType), id(c.AggregateID), id(c.TenantID), id(c.EventType), id(c.Payload), id(c.Seq), table)
 	var n int
-	if err := tx.QueryRow(ctx, q, integration, tenant, cfg.MessagePrefix, requestID).Scan(&n); err != nil {
+	if err := tx.QueryRow(ctx, q, integration, tenant, cfg.MessagePrefix, strconv.FormatInt(requestID, 10)).Scan(&n); err != nil {
 		return 0, fmt.Errorf("resync: emit %s's latest events: %w", tenant, err)
 	}
 	return n, nil

@@ -157,6 +157,17 @@ func (s *Store) MarkDeleted(ctx context.Context, k Key) (bool, error) {
 // owned before.
 func (s *Store) Purge() { s.cache.Purge() }
 
+// PurgeTenant drops a tenant's cached mappings of one integration: the
+// sink calls it when the tenant is switched on or off, since the
+// rollback that goes with it writes from another process.
+func (s *Store) PurgeTenant(integration, tenant string) {
+	for _, k := range s.cache.Keys() {
+		if k.Integration == integration && k.TenantID == tenant {
+			s.cache.Remove(k)
+		}
+	}
+}
+
 // For returns the store scoped to one integration and tenant, as the
 // connector contract's Mappings.
 func (s *Store) For(integration, tenant string) connector.Mappings {
