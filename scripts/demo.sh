@@ -53,7 +53,8 @@ start partnersim bin/partnersim -addr "$PARTNER_ADDR"
 wait_for "the partner simulator" curl -sf "http://$PARTNER_ADDR/healthz"
 curl -sf -X POST "http://$PARTNER_ADDR/_sim/rules" -d '{"tenant":"globex","status":503,"reason":"globex backend down","times":6}'
 
-echo "== starting sink (integration 'shop': webhook to the partner)"
+echo "== starting sink (integration 'shop': the declarative HTTP connector, items at the partner)"
+export DEMO_PARTNER_TOKEN=demo-secret
 cat > "$DEMO/sink.yaml" <<YAML
 postgres_url: $PG
 kafka:
@@ -64,10 +65,18 @@ integrations:
   - name: shop
     topics: [outbox.product]
     retry: {initial: 200ms, max: 2s}
+    park_recheck: 500ms
     connector:
-      type: webhook
-      url: http://$PARTNER_ADDR/v1/events
+      type: http
+      base_url: http://$PARTNER_ADDR
       timeout: 5s
+      auth: {type: bearer, token_env: DEMO_PARTNER_TOKEN}
+      entities:
+        product:
+          lookup: {path: "/v1/items?external_id={{.local_id}}", id: "\$.data[0].id"}
+          create: {path: /v1/items, body: '{"external_id": {{.local_id}}, "product": {{.payload}}}', id: \$.id}
+          update: {path: "/v1/items/{{.remote_id}}", body: '{"external_id": {{.local_id}}, "product": {{.payload}}}'}
+          delete: {path: "/v1/items/{{.remote_id}}"}
 YAML
 start sink bin/sink run --config "$DEMO/sink.yaml"
 wait_for "sink" curl -sf "http://$SINK_ADMIN_ADDR/readyz"
@@ -108,6 +117,15 @@ kcat -b "$BROKER" -C -t ferry.cdc.dead_letter -o beginning -e -q -f '   %h\n' | 
 echo "== what reached the partner, per tenant, in arrival order (globex fails, backs off, then catches up in order)"
 wait_for "6 events applied at the partner" bash -c "curl -sf http://$PARTNER_ADDR/_sim/report | grep -q '^applied 6\$'"
 curl -sf "http://$PARTNER_ADDR/_sim/report" | tail -n +2
+
+echo "== ID mappings (ferry.mapping): our product → the partner's item"
+psql -q "$PG" -c "SELECT tenant_id, entity_type, local_id, remote_id, state FROM ferry.mapping ORDER BY tenant_id, local_id"
+
+echo "== tenant switch: disable initech (rollback deletes its item at the partner), then enable it (cdc resyncs it)"
+bin/sink tenants disable --integration shop --tenant initech --reason "demo" --config "$DEMO/sink.yaml"
+bin/sink tenants enable --integration shop --tenant initech --reason "demo" --config "$DEMO/sink.yaml"
+wait_for "initech's item back at the partner" bash -c "curl -sf 'http://$PARTNER_ADDR/_sim/objects?entity=items' | grep -q tps-1"
+bin/sink tenants --config "$DEMO/sink.yaml"
 
 echo "== delivery log (ferry.delivery)"
 psql -q "$PG" -c "SELECT tenant_id, event_type, state, attempts, last_status, left(coalesce(reason, ''), 60) AS reason FROM ferry.delivery ORDER BY tenant_id, created_at"

@@ -48,6 +48,9 @@ func Rollback(ctx context.Context, integration, tenant string, conn connector.Co
 			Mappings: maps.For(integration, tenant), IdempotencyKey: integration + ":" + ev.ID, Attempt: att.Number})
 		cancel()
 		o := delivery.Outcome{State: delivery.Succeeded, Calls: r.Calls, Reason: "rollback of a disabled tenant"}
+		if len(r.Calls) > 0 {
+			o.Status = r.Calls[len(r.Calls)-1].Status
+		}
 		var rej *connector.Rejection
 		var fail *connector.Failure
 		switch {

@@ -206,8 +206,12 @@ func (s *Server) report(w io.Writer) {
 				EventType string          `json:"event_type"`
 				Payload   json.RawMessage `json:"payload"`
 			}
-			_ = json.Unmarshal([]byte(r.Body), &ev) // a body that is not an event prints empty
-			fmt.Fprintf(w, "   #%-4d %s %s -> %d %-8s %-16s %s\n", r.Seq, r.Time.Format("15:04:05.000"), r.Method, r.Status, note, ev.EventType, ev.Payload)
+			_ = json.Unmarshal([]byte(r.Body), &ev) // a body that is not an event prints as it is
+			what, body := ev.EventType, string(ev.Payload)
+			if what == "" {
+				what, body = r.Path, r.Body
+			}
+			fmt.Fprintf(w, "   #%-4d %s %-6s -> %d %-8s %-16s %s\n", r.Seq, r.Time.Format("15:04:05.000"), r.Method, r.Status, note, what, body)
 		}
 	}
 }
