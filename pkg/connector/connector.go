@@ -50,6 +50,10 @@ type Mappings interface {
 	Intend(ctx context.Context, entityType, localID, idempotencyKey string) (Mapping, error)
 	// Activate records the partner id after a successful create.
 	Activate(ctx context.Context, entityType, localID, remoteID string) error
+	// MarkDeleting records that the partner object is being deleted
+	// (before the delete call), so a crash or failure mid-delete is
+	// visible; the partner id is kept for the retry.
+	MarkDeleting(ctx context.Context, entityType, localID string) error
 	// MarkDeleted records that the partner object is gone; false when
 	// nothing was mapped.
 	MarkDeleted(ctx context.Context, entityType, localID string) (bool, error)

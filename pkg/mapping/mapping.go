@@ -152,6 +152,19 @@ func (s *Store) MarkDeleted(ctx context.Context, k Key) (bool, error) {
 	return tag.RowsAffected() == 1, nil
 }
 
+// MarkDeleting records that k's partner object is being deleted; the
+// partner id stays for the retry.
+func (s *Store) MarkDeleting(ctx context.Context, k Key) error {
+	s.cache.Remove(k)
+	_, err := s.pool.Exec(ctx, `UPDATE ferry.mapping SET state = 'deleting', updated_at = now()
+		WHERE integration = $1 AND entity_type = $2 AND tenant_id = $3 AND local_id = $4 AND state = 'active'`,
+		k.Integration, k.EntityType, k.TenantID, k.LocalID)
+	if err != nil {
+		return fmt.Errorf("mapping: mark deleting %+v: %w", k, err)
+	}
+	return nil
+}
+
 // Purge empties the cache. The sink calls it when partition ownership
 // changes: another process may have written mappings of tenants this one
 // owned before.
@@ -175,11 +188,11 @@ func (s *Store) For(integration, tenant string) connector.Mappings {
 }
 
 // ForTenant lists a tenant's mappings of one integration that hold a
-// partner object (creating or active), newest first: a rollback deletes
+// partner object (creating, active or deleting), newest first: a rollback deletes
 // children (created after their parents) before their parents.
 func (s *Store) ForTenant(ctx context.Context, integration, tenant string) ([]Mapping, error) {
 	rows, err := s.pool.Query(ctx, `SELECT entity_type, local_id, COALESCE(remote_id, ''), state, idempotency_key, updated_at
-		FROM ferry.mapping WHERE tenant_id = $1 AND integration = $2 AND state IN ('creating', 'active')
+		FROM ferry.mapping WHERE tenant_id = $1 AND integration = $2 AND state IN ('creating', 'active', 'deleting')
 		ORDER BY created_at DESC, entity_type, local_id`, tenant, integration)
 	if err != nil {
 		return nil, fmt.Errorf("mapping: list %s/%s: %w", integration, tenant, err)
@@ -225,6 +238,10 @@ func (c scoped) Intend(ctx context.Context, entityType, localID, idempotencyKey 
 func (c scoped) Activate(ctx context.Context, entityType, localID, remoteID string) error {
 	_, err := c.s.Activate(ctx, c.key(entityType, localID), remoteID)
 	return err
+}
+
+func (c scoped) MarkDeleting(ctx context.Context, entityType, localID string) error {
+	return c.s.MarkDeleting(ctx, c.key(entityType, localID))
 }
 
 func (c scoped) MarkDeleted(ctx context.Context, entityType, localID string) (bool, error) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferry-cdc/ferry/internal/pgdb"
 	"github.com/ferry-cdc/ferry/internal/pgtest"
+	"github.com/ferry-cdc/ferry/pkg/connector"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -101,5 +102,39 @@ func TestPurgeDropsMappingsWrittenElsewhere(t *testing.T) {
 	a.Purge()
 	if m, err := a.Get(ctx, k); err != nil || m.State != Deleted {
 		t.Fatalf("after Purge: %+v %v", m, err)
+	}
+}
+
+// A delete in progress keeps the partner id (for the retry) and is never
+// served from the cache; the scoped store and ForTenant see it.
+func TestDeletingKeepsThePartnerIDAndLeavesTheCache(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t, migrated(t))
+	m := s.For("shop", "acme")
+	if err := m.Activate(ctx, "product", "p1", "items_7"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Get(ctx, "product", "p1"); err != nil { // cached now
+		t.Fatal(err)
+	}
+	if err := m.MarkDeleting(ctx, "product", "p1"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := m.Get(ctx, "product", "p1")
+	if err != nil || got.State != "deleting" || got.RemoteID != "items_7" || got.Active() {
+		t.Fatalf("after MarkDeleting: %+v, %v", got, err)
+	}
+	list, err := s.ForTenant(ctx, "shop", "acme")
+	if err != nil || len(list) != 1 || list[0].State != Deleting {
+		t.Fatalf("ForTenant: %+v, %v", list, err)
+	}
+	if ok, err := m.MarkDeleted(ctx, "product", "p1"); !ok || err != nil {
+		t.Fatalf("MarkDeleted: %v %v", ok, err)
+	}
+	if list, _ := s.ForTenant(ctx, "shop", "acme"); len(list) != 0 {
+		t.Fatalf("a deleted mapping is still listed: %+v", list)
+	}
+	if _, err := m.Get(ctx, "product", "nope"); !errors.Is(err, connector.ErrNoMapping) {
+		t.Fatalf("missing mapping: %v", err)
 	}
 }

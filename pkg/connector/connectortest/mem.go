@@ -52,6 +52,18 @@ func (s *MemMappings) Activate(_ context.Context, entityType, localID, remoteID 
 	return nil
 }
 
+// MarkDeleting implements connector.Mappings.
+func (s *MemMappings) MarkDeleting(_ context.Context, entityType, localID string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := [2]string{entityType, localID}
+	if m, ok := s.m[k]; ok && m.State == "active" {
+		m.State = "deleting"
+		s.m[k] = m
+	}
+	return nil
+}
+
 // MarkDeleted implements connector.Mappings.
 func (s *MemMappings) MarkDeleted(_ context.Context, entityType, localID string) (bool, error) {
 	s.mu.Lock()

@@ -170,7 +170,9 @@ func (d *delivery) run(ctx context.Context) (connector.Result, error) {
 	for _, s := range d.req.Steps {
 		done[s.Name] = s
 	}
+	deleting := m.State == "deleting" && m.RemoteID != "" // an earlier delete did not finish
 	switch {
+	case op == opDelete && deleting:
 	case op == opDelete && !m.Active() && m.State != "creating":
 		return connector.Result{Note: fmt.Sprintf("nothing mapped for %s %s: delete is a no-op", d.e.name, local)}, nil
 	case op == opDelete && !m.Active():
@@ -218,6 +220,11 @@ func (d *delivery) run(ctx context.Context) (connector.Result, error) {
 			}
 		}
 		d.data["idempotency_key"] = im.IdempotencyKey
+	}
+	if op == opDelete {
+		if err := d.markDeleting(ctx); err != nil {
+			return connector.Result{}, err
+		}
 	}
 	return d.runSteps(ctx, op, done)
 }
@@ -314,17 +321,33 @@ func (d *delivery) activate(ctx context.Context, entityType, local, remote strin
 	return nil
 }
 
-// markDeleted marks the entity's mappings (and those its create steps
-// recorded) deleted.
-func (d *delivery) markDeleted(ctx context.Context) error {
+// markDeleting marks the entity's mappings (and those its create steps
+// recorded) deleting, before the delete calls.
+func (d *delivery) markDeleting(ctx context.Context) error {
 	local := d.data["local_id"].(string)
+	for _, t := range d.mappedTypes() {
+		if err := d.req.Mappings.MarkDeleting(ctx, t, local); err != nil {
+			return &connector.Failure{Reason: "mapping store", Err: err}
+		}
+	}
+	return nil
+}
+
+func (d *delivery) mappedTypes() []string {
 	types := []string{d.e.name}
 	for _, s := range d.e.ops[opCreate] {
 		if s.maps != "" && !slices.Contains(types, s.maps) {
 			types = append(types, s.maps)
 		}
 	}
-	for _, t := range types {
+	return types
+}
+
+// markDeleted marks the entity's mappings (and those its create steps
+// recorded) deleted.
+func (d *delivery) markDeleted(ctx context.Context) error {
+	local := d.data["local_id"].(string)
+	for _, t := range d.mappedTypes() {
 		if _, err := d.req.Mappings.MarkDeleted(ctx, t, local); err != nil {
 			return &connector.Failure{Reason: "mapping store", Err: err}
 		}

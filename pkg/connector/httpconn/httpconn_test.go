@@ -455,6 +455,65 @@ func TestPaymentsExample(t *testing.T) {
 	}
 }
 
+// A delete that fails leaves the mapping deleting, with the partner id;
+// the retry deletes the right object.
+func TestFailedDeleteIsRetriedOnTheSameObject(t *testing.T) {
+	s, base := sim(t)
+	c := newConn(t, example(t, "payments"), base)
+	ctx := context.Background()
+	m := connectortest.NewMemMappings()
+	if _, err := c.Deliver(ctx, req(event("o1-placed", "order.placed", "order", "o1", `{"total": 10, "currency": "EUR", "card": "4242"}`), m)); err != nil {
+		t.Fatal(err)
+	}
+	s.AddRule(partnersim.Rule{Method: "DELETE", Status: 503, Times: 1})
+	cancel := req(event("o1-cancelled", "order.cancelled", "order", "o1", `{}`), m)
+	if _, err := c.Deliver(ctx, cancel); err == nil {
+		t.Fatal("the 503 was not reported")
+	}
+	if mm, _ := m.Get(ctx, "order", "o1"); mm.State != "deleting" || mm.RemoteID == "" {
+		t.Fatalf("mapping after a failed delete: %+v", mm)
+	}
+	cancel.Attempt = 2
+	if _, err := c.Deliver(ctx, cancel); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(s.Objects("authorizations")); n != 0 {
+		t.Fatalf("%d authorizations left", n)
+	}
+	if mm, _ := m.Get(ctx, "order", "o1"); mm.State != "deleted" {
+		t.Fatalf("mapping %+v", mm)
+	}
+}
+
+// Basic auth and API-key headers carry the secrets from the environment.
+func TestAuthTypes(t *testing.T) {
+	for _, c := range []struct {
+		auth Auth
+		want string
+	}{
+		{Auth{Type: "basic", UsernameEnv: "U", PasswordEnv: "P"}, "Authorization: Basic dXNlcjpwYXNz"},
+		{Auth{Type: "header", Header: "X-Api-Key", ValueEnv: "K"}, "X-Api-Key: key-1"},
+		{Auth{Type: "bearer", TokenEnv: "T"}, "Authorization: Bearer tok"},
+	} {
+		rec := &recorder{sim: partnersim.New(partnersim.Config{})}
+		srv := httptest.NewServer(rec)
+		cfg := example(t, "payments")
+		cfg.Auth, cfg.BaseURL = c.auth, srv.URL
+		vars := map[string]string{"U": "user", "P": "pass", "K": "key-1", "T": "tok"}
+		conn, err := newWithEnv(cfg, "connector", func(k string) string { return vars[k] })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Deliver(context.Background(), req(event("o", "order.placed", "order", "o1", `{"total": 1, "currency": "EUR", "card": "1"}`), connectortest.NewMemMappings())); err != nil {
+			t.Fatal(err)
+		}
+		srv.Close()
+		if len(rec.reqs) != 1 || !strings.Contains(rec.reqs[0], c.want) {
+			t.Fatalf("%s: request %q lacks %q", c.auth.Type, rec.reqs, c.want)
+		}
+	}
+}
+
 func TestOperationPrecedence(t *testing.T) {
 	c := Config{Operations: map[string]string{"*.deleted": "delete", "product.*": "upsert", "product.deleted": "update", "*": "create"}}
 	for typ, want := range map[string]string{"product.deleted": "update", "price.deleted": "delete", "product.renamed": "upsert", "x": "create"} {
