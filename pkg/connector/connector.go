@@ -42,8 +42,13 @@ var ErrNoMapping = errors.New("no mapping")
 // The sink provides it (backed by pkg/mapping); connectors that create
 // partner objects use it to find partner ids and to record new ones.
 type Mappings interface {
-	// Get returns the mapping of one of our objects, or ErrNoMapping.
+	// Get returns the mapping of one of our objects, or ErrNoMapping. It
+	// may be served from a cache that this process keeps current for the
+	// objects its lanes own (the event's own aggregate).
 	Get(ctx context.Context, entityType, localID string) (Mapping, error)
+	// Fresh is Get from the database, bypassing any cache: for objects
+	// other lanes or processes write (a parent of another aggregate type).
+	Fresh(ctx context.Context, entityType, localID string) (Mapping, error)
 	// Intend records the intent to create the object before the partner
 	// call, and returns the mapping as it now stands: an earlier intent
 	// keeps its idempotency key, so a retry sends the same one.

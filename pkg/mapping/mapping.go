@@ -76,6 +76,12 @@ func (s *Store) Get(ctx context.Context, k Key) (Mapping, error) {
 	if m, ok := s.cache.Get(k); ok {
 		return m, nil
 	}
+	return s.Fresh(ctx, k)
+}
+
+// Fresh reads k from the database, bypassing the cache (and refreshing
+// it): for mappings another process may have written.
+func (s *Store) Fresh(ctx context.Context, k Key) (Mapping, error) {
 	m := Mapping{Key: k}
 	var remote *string
 	err := s.pool.QueryRow(ctx, `SELECT remote_id, state, idempotency_key, updated_at FROM ferry.mapping
@@ -92,6 +98,8 @@ func (s *Store) Get(ctx context.Context, k Key) (Mapping, error) {
 	}
 	if m.State == Active {
 		s.cache.Add(k, m)
+	} else {
+		s.cache.Remove(k)
 	}
 	return m, nil
 }
@@ -224,6 +232,14 @@ func conv(m Mapping) connector.Mapping {
 
 func (c scoped) Get(ctx context.Context, entityType, localID string) (connector.Mapping, error) {
 	m, err := c.s.Get(ctx, c.key(entityType, localID))
+	if errors.Is(err, ErrNotFound) {
+		return connector.Mapping{}, connector.ErrNoMapping
+	}
+	return conv(m), err
+}
+
+func (c scoped) Fresh(ctx context.Context, entityType, localID string) (connector.Mapping, error) {
+	m, err := c.s.Fresh(ctx, c.key(entityType, localID))
 	if errors.Is(err, ErrNotFound) {
 		return connector.Mapping{}, connector.ErrNoMapping
 	}

@@ -28,6 +28,11 @@ func (s *MemMappings) Get(_ context.Context, entityType, localID string) (connec
 	return m, nil
 }
 
+// Fresh implements connector.Mappings (there is no cache here).
+func (s *MemMappings) Fresh(ctx context.Context, entityType, localID string) (connector.Mapping, error) {
+	return s.Get(ctx, entityType, localID)
+}
+
 // Intend implements connector.Mappings.
 func (s *MemMappings) Intend(_ context.Context, entityType, localID, key string) (connector.Mapping, error) {
 	s.mu.Lock()

@@ -147,7 +147,8 @@ func (d *delivery) run(ctx context.Context) (connector.Result, error) {
 			if err != nil || pid == "" {
 				return connector.Result{}, &connector.Rejection{Reason: fmt.Sprintf("cannot tell the %s parent's id: %v", p, orEmpty(err))}
 			}
-			m, err := d.req.Mappings.Get(ctx, p, pid)
+			// Another lane (or process) writes the parent: never a cached id.
+			m, err := d.req.Mappings.Fresh(ctx, p, pid)
 			if err != nil && !errors.Is(err, connector.ErrNoMapping) {
 				return connector.Result{}, &connector.Failure{Reason: "mapping store", Err: err}
 			}
