@@ -103,7 +103,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 				return false, "not streaming, or heartbeats are not coming back"
 			}
 			return true, ""
-		}, nil)
+		}, nil, nil)
 		if err != nil {
 			return err
 		}

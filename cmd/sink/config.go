@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferry-cdc/ferry/internal/cli"
 	"github.com/ferry-cdc/ferry/internal/consume"
+	"github.com/ferry-cdc/ferry/internal/ops"
 	"github.com/ferry-cdc/ferry/pkg/connector/httpconn"
 )
 
@@ -27,6 +28,10 @@ type Config struct {
 	// AdminAddr serves /metrics, /healthz, /readyz. Default
 	// "127.0.0.1:9465"; "off" disables.
 	AdminAddr    string        `yaml:"admin_addr"`
+	// AdminToken protects the admin API (from FERRY_ADMIN_TOKEN only: a
+	// secret does not belong in a file or a flag). Required when
+	// admin_addr is not loopback.
+	AdminToken   string        `yaml:"-"`
 	LogFormat    string        `yaml:"log_format"`
 	LogLevel     string        `yaml:"log_level"`
 	Integrations []Integration `yaml:"integrations"`
@@ -100,6 +105,11 @@ func (c *Config) validate() error {
 			}
 		default:
 			errs = append(errs, fmt.Errorf("%s.connector.type: %q: use http or webhook", prefix, in.Connector.Type))
+		}
+	}
+	if c.AdminAddr != "off" {
+		if err := ops.CheckExposure(c.AdminAddr, c.AdminToken); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if _, err := cli.Logger(io.Discard, c.LogFormat, c.LogLevel); err != nil {
@@ -229,6 +239,7 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 	set(&cfg.AdminAddr, f.AdminAddr)
 	set(&cfg.LogFormat, f.LogFormat)
 	set(&cfg.LogLevel, f.LogLevel)
+	cfg.AdminToken = getenv("FERRY_ADMIN_TOKEN")
 	cfg.setDefaults()
 	words := strings.Fields(kctx.Command())
 	name := words[0]

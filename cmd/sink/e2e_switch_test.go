@@ -97,6 +97,19 @@ func TestPipeline_EnableResyncsAndDisableRollsBack(t *testing.T) {
 		_ = e.conn.QueryRow(ctx, `SELECT to_regclass('public.outbox') IS NOT NULL AND to_regclass('ferry.resync_request') IS NOT NULL`).Scan(&ok)
 		return ok
 	})
+	t.Cleanup(func() {
+		if t.Failed() { // what the database was doing, for a stuck pipeline
+			rows, err := e.conn.Query(context.Background(), `SELECT pid, state, wait_event_type, wait_event, backend_type, left(query, 120)
+				FROM pg_stat_activity WHERE pid <> pg_backend_pid()`)
+			if err == nil {
+				for rows.Next() {
+					vals, _ := rows.Values()
+					t.Logf("pg_stat_activity: %v", vals)
+				}
+				rows.Close()
+			}
+		}
+	})
 	cfg := e.shopConfig("")
 	e.start("--config", cfg)
 	for _, tenant := range []string{"acme", "globex"} {

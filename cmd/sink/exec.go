@@ -15,6 +15,7 @@ import (
 	"github.com/ferry-cdc/ferry/internal/consume"
 	"github.com/ferry-cdc/ferry/internal/delivery"
 	"github.com/ferry-cdc/ferry/internal/metrics"
+	"github.com/ferry-cdc/ferry/internal/ops"
 	"github.com/ferry-cdc/ferry/internal/pgdb"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 	"github.com/ferry-cdc/ferry/pkg/connector/httpconn"
@@ -57,13 +58,13 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	svc, err := c.service(dlog, pool)
+	if err != nil {
+		return err
+	}
 	g, gctx := errgroup.WithContext(ctx)
-	for i, in := range c.cfg.Integrations {
-		conn, err := in.connector(i)
-		if err != nil {
-			return err
-		}
-		e := consume.New(in.Config, c.cfg.Kafka.Brokers, conn, dlog, maps, log, m)
+	for _, in := range c.cfg.Integrations {
+		e := consume.New(in.Config, c.cfg.Kafka.Brokers, svc.Integrations[in.Name].Connector, dlog, maps, log, m)
 		g.Go(func() error { return e.Run(gctx) })
 	}
 	if c.cfg.AdminAddr != "off" {
@@ -72,7 +73,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 				return false, "stopping"
 			}
 			return true, ""
-		}, nil)
+		}, svc.Routes(c.cfg.AdminToken), ops.Guard(c.cfg.AdminToken))
 		if err != nil {
 			return err
 		}
@@ -96,4 +97,20 @@ func (in Integration) connector(i int) (connector.Connector, error) {
 		return httpconn.New(in.Connector.Config, fmt.Sprintf("integrations[%d].connector", i))
 	}
 	return webhook.New(webhook.Config{URL: in.Connector.URL, Timeout: in.Connector.Timeout})
+}
+
+// service is the operator surface over the configured integrations (their
+// connectors are built once: the rollback uses them).
+// Only run and tenants disable need them: other commands skip a connector
+// that cannot be built (its secret may not be set where operators work).
+func (c *command) service(dlog *delivery.Log, pool *pgxpool.Pool) (*ops.Service, error) {
+	svc := &ops.Service{Log: dlog, Pool: pool, Brokers: c.cfg.Kafka.Brokers, Integrations: map[string]ops.Integration{}}
+	for i, in := range c.cfg.Integrations {
+		conn, err := in.connector(i)
+		if err != nil && (c.name == "run" || c.name == "tenants disable") {
+			return nil, err
+		}
+		svc.Integrations[in.Name] = ops.Integration{Name: in.Name, Group: in.Group, Connector: conn, ParkRecheck: in.ParkRecheck, Timeout: in.Timeout}
+	}
+	return svc, nil
 }

@@ -13,10 +13,12 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ferry-cdc/ferry/internal/delivery"
+	"github.com/ferry-cdc/ferry/internal/ops"
 	"github.com/ferry-cdc/ferry/internal/pgdb"
 )
 
-// operate runs an operator command against the delivery log.
+// operate runs an operator command through the same service the admin
+// API uses.
 func (c *command) operate(ctx context.Context, stdout io.Writer) error {
 	pool, err := pgxpool.New(ctx, c.cfg.PostgresURL)
 	if err != nil {
@@ -38,91 +40,106 @@ func (c *command) operate(ctx context.Context, stdout io.Writer) error {
 	}
 	dlog := delivery.New(pool)
 	defer dlog.Close()
+	svc, err := c.service(dlog, pool)
+	if err != nil {
+		return err
+	}
 	switch c.name {
 	case "status":
-		return status(ctx, dlog, c.f.Status, stdout)
+		return status(ctx, svc, c.f.Status, stdout)
 	case "failures":
-		return failures(ctx, dlog, c.f.Failures, stdout)
+		return failures(ctx, svc, c.f.Failures, stdout)
 	case "retry":
 		r := c.f.Retry
-		if r.Event != "" {
-			if err := dlog.Retry(ctx, r.Integration, r.Event); err != nil {
-				return err
-			}
-			fmt.Fprintf(stdout, "retrying %s/%s\n", r.Integration, r.Event)
-			return nil
-		}
-		n, err := dlog.RetryTenant(ctx, r.Integration, r.Tenant)
+		n, err := svc.Retry(ctx, ops.RetryRequest{Integration: r.Integration, Event: r.Event, Tenant: r.Tenant, All: r.All})
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "retrying %d deliveries of %s%s\n", n, r.Integration, map[bool]string{true: "", false: " tenant " + r.Tenant}[r.Tenant == ""])
+		what := fmt.Sprintf("%d deliveries of %s", n, target(r.Integration, r.Tenant))
+		if r.Event != "" {
+			what = r.Integration + "/" + r.Event
+		}
+		fmt.Fprintf(stdout, "retrying %s\n", what)
 		return nil
 	case "skip":
 		s := c.f.Skip
-		if strings.TrimSpace(s.Reason) == "" {
-			return fmt.Errorf("skip: --reason must say why")
-		}
-		if err := dlog.Skip(ctx, s.Integration, s.Event, s.Reason); err != nil {
+		if err := svc.Skip(ctx, s.Integration, s.Event, s.Reason); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "skipped %s/%s: %s\n", s.Integration, s.Event, s.Reason)
 		return nil
 	case "pause":
 		p := c.f.Pause
-		if err := dlog.Pause(ctx, p.Integration, p.Tenant, p.Reason); err != nil {
+		if err := svc.Pause(ctx, p.Integration, p.Tenant, p.Reason); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "paused %s\n", target(p.Integration, p.Tenant))
 		return nil
-	case "tenants list", "tenants enable", "tenants disable":
-		return c.tenants(ctx, dlog, pool, stdout)
 	case "resume":
 		r := c.f.Resume
-		if err := dlog.Resume(ctx, r.Integration, r.Tenant); err != nil {
+		if err := svc.Resume(ctx, r.Integration, r.Tenant); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "resumed %s\n", target(r.Integration, r.Tenant))
 		return nil
+	case "tenants list", "tenants enable", "tenants disable":
+		return c.tenants(ctx, svc, stdout)
 	}
 	return fmt.Errorf("unknown command %q", c.name)
 }
 
-func status(ctx context.Context, dlog *delivery.Log, cmd statusCmd, stdout io.Writer) error {
-	counts, parked, err := dlog.Counts(ctx)
+func status(ctx context.Context, svc *ops.Service, cmd statusCmd, stdout io.Writer) error {
+	sts, err := svc.Status(ctx)
 	if err != nil {
 		return err
 	}
 	if cmd.JSON {
-		return writeJSON(stdout, map[string]any{"deliveries": counts, "parked": parked})
+		return writeJSON(stdout, sts)
 	}
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "INTEGRATION\tSTATE\tDELIVERIES")
-	for _, c := range counts {
-		fmt.Fprintf(w, "%s\t%s\t%d\n", c.Integration, c.State, c.Deliveries)
-	}
-	if len(parked) > 0 {
-		fmt.Fprintln(w, "\nINTEGRATION\tPARKED TENANT\tQUEUED EVENTS")
-		ins := make([]string, 0, len(parked))
-		for in := range parked {
-			ins = append(ins, in)
+	fmt.Fprintln(w, "INTEGRATION\tBREAKER\tSINKS\tLANES\tDELIVERIES/S\tDELIVERIES\tLAG")
+	for _, s := range sts {
+		lag := fmt.Sprint(s.LagTotal)
+		if s.LagError != "" {
+			lag = "? (" + s.LagError + ")"
 		}
-		sort.Strings(ins)
-		for _, in := range ins {
-			tenants := make([]string, 0, len(parked[in]))
-			for t := range parked[in] {
-				tenants = append(tenants, t)
-			}
-			sort.Strings(tenants)
-			for _, t := range tenants {
-				fmt.Fprintf(w, "%s\t%s\t%d\n", in, t, parked[in][t])
-			}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%.1f\t%s\t%s\n", s.Name, orDash(s.Breaker), len(s.Processes), counts(s.Lanes), s.Rate, counts(s.Deliveries), lag)
+	}
+	fmt.Fprintln(w, "\nINTEGRATION\tTOPIC\tPARTITION\tCOMMITTED\tEND\tLAG")
+	for _, s := range sts {
+		for _, l := range s.Lag {
+			fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\t%d\n", s.Name, l.Topic, l.Partition, l.Committed, l.End, l.Lag)
+		}
+	}
+	fmt.Fprintln(w, "\nINTEGRATION\tPARKED TENANT\tQUEUED EVENTS")
+	for _, s := range sts {
+		tenants := make([]string, 0, len(s.Parked))
+		for t := range s.Parked {
+			tenants = append(tenants, t)
+		}
+		sort.Strings(tenants)
+		for _, t := range tenants {
+			fmt.Fprintf(w, "%s\t%s\t%d\n", s.Name, t, s.Parked[t])
 		}
 	}
 	return w.Flush()
 }
 
-func failures(ctx context.Context, dlog *delivery.Log, cmd failuresCmd, stdout io.Writer) error {
+// counts prints a state → count map as "a=1 b=2", or "-".
+func counts[N int | int64](m map[string]N) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = fmt.Sprintf("%s=%d", k, m[k])
+	}
+	return orDash(strings.Join(out, " "))
+}
+
+func failures(ctx context.Context, svc *ops.Service, cmd failuresCmd, stdout io.Writer) error {
 	f := delivery.Filter{Integration: cmd.Integration, TenantID: cmd.Tenant, Limit: cmd.Limit}
 	for _, s := range cmd.State {
 		f.States = append(f.States, delivery.State(s))
@@ -130,7 +147,7 @@ func failures(ctx context.Context, dlog *delivery.Log, cmd failuresCmd, stdout i
 	if cmd.Since > 0 {
 		f.Since = time.Now().Add(-cmd.Since)
 	}
-	rows, err := dlog.Failures(ctx, f)
+	rows, err := svc.Failures(ctx, f)
 	if err != nil {
 		return err
 	}

@@ -24,8 +24,10 @@ type Server struct {
 }
 
 // Listen binds addr ("127.0.0.1:9464"; port 0 picks one). ready reports
-// readiness and, when not ready, why.
-func Listen(addr string, reg *prometheus.Registry, ready func() (bool, string), extra map[string]http.Handler) (*Server, error) {
+// readiness and, when not ready, why. extra are more routes; guard, when
+// not nil, wraps the profiles (e.g. a token check).
+func Listen(addr string, reg *prometheus.Registry, ready func() (bool, string), extra map[string]http.Handler,
+	guard func(http.Handler) http.Handler) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin: listen on %s (set --admin-addr to a free address): %w", addr, err)
@@ -45,10 +47,13 @@ func Listen(addr string, reg *prometheus.Registry, ready func() (bool, string), 
 		fmt.Fprintln(w, "ready")
 	})
 	// Profiles for operators (the admin address is loopback by default).
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if guard == nil {
+		guard = func(h http.Handler) http.Handler { return h }
+	}
+	mux.Handle("/debug/pprof/", guard(http.HandlerFunc(pprof.Index)))
+	mux.Handle("/debug/pprof/profile", guard(http.HandlerFunc(pprof.Profile)))
+	mux.Handle("/debug/pprof/symbol", guard(http.HandlerFunc(pprof.Symbol)))
+	mux.Handle("/debug/pprof/trace", guard(http.HandlerFunc(pprof.Trace)))
 	for p, h := range extra {
 		mux.Handle(p, h)
 	}

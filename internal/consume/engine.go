@@ -48,6 +48,8 @@ type Engine struct {
 	// never committed after it was revoked (another member may own it).
 	commitMu sync.Mutex
 	owned    map[lane.TP]bool
+
+	finished finishedCounter // deliveries finished, for the live report
 	paused   map[lane.TP]bool
 }
 
@@ -119,6 +121,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	g.Go(func() error { e.sched.Run(gctx); return nil })
 	g.Go(func() error { return e.commitLoop(gctx) })
 	g.Go(func() error { return e.pauseLoop(gctx) })
+	g.Go(func() error { return e.reportLoop(gctx) })
 	g.Go(func() error { return e.poll(gctx) })
 	err = g.Wait()
 
@@ -479,6 +482,9 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 		return e.dbTrouble(err)
 	}
 	e.m.Deliveries.WithLabelValues(e.cfg.Name, string(o.State)).Inc()
+	if o.State.Final() {
+		e.finished.n.Add(1)
+	}
 	switch o.State {
 	case delivery.Failed, delivery.Compensating:
 		e.log.Warn("delivery "+string(o.State)+"; lane backs off", "event_id", ev.ID, "tenant_id", ev.TenantID, "attempt", att.Number,

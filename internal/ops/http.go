@@ -1,0 +1,213 @@
+package ops
+
+import (
+	"context"
+	"crypto/subtle"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ferry-cdc/ferry/internal/delivery"
+)
+
+//go:embed page.html
+var page []byte
+
+// Routes returns the admin API and the web page, to mount on the sink's
+// admin server. When token is not empty every API route needs it, as
+// "Authorization: Bearer <token>" (the page holds no data; it takes the
+// token from its URL fragment, /#token=..., for its API calls).
+//
+//	GET  /                           the read-only web page
+//	GET  /api/v1/status              []IntegrationStatus
+//	GET  /api/v1/failures            ?integration=&tenant=&state=a,b&since=1h&limit=100
+//	GET  /api/v1/tenants             ?integration=
+//	POST /api/v1/retry               {"integration", "event" | "tenant" | "all": true}
+//	POST /api/v1/skip                {"integration", "event", "reason"}
+//	POST /api/v1/pause               {"integration", "tenant", "reason"}
+//	POST /api/v1/resume              {"integration", "tenant"}
+//	POST /api/v1/tenants/enable      {"integration", "tenant", "reason"}
+//	POST /api/v1/tenants/disable     {"integration", "tenant", "reason", "no_rollback"}
+//
+// Errors are {"error": "..."} with 400 (bad argument), 409 (the state does
+// not allow it), 401 (token) or 500.
+func (s *Service) Routes(token string) map[string]http.Handler {
+	guard := func(h http.HandlerFunc) http.Handler { return Guard(token)(h) }
+	routes := map[string]http.Handler{
+		"GET /{$}": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			// The page itself holds no data; its API calls carry the token.
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+			w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+			_, _ = w.Write(page)
+		}),
+		"GET /api/v1/status": guard(func(w http.ResponseWriter, r *http.Request) {
+			st, err := s.Status(r.Context())
+			reply(w, st, err)
+		}),
+		"GET /api/v1/failures": guard(func(w http.ResponseWriter, r *http.Request) {
+			f, err := filter(r)
+			if err != nil {
+				reply(w, nil, err)
+				return
+			}
+			rows, err := s.Failures(r.Context(), f)
+			reply(w, rows, err)
+		}),
+		"GET /api/v1/tenants": guard(func(w http.ResponseWriter, r *http.Request) {
+			ts, err := s.Tenants(r.Context(), r.URL.Query().Get("integration"))
+			reply(w, ts, err)
+		}),
+		"POST /api/v1/retry": guard(func(w http.ResponseWriter, r *http.Request) {
+			var req RetryRequest
+			if !decode(w, r, &req) {
+				return
+			}
+			n, err := s.Retry(r.Context(), req)
+			reply(w, map[string]int{"retrying": n}, err)
+		}),
+		"POST /api/v1/skip": guard(func(w http.ResponseWriter, r *http.Request) {
+			var req struct{ Integration, Event, Reason string }
+			if !decode(w, r, &req) {
+				return
+			}
+			reply(w, map[string]string{"skipped": req.Event}, s.Skip(r.Context(), req.Integration, req.Event, req.Reason))
+		}),
+		"POST /api/v1/pause": guard(func(w http.ResponseWriter, r *http.Request) {
+			var req struct{ Integration, Tenant, Reason string }
+			if !decode(w, r, &req) {
+				return
+			}
+			reply(w, map[string]string{"paused": target(req.Integration, req.Tenant)}, s.Pause(r.Context(), req.Integration, req.Tenant, req.Reason))
+		}),
+		"POST /api/v1/resume": guard(func(w http.ResponseWriter, r *http.Request) {
+			var req struct{ Integration, Tenant string }
+			if !decode(w, r, &req) {
+				return
+			}
+			reply(w, map[string]string{"resumed": target(req.Integration, req.Tenant)}, s.Resume(r.Context(), req.Integration, req.Tenant))
+		}),
+		"POST /api/v1/tenants/enable": guard(func(w http.ResponseWriter, r *http.Request) {
+			var req struct{ Integration, Tenant, Reason string }
+			if !decode(w, r, &req) {
+				return
+			}
+			res, err := s.Enable(r.Context(), req.Integration, req.Tenant, req.Reason, 0)
+			reply(w, res, err)
+		}),
+		"POST /api/v1/tenants/disable": guard(func(w http.ResponseWriter, r *http.Request) {
+			var req struct {
+				Integration, Tenant, Reason string
+				NoRollback                  bool `json:"no_rollback"`
+			}
+			if !decode(w, r, &req) {
+				return
+			}
+			// The rollback outlives a client that hangs up.
+			ctx := context.WithoutCancel(r.Context())
+			res, err := s.Disable(ctx, req.Integration, req.Tenant, req.Reason, !req.NoRollback)
+			reply(w, res, err)
+		}),
+	}
+	return routes
+}
+
+// Guard requires "Authorization: Bearer <token>" when token is not empty.
+func Guard(token string) func(http.Handler) http.Handler {
+	return func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if token != "" {
+				got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+				if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+					writeErr(w, http.StatusUnauthorized, "missing or wrong token: send Authorization: Bearer <token> (the sink's admin token, FERRY_ADMIN_TOKEN)")
+					return
+				}
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+}
+
+// Target names an integration or one tenant of it.
+func target(integration, tenant string) string {
+	if tenant == "" {
+		return integration + " (all tenants)"
+	}
+	return integration + " tenant " + tenant
+}
+
+func filter(r *http.Request) (delivery.Filter, error) {
+	q := r.URL.Query()
+	f := delivery.Filter{Integration: q.Get("integration"), TenantID: q.Get("tenant"), Limit: 100}
+	if v := q.Get("state"); v != "" {
+		for _, st := range strings.Split(v, ",") {
+			f.States = append(f.States, delivery.State(strings.TrimSpace(st)))
+		}
+	}
+	if v := q.Get("since"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return f, bad("since=%q: give a duration such as 1h or 15m", v)
+		}
+		f.Since = time.Now().Add(-d)
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return f, bad("limit=%q: give a number", v)
+		}
+		f.Limit = n
+	}
+	return f, nil
+}
+
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeErr(w, http.StatusBadRequest, "request body: "+err.Error()+" (send a JSON object; see docs/operations.md)")
+		return false
+	}
+	return true
+}
+
+func reply(w http.ResponseWriter, v any, err error) {
+	if err != nil {
+		var ie *InputError
+		if errors.As(err, &ie) {
+			writeErr(w, ie.Status, ie.Msg)
+			return
+		}
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v) // a client hanging up is its own problem
+}
+
+func writeErr(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
+
+// CheckExposure refuses an admin address that is not loopback without a
+// token: the API can skip events and roll tenants back.
+func CheckExposure(addr, token string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("admin_addr %q: %v (use host:port, e.g. 127.0.0.1:9465)", addr, err)
+	}
+	if token != "" {
+		return nil
+	}
+	if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+		return nil
+	}
+	return fmt.Errorf("admin_addr %q is not a loopback address: set an admin token (FERRY_ADMIN_TOKEN) so the admin API is not open to the network, or bind 127.0.0.1", addr)
+}

@@ -1,0 +1,405 @@
+// Package ops is the sink's operator surface: status, failures, retry,
+// skip, pause, resume and the tenant switch. The CLI commands and the
+// admin HTTP API both call it, so they do the same thing.
+package ops
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ferry-cdc/ferry/internal/consume"
+	"github.com/ferry-cdc/ferry/internal/delivery"
+	"github.com/ferry-cdc/ferry/pkg/connector"
+	"github.com/ferry-cdc/ferry/pkg/mapping"
+)
+
+// Integration is what operations need of one configured integration.
+type Integration struct {
+	Name, Group string
+	// Connector is needed to roll a disabled tenant back.
+	Connector   connector.Connector
+	ParkRecheck time.Duration
+	Timeout     time.Duration
+}
+
+// Service runs operations against the delivery log (and Kafka, for
+// consumer lag, when Brokers are known).
+type Service struct {
+	Log          *delivery.Log
+	Pool         *pgxpool.Pool
+	Brokers      []string
+	Integrations map[string]Integration
+}
+
+// InputError is an operator mistake (bad or missing argument, nothing to
+// act on): the CLI exits non-zero with it, the API answers 4xx.
+type InputError struct {
+	Status int // HTTP status: 400 (bad argument) or 409 (state does not allow it)
+	Msg    string
+}
+
+func (e *InputError) Error() string { return e.Msg }
+
+func bad(format string, args ...any) error {
+	return &InputError{Status: 400, Msg: fmt.Sprintf(format, args...)}
+}
+
+func conflict(err error) error { return &InputError{Status: 409, Msg: err.Error()} }
+
+// Process is one running sink's live state for one integration.
+type Process struct {
+	ProcessID  string         `json:"process_id"`
+	Host       string         `json:"host"`
+	StartedAt  time.Time      `json:"started_at"`
+	UpdatedAt  time.Time      `json:"updated_at"`
+	Partitions []string       `json:"partitions"`
+	Lanes      map[string]int `json:"lanes"`
+	Breaker    string         `json:"breaker"`
+	Rate       float64        `json:"deliveries_per_second"`
+}
+
+// PartitionLag is the consumer lag of one partition.
+type PartitionLag struct {
+	Topic     string `json:"topic"`
+	Partition int32  `json:"partition"`
+	Committed int64  `json:"committed"`
+	End       int64  `json:"end"`
+	Lag       int64  `json:"lag"`
+}
+
+// IntegrationStatus is `sink status` for one integration.
+type IntegrationStatus struct {
+	Name       string           `json:"integration"`
+	Deliveries map[string]int64 `json:"deliveries"` // by state
+	Parked     map[string]int64 `json:"parked"`     // tenant → queued events
+	Processes  []Process        `json:"processes"`  // live sinks
+	Lanes      map[string]int   `json:"lanes"`      // by state, over live sinks
+	Breaker    string           `json:"breaker"`    // closed, open, half-open; "" when no sink runs
+	Rate       float64          `json:"deliveries_per_second"`
+	Lag        []PartitionLag   `json:"lag,omitempty"`
+	LagTotal   int64            `json:"lag_total"`
+	LagError   string           `json:"lag_error,omitempty"`
+}
+
+// Status reports every integration known to the log, the live sinks or
+// the configuration.
+func (s *Service) Status(ctx context.Context) ([]IntegrationStatus, error) {
+	counts, parked, err := s.Log.Counts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string]*IntegrationStatus{}
+	get := func(name string) *IntegrationStatus {
+		st := byName[name]
+		if st == nil {
+			st = &IntegrationStatus{Name: name, Deliveries: map[string]int64{}, Parked: map[string]int64{}, Lanes: map[string]int{}}
+			byName[name] = st
+		}
+		return st
+	}
+	for _, c := range counts {
+		get(c.Integration).Deliveries[string(c.State)] = c.Deliveries
+	}
+	for in, ts := range parked {
+		for t, n := range ts {
+			get(in).Parked[t] = n
+		}
+	}
+	groups := map[string]string{}
+	for name, in := range s.Integrations {
+		get(name)
+		groups[name] = in.Group
+	}
+	rows, err := s.Pool.Query(ctx, `SELECT process_id, integration, consumer_group, host, started_at, updated_at, partitions, lanes, breaker, rate
+		FROM ferry.sink_process WHERE updated_at > now() - $1::interval ORDER BY integration, process_id`,
+		fmt.Sprintf("%d milliseconds", 3*consume.ReportInterval.Milliseconds()))
+	if err != nil {
+		return nil, fmt.Errorf("status: read live sinks: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var p Process
+		var in, group string
+		var parts, lanes []byte
+		if err := rows.Scan(&p.ProcessID, &in, &group, &p.Host, &p.StartedAt, &p.UpdatedAt, &parts, &lanes, &p.Breaker, &p.Rate); err != nil {
+			return nil, fmt.Errorf("status: read live sinks: %w", err)
+		}
+		if err := json.Unmarshal(parts, &p.Partitions); err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal(lanes, &p.Lanes); err != nil {
+			return nil, err
+		}
+		st := get(in)
+		st.Processes = append(st.Processes, p)
+		for k, n := range p.Lanes {
+			st.Lanes[k] += n
+		}
+		st.Rate += p.Rate
+		st.Breaker = worse(st.Breaker, p.Breaker)
+		if groups[in] == "" {
+			groups[in] = group
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	s.lag(ctx, byName, groups)
+	out := make([]IntegrationStatus, 0, len(byName))
+	for _, st := range byName {
+		out = append(out, *st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// worse returns the more alarming breaker state.
+func worse(a, b string) string {
+	rank := map[string]int{"": 0, "closed": 1, "half-open": 2, "open": 3}
+	if rank[strings.ToLower(b)] > rank[strings.ToLower(a)] {
+		return strings.ToLower(b)
+	}
+	return strings.ToLower(a)
+}
+
+// lag fills consumer lag per partition from Kafka, when brokers are known.
+func (s *Service) lag(ctx context.Context, byName map[string]*IntegrationStatus, groups map[string]string) {
+	if len(groups) == 0 {
+		return
+	}
+	if len(s.Brokers) == 0 {
+		for name := range groups {
+			byName[name].LagError = "no Kafka brokers given (--brokers or FERRY_KAFKA_BROKERS): lag unknown"
+		}
+		return
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s.Brokers...))
+	if err != nil {
+		for name := range groups {
+			byName[name].LagError = err.Error()
+		}
+		return
+	}
+	defer cl.Close()
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	names := make([]string, 0, len(groups))
+	for _, g := range groups {
+		names = append(names, g)
+	}
+	lags, err := kadm.NewClient(cl).Lag(lctx, names...)
+	for name, group := range groups {
+		st := byName[name]
+		if err != nil {
+			st.LagError = fmt.Sprintf("cannot reach Kafka %v: %v", s.Brokers, err)
+			continue
+		}
+		l, ok := lags[group]
+		if !ok || l.Error() != nil {
+			st.LagError = fmt.Sprintf("group %s: %v", group, l.Error())
+			continue
+		}
+		for _, tl := range l.Lag.Sorted() {
+			if tl.Err != nil {
+				continue
+			}
+			st.Lag = append(st.Lag, PartitionLag{Topic: tl.Topic, Partition: tl.Partition, Committed: tl.Commit.At, End: tl.End.Offset, Lag: tl.Lag})
+			st.LagTotal += tl.Lag
+		}
+	}
+}
+
+// Failures lists problem deliveries.
+func (s *Service) Failures(ctx context.Context, f delivery.Filter) ([]delivery.Failure, error) {
+	for _, st := range f.States {
+		switch st {
+		case delivery.Pending, delivery.InFlight, delivery.Succeeded, delivery.Failed, delivery.Rejected, delivery.Waiting,
+			delivery.Skipped, delivery.Compensating, delivery.Compensated:
+		default:
+			return nil, bad("unknown state %q: use pending, in_flight, succeeded, failed, rejected, waiting, skipped, compensating or compensated", st)
+		}
+	}
+	if f.Limit < 0 || f.Limit > 10000 {
+		return nil, bad("limit %d: give 1 to 10000", f.Limit)
+	}
+	rows, err := s.Log.Failures(ctx, f)
+	if rows == nil && err == nil {
+		rows = []delivery.Failure{}
+	}
+	return rows, err
+}
+
+// RetryRequest selects what to retry: one event, a tenant's deliveries, or
+// all of an integration's.
+type RetryRequest struct {
+	Integration string `json:"integration"`
+	Event       string `json:"event"`
+	Tenant      string `json:"tenant"`
+	All         bool   `json:"all"`
+}
+
+// Retry makes rejected, failed or compensated deliveries retryable; it
+// returns how many.
+func (s *Service) Retry(ctx context.Context, r RetryRequest) (int, error) {
+	if r.Integration == "" {
+		return 0, bad("retry: integration is required")
+	}
+	n := 0
+	for _, set := range []bool{r.Event != "", r.Tenant != "", r.All} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return 0, bad("retry: give exactly one of event, tenant or all")
+	}
+	if r.Event != "" {
+		if err := s.Log.Retry(ctx, r.Integration, r.Event); err != nil {
+			return 0, conflict(err)
+		}
+		return 1, nil
+	}
+	return s.Log.RetryTenant(ctx, r.Integration, r.Tenant)
+}
+
+// Skip skips one delivery, with a reason.
+func (s *Service) Skip(ctx context.Context, integration, event, reason string) error {
+	switch {
+	case integration == "" || event == "":
+		return bad("skip: integration and event are required")
+	case strings.TrimSpace(reason) == "":
+		return bad("skip: a reason is required (it is recorded)")
+	}
+	if err := s.Log.Skip(ctx, integration, event, reason); err != nil {
+		return conflict(err)
+	}
+	return nil
+}
+
+// Pause pauses an integration, or one tenant of it.
+func (s *Service) Pause(ctx context.Context, integration, tenant, reason string) error {
+	if integration == "" {
+		return bad("pause: integration is required")
+	}
+	return s.Log.Pause(ctx, integration, tenant, reason)
+}
+
+// Resume lifts a pause.
+func (s *Service) Resume(ctx context.Context, integration, tenant string) error {
+	if integration == "" {
+		return bad("resume: integration is required")
+	}
+	if err := s.Log.Resume(ctx, integration, tenant); err != nil {
+		return conflict(err)
+	}
+	return nil
+}
+
+// Tenants lists tenants.
+func (s *Service) Tenants(ctx context.Context, integration string) ([]delivery.Tenant, error) {
+	ts, err := s.Log.Tenants(ctx, integration)
+	if ts == nil && err == nil {
+		ts = []delivery.Tenant{}
+	}
+	return ts, err
+}
+
+// Enabled is what enabling a tenant did.
+type Enabled struct {
+	Request int64 `json:"resync_request"`
+	// Events is how many events the resync published, or -1 while cdc has
+	// not served the request yet.
+	Events int `json:"events"`
+}
+
+// Enable switches a tenant on and files its resync; it waits up to wait
+// for cdc to serve it.
+func (s *Service) Enable(ctx context.Context, integration, tenant, reason string, wait time.Duration) (Enabled, error) {
+	if integration == "" || tenant == "" {
+		return Enabled{}, bad("enable: integration and tenant are required")
+	}
+	id, err := s.Log.SetTenant(ctx, integration, tenant, true, reason)
+	if err != nil {
+		return Enabled{}, err
+	}
+	res := Enabled{Request: id, Events: -1}
+	deadline := time.Now().Add(wait)
+	for {
+		var n *int
+		if err := s.Pool.QueryRow(ctx, `SELECT events FROM ferry.resync_request WHERE id = $1`, id).Scan(&n); err != nil {
+			return res, fmt.Errorf("read resync request %d: %w", id, err)
+		}
+		if n != nil {
+			res.Events = *n
+			return res, nil
+		}
+		if !time.Now().Before(deadline) {
+			return res, nil
+		}
+		select {
+		case <-ctx.Done():
+			return res, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Disable switches a tenant off and, unless rollback is false, waits for
+// running sinks to notice and finish what they have in flight, then
+// deletes at the partner everything the tenant's mappings hold.
+func (s *Service) Disable(ctx context.Context, integration, tenant, reason string, rollback bool) (consume.RollbackResult, error) {
+	if integration == "" || tenant == "" {
+		return consume.RollbackResult{}, bad("disable: integration and tenant are required")
+	}
+	in, ok := s.Integrations[integration]
+	if rollback && (!ok || in.Connector == nil) {
+		return consume.RollbackResult{}, bad("disable: integration %q is not in the --config file: the rollback needs its connector (or pass --no-rollback)", integration)
+	}
+	if _, err := s.Log.SetTenant(ctx, integration, tenant, false, reason); err != nil {
+		return consume.RollbackResult{}, err
+	}
+	if !rollback {
+		return consume.RollbackResult{}, nil
+	}
+	// Running sinks re-read the switch every park_recheck; a delivery
+	// already in flight finishes before the rollback reads the mappings.
+	settle := time.Now().Add(2 * in.ParkRecheck)
+	deadline := settle.Add(in.Timeout)
+	for {
+		n, err := s.Log.InFlight(ctx, integration, tenant)
+		if err != nil {
+			return consume.RollbackResult{}, err
+		}
+		if n == 0 && time.Now().After(settle) {
+			break
+		}
+		if time.Now().After(deadline) {
+			return consume.RollbackResult{}, fmt.Errorf("disable: %d deliveries of %s are still in flight after %s; run the disable again", n, tenant, in.Timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return consume.RollbackResult{}, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	maps, err := mapping.New(s.Pool, 1)
+	if err != nil {
+		return consume.RollbackResult{}, err
+	}
+	return consume.Rollback(ctx, integration, tenant, in.Connector, s.Log, maps, in.Timeout)
+}
+
+// IsInput reports whether err is an operator mistake.
+func IsInput(err error) bool {
+	var ie *InputError
+	return errors.As(err, &ie)
+}
