@@ -9,15 +9,16 @@ export GOTOOLCHAIN := local
 
 all: build
 
-# Installs kcat, the PostgreSQL 15 server and Debian's docker-compose (to
-# validate docker-compose.yml without an engine) when missing, and the Go
-# modules. apt-get needs root; without root, install them yourself.
+# Installs kcat, the PostgreSQL 15 server, Debian's docker-compose (to
+# validate docker-compose.yml without an engine) and chromium (the web
+# page's test) when missing, and the Go modules. apt-get needs root; without root, install them yourself.
 deps:
 	@missing=(); \
 	command -v kcat >/dev/null || missing+=(kcat); \
 	command -v docker-compose >/dev/null || missing+=(docker-compose); \
 	command -v curl >/dev/null || missing+=(curl); \
 	command -v psql >/dev/null || missing+=(postgresql-client-15); \
+	command -v chromium >/dev/null || missing+=(chromium fonts-dejavu-core); \
 	{ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing+=(postgresql-15); \
 	if [ $${#missing[@]} -gt 0 ]; then \
 		echo "installing: $${missing[*]}"; \

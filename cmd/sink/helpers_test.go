@@ -33,6 +33,8 @@ type env struct {
 	prod   *kgo.Client
 	topic  string
 	conn   *pgx.Conn
+	// vars is the environment the sink sees (start).
+	vars map[string]string
 }
 
 func newEnv(t *testing.T, simCfg partnersim.Config) *env {
@@ -107,7 +109,7 @@ func (e *env) start(args ...string) (stop func() (int, string)) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var stderr syncBuffer
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, args, func(string) string { return "" }, io.Discard, &stderr) }()
+	go func() { done <- run(ctx, args, func(k string) string { return e.vars[k] }, io.Discard, &stderr) }()
 	var once sync.Once
 	var code int
 	stop = func() (int, string) {
