@@ -108,7 +108,8 @@ type resyncCmd struct {
 	Tenant      string `help:"The tenant." required:""`
 }
 type statusCmd struct {
-	JSON bool `help:"Print JSON."`
+	JSON    bool `help:"Print JSON."`
+	Tenants int  `help:"Show this many tenants, newest event first." default:"20"`
 }
 
 var errHelp = errors.New("help shown")

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"text/tabwriter"
 	"time"
 
@@ -40,6 +41,9 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 			return nil
 		})
 	case "status":
+		if c.st.Tenants < 0 {
+			return fmt.Errorf("status: --tenants %d: give 0 or more", c.st.Tenants)
+		}
 		return c.status(ctx, stdout)
 	case "resync":
 		return withConn(ctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
@@ -92,6 +96,8 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	if err := withConn(ctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error { return migrate(ctx, conn) }); err != nil {
 		return err
 	}
+	tenants := publish.NewTenants()
+	pub.Tenants = tenants
 	reader := outbox.NewReader(c.cfg.Outbox, c.cfg.PostgresURL, pub, log, m)
 	g, gctx := errgroup.WithContext(ctx)
 	if c.cfg.AdminAddr != "off" {
@@ -103,13 +109,38 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 				return false, "not streaming, or heartbeats are not coming back"
 			}
 			return true, ""
-		}, nil, nil)
+		}, map[string]http.Handler{"GET /tenants": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(tenants.Snapshot()) // a client hanging up is its own problem
+		})}, nil)
 		if err != nil {
 			return err
 		}
 		log.Info("admin listening", "addr", srv.Addr())
 		g.Go(func() error { return srv.Run(gctx) })
 	}
+	g.Go(func() error {
+		conn, err := pgx.Connect(gctx, c.cfg.PostgresURL)
+		if err != nil {
+			return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
+		}
+		defer conn.Close(context.WithoutCancel(gctx))
+		t := time.NewTicker(tenantFlush)
+		defer t.Stop()
+		for {
+			select {
+			case <-gctx.Done():
+				fctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 2*time.Second)
+				_ = tenants.Flush(fctx, conn, c.cfg.Outbox.Slot)
+				cancel()
+				return gctx.Err()
+			case <-t.C:
+			}
+			if err := tenants.Flush(gctx, conn, c.cfg.Outbox.Slot); err != nil && gctx.Err() == nil {
+				log.Warn("could not record per-tenant progress in ferry.cdc_tenant; will try again", "reason", err.Error())
+			}
+		}
+	})
 	if c.cfg.Outbox.ResyncPoll > 0 {
 		g.Go(func() error {
 			conn, err := pgx.Connect(gctx, c.cfg.PostgresURL)
@@ -133,6 +164,9 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	return err
 }
+
+// tenantFlush is how often per-tenant progress goes to ferry.cdc_tenant.
+const tenantFlush = 2 * time.Second
 
 func migrate(ctx context.Context, conn *pgx.Conn) error {
 	_, err := pgdb.Migrate(ctx, conn)
@@ -160,6 +194,15 @@ type slotStatus struct {
 	LastConfirmed    *time.Time `json:"last_confirmed_commit,omitempty"`
 	RecordedLSN      string     `json:"recorded_lsn,omitempty"`
 	SafeWALSizeBytes int64      `json:"safe_wal_size_bytes"`
+	// Tenants are the tenants with the newest published events (up to
+	// --tenants), from ferry.cdc_tenant.
+	Tenants []tenantStatus `json:"tenants"`
+}
+
+type tenantStatus struct {
+	TenantID     string    `json:"tenant_id"`
+	LastCommitAt time.Time `json:"last_event_commit_time"`
+	Events       int64     `json:"events_published"`
 }
 
 func (c *command) status(ctx context.Context, stdout io.Writer) error {
@@ -188,6 +231,23 @@ func (c *command) status(ctx context.Context, stdout io.Writer) error {
 		} else if !errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("status: read ferry.cdc_slot (run `cdc setup`): %w", err)
 		}
+		rows, err := conn.Query(ctx, `SELECT tenant_id, last_commit_at, events FROM ferry.cdc_tenant WHERE slot_name = $1
+			ORDER BY last_commit_at DESC, tenant_id LIMIT $2`, s.Slot, c.st.Tenants)
+		if err != nil {
+			return fmt.Errorf("status: read ferry.cdc_tenant (run `cdc setup`): %w", err)
+		}
+		for rows.Next() {
+			var t tenantStatus
+			if err := rows.Scan(&t.TenantID, &t.LastCommitAt, &t.Events); err != nil {
+				rows.Close()
+				return fmt.Errorf("status: read ferry.cdc_tenant: %w", err)
+			}
+			s.Tenants = append(s.Tenants, t)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
 		if c.st.JSON {
 			enc := json.NewEncoder(stdout)
 			enc.SetIndent("", "  ")
@@ -200,6 +260,14 @@ func (c *command) status(ctx context.Context, stdout io.Writer) error {
 			return w.Flush()
 		}
 		fmt.Fprintf(w, "active\t%v\nwal_status\t%s\nconfirmed_lsn\t%s\nlag_bytes\t%d\nlag_seconds\t%.1f\n", s.Active, s.WALStatus, s.ConfirmedLSN, s.LagBytes, s.LagSeconds)
+		if err := w.Flush(); err != nil {
+			return err
+		}
+		w = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(w, "\nTENANT\tLAST EVENT (COMMIT TIME)\tAGO\tEVENTS PUBLISHED\n")
+		for _, t := range s.Tenants {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\n", t.TenantID, t.LastCommitAt.UTC().Format(time.RFC3339), time.Since(t.LastCommitAt).Round(time.Second), t.Events)
+		}
 		return w.Flush()
 	})
 }

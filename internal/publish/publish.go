@@ -106,6 +106,8 @@ type Publisher struct {
 	router *route.Router
 	log    *slog.Logger
 	m      *metrics.CDC
+	// Tenants, when set, tracks each tenant's published events.
+	Tenants *Tenants
 }
 
 // New creates the producer. It does not contact the brokers; call Ping.
@@ -199,6 +201,9 @@ func (st *txState) finish(err error) {
 	if st.remaining.Add(-1) == 0 && st.acked.CompareAndSwap(false, true) {
 		st.p.m.Events.WithLabelValues("published").Add(float64(len(st.tx.Events) - int(st.dead.Load())))
 		st.p.m.Events.WithLabelValues("dead_lettered").Add(float64(st.dead.Load()))
+		if st.p.Tenants != nil {
+			st.p.Tenants.observe(st.tx)
+		}
 		st.ack(nil)
 	}
 }

@@ -1,0 +1,111 @@
+package publish
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ferry-cdc/ferry/internal/outbox"
+)
+
+// Tenants tracks, per tenant, the commit time of its newest published
+// event and how many were published, for `cdc status` and the admin API.
+// Safe for concurrent use.
+type Tenants struct {
+	mu sync.Mutex
+	m  map[string]*TenantStat
+}
+
+// TenantStat is one tenant's published events.
+type TenantStat struct {
+	TenantID     string    `json:"tenant_id"`
+	LastCommitAt time.Time `json:"last_commit_at"`
+	Events       int64     `json:"events"`
+	dirty        bool
+	flushed      int64 // Events already added to ferry.cdc_tenant
+}
+
+// NewTenants returns an empty tracker.
+func NewTenants() *Tenants { return &Tenants{m: map[string]*TenantStat{}} }
+
+// observe records a transaction Kafka acknowledged.
+func (t *Tenants) observe(tx *outbox.Tx) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var last *TenantStat
+	for i := range tx.Events {
+		id := tx.Events[i].TenantID
+		if id == "" || tx.Events[i].Invalid != "" {
+			continue
+		}
+		if last == nil || last.TenantID != id {
+			last = t.m[id]
+			if last == nil {
+				last = &TenantStat{TenantID: id}
+				t.m[id] = last
+			}
+			if tx.CommitTime.After(last.LastCommitAt) {
+				last.LastCommitAt = tx.CommitTime
+			}
+			last.dirty = true
+		}
+		last.Events++
+	}
+}
+
+// Snapshot returns every tenant, newest first.
+func (t *Tenants) Snapshot() []TenantStat {
+	t.mu.Lock()
+	out := make([]TenantStat, 0, len(t.m))
+	for _, s := range t.m {
+		out = append(out, *s)
+	}
+	t.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].LastCommitAt.After(out[j].LastCommitAt) })
+	return out
+}
+
+// Flush writes the tenants changed since the last flush to
+// ferry.cdc_tenant for slot. After a failed flush the next one writes
+// the same changes again.
+func (t *Tenants) Flush(ctx context.Context, conn *pgx.Conn, slot string) error {
+	type change struct {
+		id    string
+		last  time.Time
+		delta int64
+		upto  int64
+	}
+	t.mu.Lock()
+	var changed []change
+	for _, s := range t.m {
+		if s.dirty {
+			changed = append(changed, change{s.TenantID, s.LastCommitAt, s.Events - s.flushed, s.Events})
+			s.dirty = false
+		}
+	}
+	t.mu.Unlock()
+	if len(changed) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	for _, c := range changed {
+		b.Queue(`INSERT INTO ferry.cdc_tenant (slot_name, tenant_id, last_commit_at, events) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (slot_name, tenant_id) DO UPDATE SET last_commit_at = GREATEST(ferry.cdc_tenant.last_commit_at, $3),
+				events = ferry.cdc_tenant.events + $4, updated_at = now()`, slot, c.id, c.last, c.delta)
+	}
+	err := conn.SendBatch(ctx, b).Close()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, c := range changed {
+		s := t.m[c.id]
+		if err != nil {
+			s.dirty = true
+		} else {
+			s.flushed = c.upto
+		}
+	}
+	return err
+}
