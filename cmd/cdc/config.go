@@ -75,6 +75,7 @@ type flags struct {
 	Envelope    *string        `help:"Record value: raw (default; the payload as written) or cloudevents." env:"FERRY_ENVELOPE" enum:"raw,cloudevents," default:""`
 	DeadLetter  *string        `help:"Topic for events that cannot be published normally (default ferry.cdc.dead_letter)." env:"FERRY_DEAD_LETTER_TOPIC" name:"dead-letter-topic"`
 	OnBadEvent  *string        `help:"Bad events: dead_letter (default) or stop (exit naming the event; the slot stays before it)." env:"FERRY_ON_BAD_EVENT" enum:"dead_letter,stop," default:""`
+	Partitions  *string        `help:"Outbox partitioning when cdc creates the table: daily (dropped whole by prune) or empty." env:"FERRY_OUTBOX_PARTITIONS" enum:",daily" name:"partitions"`
 	MsgPrefix   *string        `help:"Prefix of table-less outbox messages (pg_logical_emit_message) (default ferry.outbox)." env:"FERRY_MESSAGE_PREFIX" name:"message-prefix"`
 	Heartbeat   *time.Duration `help:"Heartbeat interval (default 10s; negative disables)." env:"FERRY_HEARTBEAT_INTERVAL" name:"heartbeat-interval"`
 	StatusEvery *time.Duration `help:"How often the confirmed position is sent to the slot (default 1s)." env:"FERRY_STATUS_INTERVAL" name:"status-interval"`
@@ -176,6 +177,7 @@ func (f *flags) apply(cfg *Config) {
 	set(&cfg.Kafka.DeadLetterTopic, f.DeadLetter)
 	set(&cfg.Kafka.OnBadEvent, f.OnBadEvent)
 	set(&cfg.Outbox.MessagePrefix, f.MsgPrefix)
+	set(&cfg.Outbox.Partitions, f.Partitions)
 	if f.Heartbeat != nil {
 		cfg.Outbox.HeartbeatInterval = *f.Heartbeat
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/ferry-cdc/ferry/internal/outbox"
+
 	"bytes"
 	"context"
 	"strings"
@@ -147,5 +149,55 @@ func TestPruneDeletesOnlyOldRowsBehindTheSlot(t *testing.T) {
 	e.exec(`UPDATE ferry.cdc_slot SET confirmed_commit_time = now() - interval '48 hours'`)
 	if code, out := prune("1h"); code != 0 || !strings.Contains(out, "pruned 0 rows") {
 		t.Fatalf("prune past the slot: %d %s", code, out)
+	}
+}
+
+// Daily partitions: cdc streams a partitioned outbox (published via its
+// root), keeps days ahead, and prune drops whole old days — still never
+// past the slot's last confirmed commit minus the recovery margin.
+func TestDailyPartitionsAreDroppedWhole(t *testing.T) {
+	e := newEnv(t)
+	args := e.args("--partitions", "daily")
+	args[0] = "setup"
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), args, noenv, &out, &errb); code != 0 {
+		t.Fatalf("setup: %d %s", code, errb.String())
+	}
+	cfg := outbox.Config{Table: "public.outbox", Partitions: "daily"}
+	cfg.SetDefaults()
+	now := time.Now().UTC()
+	// Past days get partitions too (as if cdc had run for a week).
+	if _, err := outbox.EnsurePartitions(context.Background(), e.conn, cfg, now.AddDate(0, 0, -6), now); err != nil {
+		t.Fatal(err)
+	}
+	var parts int
+	e.conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_inherits WHERE inhparent = 'public.outbox'::regclass`).Scan(&parts)
+	if parts != 6+1+7+1 { // six past days, today, seven ahead, default
+		t.Fatalf("%d partitions after setup", parts)
+	}
+	old4 := e.insert("acme", "product", "p1", "product.created", `{"n":1}`)
+	old3 := e.insert("acme", "product", "p1", "product.updated", `{"n":2}`)
+	e.exec(`UPDATE outbox SET created_at = now() - interval '4 days' WHERE id = $1`, old4) // moves the row to that day's partition
+	e.exec(`UPDATE outbox SET created_at = now() - interval '3 days' WHERE id = $1`, old3)
+	stop := e.inproc("--partitions", "daily")
+	fresh := e.insert("acme", "product", "p1", "product.updated", `{"n":3}`)
+	e.kafka.Consume(t, 30*time.Second, hasIDs([]string{old4, old3, fresh}), e.topic("product"))
+	target := e.walInsertLSN()
+	waitFor(t, 30*time.Second, "slot confirmed", func() bool { return e.slotLSN() >= target })
+	if code, stderr := stop(); code != 0 {
+		t.Fatalf("cdc: %d %s", code, stderr)
+	}
+	out.Reset()
+	errb.Reset()
+	code := run(context.Background(), []string{"prune", "--postgres-url", e.db, "--slot", e.slot, "--older-than", "48h", "--partitions", "daily"}, noenv, &out, &errb)
+	// Days ending at least 48h ago go: today-6 .. today-3 (four days).
+	if code != 0 || !strings.Contains(out.String(), "dropped 4 daily partitions") {
+		t.Fatalf("prune: %d %s %s", code, out.String(), errb.String())
+	}
+	var left int
+	e.conn.QueryRow(context.Background(), `SELECT count(*) FROM outbox`).Scan(&left)
+	e.conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_inherits WHERE inhparent = 'public.outbox'::regclass`).Scan(&parts)
+	if left != 1 || parts != 2+1+7+1 {
+		t.Fatalf("after prune: %d rows, %d partitions; want the fresh row and 11 partitions", left, parts)
 	}
 }

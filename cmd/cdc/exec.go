@@ -63,6 +63,9 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 			if err != nil {
 				return err
 			}
+			if res.DroppedPartitions > 0 {
+				fmt.Fprintf(stdout, "dropped %d daily partitions (about %d rows)\n", res.DroppedPartitions, res.DroppedRows)
+			}
 			fmt.Fprintf(stdout, "pruned %d rows created before %s\n", res.Deleted, res.Cutoff.UTC().Format(time.RFC3339))
 			return nil
 		})
@@ -141,6 +144,31 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 			}
 		}
 	})
+	if c.cfg.Outbox.Partitions == "daily" {
+		// Days ahead stay ready; checked hourly.
+		g.Go(func() error {
+			conn, err := pgx.Connect(gctx, c.cfg.PostgresURL)
+			if err != nil {
+				return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
+			}
+			defer conn.Close(context.WithoutCancel(gctx))
+			t := time.NewTicker(time.Hour)
+			defer t.Stop()
+			for {
+				now := time.Now()
+				if n, err := outbox.EnsurePartitions(gctx, conn, c.cfg.Outbox, now, now.AddDate(0, 0, c.cfg.Outbox.PartitionsAhead)); err != nil && gctx.Err() == nil {
+					log.Error("could not create the outbox's daily partitions; rows go to the default partition meanwhile", "reason", err.Error())
+				} else if n > 0 {
+					log.Info("created daily partitions", "partitions", n)
+				}
+				select {
+				case <-gctx.Done():
+					return gctx.Err()
+				case <-t.C:
+				}
+			}
+		})
+	}
 	if c.cfg.Outbox.ResyncPoll > 0 {
 		g.Go(func() error {
 			conn, err := pgx.Connect(gctx, c.cfg.PostgresURL)

@@ -44,6 +44,15 @@ type Config struct {
 	// recovering, to cover transactions that began before it and committed
 	// after it. Default 1h.
 	RecoverMargin time.Duration `yaml:"recover_margin"`
+	// Partitions is "" (a plain table) or "daily": cdc setup creates the
+	// outbox partitioned by day on created_at (UTC), cdc keeps
+	// PartitionsAhead days of partitions ready, and cdc prune drops whole
+	// days. Applies to an outbox cdc creates; an existing partitioned
+	// outbox is detected.
+	Partitions string `yaml:"partitions"`
+	// PartitionsAhead is how many days of partitions cdc creates ahead.
+	// Default 7.
+	PartitionsAhead int `yaml:"partitions_ahead"`
 	// ResyncPoll is how often cdc looks for resync requests (filed by
 	// `sink tenants enable` when the sink shares this database). Default
 	// 2s; negative disables.
@@ -81,6 +90,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Slot == "" {
 		c.Slot = "ferry_outbox"
+	}
+	if c.PartitionsAhead == 0 {
+		c.PartitionsAhead = 7
 	}
 	if c.ResyncPoll == 0 {
 		c.ResyncPoll = 2 * time.Second
@@ -131,6 +143,12 @@ func (c *Config) Validate() error {
 	}
 	if c.StatusInterval < 0 || c.StandbyPoll < 0 {
 		errs = append(errs, errors.New("outbox.status_interval and outbox.standby_poll must be positive"))
+	}
+	if c.Partitions != "" && c.Partitions != "daily" {
+		errs = append(errs, fmt.Errorf("outbox.partitions: %q: use daily, or leave it empty for a plain table", c.Partitions))
+	}
+	if c.PartitionsAhead < 0 {
+		errs = append(errs, fmt.Errorf("outbox.partitions_ahead: %d: give 1 or more days", c.PartitionsAhead))
 	}
 	if c.MessagePrefix == HeartbeatPrefix {
 		errs = append(errs, fmt.Errorf("outbox.message_prefix: %q is reserved for heartbeats", HeartbeatPrefix))

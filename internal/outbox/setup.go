@@ -33,6 +33,9 @@ func Setup(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 	if err := ensureTable(ctx, conn, cfg); err != nil {
 		return err
 	}
+	if _, err := EnsurePartitions(ctx, conn, cfg, time.Now(), time.Now().AddDate(0, 0, cfg.PartitionsAhead)); err != nil {
+		return err
+	}
 	if err := ensurePublication(ctx, conn, cfg); err != nil {
 		return err
 	}
@@ -57,6 +60,15 @@ func ensureTable(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 		return fmt.Errorf("setup: look up outbox table %s: %w", cfg.Table, err)
 	}
 	if exists {
+		if cfg.Partitions == "daily" {
+			part, err := partitioned(ctx, conn, cfg)
+			if err != nil {
+				return err
+			}
+			if !part {
+				return fmt.Errorf("setup: outbox.partitions is daily but %s exists and is not partitioned: partitioning an existing table is a migration of its own (docs/operations.md, Retention); or leave partitions empty", cfg.Table)
+			}
+		}
 		return nil
 	}
 	if !cfg.CreateObjects {
@@ -68,9 +80,10 @@ func ensureTable(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 	}
 	var b strings.Builder
 	data := struct {
-		Table string
+		Table, DefaultPartition string
+		Daily                   bool
 		Columns
-	}{cfg.Table, cfg.Columns}
+	}{cfg.Table, cfg.Table + "_default", cfg.Partitions == "daily", cfg.Columns}
 	if err := tpl.Execute(&b, data); err != nil {
 		return fmt.Errorf("setup: outbox template: %w", err)
 	}
