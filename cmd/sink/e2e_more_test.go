@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -174,4 +175,31 @@ func TestThreeProcessGroupWithRebalances(t *testing.T) {
 		want[fmt.Sprintf("t%02d", i)] = perTenant
 	}
 	checkInOrder(t, e.delivered(), want)
+}
+
+// JSON logs carry the fields that find an event: event_id, tenant_id,
+// integration, partition, offset and the commit lsn.
+func TestJSONLogsCarryEventFields(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	e.sim.AddRule(partnersim.Rule{Tenant: "acme", Status: 422, Reason: "no"})
+	e.produce("acme", "acme-1", "product.updated", `{"n":1}`)
+	stop := e.start("--config", e.config(""), "--log-format", "json")
+	waitFor(t, time.Minute, "the rejection", func() bool { return e.state("acme-1") == "rejected" })
+	_, logs := stop()
+	for _, line := range strings.Split(logs, "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) != nil || rec["msg"] != "delivery rejected" {
+			continue
+		}
+		for _, k := range []string{"event_id", "tenant_id", "integration", "partition", "offset", "lsn"} {
+			if v, ok := rec[k]; !ok || v == "" {
+				t.Fatalf("log line lacks %s: %s", k, line)
+			}
+		}
+		if rec["lsn"] != "0/16B3748" || rec["event_id"] != "acme-1" || rec["integration"] != "shop" {
+			t.Fatalf("log line: %s", line)
+		}
+		return
+	}
+	t.Fatalf("no JSON 'delivery rejected' line in:\n%s", logs)
 }

@@ -60,7 +60,7 @@ func (e *env) produce(tenant, eventID, eventType string, payload string) int32 {
 	rec := &kgo.Record{Topic: e.topic, Key: []byte(tenant), Value: []byte(payload), Headers: []kgo.RecordHeader{
 		{Key: "event_id", Value: []byte(eventID)}, {Key: "tenant_id", Value: []byte(tenant)},
 		{Key: "event_type", Value: []byte(eventType)}, {Key: "aggregate_type", Value: []byte("product")},
-		{Key: "aggregate_id", Value: []byte("p1")},
+		{Key: "aggregate_id", Value: []byte("p1")}, {Key: "commit_lsn", Value: []byte("0/16B3748")},
 	}}
 	res := e.prod.ProduceSync(context.Background(), rec)
 	if err := res.FirstErr(); err != nil {

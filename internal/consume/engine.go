@@ -487,22 +487,28 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	}
 	switch o.State {
 	case delivery.Failed, delivery.Compensating:
-		e.log.Warn("delivery "+string(o.State)+"; lane backs off", "event_id", ev.ID, "tenant_id", ev.TenantID, "attempt", att.Number,
-			"partition", tp.Partition, "offset", rec.Offset, "reason", o.Reason, "retry_at", o.NextRetry.Format(time.RFC3339Nano))
+		e.log.Warn("delivery "+string(o.State)+"; lane backs off", append(where(ev, tp, rec), "attempt", att.Number,
+			"reason", o.Reason, "retry_at", o.NextRetry.Format(time.RFC3339Nano))...)
 		return lane.Outcome{Verdict: lane.Backoff, Delay: time.Until(o.NextRetry)}
 	case delivery.Waiting:
-		e.log.Info("delivery waits for a parent", "event_id", ev.ID, "tenant_id", ev.TenantID,
-			"partition", tp.Partition, "offset", rec.Offset, "reason", o.Reason)
+		e.log.Info("delivery waits for a parent", append(where(ev, tp, rec), "reason", o.Reason)...)
 		return lane.Outcome{Verdict: lane.Backoff, Delay: e.cfg.WaitRecheck}
 	case delivery.Rejected, delivery.Compensated:
-		e.log.Error("delivery "+string(o.State), "event_id", ev.ID, "tenant_id", ev.TenantID, "partition", tp.Partition,
-			"offset", rec.Offset, "reason", o.Reason, "policy", e.cfg.OnReject)
+		e.log.Error("delivery "+string(o.State), append(where(ev, tp, rec), "reason", o.Reason, "policy", e.cfg.OnReject)...)
 		if e.cfg.OnReject == OnRejectSkip {
 			return lane.Outcome{Verdict: lane.Done}
 		}
 		return lane.Outcome{Verdict: lane.Park, Delay: e.cfg.ParkRecheck}
 	}
 	return lane.Outcome{Verdict: lane.Done}
+}
+
+// where are the log fields that find an event: its ids, where it is in
+// Kafka, and the commit LSN cdc read it at (the integration is on the
+// engine's logger).
+func where(ev connector.Event, tp lane.TP, rec *kgo.Record) []any {
+	return []any{"event_id", ev.ID, "tenant_id", ev.TenantID, "topic", tp.Topic, "partition", tp.Partition,
+		"offset", rec.Offset, "lsn", ev.Headers[route.HeaderCommitLSN]}
 }
 
 // compensate undoes the steps a rejected delivery completed, when the
