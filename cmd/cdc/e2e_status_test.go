@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferry-cdc/ferry/internal/kafkatest"
 )
 
 // cdc status shows the slot, its confirmed LSN and lag, and the last
@@ -75,4 +77,41 @@ func TestStatusShowsSlotLagAndTenants(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(b), `"tenant_id":"acme"`) {
 		t.Fatalf("admin /tenants: %d %s", resp.StatusCode, b)
 	}
+}
+
+// cdc resync republishes a tenant's latest event per aggregate, marked
+// for one integration, through the slot: after the tenant's earlier
+// events, with new event ids, and only that tenant's.
+func TestResyncRepublishesEachAggregatesLatestEvent(t *testing.T) {
+	e := newEnv(t)
+	e.setup()
+	stop := e.inproc()
+	e.insert("acme", "product", "p1", "product.created", `{"v":1}`)
+	e.insert("acme", "product", "p1", "product.updated", `{"v":2}`)
+	p2 := e.insert("acme", "product", "p2", "product.created", `{"v":1}`)
+	p1 := e.insert("acme", "product", "p1", "product.updated", `{"v":3}`)
+	e.insert("globex", "product", "g1", "product.created", `{"v":1}`)
+	e.kafka.Consume(t, 30*time.Second, kafkatest.AtLeast(5), e.topic("product"))
+
+	var out, errb bytes.Buffer
+	code := run(context.Background(), []string{"resync", "--postgres-url", e.db, "--integration", "shop", "--tenant", "acme"}, noenv, &out, &errb)
+	if code != 0 || !strings.Contains(out.String(), "2 events of tenant acme") {
+		t.Fatalf("resync: %d %s %s", code, out.String(), errb.String())
+	}
+	recs := e.kafka.Consume(t, 30*time.Second, kafkatest.AtLeast(7), e.topic("product"))
+	var resynced []string
+	for _, r := range recs[5:] {
+		if kafkatest.Header(r, "ferry_resync") != "shop" || kafkatest.Header(r, "tenant_id") != "acme" {
+			t.Fatalf("record %s: resync %q tenant %q", kafkatest.Header(r, "event_id"), kafkatest.Header(r, "ferry_resync"), kafkatest.Header(r, "tenant_id"))
+		}
+		resynced = append(resynced, kafkatest.Header(r, "event_id")+" "+string(r.Value))
+	}
+	if len(resynced) != 2 || !strings.HasPrefix(resynced[0], p2+":resync:") || !strings.HasPrefix(resynced[1], p1+":resync:") ||
+		!strings.Contains(resynced[1], `"v": 3`) {
+		t.Fatalf("resynced %v; want p2's create then p1's latest update", resynced)
+	}
+	if code := run(context.Background(), []string{"resync", "--postgres-url", e.db, "--tenant", "acme"}, noenv, &out, &errb); code != 2 {
+		t.Fatalf("resync without --integration: exit %d", code)
+	}
+	stop()
 }
