@@ -103,13 +103,24 @@ func TestBreakerOpensAndCloses(t *testing.T) {
 	waitFor(t, time.Minute, "breaker open", func() bool {
 		return metric(admin, `ferry_sink_breaker_open{integration="shop"}`) == 1
 	})
-	during := len(e.sim.Requests(""))
+	count := func() (deliveries, probes int) {
+		for _, r := range e.sim.Requests("") {
+			if r.Method == "HEAD" {
+				probes++
+			} else {
+				deliveries++
+			}
+		}
+		return
+	}
+	d0, p0 := count()
 	time.Sleep(time.Second) // let the breaker hold calls back for a while
-	held := len(e.sim.Requests("")) - during
+	d1, p1 := count()
 	// Without a breaker, 10 lanes retrying every 50-500ms would make
-	// dozens of calls a second; open, only probes get through.
-	if held > 12 {
-		t.Fatalf("%d partner calls in a second with the breaker open", held)
+	// dozens of calls a second; open, only the connector's health probes
+	// (HEAD) reach the partner, and no event is spent on probing.
+	if d1 != d0 || p1 == p0 || p1-p0 > 5 {
+		t.Fatalf("with the breaker open for a second: %d deliveries, %d probes", d1-d0, p1-p0)
 	}
 	e.sim.Outage(0)
 	waitFor(t, time.Minute, "all delivered after recovery", func() bool {

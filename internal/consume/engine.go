@@ -29,6 +29,7 @@ type Engine struct {
 	cfg     Config
 	brokers []string
 	conn    connector.Connector
+	prober  connector.Prober // nil when the connector cannot probe
 	dlog    *delivery.Log
 	maps    *mapping.Store // nil: connectors get no mapping store
 	log     *slog.Logger
@@ -58,6 +59,7 @@ type Engine struct {
 func New(cfg Config, brokers []string, conn connector.Connector, dlog *delivery.Log, maps *mapping.Store, log *slog.Logger, m *metrics.Sink) *Engine {
 	e := &Engine{cfg: cfg, brokers: brokers, conn: conn, dlog: dlog, maps: maps, log: log.With("integration", cfg.Name), m: m,
 		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, sem: semaphore.NewWeighted(int64(cfg.Concurrency))}
+	e.prober, _ = conn.(connector.Prober)
 	if cfg.RateLimit > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit/10)))
 	}
@@ -122,6 +124,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	g.Go(func() error { return e.commitLoop(gctx) })
 	g.Go(func() error { return e.pauseLoop(gctx) })
 	g.Go(func() error { return e.reportLoop(gctx) })
+	if e.prober != nil {
+		g.Go(func() error { return e.probeLoop(gctx) })
+	}
 	g.Go(func() error { return e.poll(gctx) })
 	err = g.Wait()
 
@@ -414,8 +419,10 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	// never recorded would leave a half-open breaker waiting forever.)
 	// Once the open delay has passed, lanes go on: the breaker turns
 	// half-open only when asked for a permit.
-	if bad == "" && e.breaker.IsOpen() && e.breaker.RemainingDelay() > 0 {
-		return lane.Outcome{Verdict: lane.Backoff, Delay: max(e.breaker.RemainingDelay(), 50*time.Millisecond)}
+	// With a Prober, the probe loop, not a real event, decides when the
+	// breaker half-opens.
+	if bad == "" && e.breaker.IsOpen() && (e.prober != nil || e.breaker.RemainingDelay() > 0) {
+		return lane.Outcome{Verdict: lane.Backoff, Delay: max(e.breaker.RemainingDelay(), 100*time.Millisecond)}
 	}
 	att, err := e.dlog.Begin(ctx, e.cfg.Name, ev, src)
 	var nc *delivery.ErrNotClaimed
@@ -560,6 +567,37 @@ func (e *Engine) call(ctx context.Context, req connector.Request) (connector.Res
 		e.breaker.RecordSuccess()
 	}
 	return res, err
+}
+
+// probeLoop, while the breaker is open and its delay has passed, asks the
+// connector's cheap health probe instead of sending a real event to a
+// partner that is probably still down: an answer half-opens the breaker
+// (the next delivery confirms it), no answer keeps it open for another
+// delay.
+func (e *Engine) probeLoop(ctx context.Context) error {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	var next time.Time // after a failed probe: one open_for later
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		if !e.breaker.IsOpen() || e.breaker.RemainingDelay() > 0 || time.Now().Before(next) {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+		err := e.prober.Probe(pctx)
+		cancel()
+		if err != nil {
+			e.log.Info("partner probe failed; breaker stays open", "reason", err.Error())
+			next = time.Now().Add(e.cfg.Breaker.OpenFor)
+			continue
+		}
+		e.log.Info("partner probe answered; breaker half-open")
+		e.breaker.HalfOpen()
+	}
 }
 
 // dbTrouble: the delivery log is unreachable; the lane waits and retries.
