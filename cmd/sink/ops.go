@@ -55,7 +55,7 @@ func (c *command) operate(ctx context.Context, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		what := fmt.Sprintf("%d deliveries of %s", n, target(r.Integration, r.Tenant))
+		what := fmt.Sprintf("%d deliveries of %s", n, ops.Target(r.Integration, r.Tenant))
 		if r.Event != "" {
 			what = r.Integration + "/" + r.Event
 		}
@@ -73,14 +73,14 @@ func (c *command) operate(ctx context.Context, stdout io.Writer) error {
 		if err := svc.Pause(ctx, p.Integration, p.Tenant, p.Reason); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "paused %s\n", target(p.Integration, p.Tenant))
+		fmt.Fprintf(stdout, "paused %s\n", ops.Target(p.Integration, p.Tenant))
 		return nil
 	case "resume":
 		r := c.f.Resume
 		if err := svc.Resume(ctx, r.Integration, r.Tenant); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "resumed %s\n", target(r.Integration, r.Tenant))
+		fmt.Fprintf(stdout, "resumed %s\n", ops.Target(r.Integration, r.Tenant))
 		return nil
 	case "tenants list", "tenants enable", "tenants disable":
 		return c.tenants(ctx, svc, stdout)
@@ -171,13 +171,6 @@ func failures(ctx context.Context, svc *ops.Service, cmd failuresCmd, stdout io.
 		}
 	}
 	return w.Flush()
-}
-
-func target(integration, tenant string) string {
-	if tenant == "" {
-		return integration + " (all tenants)"
-	}
-	return integration + " tenant " + tenant
 }
 
 func oneLine(s string, n int) string {

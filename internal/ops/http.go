@@ -83,14 +83,14 @@ func (s *Service) Routes(token string) map[string]http.Handler {
 			if !decode(w, r, &req) {
 				return
 			}
-			reply(w, map[string]string{"paused": target(req.Integration, req.Tenant)}, s.Pause(r.Context(), req.Integration, req.Tenant, req.Reason))
+			reply(w, map[string]string{"paused": Target(req.Integration, req.Tenant)}, s.Pause(r.Context(), req.Integration, req.Tenant, req.Reason))
 		}),
 		"POST /api/v1/resume": guard(func(w http.ResponseWriter, r *http.Request) {
 			var req struct{ Integration, Tenant string }
 			if !decode(w, r, &req) {
 				return
 			}
-			reply(w, map[string]string{"resumed": target(req.Integration, req.Tenant)}, s.Resume(r.Context(), req.Integration, req.Tenant))
+			reply(w, map[string]string{"resumed": Target(req.Integration, req.Tenant)}, s.Resume(r.Context(), req.Integration, req.Tenant))
 		}),
 		"POST /api/v1/tenants/enable": guard(func(w http.ResponseWriter, r *http.Request) {
 			var req struct{ Integration, Tenant, Reason string }
@@ -134,7 +134,7 @@ func Guard(token string) func(http.Handler) http.Handler {
 }
 
 // Target names an integration or one tenant of it.
-func target(integration, tenant string) string {
+func Target(integration, tenant string) string {
 	if tenant == "" {
 		return integration + " (all tenants)"
 	}
