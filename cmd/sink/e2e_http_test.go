@@ -262,6 +262,7 @@ func TestHTTP_RejectedStepUndoesTheCompletedOnes(t *testing.T) {
 			Method, URL string
 			Status      int
 		}
+		Steps []struct{ Name string }
 	}
 	if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) != 1 {
 		t.Fatalf("failures: %v %s", err, out)
@@ -271,7 +272,8 @@ func TestHTTP_RejectedStepUndoesTheCompletedOnes(t *testing.T) {
 	for _, c := range r.Calls {
 		trail = append(trail, fmt.Sprintf("%s %d", c.Method, c.Status))
 	}
-	if r.State != "compensated" || !strings.Contains(r.Reason, "amount must be positive") || strings.Join(trail, ",") != "POST 201,POST 422,DELETE 204" {
+	if r.State != "compensated" || !strings.Contains(r.Reason, "amount must be positive") || strings.Join(trail, ",") != "POST 201,POST 422,DELETE 204" ||
+		len(r.Steps) != 1 || r.Steps[0].Name != "item" {
 		t.Fatalf("delivery log row: %+v (calls %v)", r, trail)
 	}
 	// The lane parks behind the rejection (on_reject: park): p2 waits.

@@ -164,6 +164,9 @@ func failures(ctx context.Context, svc *ops.Service, cmd failuresCmd, stdout io.
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.UpdatedAt.UTC().Format(time.RFC3339), r.Integration, r.TenantID,
 			r.EventID, r.EventType, r.State, r.Attempts, status, oneLine(r.Reason, 80))
 		if cmd.Calls {
+			for _, st := range r.Steps {
+				fmt.Fprintf(w, "\t\t\t\tstep %s done\t\t\t\tpartner id: %s\n", st.Name, orDash(st.RemoteID))
+			}
 			for _, call := range r.Calls {
 				fmt.Fprintf(w, "\t\t\t\t%s %s -> %d\t\t\t\trequest: %s | response: %s\n", call.Method, call.URL, call.Status,
 					oneLine(call.RequestBody, 120), oneLine(call.ResponseBody, 120))

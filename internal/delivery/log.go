@@ -328,7 +328,9 @@ type Failure struct {
 	LastStatus  *int             `json:"last_status"`
 	Reason      string           `json:"reason"`
 	Calls       []connector.Call `json:"calls,omitempty"`
-	Topic       string           `json:"topic"`
+	// Steps are the completed steps of a multi-step operation.
+	Steps     []connector.Step `json:"steps,omitempty"`
+	Topic     string           `json:"topic"`
 	Partition   int32            `json:"partition"`
 	Offset      int64            `json:"offset"`
 	UpdatedAt   time.Time        `json:"updated_at"`
@@ -348,7 +350,7 @@ func (l *Log) Failures(ctx context.Context, f Filter) ([]Failure, error) {
 		since = &f.Since
 	}
 	rows, err := l.pool.Query(ctx, `SELECT integration, event_id, tenant_id, event_type, state, attempts, last_status,
-			COALESCE(reason, ''), calls, topic, kafka_partition, kafka_offset, updated_at
+			COALESCE(reason, ''), calls, steps, topic, kafka_partition, kafka_offset, updated_at
 		FROM ferry.delivery
 		WHERE ($1 = '' OR integration = $1) AND ($2 = '' OR tenant_id = $2) AND state = ANY($3)
 			AND ($4::timestamptz IS NULL OR updated_at >= $4)
@@ -360,10 +362,15 @@ func (l *Log) Failures(ctx context.Context, f Filter) ([]Failure, error) {
 	var out []Failure
 	for rows.Next() {
 		var x Failure
-		var calls []byte
+		var calls, steps []byte
 		if err := rows.Scan(&x.Integration, &x.EventID, &x.TenantID, &x.EventType, &x.State, &x.Attempts, &x.LastStatus,
-			&x.Reason, &calls, &x.Topic, &x.Partition, &x.Offset, &x.UpdatedAt); err != nil {
+			&x.Reason, &calls, &steps, &x.Topic, &x.Partition, &x.Offset, &x.UpdatedAt); err != nil {
 			return nil, fmt.Errorf("delivery: read failures: %w", err)
+		}
+		if len(steps) > 0 {
+			if err := json.Unmarshal(steps, &x.Steps); err != nil {
+				return nil, fmt.Errorf("delivery: decode steps of %s: %w", x.EventID, err)
+			}
 		}
 		if len(calls) > 0 {
 			if err := json.Unmarshal(calls, &x.Calls); err != nil {
