@@ -286,8 +286,11 @@ func truncate(s string) string {
 	return s[:MaxCallBytes] + "…(truncated)"
 }
 
-// Ignore records an event the integration does not handle as skipped,
-// with the reason, so it is visible rather than silently dropped.
+// Ignore records an event the integration does not handle (or a
+// switched-off tenant's) as skipped, with the reason, so it is visible
+// rather than silently dropped. A row not yet succeeded or skipped
+// becomes skipped: a tenant switched off while its lane was parked on a
+// rejection moves on, and the row says why.
 func (l *Log) Ignore(ctx context.Context, integration string, ev connector.Event, src Source, reason string) error {
 	body, err := json.Marshal(ev)
 	if err != nil {
@@ -297,7 +300,7 @@ func (l *Log) Ignore(ctx context.Context, integration string, ev connector.Event
 			aggregate_id, topic, kafka_partition, kafka_offset, state, reason, event)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'skipped', $10, $11) ON CONFLICT (integration, event_id) DO UPDATE
 			SET state = 'skipped', reason = $10, event = $11, updated_at = now()
-			WHERE ferry.delivery.state IN ('pending', 'failed', 'waiting', 'in_flight')`,
+			WHERE ferry.delivery.state IN ('pending', 'failed', 'waiting', 'in_flight', 'rejected', 'compensated')`,
 		integration, ev.ID, ev.TenantID, ev.EventType, ev.AggregateType, ev.AggregateID, src.Topic, src.Partition, src.Offset, reason, body)
 	if err != nil {
 		return fmt.Errorf("delivery: record ignored %s: %w", ev.ID, err)
