@@ -1,0 +1,58 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferry-cdc/ferry/bench/benchutil"
+)
+
+// httpFloor measures what 256 concurrent plain HTTP clients get from the
+// same 20 ms partner with nothing else running: the most any sink could
+// achieve on this machine. It returns the rate and the mean call time in
+// seconds.
+func httpFloor(bin string) (float64, float64, error) {
+	addr := benchutil.FreeAddr()
+	p, err := start(filepath.Join(bin, "partnersim"), "-addr", addr, "-discard", "-latency", "20ms")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer func() { _ = p.Process.Kill(); _ = p.Wait() }()
+	if err := waitDial(addr); err != nil {
+		return 0, 0, err
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 1024, 1024
+	cl := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	body := []byte(`{"event_id":"e","tenant_id":"t","event_type":"product.updated","payload":{"n":1}}`)
+	const d = 8 * time.Second
+	stop := time.Now().Add(d)
+	var n, total atomic.Int64
+	var wg sync.WaitGroup
+	for range 256 {
+		wg.Go(func() {
+			for time.Now().Before(stop) {
+				s := time.Now()
+				resp, err := cl.Post("http://"+addr+"/v1/events", "application/json", bytes.NewReader(body))
+				if err != nil {
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				n.Add(1)
+				total.Add(int64(time.Since(s)))
+			}
+		})
+	}
+	wg.Wait()
+	if n.Load() == 0 {
+		return 0, 0, fmt.Errorf("http floor: no call succeeded")
+	}
+	return float64(n.Load()) / d.Seconds(), float64(total.Load()) / float64(n.Load()) / 1e9, nil
+}
