@@ -60,7 +60,7 @@ func (e *env) startCDC() {
 	e.t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		if e.t.Failed() {
+		if e.t.Failed() || os.Getenv("FERRY_TEST_VERBOSE") != "" {
 			e.t.Logf("cdc stderr:\n%s", stderr.String())
 		}
 	})
@@ -92,9 +92,12 @@ func TestPipeline_EnableResyncsAndDisableRollsBack(t *testing.T) {
 	e := newEnv(t, partnersim.Config{})
 	ctx := context.Background()
 	e.startCDC()
-	waitFor(t, time.Minute, "cdc created the outbox", func() bool {
+	// Rows written before the slot exists are not streamed (that is what
+	// backfill is for): wait until cdc streams from its slot.
+	waitFor(t, time.Minute, "cdc streaming", func() bool {
 		var ok bool
-		_ = e.conn.QueryRow(ctx, `SELECT to_regclass('public.outbox') IS NOT NULL AND to_regclass('ferry.resync_request') IS NOT NULL`).Scan(&ok)
+		_ = e.conn.QueryRow(ctx, `SELECT to_regclass('ferry.resync_request') IS NOT NULL
+			AND EXISTS (SELECT 1 FROM pg_replication_slots WHERE database = current_database() AND active)`).Scan(&ok)
 		return ok
 	})
 	t.Cleanup(func() {
