@@ -30,7 +30,7 @@ func (c *command) tenants(ctx context.Context, svc *ops.Service, stdout io.Write
 	case "tenants disable":
 		d := c.f.Tenants.Disable
 		res, err := svc.Disable(ctx, d.Integration, d.Tenant, d.Reason, !d.NoRollback)
-		if ops.IsInput(err) {
+		if !ops.Switched(err) {
 			return err
 		}
 		fmt.Fprintf(stdout, "disabled %s tenant %s: its new events are recorded as skipped\n", d.Integration, d.Tenant)

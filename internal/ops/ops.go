@@ -365,7 +365,7 @@ func (s *Service) Disable(ctx context.Context, integration, tenant, reason strin
 		return consume.RollbackResult{}, bad("disable: integration %q is not in the --config file: the rollback needs its connector (or pass --no-rollback)", integration)
 	}
 	if _, err := s.Log.SetTenant(ctx, integration, tenant, false, reason); err != nil {
-		return consume.RollbackResult{}, err
+		return consume.RollbackResult{}, &NotSwitched{Err: err}
 	}
 	if !rollback {
 		return consume.RollbackResult{}, nil
@@ -396,6 +396,19 @@ func (s *Service) Disable(ctx context.Context, integration, tenant, reason strin
 		return consume.RollbackResult{}, err
 	}
 	return consume.Rollback(ctx, integration, tenant, in.Connector, s.Log, maps, in.Timeout)
+}
+
+// NotSwitched wraps an error that left the tenant's switch as it was.
+type NotSwitched struct{ Err error }
+
+func (e *NotSwitched) Error() string { return e.Err.Error() }
+func (e *NotSwitched) Unwrap() error { return e.Err }
+
+// Switched reports whether a Disable that returned err still switched
+// the tenant off (its rollback may have failed).
+func Switched(err error) bool {
+	var ns *NotSwitched
+	return err == nil || !(IsInput(err) || errors.As(err, &ns))
 }
 
 // IsInput reports whether err is an operator mistake.
