@@ -38,6 +38,10 @@ func (s State) Final() bool {
 	return s == Succeeded || s == Rejected || s == Skipped || s == Compensated
 }
 
+// ErrState means an operator act does not apply to the delivery (or
+// pause) as it stands: nothing to skip, retry or resume.
+var ErrState = errors.New("state does not allow it")
+
 // Source is where the event came from in Kafka.
 type Source struct {
 	Topic     string
@@ -207,7 +211,7 @@ func (l *Log) Skip(ctx context.Context, integration, eventID, reason string) err
 			WHERE integration = $1 AND event_id = $2 AND state IN ('rejected', 'failed', 'pending', 'waiting') RETURNING tenant_id`,
 			integration, eventID, "skipped by operator: "+reason).Scan(&tenant)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("delivery: %s/%s is not rejected, failed, pending or waiting: nothing to skip", integration, eventID)
+			return fmt.Errorf("delivery: %s/%s is not rejected, failed, pending or waiting: nothing to skip: %w", integration, eventID, ErrState)
 		}
 		if err != nil {
 			return err
@@ -229,7 +233,7 @@ func (l *Log) Retry(ctx context.Context, integration, eventID string) error {
 		err := tx.QueryRow(ctx, `UPDATE ferry.delivery SET state = 'pending', updated_at = now(), `+retrySteps+`
 			WHERE integration = $1 AND event_id = $2 AND state IN ('rejected', 'failed', 'compensated') RETURNING tenant_id`, integration, eventID).Scan(&tenant)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("delivery: %s/%s is not rejected, failed or compensated: nothing to retry", integration, eventID)
+			return fmt.Errorf("delivery: %s/%s is not rejected, failed or compensated: nothing to retry: %w", integration, eventID, ErrState)
 		}
 		if err != nil {
 			return err
@@ -480,7 +484,7 @@ func (l *Log) Resume(ctx context.Context, integration, tenant string) error {
 			if tenant != "" {
 				what += " tenant " + tenant
 			}
-			return fmt.Errorf("delivery: %s is not paused", what)
+			return fmt.Errorf("delivery: %s is not paused: %w", what, ErrState)
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, action) VALUES ($1, $2, 'resume')`, integration, tenant)
 		return err

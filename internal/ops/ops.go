@@ -53,7 +53,14 @@ func bad(format string, args ...any) error {
 	return &InputError{Status: 400, Msg: fmt.Sprintf(format, args...)}
 }
 
-func conflict(err error) error { return &InputError{Status: 409, Msg: err.Error()} }
+// conflict makes a state conflict (delivery.ErrState) a 409; other errors
+// (the database) stay what they are.
+func conflict(err error) error {
+	if errors.Is(err, delivery.ErrState) {
+		return &InputError{Status: 409, Msg: err.Error()}
+	}
+	return err
+}
 
 // Process is one running sink's live state for one integration.
 type Process struct {
