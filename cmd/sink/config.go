@@ -27,7 +27,7 @@ type Config struct {
 	} `yaml:"kafka"`
 	// AdminAddr serves /metrics, /healthz, /readyz. Default
 	// "127.0.0.1:9465"; "off" disables.
-	AdminAddr    string        `yaml:"admin_addr"`
+	AdminAddr string `yaml:"admin_addr"`
 	// AdminToken protects the admin API (from FERRY_ADMIN_TOKEN only: a
 	// secret does not belong in a file or a flag). Required when
 	// admin_addr is not loopback.

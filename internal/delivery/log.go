@@ -338,9 +338,9 @@ type Failure struct {
 	// Steps are the completed steps of a multi-step operation.
 	Steps     []connector.Step `json:"steps,omitempty"`
 	Topic     string           `json:"topic"`
-	Partition   int32            `json:"partition"`
-	Offset      int64            `json:"offset"`
-	UpdatedAt   time.Time        `json:"updated_at"`
+	Partition int32            `json:"partition"`
+	Offset    int64            `json:"offset"`
+	UpdatedAt time.Time        `json:"updated_at"`
 }
 
 // Failures lists problem deliveries, newest first.
