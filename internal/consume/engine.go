@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/failsafe-go/failsafe-go/circuitbreaker"
@@ -49,9 +50,9 @@ type Engine struct {
 	// never committed after it was revoked (another member may own it).
 	commitMu sync.Mutex
 	owned    map[lane.TP]bool
-
-	finished finishedCounter // deliveries finished, for the live report
 	paused   map[lane.TP]bool
+
+	finished atomic.Int64 // deliveries finished, for the live report
 }
 
 // New returns an engine; cfg must have defaults set and be valid.
@@ -235,15 +236,15 @@ func (e *Engine) commit(ctx context.Context) {
 func (e *Engine) assigned(ctx context.Context, _ *kgo.Client, assigned map[string][]int32) {
 	e.commitMu.Lock()
 	defer e.commitMu.Unlock()
+	if e.maps != nil {
+		// Another process wrote the new partitions' tenants' mappings
+		// while it owned them.
+		e.maps.Purge()
+	}
 	for topic, ps := range assigned {
 		for _, p := range ps {
 			tp := lane.TP{Topic: topic, Partition: p}
 			e.owned[tp] = true
-			if e.maps != nil {
-				// Another process wrote this partition's tenants' mappings
-				// while it owned them.
-				e.maps.Purge()
-			}
 			// Parked records of this partition go first in their lanes,
 			// before anything fetched from Kafka.
 			parked, err := e.loadParked(ctx, tp)
@@ -490,7 +491,7 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	}
 	e.m.Deliveries.WithLabelValues(e.cfg.Name, string(o.State)).Inc()
 	if o.State.Final() {
-		e.finished.n.Add(1)
+		e.finished.Add(1)
 	}
 	switch o.State {
 	case delivery.Failed, delivery.Compensating:

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"sort"
-	"sync/atomic"
 	"time"
 
 	"github.com/ferry-cdc/ferry/internal/lane"
@@ -23,9 +22,6 @@ var processID = func() string {
 	return fmt.Sprintf("%s/%d/%d", host, os.Getpid(), time.Now().UnixNano()%1e6)
 }()
 
-// finishedCounter counts deliveries finished (any final outcome).
-type finishedCounter struct{ n atomic.Int64 }
-
 // reportLoop writes the engine's live state every ReportInterval and
 // removes it when ctx ends.
 func (e *Engine) reportLoop(ctx context.Context) error {
@@ -35,7 +31,7 @@ func (e *Engine) reportLoop(ctx context.Context) error {
 	defer t.Stop()
 	lastN, lastT := int64(0), time.Now()
 	for {
-		n, now := e.finished.n.Load(), time.Now()
+		n, now := e.finished.Load(), time.Now()
 		rate := float64(n-lastN) / now.Sub(lastT).Seconds()
 		lastN, lastT = n, now
 		if err := e.report(ctx, host, started, n, rate); err != nil && ctx.Err() == nil {
