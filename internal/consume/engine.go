@@ -459,30 +459,16 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	default:
 		res, derr = e.call(ctx, req)
 	}
-	outcome, retryAfter := connector.Classify(derr)
-	o := delivery.Outcome{Calls: res.Calls, Reason: res.Note}
-	var rej *connector.Rejection
-	var fail *connector.Failure
-	switch {
-	case errors.As(derr, &rej):
-		o.Status, o.Calls = rej.Status, rej.Calls
-	case errors.As(derr, &fail):
-		o.Status, o.Calls = fail.Status, fail.Calls
-	case len(res.Calls) > 0:
-		o.Status = res.Calls[len(res.Calls)-1].Status
-	}
-	switch outcome {
-	case connector.Succeeded:
-		o.State = delivery.Succeeded
-	case connector.Failed:
-		o.State, o.Reason = delivery.Failed, derr.Error()
+	o := delivery.OutcomeOf(res, derr)
+	switch o.State {
+	case delivery.Failed:
+		_, retryAfter := connector.Classify(derr)
 		o.NextRetry = time.Now().Add(e.cfg.Retry.Delay(att.Number, retryAfter))
-	case connector.Waits:
-		o.State, o.Reason = delivery.Waiting, derr.Error()
+	case delivery.Waiting:
 		o.NextRetry = time.Now().Add(e.cfg.WaitRecheck)
-	case connector.Rejected:
-		o.State, o.Reason = delivery.Rejected, derr.Error()
-		if len(rej.Steps) > 0 {
+	case delivery.Rejected:
+		var rej *connector.Rejection
+		if errors.As(derr, &rej) && len(rej.Steps) > 0 {
 			e.compensate(ctx, req, rej.Steps, att, &o)
 		}
 	}

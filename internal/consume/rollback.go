@@ -2,7 +2,6 @@ package consume
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -47,22 +46,10 @@ func Rollback(ctx context.Context, integration, tenant string, conn connector.Co
 		r, derr := conn.Deliver(cctx, connector.Request{Integration: integration, Event: ev, Delete: true,
 			Mappings: maps.For(integration, tenant), IdempotencyKey: integration + ":" + ev.ID, Attempt: att.Number})
 		cancel()
-		o := delivery.Outcome{State: delivery.Succeeded, Calls: r.Calls, Reason: "rollback of a disabled tenant"}
-		if len(r.Calls) > 0 {
-			o.Status = r.Calls[len(r.Calls)-1].Status
-		}
-		var rej *connector.Rejection
-		var fail *connector.Failure
-		switch {
-		case errors.As(derr, &rej):
-			o.State, o.Status, o.Calls = delivery.Rejected, rej.Status, rej.Calls
-		case errors.As(derr, &fail):
-			o.State, o.Status, o.Calls = delivery.Failed, fail.Status, fail.Calls
-		case derr != nil:
-			o.State = delivery.Failed
-		}
+		o := delivery.OutcomeOf(r, derr)
+		o.Reason = "rollback of a disabled tenant"
 		if derr != nil {
-			o.Reason = "rollback of a disabled tenant: " + derr.Error()
+			o.Reason += ": " + derr.Error()
 			res.Failed = append(res.Failed, fmt.Sprintf("%s/%s: %v", m.EntityType, m.LocalID, derr))
 		} else {
 			res.Deleted++

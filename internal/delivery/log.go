@@ -158,6 +158,32 @@ type Outcome struct {
 	NextRetry time.Time // for Failed
 }
 
+// OutcomeOf is what a connector's answer means for the log: the state
+// (succeeded, failed, rejected or waiting), the partner's status (of the
+// refusing or failing call, else of the last call), the calls, and the
+// reason (the error, or the result's note). Retry times and
+// compensation are the caller's.
+func OutcomeOf(res connector.Result, err error) Outcome {
+	o := Outcome{Calls: res.Calls, Reason: res.Note}
+	var rej *connector.Rejection
+	var fail *connector.Failure
+	switch {
+	case errors.As(err, &rej):
+		o.Status, o.Calls = rej.Status, rej.Calls
+	case errors.As(err, &fail):
+		o.Status, o.Calls = fail.Status, fail.Calls
+	case len(res.Calls) > 0:
+		o.Status = res.Calls[len(res.Calls)-1].Status
+	}
+	out, _ := connector.Classify(err)
+	o.State = map[connector.Outcome]State{connector.Succeeded: Succeeded, connector.Failed: Failed,
+		connector.Rejected: Rejected, connector.Waits: Waiting}[out]
+	if err != nil {
+		o.Reason = err.Error()
+	}
+	return o
+}
+
 // Finish records the attempt's outcome. It fails when the delivery moved
 // since Begin (fenced by the attempt number).
 func (l *Log) Finish(ctx context.Context, a Attempt, o Outcome) error {
