@@ -123,60 +123,51 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 		g.Go(func() error { return srv.Run(gctx) })
 	}
 	g.Go(func() error {
-		conn, err := pgx.Connect(gctx, c.cfg.PostgresURL)
-		if err != nil {
-			return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
-		}
-		defer conn.Close(context.WithoutCancel(gctx))
-		t := time.NewTicker(tenantFlush)
-		defer t.Stop()
-		for {
-			select {
-			case <-gctx.Done():
-				fctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 2*time.Second)
-				_ = tenants.Flush(fctx, conn, c.cfg.Outbox.Slot)
-				cancel()
-				return gctx.Err()
-			case <-t.C:
+		return withConn(gctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
+			t := time.NewTicker(tenantFlush)
+			defer t.Stop()
+			for {
+				select {
+				case <-gctx.Done():
+					fctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 2*time.Second)
+					_ = tenants.Flush(fctx, conn, c.cfg.Outbox.Slot)
+					cancel()
+					return gctx.Err()
+				case <-t.C:
+				}
+				if err := tenants.Flush(gctx, conn, c.cfg.Outbox.Slot); err != nil && gctx.Err() == nil {
+					log.Warn("could not record per-tenant progress in ferry.cdc_tenant; will try again", "reason", err.Error())
+				}
 			}
-			if err := tenants.Flush(gctx, conn, c.cfg.Outbox.Slot); err != nil && gctx.Err() == nil {
-				log.Warn("could not record per-tenant progress in ferry.cdc_tenant; will try again", "reason", err.Error())
-			}
-		}
+		})
 	})
 	if c.cfg.Outbox.Partitions == "daily" {
 		// Days ahead stay ready; checked hourly.
 		g.Go(func() error {
-			conn, err := pgx.Connect(gctx, c.cfg.PostgresURL)
-			if err != nil {
-				return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
-			}
-			defer conn.Close(context.WithoutCancel(gctx))
-			t := time.NewTicker(time.Hour)
-			defer t.Stop()
-			for {
-				now := time.Now()
-				if n, err := outbox.EnsurePartitions(gctx, conn, c.cfg.Outbox, now, now.AddDate(0, 0, c.cfg.Outbox.PartitionsAhead)); err != nil && gctx.Err() == nil {
-					log.Error("could not create the outbox's daily partitions; rows go to the default partition meanwhile", "reason", err.Error())
-				} else if n > 0 {
-					log.Info("created daily partitions", "partitions", n)
+			return withConn(gctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
+				t := time.NewTicker(time.Hour)
+				defer t.Stop()
+				for {
+					now := time.Now()
+					if n, err := outbox.EnsurePartitions(gctx, conn, c.cfg.Outbox, now, now.AddDate(0, 0, c.cfg.Outbox.PartitionsAhead)); err != nil && gctx.Err() == nil {
+						log.Error("could not create the outbox's daily partitions; rows go to the default partition meanwhile", "reason", err.Error())
+					} else if n > 0 {
+						log.Info("created daily partitions", "partitions", n)
+					}
+					select {
+					case <-gctx.Done():
+						return gctx.Err()
+					case <-t.C:
+					}
 				}
-				select {
-				case <-gctx.Done():
-					return gctx.Err()
-				case <-t.C:
-				}
-			}
+			})
 		})
 	}
 	if c.cfg.Outbox.ResyncPoll > 0 {
 		g.Go(func() error {
-			conn, err := pgx.Connect(gctx, c.cfg.PostgresURL)
-			if err != nil {
-				return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
-			}
-			defer conn.Close(context.WithoutCancel(gctx))
-			return outbox.ServeResyncs(gctx, conn, c.cfg.Outbox, c.cfg.Outbox.ResyncPoll, log)
+			return withConn(gctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
+				return outbox.ServeResyncs(gctx, conn, c.cfg.Outbox, c.cfg.Outbox.ResyncPoll, log)
+			})
 		})
 	}
 	g.Go(func() error {
