@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kgo"
-
 	"github.com/ferry-cdc/ferry/internal/partnersim"
 )
 
@@ -54,19 +52,6 @@ integrations:
 		e.t.Fatal(err)
 	}
 	return p
-}
-
-// emit produces an event as cdc would, on outbox.<aggregate type>.
-func (e *env) emit(tenant, eventID, eventType, aggType, aggID, payload string) {
-	e.t.Helper()
-	rec := &kgo.Record{Topic: e.kafka.TopicPrefix + "outbox." + aggType, Key: []byte(tenant), Value: []byte(payload), Headers: []kgo.RecordHeader{
-		{Key: "event_id", Value: []byte(eventID)}, {Key: "tenant_id", Value: []byte(tenant)},
-		{Key: "event_type", Value: []byte(eventType)}, {Key: "aggregate_type", Value: []byte(aggType)},
-		{Key: "aggregate_id", Value: []byte(aggID)},
-	}}
-	if err := e.prod.ProduceSync(context.Background(), rec).FirstErr(); err != nil {
-		e.t.Fatalf("produce: %v", err)
-	}
 }
 
 func (e *env) mappingOf(entity, tenant, local string) (remote, state string) {

@@ -53,14 +53,21 @@ func newEnv(t *testing.T, simCfg partnersim.Config) *env {
 	return e
 }
 
-// produce sends events as cdc would (headers, tenant key) and returns the
-// partition each landed on.
+// produce sends a product event of aggregate p1 as cdc would (headers,
+// tenant key) and returns the partition it landed on.
 func (e *env) produce(tenant, eventID, eventType string, payload string) int32 {
 	e.t.Helper()
-	rec := &kgo.Record{Topic: e.topic, Key: []byte(tenant), Value: []byte(payload), Headers: []kgo.RecordHeader{
+	return e.emit(tenant, eventID, eventType, "product", "p1", payload)
+}
+
+// emit produces an event as cdc would, on outbox.<aggregate type>, and
+// returns the partition it landed on.
+func (e *env) emit(tenant, eventID, eventType, aggType, aggID, payload string) int32 {
+	e.t.Helper()
+	rec := &kgo.Record{Topic: e.kafka.TopicPrefix + "outbox." + aggType, Key: []byte(tenant), Value: []byte(payload), Headers: []kgo.RecordHeader{
 		{Key: "event_id", Value: []byte(eventID)}, {Key: "tenant_id", Value: []byte(tenant)},
-		{Key: "event_type", Value: []byte(eventType)}, {Key: "aggregate_type", Value: []byte("product")},
-		{Key: "aggregate_id", Value: []byte("p1")}, {Key: "commit_lsn", Value: []byte("0/16B3748")},
+		{Key: "event_type", Value: []byte(eventType)}, {Key: "aggregate_type", Value: []byte(aggType)},
+		{Key: "aggregate_id", Value: []byte(aggID)}, {Key: "commit_lsn", Value: []byte("0/16B3748")},
 	}}
 	res := e.prod.ProduceSync(context.Background(), rec)
 	if err := res.FirstErr(); err != nil {
