@@ -94,10 +94,8 @@ func (c *Connector) start(req connector.Request) (*delivery, error) {
 		return nil, &connector.Rejection{Reason: fmt.Sprintf("no entity %q in this connector's configuration (aggregate type of event type %s); configured: %v",
 			ev.AggregateType, ev.EventType, sortedKeys(c.entities))}
 	}
-	var payload any
-	dec := json.NewDecoder(bytes.NewReader(ev.Payload))
-	dec.UseNumber()
-	if err := dec.Decode(&payload); err != nil {
+	payload, err := decodeJSON(ev.Payload)
+	if err != nil {
 		return nil, &connector.Rejection{Reason: "payload is not JSON: " + err.Error()}
 	}
 	headers := map[string]any{}
@@ -357,10 +355,8 @@ func (d *delivery) markDeleted(ctx context.Context) error {
 }
 
 func stepData(s connector.Step) map[string]any {
-	var resp any
-	dec := json.NewDecoder(strings.NewReader(s.Response))
-	dec.UseNumber()
-	if dec.Decode(&resp) != nil {
+	resp, err := decodeJSON([]byte(s.Response))
+	if err != nil {
 		resp = s.Response
 	}
 	return map[string]any{"id": s.RemoteID, "response": resp}
@@ -537,14 +533,22 @@ func (d *delivery) rejects(s int) bool {
 	return s >= 400 && s < 500
 }
 
+// decodeJSON decodes b keeping numbers as they were written (json.Number),
+// so ids and amounts keep their digits.
+func decodeJSON(b []byte) (any, error) {
+	var v any
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	err := dec.Decode(&v)
+	return v, err
+}
+
 func parsePath(s string) (*jsonpath.Path, error) { return jsonpath.Parse(s) }
 
 // extractID returns the first value the path selects, as a string.
 func extractID(p *jsonpath.Path, body []byte) (string, error) {
-	var v any
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	if err := dec.Decode(&v); err != nil {
+	v, err := decodeJSON(body)
+	if err != nil {
 		return "", fmt.Errorf("the answer is not JSON: %v", err)
 	}
 	nodes := p.Select(v)
