@@ -59,9 +59,7 @@ func newWithEnv(cfg Config, prefix string, getenv func(string) string) (*Connect
 	default:
 		c.auth = func(*http.Request) {}
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 1024, 1024
-	c.client = &http.Client{Timeout: cfg.Timeout, Transport: tr}
+	c.client = webhook.Client(cfg.Timeout)
 	return c, nil
 }
 

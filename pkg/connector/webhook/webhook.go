@@ -41,12 +41,17 @@ func New(cfg Config) (*Connector, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 10 * time.Second
 	}
-	// The default transport keeps 2 idle connections per host: with many
-	// lanes calling one partner, every other call would open a new TCP
-	// connection.
+	return &Connector{cfg: cfg, client: Client(cfg.Timeout)}, nil
+}
+
+// Client is the HTTP client connectors use for one partner, with a
+// per-call timeout. The default transport keeps 2 idle connections per
+// host: with many lanes calling one partner, every other call would open
+// a new TCP connection; this one keeps up to 1024.
+func Client(timeout time.Duration) *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 1024, 1024
-	return &Connector{cfg: cfg, client: &http.Client{Timeout: cfg.Timeout, Transport: tr}}, nil
+	return &http.Client{Timeout: timeout, Transport: tr}
 }
 
 // Deliver implements connector.Connector.
