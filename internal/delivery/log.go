@@ -175,9 +175,16 @@ func OutcomeOf(res connector.Result, err error) Outcome {
 	case len(res.Calls) > 0:
 		o.Status = res.Calls[len(res.Calls)-1].Status
 	}
-	out, _ := connector.Classify(err)
-	o.State = map[connector.Outcome]State{connector.Succeeded: Succeeded, connector.Failed: Failed,
-		connector.Rejected: Rejected, connector.Waits: Waiting}[out]
+	switch out, _ := connector.Classify(err); out {
+	case connector.Succeeded:
+		o.State = Succeeded
+	case connector.Failed:
+		o.State = Failed
+	case connector.Rejected:
+		o.State = Rejected
+	case connector.Waits:
+		o.State = Waiting
+	}
 	if err != nil {
 		o.Reason = err.Error()
 	}
