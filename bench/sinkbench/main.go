@@ -10,6 +10,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -29,33 +30,42 @@ import (
 )
 
 // trace prints delivery progress every half second (to see stalls).
-var trace = flag.Bool("trace", false, "print progress every 0.5 s")
+var (
+	trace   = flag.Bool("trace", false, "print progress every 0.5 s")
+	profile = flag.String("profile", "", "write a 2 s CPU profile of the sink, taken 1.5 s into each run, to this file (the last run's stays)")
+)
+
+// sinkProfile saves a CPU profile of the running sink (go tool pprof
+// bin/sink file).
+func sinkProfile(admin, file string) {
+	time.Sleep(1500 * time.Millisecond)
+	resp, err := http.Get("http://" + admin + "/debug/pprof/profile?seconds=2")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil {
+		err = os.WriteFile(file, b, 0o644)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+	}
+}
 
 func main() {
 	events := flag.Int("events", 100_000, "events per throughput run")
 	parked := flag.Int("parked", 100_000, "events parked in the memory run")
 	out := flag.String("out", "", "append the Markdown section to this file")
 	repeat := flag.Int("repeat", 3, "runs per rate scenario (the median is reported)")
-	only := flag.String("only", "", `run one scenario only ("slow": the 20 ms partner), without writing a report`)
+	only := flag.String("only", "", `run one scenario only ("slow": the 20 ms partner; "fast": the 0 ms partner), without writing a report`)
 	bin := flag.String("bin", "bin", "folder with sink, devbroker and partnersim")
 	flag.Parse()
-	if *only == "slow" {
-		cl, err := pgtest.Start(context.Background(), pgtest.Options{})
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
+	if *only != "" {
+		if err := runOnly(*only, *bin, *events, *repeat); err != nil {
+			fmt.Fprintln(os.Stderr, "sinkbench:", err)
 			os.Exit(1)
-		}
-		defer cl.Stop()
-		for i := range *repeat {
-			var call float64
-			r, err := scenario(context.Background(), cl, *bin, fmt.Sprintf("only_slow_%d", i), *events/2, *events/2, "",
-				"    workers: 512\n    concurrency: 256\n", []string{"-latency", "20ms"}, nil, &call)
-			if err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				os.Exit(1)
-			}
-			fmt.Printf("20 ms partner: %.0f deliveries/s, efficiency %.2f; mean partner call %.1f ms, so %.0f of 256 calls in flight\n",
-				r, r/(256/0.020), call*1000, r*call)
 		}
 		return
 	}
@@ -63,6 +73,37 @@ func main() {
 		fmt.Fprintln(os.Stderr, "sinkbench:", err)
 		os.Exit(1)
 	}
+}
+
+// runOnly runs one rate scenario repeat times and prints each result.
+func runOnly(which, bin string, events, repeat int) error {
+	if which != "slow" && which != "fast" {
+		return fmt.Errorf("-only %q: want slow or fast", which)
+	}
+	cl, err := pgtest.Start(context.Background(), pgtest.Options{})
+	if err != nil {
+		return err
+	}
+	defer cl.Stop()
+	for i := range repeat {
+		if which == "fast" {
+			r, err := scenario(context.Background(), cl, bin, fmt.Sprintf("only_fast_%d", i), events, events, "", "    workers: 128\n", nil, nil, nil)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("0 ms partner: %.0f deliveries/s\n", r)
+			continue
+		}
+		var call float64
+		r, err := scenario(context.Background(), cl, bin, fmt.Sprintf("only_slow_%d", i), events/2, events/2, "",
+			"    workers: 512\n    concurrency: 256\n", []string{"-latency", "20ms"}, nil, &call)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("20 ms partner: %.0f deliveries/s, efficiency %.2f; mean partner call %.1f ms, so %.0f of 256 calls in flight\n",
+			r, r/(256/0.020), call*1000, r*call)
+	}
+	return nil
 }
 
 type env struct {
@@ -268,6 +309,9 @@ func scenario(ctx context.Context, cl *pgtest.Cluster, bin, name string, events,
 	s, err := e.sink(extra)
 	if err != nil {
 		return 0, err
+	}
+	if *profile != "" {
+		go sinkProfile(e.admin, *profile)
 	}
 	r, err := rate(e.admin, want)
 	if rss != nil {

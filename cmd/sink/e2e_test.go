@@ -114,7 +114,10 @@ func TestRejectedParksUntilSkippedAndFailedRetries(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	dlog := delivery.New(pool)
+	dlog, err := delivery.New(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer dlog.Close()
 	if err := dlog.Skip(context.Background(), "shop", "acme-2", "bad price, fixed by hand at the partner"); err != nil {
 		t.Fatal(err)

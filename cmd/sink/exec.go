@@ -50,7 +50,10 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 		return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
 	}
 	defer pool.Close()
-	dlog := delivery.New(pool)
+	dlog, err := delivery.New(pool)
+	if err != nil {
+		return err
+	}
 	defer dlog.Close() // before the pool closes: defers run last-in first-out
 	m := metrics.NewSink()
 

@@ -38,7 +38,10 @@ func (c *command) operate(ctx context.Context, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	dlog := delivery.New(pool)
+	dlog, err := delivery.New(pool)
+	if err != nil {
+		return err
+	}
 	defer dlog.Close()
 	svc, err := c.service(dlog, pool)
 	if err != nil {

@@ -2,35 +2,53 @@ package delivery
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Group commit: many lanes write the log at once; each statement on its
-// own would cost a round trip and a commit. Batchers pipeline whatever
-// statements are waiting as one pgx.Batch — one round trip, one implicit
-// transaction. If a batch fails, its statements are retried one by one,
-// so one bad statement never fails the others.
+// Group commit: many lanes write the log at once, and each write on its
+// own would cost a round trip, a commit and a statement execution.
+// Batchers take whatever writes are waiting and run all writes of one
+// kind (Begin, Checkpoint, Finish) as one statement over arrays
+// (unnest), all kinds in one pipeline: one round trip, one implicit
+// transaction, and one statement per kind for Postgres to plan and run
+// (sinkbench: per-row statements cost Postgres as much CPU as the sink
+// itself spent). If a batch fails, its writes are retried one by one, so
+// one bad write never fails the others.
 
-// maxBatch caps statements per batch.
+// maxBatch caps writes per batch.
 const maxBatch = 256
 
-// batchers is the number of batches in flight at once.
-const batchers = 8
+// batchers is the number of batches in flight at once. A batcher takes
+// what waits while the other one's batch runs, so fewer batchers make
+// bigger batches and fewer commits (sinkbench: 8 batchers made batches
+// of 3 writes and cost Postgres 40% more CPU than 2). Two rather than
+// one, so a batch waiting for a row lock (an operator's open
+// transaction) does not hold up every lane.
+const batchers = 2
 
-// op is one statement waiting for a batch.
-type op struct {
+// setStmt is a write over arrays: $1..$n are one array per column, one
+// element per write. It returns a row for each write it applied, led by
+// the write's key (integration, event_id); a write without a row was not
+// applied (its condition did not hold).
+type setStmt struct {
+	name string // for errors
 	sql  string
-	args []any
-	// scan reads a row (QueryRow); nil means Exec.
-	scan func(pgx.Row) error
-	tag  pgconn.CommandTag
-	err  error
-	done chan struct{}
+}
+
+// op is one write waiting for a batch.
+type op struct {
+	stmt *setStmt
+	key  [2]string // integration, event_id
+	row  []any     // one value per column of stmt
+	out  []any     // where the returned columns after the key go
+	// applied reports whether the statement returned the write's row.
+	applied bool
+	err     error
+	done    chan struct{}
 }
 
 type batcher struct {
@@ -49,13 +67,13 @@ func newBatcher(pool *pgxpool.Pool) *batcher {
 	return b
 }
 
-// close stops the batchers after the waiting statements ran.
+// close stops the batchers after the waiting writes ran.
 func (b *batcher) close() {
 	b.once.Do(func() { close(b.ops) })
 	b.wg.Wait()
 }
 
-// do runs one statement through a batch and waits for it.
+// do runs one write through a batch and waits for it.
 func (b *batcher) do(ctx context.Context, o *op) error {
 	o.done = make(chan struct{})
 	select {
@@ -63,8 +81,8 @@ func (b *batcher) do(ctx context.Context, o *op) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	// Once queued the statement runs; wait for it even if ctx ends, so
-	// the caller never acts on a write whose outcome it does not know.
+	// Once queued the write runs; wait for it even if ctx ends, so the
+	// caller never acts on a write whose outcome it does not know.
 	<-o.done
 	return o.err
 }
@@ -89,29 +107,89 @@ func (b *batcher) loop() {
 	}
 }
 
+// group is the writes that run as one statement: one kind, distinct keys
+// (a statement may not touch a row twice).
+type group struct {
+	stmt *setStmt
+	ops  map[[2]string]*op
+}
+
+// groups splits ops into statements, in order of first appearance.
+func groups(ops []*op) []*group {
+	var gs []*group
+next:
+	for _, o := range ops {
+		for _, g := range gs {
+			if g.stmt == o.stmt && g.ops[o.key] == nil {
+				g.ops[o.key] = o
+				continue next
+			}
+		}
+		gs = append(gs, &group{stmt: o.stmt, ops: map[[2]string]*op{o.key: o}})
+	}
+	return gs
+}
+
+// args are the statement's arrays, one per column.
+func (g *group) args() []any {
+	var cols [][]any
+	for _, o := range g.ops {
+		if cols == nil {
+			cols = make([][]any, len(o.row))
+		}
+		for i, v := range o.row {
+			cols[i] = append(cols[i], v)
+		}
+	}
+	args := make([]any, len(cols))
+	for i, c := range cols {
+		args[i] = c
+	}
+	return args
+}
+
+// read records which writes the statement applied, and their results.
+func (g *group) read(rows pgx.Rows) error {
+	defer rows.Close()
+	for rows.Next() {
+		raw := rows.RawValues() // text columns: the same bytes in either format
+		if len(raw) < 2 {
+			return fmt.Errorf("delivery: %s returned %d columns", g.stmt.name, len(raw))
+		}
+		o := g.ops[[2]string{string(raw[0]), string(raw[1])}]
+		if o == nil {
+			return fmt.Errorf("delivery: %s returned a row it was not given: %s/%s", g.stmt.name, raw[0], raw[1])
+		}
+		if err := rows.Scan(append([]any{nil, nil}, o.out...)...); err != nil {
+			return fmt.Errorf("delivery: %s: read %s/%s: %w", g.stmt.name, raw[0], raw[1], err)
+		}
+		o.applied = true
+	}
+	return rows.Err()
+}
+
 func (b *batcher) run(ops []*op) {
 	ctx := context.Background()
 	if len(ops) > 1 {
+		gs := groups(ops)
 		pb := &pgx.Batch{}
-		for _, o := range ops {
-			pb.Queue(o.sql, o.args...)
+		for _, g := range gs {
+			pb.Queue(g.stmt.sql, g.args()...)
 		}
-		// A batch is one pipeline with one Sync: Postgres runs it as one
-		// implicit transaction (all or nothing), in one round trip — no
-		// BEGIN and COMMIT round trips around it (found by profiling
-		// sinkbench: they cost a third of the log's CPU).
+		// One pipeline with one Sync: Postgres runs it as one implicit
+		// transaction (all or nothing), in one round trip — no BEGIN and
+		// COMMIT round trips around it.
 		err := func() error {
 			br := b.pool.SendBatch(ctx, pb)
-			for _, o := range ops {
-				if o.scan != nil {
-					o.err = o.scan(br.QueryRow())
-				} else {
-					o.tag, o.err = br.Exec()
-				}
-				// ErrNoRows is an answer, not a failure of the batch.
-				if o.err != nil && !errors.Is(o.err, pgx.ErrNoRows) {
+			for _, g := range gs {
+				rows, err := br.Query()
+				if err != nil {
 					br.Close()
-					return o.err
+					return err
+				}
+				if err := g.read(rows); err != nil {
+					br.Close()
+					return err
 				}
 			}
 			return br.Close()
@@ -122,14 +200,18 @@ func (b *batcher) run(ops []*op) {
 			}
 			return
 		}
-	}
-	// One statement, or a failed batch: each on its own.
-	for _, o := range ops {
-		if o.scan != nil {
-			o.err = o.scan(b.pool.QueryRow(ctx, o.sql, o.args...))
-		} else {
-			o.tag, o.err = b.pool.Exec(ctx, o.sql, o.args...)
+		for _, o := range ops {
+			o.applied = false
 		}
+	}
+	// One write, or a failed batch: each on its own.
+	for _, o := range ops {
+		g := &group{stmt: o.stmt, ops: map[[2]string]*op{o.key: o}}
+		rows, err := b.pool.Query(ctx, g.stmt.sql, g.args()...)
+		if err == nil {
+			err = g.read(rows)
+		}
+		o.err = err
 		close(o.done)
 	}
 }

@@ -34,7 +34,10 @@ func newLog(t *testing.T) *Log {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	l := New(pool)
+	l, err := New(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(l.Close)
 	return l
 }
