@@ -59,11 +59,11 @@ func main() {
 	parked := flag.Int("parked", 100_000, "events parked in the memory run")
 	out := flag.String("out", "", "append the Markdown section to this file")
 	repeat := flag.Int("repeat", 3, "runs per rate scenario (the median is reported)")
-	only := flag.String("only", "", `run one scenario only ("slow": the 20 ms partner; "fast": the 0 ms partner), without writing a report`)
+	only := flag.String("only", "", `run one scenario only ("slow": the 20 ms partner; "fast": the 0 ms partner; "parked": the memory run), without writing a report`)
 	bin := flag.String("bin", "bin", "folder with sink, devbroker and partnersim")
 	flag.Parse()
 	if *only != "" {
-		if err := runOnly(*only, *bin, *events, *repeat); err != nil {
+		if err := runOnly(*only, *bin, *events, *parked, *repeat); err != nil {
 			fmt.Fprintln(os.Stderr, "sinkbench:", err)
 			os.Exit(1)
 		}
@@ -75,33 +75,41 @@ func main() {
 	}
 }
 
-// runOnly runs one rate scenario repeat times and prints each result.
-func runOnly(which, bin string, events, repeat int) error {
-	if which != "slow" && which != "fast" {
-		return fmt.Errorf("-only %q: want slow or fast", which)
+// runOnly runs one scenario repeat times and prints each result.
+func runOnly(which, bin string, events, parked, repeat int) error {
+	if which != "slow" && which != "fast" && which != "parked" {
+		return fmt.Errorf("-only %q: want slow, fast or parked", which)
 	}
-	cl, err := pgtest.Start(context.Background(), pgtest.Options{})
+	ctx := context.Background()
+	cl, err := pgtest.Start(ctx, pgtest.Options{})
 	if err != nil {
 		return err
 	}
 	defer cl.Stop()
 	for i := range repeat {
-		if which == "fast" {
-			r, err := scenario(context.Background(), cl, bin, fmt.Sprintf("only_fast_%d", i), events, events, "", "    workers: 128\n", nil, nil, nil)
+		var rss, call float64
+		switch which {
+		case "parked":
+			rss, err := parkedRun(ctx, cl, bin, parked)
 			if err != nil {
 				return err
 			}
-			fmt.Printf("0 ms partner: %.0f deliveries/s\n", r)
-			continue
+			fmt.Printf("%d parked events: peak RSS %.1f MiB\n", parked, rss)
+		case "fast":
+			r, err := scenario(ctx, cl, bin, fmt.Sprintf("only_fast_%d", i), events, events, "", "    workers: 128\n", nil, &rss, nil)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("0 ms partner: %.0f deliveries/s; peak RSS %.1f MiB\n", r, rss)
+		case "slow":
+			r, err := scenario(ctx, cl, bin, fmt.Sprintf("only_slow_%d", i), events, events, "",
+				"    workers: 512\n    concurrency: 256\n", []string{"-latency", "20ms"}, &rss, &call)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("20 ms partner: %.0f deliveries/s, efficiency %.2f; mean partner call %.1f ms, so %.0f of 256 calls in flight; peak RSS %.1f MiB\n",
+				r, r/(256/0.020), call*1000, r*call, rss)
 		}
-		var call float64
-		r, err := scenario(context.Background(), cl, bin, fmt.Sprintf("only_slow_%d", i), events/2, events/2, "",
-			"    workers: 512\n    concurrency: 256\n", []string{"-latency", "20ms"}, nil, &call)
-		if err != nil {
-			return err
-		}
-		fmt.Printf("20 ms partner: %.0f deliveries/s, efficiency %.2f; mean partner call %.1f ms, so %.0f of 256 calls in flight\n",
-			r, r/(256/0.020), call*1000, r*call)
 	}
 	return nil
 }
@@ -121,6 +129,9 @@ func (e *env) stop() {
 
 func start(name string, args ...string) (*exec.Cmd, error) {
 	cmd := exec.Command(name, args...)
+	if strings.HasSuffix(name, "/sink") && os.Getenv("SINK_GOGC") != "" {
+		cmd.Env = append(os.Environ(), "GOGC="+os.Getenv("SINK_GOGC"))
+	}
 	cmd.Stderr = os.Stderr
 	return cmd, cmd.Start()
 }

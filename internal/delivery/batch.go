@@ -4,20 +4,20 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Group commit: many lanes write the log at once, and each write on its
-// own would cost a round trip, a commit and a statement execution.
-// Batchers take whatever writes are waiting and run all writes of one
-// kind (Begin, Checkpoint, Finish) as one statement over arrays
-// (unnest), all kinds in one pipeline: one round trip, one implicit
-// transaction, and one statement per kind for Postgres to plan and run
-// (sinkbench: per-row statements cost Postgres as much CPU as the sink
-// itself spent). If a batch fails, its writes are retried one by one, so
-// one bad write never fails the others.
+// own would cost a round trip, a transaction and a statement. Batchers
+// collect the writes that arrive within linger of the first one and run
+// all writes of one kind (Begin, Checkpoint, Finish) as one statement
+// over arrays (unnest), all kinds in one pipeline: one round trip, one
+// implicit transaction, one statement per kind. If a batch fails, its
+// writes are retried one by one, so one bad write never fails the
+// others.
 
 // maxBatch caps writes per batch.
 const maxBatch = 256
@@ -29,6 +29,13 @@ const maxBatch = 256
 // one, so a batch waiting for a row lock (an operator's open
 // transaction) does not hold up every lane.
 const batchers = 2
+
+// linger is how long a batch waits for company after its first write:
+// up to 1 ms more per write buys fewer, bigger batches, so less CPU in
+// Postgres for the same work (sinkbench: 0 ms partner 18.0k → 20.6k
+// deliveries/s; at the 20 ms partner, calls 0.3–0.6 ms quicker, as the
+// cores are less busy).
+const linger = time.Millisecond
 
 // setStmt is a write over arrays: $1..$n are one array per column, one
 // element per write. It returns a row for each write it applied, led by
@@ -89,8 +96,10 @@ func (b *batcher) do(ctx context.Context, o *op) error {
 
 func (b *batcher) loop() {
 	defer b.wg.Done()
+	t := time.NewTimer(0)
 	for first := range b.ops {
 		batch := []*op{first}
+		t.Reset(linger)
 	fill:
 		for len(batch) < maxBatch {
 			select {
@@ -99,7 +108,7 @@ func (b *batcher) loop() {
 					break fill
 				}
 				batch = append(batch, o)
-			default:
+			case <-t.C:
 				break fill
 			}
 		}
