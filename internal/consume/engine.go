@@ -14,7 +14,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
 
 	"github.com/ferry-cdc/ferry/internal/delivery"
@@ -39,7 +38,7 @@ type Engine struct {
 	cl      *kgo.Client
 	sched   *lane.Scheduler
 	limiter *rate.Limiter
-	sem     *semaphore.Weighted
+	calls   chan *callJob // to the callers: Concurrency goroutines
 	breaker circuitbreaker.CircuitBreaker[any]
 
 	pausedMu sync.RWMutex
@@ -59,7 +58,7 @@ type Engine struct {
 // maps may be nil when the connector needs no mappings.
 func New(cfg Config, brokers []string, conn connector.Connector, dlog *delivery.Log, maps *mapping.Store, log *slog.Logger, m *metrics.Sink) *Engine {
 	e := &Engine{cfg: cfg, brokers: brokers, conn: conn, dlog: dlog, maps: maps, log: log.With("integration", cfg.Name), m: m,
-		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, sem: semaphore.NewWeighted(int64(cfg.Concurrency))}
+		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, calls: make(chan *callJob)}
 	e.prober, _ = conn.(connector.Prober)
 	if cfg.RateLimit > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit/10)))
@@ -121,6 +120,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		return fmt.Errorf("%s: %w", e.cfg.Name, err)
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	for range e.cfg.Concurrency {
+		g.Go(func() error { e.caller(gctx); return nil })
+	}
 	g.Go(func() error { e.sched.Run(gctx); return nil })
 	g.Go(func() error { return e.commitLoop(gctx) })
 	g.Go(func() error { return e.pauseLoop(gctx) })
@@ -537,10 +539,45 @@ func (e *Engine) call(ctx context.Context, req connector.Request) (connector.Res
 			return connector.Result{}, &connector.Failure{Reason: "stopping", Err: err}
 		}
 	}
-	if err := e.sem.Acquire(ctx, 1); err != nil {
-		return connector.Result{}, &connector.Failure{Reason: "stopping", Err: err}
+	j := &callJob{ctx: ctx, req: req, done: make(chan struct{})}
+	select {
+	case e.calls <- j:
+	case <-ctx.Done():
+		return connector.Result{}, &connector.Failure{Reason: "stopping", Err: ctx.Err()}
 	}
-	defer e.sem.Release(1)
+	<-j.done // a caller that took the job always finishes it
+	return j.res, j.err
+}
+
+// callJob is one connector call, from a lane's worker to a caller.
+type callJob struct {
+	ctx  context.Context
+	req  connector.Request
+	res  connector.Result
+	err  error
+	done chan struct{}
+}
+
+// caller makes connector calls, one at a time, until ctx ends; there
+// are Concurrency callers, which is the concurrency cap. A caller that
+// finishes a call takes the next waiting job at once, so the cap stays
+// full. (With a semaphore, a released slot stayed idle until the woken
+// waiter got a core: sinkbench kept 252 of 256 calls in flight.)
+func (e *Engine) caller(ctx context.Context) {
+	for {
+		select {
+		case j := <-e.calls:
+			j.res, j.err = e.invoke(j.ctx, j.req)
+			close(j.done)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// invoke makes one connector call with the integration's timeout, and
+// feeds the breaker.
+func (e *Engine) invoke(ctx context.Context, req connector.Request) (connector.Result, error) {
 	cctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
 	start := time.Now()
