@@ -120,7 +120,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		return fmt.Errorf("%s: %w", e.cfg.Name, err)
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	for range e.cfg.Concurrency {
+	// Each worker makes one call at a time: more callers than workers
+	// would idle.
+	for range min(e.cfg.Concurrency, e.cfg.Workers) {
 		g.Go(func() error { e.caller(gctx); return nil })
 	}
 	g.Go(func() error { e.sched.Run(gctx); return nil })
@@ -559,7 +561,8 @@ type callJob struct {
 }
 
 // caller makes connector calls, one at a time, until ctx ends; there
-// are Concurrency callers, which is the concurrency cap. A caller that
+// are Concurrency callers (at most Workers), which is the concurrency
+// cap. A caller that
 // finishes a call takes the next waiting job at once, so the cap stays
 // full. (With a semaphore, a released slot stayed idle until the woken
 // waiter got a core: sinkbench kept 252 of 256 calls in flight.)
