@@ -44,13 +44,16 @@ const linger = time.Millisecond
 type setStmt struct {
 	name string // for errors
 	sql  string
+	// args builds the arrays from the writes' rows: typed slices, so
+	// nothing is boxed per value.
+	args func(ops []*op) []any
 }
 
 // op is one write waiting for a batch.
 type op struct {
 	stmt *setStmt
 	key  [2]string // integration, event_id
-	row  []any     // one value per column of stmt
+	row  any       // the values after the key, a row type of stmt's
 	out  []any     // where the returned columns after the key go
 	// applied reports whether the statement returned the write's row.
 	applied bool
@@ -119,8 +122,13 @@ func (b *batcher) loop() {
 // group is the writes that run as one statement: one kind, distinct keys
 // (a statement may not touch a row twice).
 type group struct {
-	stmt *setStmt
-	ops  map[[2]string]*op
+	stmt  *setStmt
+	ops   []*op
+	byKey map[[2]string]*op
+}
+
+func newGroup(o *op) *group {
+	return &group{stmt: o.stmt, ops: []*op{o}, byKey: map[[2]string]*op{o.key: o}}
 }
 
 // groups splits ops into statements, in order of first appearance.
@@ -129,32 +137,14 @@ func groups(ops []*op) []*group {
 next:
 	for _, o := range ops {
 		for _, g := range gs {
-			if g.stmt == o.stmt && g.ops[o.key] == nil {
-				g.ops[o.key] = o
+			if g.stmt == o.stmt && g.byKey[o.key] == nil {
+				g.ops, g.byKey[o.key] = append(g.ops, o), o
 				continue next
 			}
 		}
-		gs = append(gs, &group{stmt: o.stmt, ops: map[[2]string]*op{o.key: o}})
+		gs = append(gs, newGroup(o))
 	}
 	return gs
-}
-
-// args are the statement's arrays, one per column.
-func (g *group) args() []any {
-	var cols [][]any
-	for _, o := range g.ops {
-		if cols == nil {
-			cols = make([][]any, len(o.row))
-		}
-		for i, v := range o.row {
-			cols[i] = append(cols[i], v)
-		}
-	}
-	args := make([]any, len(cols))
-	for i, c := range cols {
-		args[i] = c
-	}
-	return args
 }
 
 // read records which writes the statement applied, and their results.
@@ -165,7 +155,7 @@ func (g *group) read(rows pgx.Rows) error {
 		if len(raw) < 2 {
 			return fmt.Errorf("delivery: %s returned %d columns", g.stmt.name, len(raw))
 		}
-		o := g.ops[[2]string{string(raw[0]), string(raw[1])}]
+		o := g.byKey[[2]string{string(raw[0]), string(raw[1])}]
 		if o == nil {
 			return fmt.Errorf("delivery: %s returned a row it was not given: %s/%s", g.stmt.name, raw[0], raw[1])
 		}
@@ -183,7 +173,7 @@ func (b *batcher) run(ops []*op) {
 		gs := groups(ops)
 		pb := &pgx.Batch{}
 		for _, g := range gs {
-			pb.Queue(g.stmt.sql, g.args()...)
+			pb.Queue(g.stmt.sql, g.stmt.args(g.ops)...)
 		}
 		// One pipeline with one Sync: Postgres runs it as one implicit
 		// transaction (all or nothing), in one round trip — no BEGIN and
@@ -215,8 +205,8 @@ func (b *batcher) run(ops []*op) {
 	}
 	// One write, or a failed batch: each on its own.
 	for _, o := range ops {
-		g := &group{stmt: o.stmt, ops: map[[2]string]*op{o.key: o}}
-		rows, err := b.pool.Query(ctx, g.stmt.sql, g.args()...)
+		g := newGroup(o)
+		rows, err := b.pool.Query(ctx, g.stmt.sql, g.stmt.args(g.ops)...)
 		if err == nil {
 			err = g.read(rows)
 		}

@@ -58,7 +58,11 @@ func TestBatchWritesEachKindAsOneStatement(t *testing.T) {
 		Calls: []connector.Call{{Method: "POST", Status: 503}}})
 	bad, _ := finishOp(at(4, 1), Outcome{State: "bogus"}) // violates the state CHECK
 	stale, _ := finishOp(at(5, 7), Outcome{State: Succeeded})
-	run(l, ok, failed, bad, stale)
+	step := &op{stmt: checkpointStmt, key: [2]string{"shop", "e1"}, row: &checkpointRow{attempt: 2 /* begun twice */, step: []byte(`[{"name":"price"}]`)}}
+	run(l, ok, failed, bad, stale, step)
+	if step.err != nil || !step.applied {
+		t.Fatalf("checkpoint of e1's attempt 2: applied %v, %v", step.applied, step.err)
+	}
 	if ok.err != nil || !ok.applied || failed.err != nil || !failed.applied {
 		t.Fatalf("finish: ok %v %v, failed %v %v", ok.applied, ok.err, failed.applied, failed.err)
 	}
@@ -85,6 +89,10 @@ func TestBatchWritesEachKindAsOneStatement(t *testing.T) {
 	if state != "failed" || reason != "partner 503" || status != 503 || !at3.Equal(next) || method != "POST" {
 		t.Fatalf("failed row: %s %q %d %v %s", state, reason, status, at3, method)
 	}
+	var steps string
+	if err := l.pool.QueryRow(ctx, `SELECT steps::text FROM ferry.delivery WHERE event_id = 'e1'`).Scan(&steps); err != nil || steps != `[{"name": "price"}]` {
+		t.Fatalf("e1 steps %s %v", steps, err)
+	}
 	for _, id := range []string{"e4", "e5"} {
 		if err := l.pool.QueryRow(ctx, `SELECT state FROM ferry.delivery WHERE event_id = $1`, id).Scan(&state); err != nil || state != "in_flight" {
 			t.Fatalf("%s: %s %v, want still in_flight", id, state, err)
@@ -105,10 +113,10 @@ func TestBatchedUpdatesUseThePrimaryKey(t *testing.T) {
 	for i := range 200 {
 		a := Attempt{Integration: "shop", EventID: event(i * 7).ID, Number: 1, event: event(i * 7)}
 		fin, _ := finishOp(a, Outcome{State: Failed, Status: 503})
-		ops = append(ops, fin, &op{stmt: checkpointStmt, key: fin.key, row: []any{a.Integration, a.EventID, 1, []byte(`[]`)}})
+		ops = append(ops, fin, &op{stmt: checkpointStmt, key: fin.key, row: &checkpointRow{attempt: 1, step: []byte(`[]`)}})
 	}
 	for _, g := range groups(ops) {
-		rows, err := l.b.pool.Query(ctx, "EXPLAIN "+g.stmt.sql, g.args()...)
+		rows, err := l.b.pool.Query(ctx, "EXPLAIN "+g.stmt.sql, g.stmt.args(g.ops)...)
 		if err != nil {
 			t.Fatal(err)
 		}

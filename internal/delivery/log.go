@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ferry-cdc/ferry/pkg/connector"
@@ -130,12 +131,12 @@ var (
 			SET state = CASE WHEN d.state = 'compensating' THEN 'compensating' ELSE 'in_flight' END,
 				attempts = d.attempts + 1, updated_at = now()
 			WHERE d.state IN ('pending', 'failed', 'in_flight', 'waiting', 'compensating')
-		RETURNING d.integration, d.event_id, d.attempts, d.state, d.steps`}
+		RETURNING d.integration, d.event_id, d.attempts, d.state, d.steps`, args: beginArgs}
 	checkpointStmt = &setStmt{name: "record step", sql: `UPDATE ferry.delivery AS d
 		SET steps = COALESCE(d.steps, '[]'::jsonb) || u.step, updated_at = now()
 		FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[]) AS u(integration, event_id, attempts, step)
 		WHERE d.integration = u.integration AND d.event_id = u.event_id AND d.attempts = u.attempts AND d.state = 'in_flight'
-		RETURNING d.integration, d.event_id`}
+		RETURNING d.integration, d.event_id`, args: checkpointArgs}
 	// A waiting outcome gives back the attempt Begin counted.
 	finishStmt = &setStmt{name: "finish", sql: `UPDATE ferry.delivery AS d
 		SET state = u.state, last_status = u.status, reason = NULLIF(u.reason, ''), calls = u.calls,
@@ -145,7 +146,7 @@ var (
 			$8::timestamptz[], $9::jsonb[]) AS u(integration, event_id, attempts, state, status, reason, calls, next, event)
 		WHERE d.integration = u.integration AND d.event_id = u.event_id AND d.attempts = u.attempts
 			AND d.state IN ('in_flight', 'compensating')
-		RETURNING d.integration, d.event_id`}
+		RETURNING d.integration, d.event_id`, args: finishArgs}
 )
 
 // Begin claims the next attempt of ev for integration: inserts the row
@@ -180,10 +181,61 @@ type begun struct {
 	steps []byte
 }
 
+// beginRow is a Begin's values after the key.
+type beginRow struct {
+	tenant, eventType, aggregateType, aggregateID string
+	src                                           Source
+}
+
 func beginOp(integration string, ev connector.Event, src Source, r *begun) *op {
 	return &op{stmt: beginStmt, key: [2]string{integration, ev.ID},
-		row: []any{integration, ev.ID, ev.TenantID, ev.EventType, ev.AggregateType, ev.AggregateID, src.Topic, src.Partition, src.Offset},
+		row: &beginRow{tenant: ev.TenantID, eventType: ev.EventType, aggregateType: ev.AggregateType, aggregateID: ev.AggregateID, src: src},
 		out: []any{&r.n, &r.state, &r.steps}}
+}
+
+func beginArgs(ops []*op) []any {
+	n := len(ops)
+	tenant, typ, aggType, aggID, topic := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	part, off := make([]int32, n), make([]int64, n)
+	for i, o := range ops {
+		r := o.row.(*beginRow)
+		tenant[i], typ[i], aggType[i], aggID[i] = r.tenant, r.eventType, r.aggregateType, r.aggregateID
+		topic[i], part[i], off[i] = r.src.Topic, r.src.Partition, r.src.Offset
+	}
+	return []any{keys(ops), ids(ops), tenant, typ, aggType, aggID, topic, part, off}
+}
+
+// keys is the integration column of ops.
+func keys(ops []*op) []string {
+	in := make([]string, len(ops))
+	for i, o := range ops {
+		in[i] = o.key[0]
+	}
+	return in
+}
+
+// ids is the event id column of ops.
+func ids(ops []*op) []string {
+	id := make([]string, len(ops))
+	for i, o := range ops {
+		id[i] = o.key[1]
+	}
+	return id
+}
+
+// checkpointRow is a Checkpoint's values after the key.
+type checkpointRow struct {
+	attempt int32
+	step    []byte // a JSON array of one step
+}
+
+func checkpointArgs(ops []*op) []any {
+	att, step := make([]int32, len(ops)), make([][]byte, len(ops))
+	for i, o := range ops {
+		r := o.row.(*checkpointRow)
+		att[i], step[i] = r.attempt, r.step
+	}
+	return []any{keys(ops), ids(ops), att, step}
 }
 
 // Checkpoint records a completed step of the attempt, before the next
@@ -194,7 +246,7 @@ func (l *Log) Checkpoint(ctx context.Context, a Attempt, s connector.Step) error
 	if err != nil {
 		return fmt.Errorf("delivery: encode step: %w", err)
 	}
-	cp := &op{stmt: checkpointStmt, key: [2]string{a.Integration, a.EventID}, row: []any{a.Integration, a.EventID, a.Number, b}}
+	cp := &op{stmt: checkpointStmt, key: [2]string{a.Integration, a.EventID}, row: &checkpointRow{attempt: int32(a.Number), step: b}}
 	if err := l.b.do(ctx, cp); err != nil {
 		return fmt.Errorf("delivery: record step %s of %s: %w", s.Name, a.EventID, err)
 	}
@@ -278,16 +330,31 @@ func finishOp(a Attempt, o Outcome) (*op, error) {
 			return nil, fmt.Errorf("delivery: encode event %s: %w", a.EventID, err)
 		}
 	}
-	var next *time.Time
-	if !o.NextRetry.IsZero() {
-		next = &o.NextRetry
+	r := &finishRow{attempt: int32(a.Number), state: string(o.State), reason: o.Reason, calls: calls, event: event}
+	r.status = pgtype.Int4{Int32: int32(o.Status), Valid: o.Status != 0}
+	r.next = pgtype.Timestamptz{Time: o.NextRetry, Valid: !o.NextRetry.IsZero()}
+	return &op{stmt: finishStmt, key: [2]string{a.Integration, a.EventID}, row: r}, nil
+}
+
+// finishRow is a Finish's values after the key; nil calls and event,
+// and invalid status and next, are NULL.
+type finishRow struct {
+	attempt       int32
+	state, reason string
+	status        pgtype.Int4
+	calls, event  []byte
+	next          pgtype.Timestamptz
+}
+
+func finishArgs(ops []*op) []any {
+	n := len(ops)
+	att, state, reason := make([]int32, n), make([]string, n), make([]string, n)
+	status, next, calls, event := make([]pgtype.Int4, n), make([]pgtype.Timestamptz, n), make([][]byte, n), make([][]byte, n)
+	for i, o := range ops {
+		r := o.row.(*finishRow)
+		att[i], state[i], reason[i], status[i], next[i], calls[i], event[i] = r.attempt, r.state, r.reason, r.status, r.next, r.calls, r.event
 	}
-	var status *int
-	if o.Status != 0 {
-		status = &o.Status
-	}
-	return &op{stmt: finishStmt, key: [2]string{a.Integration, a.EventID},
-		row: []any{a.Integration, a.EventID, a.Number, string(o.State), status, o.Reason, calls, next, event}}, nil
+	return []any{keys(ops), ids(ops), att, state, status, reason, calls, next, event}
 }
 
 // Skip marks a delivery skipped by an operator, with a reason, and
