@@ -195,6 +195,20 @@ func CreateDatabase(ctx context.Context, serverURL, name string) (string, error)
 	return withDatabase(serverURL, name)
 }
 
+// DropDatabase drops a database made by CreateDatabase, closing its
+// connections.
+func DropDatabase(ctx context.Context, serverURL, name string) error {
+	conn, err := pgx.Connect(ctx, serverURL)
+	if err != nil {
+		return fmt.Errorf("pgtest: connect %s: %w", redactURL(serverURL), err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "DROP DATABASE "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		return fmt.Errorf("pgtest: drop database %s: %w", name, err)
+	}
+	return nil
+}
+
 func withDatabase(raw, name string) (string, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
