@@ -115,6 +115,10 @@ func TestBatchedUpdatesUseThePrimaryKey(t *testing.T) {
 		fin, _ := finishOp(a, Outcome{State: Failed, Status: 503})
 		ops = append(ops, fin, &op{stmt: checkpointStmt, key: fin.key, row: &checkpointRow{attempt: 1, step: []byte(`[]`)}})
 	}
+	var seqscan string
+	if err := l.pool.QueryRow(ctx, `SHOW enable_seqscan`).Scan(&seqscan); err != nil || seqscan != "on" {
+		t.Fatalf("the log's other connections plan with enable_seqscan %q (%v), want on", seqscan, err)
+	}
 	for _, g := range groups(ops) {
 		rows, err := l.b.pool.Query(ctx, "EXPLAIN "+g.stmt.sql, g.stmt.args(g.ops)...)
 		if err != nil {

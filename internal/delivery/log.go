@@ -81,6 +81,9 @@ func New(pool *pgxpool.Pool) (*Log, error) {
 func writePool(pool *pgxpool.Pool) (*pgxpool.Pool, error) {
 	cfg := pool.Config() // a copy
 	cfg.MaxConns, cfg.MinConns = batchers, 0
+	if cfg.ConnConfig.RuntimeParams == nil {
+		cfg.ConnConfig.RuntimeParams = map[string]string{}
+	}
 	for _, p := range []string{"enable_seqscan", "enable_hashjoin", "enable_mergejoin"} {
 		cfg.ConnConfig.RuntimeParams[p] = "off"
 	}
