@@ -38,7 +38,7 @@ type Engine struct {
 	cl      *kgo.Client
 	sched   *lane.Scheduler
 	limiter *rate.Limiter
-	calls   chan *callJob // to the callers: Concurrency goroutines
+	calls   chan *callJob // to the callers (see caller)
 	breaker circuitbreaker.CircuitBreaker[any]
 
 	pausedMu sync.RWMutex
@@ -562,10 +562,10 @@ type callJob struct {
 
 // caller makes connector calls, one at a time, until ctx ends; there
 // are Concurrency callers (at most Workers), which is the concurrency
-// cap. A caller that
-// finishes a call takes the next waiting job at once, so the cap stays
-// full. (With a semaphore, a released slot stayed idle until the woken
-// waiter got a core: sinkbench kept 252 of 256 calls in flight.)
+// cap. A caller that finishes a call takes the next waiting job at once,
+// so the cap stays full. (With a semaphore, a released slot stayed idle
+// until the woken waiter got a core: sinkbench kept 252 of 256 calls in
+// flight.)
 func (e *Engine) caller(ctx context.Context) {
 	for {
 		select {

@@ -205,25 +205,17 @@ func beginArgs(ops []*op) []any {
 		tenant[i], typ[i], aggType[i], aggID[i] = r.tenant, r.eventType, r.aggregateType, r.aggregateID
 		topic[i], part[i], off[i] = r.src.Topic, r.src.Partition, r.src.Offset
 	}
-	return []any{keys(ops), ids(ops), tenant, typ, aggType, aggID, topic, part, off}
+	return []any{keyColumn(ops, 0), keyColumn(ops, 1), tenant, typ, aggType, aggID, topic, part, off}
 }
 
-// keys is the integration column of ops.
-func keys(ops []*op) []string {
-	in := make([]string, len(ops))
+// keyColumn is part k of the ops' keys as a column: 0 the integration,
+// 1 the event id.
+func keyColumn(ops []*op, k int) []string {
+	col := make([]string, len(ops))
 	for i, o := range ops {
-		in[i] = o.key[0]
+		col[i] = o.key[k]
 	}
-	return in
-}
-
-// ids is the event id column of ops.
-func ids(ops []*op) []string {
-	id := make([]string, len(ops))
-	for i, o := range ops {
-		id[i] = o.key[1]
-	}
-	return id
+	return col
 }
 
 // checkpointRow is a Checkpoint's values after the key.
@@ -238,7 +230,7 @@ func checkpointArgs(ops []*op) []any {
 		r := o.row.(*checkpointRow)
 		att[i], step[i] = r.attempt, r.step
 	}
-	return []any{keys(ops), ids(ops), att, step}
+	return []any{keyColumn(ops, 0), keyColumn(ops, 1), att, step}
 }
 
 // Checkpoint records a completed step of the attempt, before the next
@@ -357,7 +349,7 @@ func finishArgs(ops []*op) []any {
 		r := o.row.(*finishRow)
 		att[i], state[i], reason[i], status[i], next[i], calls[i], event[i] = r.attempt, r.state, r.reason, r.status, r.next, r.calls, r.event
 	}
-	return []any{keys(ops), ids(ops), att, state, status, reason, calls, next, event}
+	return []any{keyColumn(ops, 0), keyColumn(ops, 1), att, state, status, reason, calls, next, event}
 }
 
 // Skip marks a delivery skipped by an operator, with a reason, and
@@ -655,9 +647,18 @@ func (l *Log) Resume(ctx context.Context, integration, tenant string) error {
 // Paused returns the paused tenants of an integration; the "" key means
 // the whole integration is paused.
 func (l *Log) Paused(ctx context.Context, integration string) (map[string]bool, error) {
-	rows, err := l.pool.Query(ctx, `SELECT tenant_id FROM ferry.pause WHERE integration = $1`, integration)
+	p, err := l.tenantSet(ctx, `SELECT tenant_id FROM ferry.pause WHERE integration = $1`, integration)
 	if err != nil {
 		return nil, fmt.Errorf("delivery: read pauses: %w", err)
+	}
+	return p, nil
+}
+
+// tenantSet runs a query of tenant ids for an integration.
+func (l *Log) tenantSet(ctx context.Context, sql, integration string) (map[string]bool, error) {
+	rows, err := l.pool.Query(ctx, sql, integration)
+	if err != nil {
+		return nil, err
 	}
 	defer rows.Close()
 	out := map[string]bool{}

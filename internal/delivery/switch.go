@@ -42,20 +42,11 @@ func (l *Log) SetTenant(ctx context.Context, integration, tenant string, enabled
 
 // Disabled returns the tenants of an integration that are switched off.
 func (l *Log) Disabled(ctx context.Context, integration string) (map[string]bool, error) {
-	rows, err := l.pool.Query(ctx, `SELECT tenant_id FROM ferry.tenant_switch WHERE integration = $1 AND NOT enabled`, integration)
+	d, err := l.tenantSet(ctx, `SELECT tenant_id FROM ferry.tenant_switch WHERE integration = $1 AND NOT enabled`, integration)
 	if err != nil {
 		return nil, fmt.Errorf("delivery: read the tenant switch: %w", err)
 	}
-	defer rows.Close()
-	out := map[string]bool{}
-	for rows.Next() {
-		var t string
-		if err := rows.Scan(&t); err != nil {
-			return nil, err
-		}
-		out[t] = true
-	}
-	return out, rows.Err()
+	return d, nil
 }
 
 // InFlight counts a tenant's deliveries being attempted right now.
