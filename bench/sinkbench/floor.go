@@ -4,22 +4,22 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net/http"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ferry-cdc/ferry/bench/benchutil"
+	"github.com/ferry-cdc/ferry/pkg/connector/webhook"
 )
 
-// httpFloor measures what 256 concurrent plain HTTP clients get from the
-// same 20 ms partner with nothing else running: the most any sink could
-// achieve on this machine. It returns the rate and the mean call time in
+// httpFloor measures what slowConcurrency plain HTTP clients (the sink's
+// HTTP client, nothing else) get from the same 20 ms partner with nothing
+// else running: the most any sink could achieve on this machine. It returns the rate and the mean call time in
 // seconds.
 func httpFloor(bin string) (float64, float64, error) {
 	addr := benchutil.FreeAddr()
-	p, err := start(filepath.Join(bin, "partnersim"), "-addr", addr, "-discard", "-latency", "20ms")
+	p, err := start(filepath.Join(bin, "partnersim"), append([]string{"-addr", addr, "-discard"}, slowPartner...)...)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -27,15 +27,13 @@ func httpFloor(bin string) (float64, float64, error) {
 	if err := waitDial(addr); err != nil {
 		return 0, 0, err
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 1024, 1024
-	cl := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	cl := webhook.Client(10 * time.Second)
 	body := []byte(`{"event_id":"e","tenant_id":"t","event_type":"product.updated","payload":{"n":1}}`)
 	const d = 8 * time.Second
 	stop := time.Now().Add(d)
 	var n, total atomic.Int64
 	var wg sync.WaitGroup
-	for range 256 {
+	for range slowConcurrency {
 		wg.Go(func() {
 			for time.Now().Before(stop) {
 				s := time.Now()

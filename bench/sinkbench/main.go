@@ -75,6 +75,20 @@ func main() {
 	}
 }
 
+// The rate scenarios' sink settings and partner: the slow one makes
+// slowConcurrency calls at once to a partner that answers in 20 ms,
+// ideally slowIdeal calls/s.
+const (
+	fastSink        = "    workers: 128\n"
+	slowConcurrency = 256
+	slowIdeal       = slowConcurrency / 0.020
+)
+
+var (
+	slowSink    = fmt.Sprintf("    workers: %d\n    concurrency: %d\n", 2*slowConcurrency, slowConcurrency)
+	slowPartner = []string{"-latency", "20ms"}
+)
+
 // runOnly runs one scenario repeat times and prints each result.
 func runOnly(which, bin string, events, parked, repeat int) error {
 	if which != "slow" && which != "fast" && which != "parked" {
@@ -96,19 +110,18 @@ func runOnly(which, bin string, events, parked, repeat int) error {
 			}
 			fmt.Printf("%d parked events: peak RSS %.1f MiB\n", parked, rss)
 		case "fast":
-			r, err := scenario(ctx, cl, bin, fmt.Sprintf("only_fast_%d", i), events, events, "", "    workers: 128\n", nil, &rss, nil)
+			r, err := scenario(ctx, cl, bin, fmt.Sprintf("only_fast_%d", i), events, events, "", fastSink, nil, &rss, nil)
 			if err != nil {
 				return err
 			}
 			fmt.Printf("0 ms partner: %.0f deliveries/s; peak RSS %.1f MiB\n", r, rss)
 		case "slow":
-			r, err := scenario(ctx, cl, bin, fmt.Sprintf("only_slow_%d", i), events, events, "",
-				"    workers: 512\n    concurrency: 256\n", []string{"-latency", "20ms"}, &rss, &call)
+			r, err := scenario(ctx, cl, bin, fmt.Sprintf("only_slow_%d", i), events, events, "", slowSink, slowPartner, &rss, &call)
 			if err != nil {
 				return err
 			}
 			fmt.Printf("20 ms partner: %.0f deliveries/s, efficiency %.3f; mean partner call %.1f ms, so %.0f of 256 calls in flight; peak RSS %.1f MiB\n",
-				r, r/(256/0.020), call*1000, r*call, rss)
+				r, r/slowIdeal, call*1000, r*call, rss)
 		}
 	}
 	return nil
@@ -364,13 +377,13 @@ func runBench(ctx context.Context, bin string, events, parked, repeat int, out s
 		var f, h []float64
 		base := func() (err error) {
 			f, err = runs(1, "0 ms partner", func(int) (float64, error) {
-				return scenario(ctx, cl, bin, fmt.Sprintf("sink_fast_%d", i), events, events, "", "    workers: 128\n", nil, &fastRSS, nil)
+				return scenario(ctx, cl, bin, fmt.Sprintf("sink_fast_%d", i), events, events, "", fastSink, nil, &fastRSS, nil)
 			})
 			return err
 		}
 		failing := func() (err error) {
 			h, err = runs(1, "one failing tenant", func(int) (float64, error) {
-				return scenario(ctx, cl, bin, fmt.Sprintf("sink_failing_%d", i), events, events-events/1000, `{"tenant":"tenant-0000","status":503}`, "    workers: 128\n", nil, nil, nil)
+				return scenario(ctx, cl, bin, fmt.Sprintf("sink_failing_%d", i), events, events-events/1000, `{"tenant":"tenant-0000","status":503}`, fastSink, nil, nil, nil)
 			})
 			return err
 		}
@@ -385,16 +398,14 @@ func runBench(ctx context.Context, bin string, events, parked, repeat int, out s
 		}
 		fast, healthy, ratios = append(fast, f[0]), append(healthy, h[0]), append(ratios, 100*h[0]/f[0])
 	}
-	// As many events as the other runs: about 9 s, so the rate is the
-	// steady state, not the first second's 256 new partner connections.
-	slowN := events
-	ideal := 256 / 0.020
 	var calls []float64
-	// As many runs as the pairs below: single runs spread by ±2%, and the
-	// target is within that of this machine's floor.
+	// As many runs as the pairs above: single runs spread by ±2%, and the
+	// target is within that of this machine's floor. As many events as the
+	// other runs: about 9 s, so the rate is the steady state, not the first
+	// second's 256 new partner connections.
 	slow, err := runs(repeat+2, "20 ms partner", func(i int) (float64, error) {
 		var call float64
-		r, err := scenario(ctx, cl, bin, fmt.Sprintf("sink_slow_%d", i), slowN, slowN, "", "    workers: 512\n    concurrency: 256\n", []string{"-latency", "20ms"}, nil, &call)
+		r, err := scenario(ctx, cl, bin, fmt.Sprintf("sink_slow_%d", i), events, events, "", slowSink, slowPartner, nil, &call)
 		calls = append(calls, call)
 		return r, err
 	})
@@ -444,7 +455,7 @@ plain HTTP clients with nothing else running stay under 1.0 here (the
 (two writes per delivery, group-committed in Postgres) and the broker
 take from the same two cores.
 `, time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), runtime.Version(), host,
-		events, fastM, benchutil.List(fast), fastRSS, slowN, slowM, slowM/ideal, benchutil.List(slow), 1000*benchutil.Median(calls), slowM*benchutil.Median(calls), floor, floor/ideal, 1000*floorCall, events, healthyM, benchutil.List(healthy), benchutil.Median(ratios), benchutil.List(ratios),
+		events, fastM, benchutil.List(fast), fastRSS, events, slowM, slowM/slowIdeal, benchutil.List(slow), 1000*benchutil.Median(calls), slowM*benchutil.Median(calls), floor, floor/slowIdeal, 1000*floorCall, events, healthyM, benchutil.List(healthy), benchutil.Median(ratios), benchutil.List(ratios),
 		parked, parked, parkedRSS, len(slow))
 	fmt.Print(b.String())
 	if out == "" {
