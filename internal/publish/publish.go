@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ferry-cdc/ferry/internal/kafkaconf"
 	"github.com/ferry-cdc/ferry/internal/metrics"
 	"github.com/ferry-cdc/ferry/internal/outbox"
 	"github.com/ferry-cdc/ferry/internal/route"
@@ -25,8 +26,8 @@ const (
 
 // Config configures the producer.
 type Config struct {
-	// Brokers are the seed brokers, host:port.
-	Brokers []string `yaml:"brokers"`
+	// Config is the connection: brokers, TLS, SASL (kafkaconf).
+	kafkaconf.Config `yaml:",inline"`
 	// DeadLetterTopic receives events that cannot be published normally.
 	// Default "ferry.cdc.dead_letter".
 	DeadLetterTopic string `yaml:"dead_letter_topic"`
@@ -53,6 +54,7 @@ type Config struct {
 
 // SetDefaults fills zero fields with their defaults.
 func (c *Config) SetDefaults() {
+	c.Config.SetDefaults()
 	if c.DeadLetterTopic == "" {
 		c.DeadLetterTopic = "ferry.cdc.dead_letter"
 	}
@@ -75,15 +77,7 @@ func (c *Config) SetDefaults() {
 
 // Validate returns every problem with the config at once.
 func (c *Config) Validate() error {
-	var errs []error
-	if len(c.Brokers) == 0 {
-		errs = append(errs, errors.New("kafka.brokers: no brokers: set --brokers or FERRY_KAFKA_BROKERS (e.g. 127.0.0.1:9092)"))
-	}
-	for i, b := range c.Brokers {
-		if _, _, err := net.SplitHostPort(b); err != nil {
-			errs = append(errs, fmt.Errorf("kafka.brokers[%d]: %q is not host:port", i, b))
-		}
-	}
+	errs := []error{c.Config.Validate()}
 	if c.OnBadEvent != OnBadDeadLetter && c.OnBadEvent != OnBadStop {
 		errs = append(errs, fmt.Errorf("kafka.on_bad_event: %q: use %q or %q", c.OnBadEvent, OnBadDeadLetter, OnBadStop))
 	}
@@ -117,8 +111,7 @@ func New(cfg Config, router *route.Router, log *slog.Logger, m *metrics.CDC) (*P
 		return nil, err
 	}
 	p := &Publisher{cfg: cfg, router: router, log: log, m: m}
-	cl, err := kgo.NewClient(
-		kgo.SeedBrokers(cfg.Brokers...),
+	cl, err := kgo.NewClient(append(cfg.Opts(), // brokers, TLS, SASL
 		kgo.ClientID(cfg.ClientID),
 		kgo.RequiredAcks(kgo.AllISRAcks()),                   // the default, stated: guarantee 1 needs it
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)), // murmur2, like the Java client
@@ -128,7 +121,7 @@ func New(cfg Config, router *route.Router, log *slog.Logger, m *metrics.CDC) (*P
 		kgo.AllowAutoTopicCreation(),
 		kgo.WithHooks(errorHook{p}),
 		kgo.WithLogger(kgoLogger{log}),
-	)
+	)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka client: %w", err)
 	}
@@ -140,7 +133,7 @@ func New(cfg Config, router *route.Router, log *slog.Logger, m *metrics.CDC) (*P
 func (p *Publisher) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := p.cl.Ping(ctx); err != nil {
+	if err := p.cfg.Ping(ctx, p.cl); err != nil { // rejected credentials: retry.Permanent
 		return fmt.Errorf("cannot reach Kafka brokers %v: %w (are they running? check --brokers / FERRY_KAFKA_BROKERS)", p.cfg.Brokers, err)
 	}
 	return nil
