@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -90,10 +91,18 @@ func (c Config) AuthError(err error) error {
 	switch {
 	case errors.As(err, &unknown), errors.As(err, &hostname), errors.As(err, &invalid), errors.As(err, &verify):
 		return retry.Permanent(fmt.Errorf("kafka: TLS: the broker's certificate is not trusted: %w: check kafka.tls.ca_file (FERRY_KAFKA_TLS_CA_FILE) and kafka.tls.server_name", err))
-	case errors.As(err, &alert):
+	case errors.As(err, &alert), remoteTLSAlert(err):
 		return retry.Permanent(fmt.Errorf("kafka: TLS: the broker refused the handshake: %w: check the client certificate (kafka.tls.cert_file, kafka.tls.key_file)", err))
 	}
 	return nil
+}
+
+// remoteTLSAlert reports whether the broker ended the TLS handshake with
+// an alert (crypto/tls reports it as a net.OpError "remote error"), such
+// as "certificate required".
+func remoteTLSAlert(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "remote error" && strings.HasPrefix(op.Err.Error(), "tls: ")
 }
 
 // closed reports whether err is a connection the broker closed.
