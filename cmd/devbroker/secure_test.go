@@ -54,8 +54,8 @@ func TestDevbrokerWithTLSAndSCRAM(t *testing.T) {
 // With a client CA the dev broker requires client certificates: kcat
 // (librdkafka, an independent client) reads over mutual TLS what Ferry's
 // client settings wrote, and is refused without its certificate. (kcat
-// 2.0.2 cannot do SASL against kfake: librdkafka before 2.10 wants
-// SaslHandshake v0, which kfake, like Kafka 4, no longer offers.)
+// 2.0.2 cannot do SASL against kfake: its librdkafka wants SaslHandshake
+// v0, which kfake does not offer.)
 func TestDevbrokerWithMutualTLSAndKcat(t *testing.T) {
 	kcat, err := exec.LookPath("kcat")
 	if err != nil {
