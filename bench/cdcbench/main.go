@@ -17,8 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -356,21 +354,12 @@ func ready(admin string) bool {
 type bucket struct{ le, count float64 }
 
 func histogram(admin, name string) ([]bucket, float64) {
-	var bs []bucket
-	var count float64
-	for _, line := range benchutil.Scrape(admin) {
-		if rest, ok := strings.CutPrefix(line, name+`_bucket{le="`); ok {
-			le, val, _ := strings.Cut(rest, `"} `)
-			l, _ := strconv.ParseFloat(le, 64)
-			c, _ := strconv.ParseFloat(val, 64)
-			bs = append(bs, bucket{l, c})
-		}
-		if v, ok := strings.CutPrefix(line, name+"_count "); ok {
-			count, _ = strconv.ParseFloat(v, 64)
-		}
+	hb, count, _ := benchutil.Scrape(admin).Histogram(name)
+	bs := make([]bucket, len(hb))
+	for i, b := range hb {
+		bs[i] = bucket{b.UpperBound, float64(b.Count)}
 	}
-	sort.Slice(bs, func(i, j int) bool { return bs[i].le < bs[j].le })
-	return bs, count
+	return bs, float64(count)
 }
 
 // quantile interpolates linearly inside the bucket holding rank q.

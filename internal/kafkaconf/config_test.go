@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kerr"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/ferry-cdc/ferry/internal/kafkatest"
 	"github.com/ferry-cdc/ferry/internal/retry"

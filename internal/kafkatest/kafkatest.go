@@ -3,7 +3,9 @@ package kafkatest
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -29,6 +31,10 @@ type Broker struct {
 	// ClientOpts are added to every client Client and Consume make (TLS
 	// and SASL for a secured broker).
 	ClientOpts []kgo.Opt
+
+	opts  []kfake.Opt // what the cluster was started with, for Restart
+	ports []int
+	mu    sync.Mutex
 }
 
 var (
@@ -57,13 +63,76 @@ func New(t testing.TB, opts ...kfake.Opt) *Broker {
 		}
 		return &Broker{Addrs: container.addrs, TopicPrefix: prefix}
 	}
+	return startKfake(t, prefix, opts)
+}
+
+// startKfake starts a kfake cluster with the defaults and opts, closed
+// when the test ends.
+func startKfake(t testing.TB, prefix string, opts []kfake.Opt) *Broker {
+	t.Helper()
 	base := []kfake.Opt{kfake.NumBrokers(3), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(4)}
-	c, err := kfake.NewCluster(append(base, opts...)...)
+	opts = append(base, opts...)
+	c, err := kfake.NewCluster(opts...)
 	if err != nil {
 		t.Fatalf("start kfake: %v", err)
 	}
-	t.Cleanup(c.Close)
-	return &Broker{Addrs: c.ListenAddrs(), Cluster: c, TopicPrefix: prefix}
+	b := &Broker{Addrs: c.ListenAddrs(), Cluster: c, TopicPrefix: prefix, opts: opts}
+	for _, a := range b.Addrs {
+		_, port, _ := net.SplitHostPort(a)
+		n, _ := strconv.Atoi(port)
+		b.ports = append(b.ports, n)
+	}
+	t.Cleanup(func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.Cluster != nil {
+			b.Cluster.Close()
+		}
+	})
+	return b
+}
+
+// Stop closes the kfake cluster, as a broker outage: clients see their
+// connections refused until Start. Records survive only when the broker
+// was created with kfake.DataDir (and, for topics created after start, a
+// clean shutdown: see docs/internals.md).
+func (b *Broker) Stop(t testing.TB) {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.Cluster == nil {
+		return
+	}
+	b.Cluster.Close()
+	b.Cluster = nil
+}
+
+// Start starts a broker stopped by Stop again on the same ports with the
+// same options.
+func (b *Broker) Start(t testing.TB) {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.Cluster != nil {
+		return
+	}
+	var err error
+	for attempt := 0; attempt < 40; attempt++ { // the old listeners may take a moment to go
+		var c *kfake.Cluster
+		if c, err = kfake.NewCluster(append(b.opts, kfake.Ports(b.ports...))...); err == nil {
+			b.Cluster = c
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("restart kfake on ports %v: %v", b.ports, err)
+}
+
+// Live returns the running kfake cluster, or nil while it is stopped.
+func (b *Broker) Live() *kfake.Cluster {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.Cluster
 }
 
 func nextPrefix() string { return fmt.Sprintf("t%d.", seq.Add(1)) }

@@ -117,11 +117,5 @@ func writePEM(t testing.TB, path, kind string, der []byte) {
 // so Client and Consume connect securely.
 func NewSecured(t testing.TB, certs *Certs, opts ...kfake.Opt) *Broker {
 	t.Helper()
-	base := []kfake.Opt{kfake.NumBrokers(3), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(4), kfake.TLS(certs.Server)}
-	c, err := kfake.NewCluster(append(base, opts...)...)
-	if err != nil {
-		t.Fatalf("start kfake: %v", err)
-	}
-	t.Cleanup(c.Close)
-	return &Broker{Addrs: c.ListenAddrs(), Cluster: c, TopicPrefix: nextPrefix()}
+	return startKfake(t, nextPrefix(), append([]kfake.Opt{kfake.TLS(certs.Server)}, opts...))
 }

@@ -27,9 +27,12 @@ type Cluster struct {
 	// Port is the TCP port on 127.0.0.1 the cluster listens on.
 	Port int
 
-	dir  string
-	cmd  *exec.Cmd
-	done chan error
+	dir    string
+	cmd    *exec.Cmd
+	done   chan error
+	bindir string
+	cred   *syscall.Credential
+	opts   Options
 }
 
 // Options tunes a throwaway cluster. The zero value is ready to use.
@@ -61,7 +64,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: make data folder: %w", err)
 	}
-	c := &Cluster{dir: dir, done: make(chan error, 1)}
+	c := &Cluster{dir: dir, done: make(chan error, 1), bindir: bindir, cred: cred, opts: opts}
 	fail := func(err error) (*Cluster, error) {
 		_ = os.RemoveAll(dir) // best effort: the error being returned matters more
 		return nil, err
@@ -161,6 +164,68 @@ func (c *Cluster) startServer(ctx context.Context, bindir, data string, port int
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Restart stops the server and starts it again on the same port and data,
+// as an operator's `pg_ctl restart -m MODE` would: mode "fast" (SIGINT: a
+// clean shutdown with a checkpoint), "immediate" (SIGQUIT: a crash
+// restart; logical slots resume from the last checkpoint) or "kill"
+// (SIGKILL of the postmaster). down, when positive, is how long the
+// server stays down. Clients see their connections drop.
+func (c *Cluster) Restart(ctx context.Context, mode string, down time.Duration) error {
+	if err := c.Down(mode); err != nil {
+		return err
+	}
+	if down > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(down):
+		}
+	}
+	return c.Up(ctx)
+}
+
+// Down stops the server the way mode says (see Restart) and waits for it to
+// exit; Up starts it again.
+func (c *Cluster) Down(mode string) error {
+	sig := map[string]syscall.Signal{"fast": syscall.SIGINT, "immediate": syscall.SIGQUIT, "kill": syscall.SIGKILL}[mode]
+	if sig == 0 {
+		return fmt.Errorf("pgtest: restart mode %q: use fast, immediate or kill", mode)
+	}
+	if c.cmd == nil {
+		return errors.New("pgtest: server is not running")
+	}
+	if err := c.cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("pgtest: signal postgres: %w", err)
+	}
+	select {
+	case <-c.done:
+	case <-time.After(30 * time.Second):
+		return errors.New("pgtest: postgres did not stop within 30s")
+	}
+	c.cmd = nil
+	if sig == syscall.SIGKILL {
+		// The postmaster's children notice its death on their own; a new
+		// postmaster refuses to start while they hold shared memory.
+		time.Sleep(500 * time.Millisecond)
+	}
+	return nil
+}
+
+// Up starts a server stopped by Down on the same port and data folder.
+func (c *Cluster) Up(ctx context.Context) error {
+	if c.cmd != nil {
+		return errors.New("pgtest: server is already running")
+	}
+	var err error
+	for attempt := 0; attempt < 20; attempt++ { // a killed server's children may linger briefly
+		if err = c.startServer(ctx, c.bindir, filepath.Join(c.dir, "data"), c.Port, c.cred, c.opts); err == nil {
+			return nil
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	return err
 }
 
 // Stop shuts the server down fast and removes its files.
