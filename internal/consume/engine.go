@@ -21,6 +21,7 @@ import (
 	"github.com/ferry-cdc/ferry/internal/kafkaconf"
 	"github.com/ferry-cdc/ferry/internal/lane"
 	"github.com/ferry-cdc/ferry/internal/metrics"
+	"github.com/ferry-cdc/ferry/internal/retry"
 	"github.com/ferry-cdc/ferry/internal/route"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 	"github.com/ferry-cdc/ferry/pkg/mapping"
@@ -111,6 +112,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	cancel()
 	if err != nil {
 		cl.Close()
+		if retry.IsPermanent(err) { // rejected credentials or certificate: the error says which
+			return fmt.Errorf("%s: %w", e.cfg.Name, err)
+		}
 		return fmt.Errorf("%s: cannot reach Kafka brokers %v: %w (check --brokers / FERRY_KAFKA_BROKERS)", e.cfg.Name, e.kafka.Brokers, err)
 	}
 

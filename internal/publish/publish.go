@@ -15,6 +15,7 @@ import (
 	"github.com/ferry-cdc/ferry/internal/kafkaconf"
 	"github.com/ferry-cdc/ferry/internal/metrics"
 	"github.com/ferry-cdc/ferry/internal/outbox"
+	"github.com/ferry-cdc/ferry/internal/retry"
 	"github.com/ferry-cdc/ferry/internal/route"
 )
 
@@ -133,7 +134,10 @@ func New(cfg Config, router *route.Router, log *slog.Logger, m *metrics.CDC) (*P
 func (p *Publisher) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := p.cfg.Ping(ctx, p.cl); err != nil { // rejected credentials: retry.Permanent
+	if err := p.cfg.Ping(ctx, p.cl); err != nil {
+		if retry.IsPermanent(err) { // rejected credentials or certificate: the error says which
+			return err
+		}
 		return fmt.Errorf("cannot reach Kafka brokers %v: %w (are they running? check --brokers / FERRY_KAFKA_BROKERS)", p.cfg.Brokers, err)
 	}
 	return nil
