@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferry-cdc/ferry/internal/cli"
 	"github.com/ferry-cdc/ferry/internal/consume"
+	"github.com/ferry-cdc/ferry/internal/kafkaconf"
 	"github.com/ferry-cdc/ferry/internal/ops"
 	"github.com/ferry-cdc/ferry/pkg/connector/httpconn"
 )
@@ -21,10 +22,8 @@ type Config struct {
 	// PostgresMaxConns sizes the delivery log's connection pool. Default:
 	// the integrations' concurrency summed, capped at 64 (each delivery
 	// makes two short round trips).
-	PostgresMaxConns int32 `yaml:"postgres_max_conns"`
-	Kafka            struct {
-		Brokers []string `yaml:"brokers"`
-	} `yaml:"kafka"`
+	PostgresMaxConns int32            `yaml:"postgres_max_conns"`
+	Kafka            kafkaconf.Config `yaml:"kafka"`
 	// AdminAddr serves /metrics, /healthz, /readyz. Default
 	// "127.0.0.1:9465"; "off" disables.
 	AdminAddr string `yaml:"admin_addr"`
@@ -57,6 +56,7 @@ type ConnectorConfig struct {
 }
 
 func (c *Config) setDefaults() {
+	c.Kafka.SetDefaults()
 	if c.AdminAddr == "" {
 		c.AdminAddr = "127.0.0.1:9465"
 	}
@@ -78,9 +78,7 @@ func (c *Config) validate() error {
 	if c.PostgresURL == "" {
 		errs = append(errs, errors.New("postgres_url: not set: use --postgres-url or FERRY_POSTGRES_URL"))
 	}
-	if len(c.Kafka.Brokers) == 0 {
-		errs = append(errs, errors.New("kafka.brokers: no brokers: set --brokers or FERRY_KAFKA_BROKERS"))
-	}
+	errs = append(errs, c.Kafka.Validate())
 	if len(c.Integrations) == 0 {
 		errs = append(errs, errors.New("integrations: none configured: add at least one in the --config file (see docs/config.md)"))
 	}
@@ -131,12 +129,12 @@ func (c *Config) validate() error {
 }
 
 type flags struct {
-	Config      string   `help:"YAML config file with the integrations (docs/config.md)." env:"FERRY_CONFIG" placeholder:"FILE"`
-	PostgresURL *string  `help:"PostgreSQL URL for the delivery log." env:"FERRY_POSTGRES_URL" placeholder:"URL"`
-	Brokers     []string `help:"Kafka seed brokers, comma-separated host:port." env:"FERRY_KAFKA_BROKERS" sep:","`
-	AdminAddr   *string  `help:"Address for /metrics, /healthz, /readyz (default 127.0.0.1:9465; 'off' disables)." env:"FERRY_ADMIN_ADDR" name:"admin-addr"`
-	LogFormat   *string  `help:"Log format: json (default) or text." env:"FERRY_LOG_FORMAT" name:"log-format"`
-	LogLevel    *string  `help:"Log level: debug, info (default), warn, error." env:"FERRY_LOG_LEVEL" name:"log-level"`
+	Config      string          `help:"YAML config file with the integrations (docs/config.md)." env:"FERRY_CONFIG" placeholder:"FILE"`
+	PostgresURL *string         `help:"PostgreSQL URL for the delivery log." env:"FERRY_POSTGRES_URL" placeholder:"URL"`
+	Kafka       kafkaconf.Flags `embed:""` // --brokers, --kafka-tls*, --kafka-sasl*
+	AdminAddr   *string         `help:"Address for /metrics, /healthz, /readyz (default 127.0.0.1:9465; 'off' disables)." env:"FERRY_ADMIN_ADDR" name:"admin-addr"`
+	LogFormat   *string         `help:"Log format: json (default) or text." env:"FERRY_LOG_FORMAT" name:"log-format"`
+	LogLevel    *string         `help:"Log level: debug, info (default), warn, error." env:"FERRY_LOG_LEVEL" name:"log-level"`
 
 	Run      runCmd      `cmd:"" default:"withargs" help:"Consume and deliver (the default command)."`
 	Status   statusCmd   `cmd:"" help:"Deliveries by integration and state, and parked queue depth per tenant."`
@@ -244,10 +242,8 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 		return nil, err
 	}
 	set := cli.Override
+	f.Kafka.Apply(&cfg.Kafka, getenv)
 	set(&cfg.PostgresURL, f.PostgresURL)
-	if len(f.Brokers) > 0 {
-		cfg.Kafka.Brokers = f.Brokers
-	}
 	set(&cfg.AdminAddr, f.AdminAddr)
 	set(&cfg.LogFormat, f.LogFormat)
 	set(&cfg.LogLevel, f.LogLevel)
@@ -264,6 +260,11 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 		}
 	} else if cfg.PostgresURL == "" {
 		return nil, errors.New("postgres_url: not set: use --postgres-url or FERRY_POSTGRES_URL")
+	} else if len(cfg.Kafka.Brokers) > 0 {
+		// status reads consumer lag from Kafka with these settings.
+		if err := cfg.Kafka.Validate(); err != nil {
+			return nil, fmt.Errorf("invalid configuration:\n%w", err)
+		}
 	}
 	return &command{name: name, cfg: cfg, f: f}, nil
 }

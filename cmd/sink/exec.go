@@ -68,7 +68,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	for _, in := range c.cfg.Integrations {
-		e := consume.New(in.Config, c.cfg.Kafka.Brokers, svc.Integrations[in.Name].Connector, dlog, maps, log, m)
+		e := consume.New(in.Config, c.cfg.Kafka, svc.Integrations[in.Name].Connector, dlog, maps, log, m)
 		g.Go(func() error { return e.Run(gctx) })
 	}
 	if c.cfg.AdminAddr != "off" {
@@ -120,7 +120,7 @@ func (in Integration) connector(i int) (connector.Connector, error) {
 // Only run and tenants disable need them: other commands skip a connector
 // that cannot be built (its secret may not be set where operators work).
 func (c *command) service(dlog *delivery.Log, pool *pgxpool.Pool) (*ops.Service, error) {
-	svc := &ops.Service{Log: dlog, Pool: pool, Brokers: c.cfg.Kafka.Brokers, Integrations: map[string]ops.Integration{}}
+	svc := &ops.Service{Log: dlog, Pool: pool, Kafka: c.cfg.Kafka, Integrations: map[string]ops.Integration{}}
 	for i, in := range c.cfg.Integrations {
 		conn, err := in.connector(i)
 		if err != nil && (c.name == "run" || c.name == "tenants disable") {

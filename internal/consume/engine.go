@@ -18,8 +18,10 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/ferry-cdc/ferry/internal/delivery"
+	"github.com/ferry-cdc/ferry/internal/kafkaconf"
 	"github.com/ferry-cdc/ferry/internal/lane"
 	"github.com/ferry-cdc/ferry/internal/metrics"
+	"github.com/ferry-cdc/ferry/internal/retry"
 	"github.com/ferry-cdc/ferry/internal/route"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 	"github.com/ferry-cdc/ferry/pkg/mapping"
@@ -27,14 +29,14 @@ import (
 
 // Engine delivers one integration's events.
 type Engine struct {
-	cfg     Config
-	brokers []string
-	conn    connector.Connector
-	prober  connector.Prober // nil when the connector cannot probe
-	dlog    *delivery.Log
-	maps    *mapping.Store // nil: connectors get no mapping store
-	log     *slog.Logger
-	m       *metrics.Sink
+	cfg    Config
+	kafka  kafkaconf.Config // brokers, TLS, SASL
+	conn   connector.Connector
+	prober connector.Prober // nil when the connector cannot probe
+	dlog   *delivery.Log
+	maps   *mapping.Store // nil: connectors get no mapping store
+	log    *slog.Logger
+	m      *metrics.Sink
 
 	cl      *kgo.Client
 	sched   *lane.Scheduler
@@ -57,8 +59,8 @@ type Engine struct {
 
 // New returns an engine; cfg must have defaults set and be valid.
 // maps may be nil when the connector needs no mappings.
-func New(cfg Config, brokers []string, conn connector.Connector, dlog *delivery.Log, maps *mapping.Store, log *slog.Logger, m *metrics.Sink) *Engine {
-	e := &Engine{cfg: cfg, brokers: brokers, conn: conn, dlog: dlog, maps: maps, log: log.With("integration", cfg.Name), m: m,
+func New(cfg Config, kafka kafkaconf.Config, conn connector.Connector, dlog *delivery.Log, maps *mapping.Store, log *slog.Logger, m *metrics.Sink) *Engine {
+	e := &Engine{cfg: cfg, kafka: kafka, conn: conn, dlog: dlog, maps: maps, log: log.With("integration", cfg.Name), m: m,
 		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, calls: make(chan *callJob)}
 	e.prober, _ = conn.(connector.Prober)
 	if cfg.RateLimit > 0 {
@@ -86,8 +88,7 @@ func New(cfg Config, brokers []string, conn connector.Connector, dlog *delivery.
 // Run consumes and delivers until ctx ends; it returns after its
 // goroutines end, having committed what was finished.
 func (e *Engine) Run(ctx context.Context) error {
-	cl, err := kgo.NewClient(
-		kgo.SeedBrokers(e.brokers...),
+	cl, err := kgo.NewClient(append(e.kafka.Opts(), // brokers, TLS, SASL
 		kgo.ConsumerGroup(e.cfg.Group),
 		kgo.ConsumeTopics(e.cfg.Topics...),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
@@ -101,17 +102,20 @@ func (e *Engine) Run(ctx context.Context) error {
 		// returns: a short long-poll keeps lanes from running dry after
 		// back-pressure (found by sinkbench: 2.5 s stalls at 5 s).
 		kgo.FetchMaxWait(500*time.Millisecond),
-	)
+	)...)
 	if err != nil {
 		return fmt.Errorf("%s: kafka client: %w", e.cfg.Name, err)
 	}
 	e.cl = cl
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err = cl.Ping(pctx)
+	err = e.kafka.Ping(pctx, cl) // rejected credentials: retry.Permanent
 	cancel()
 	if err != nil {
 		cl.Close()
-		return fmt.Errorf("%s: cannot reach Kafka brokers %v: %w (check --brokers / FERRY_KAFKA_BROKERS)", e.cfg.Name, e.brokers, err)
+		if retry.IsPermanent(err) { // rejected credentials or certificate: the error says which
+			return fmt.Errorf("%s: %w", e.cfg.Name, err)
+		}
+		return fmt.Errorf("%s: cannot reach Kafka brokers %v: %w (check --brokers / FERRY_KAFKA_BROKERS)", e.cfg.Name, e.kafka.Brokers, err)
 	}
 
 	// Pauses are known before the first delivery, so a paused tenant stays

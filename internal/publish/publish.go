@@ -17,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"golang.org/x/sync/semaphore"
 
+	"github.com/ferry-cdc/ferry/internal/kafkaconf"
 	"github.com/ferry-cdc/ferry/internal/metrics"
 	"github.com/ferry-cdc/ferry/internal/outbox"
 	"github.com/ferry-cdc/ferry/internal/retry"
@@ -31,8 +32,8 @@ const (
 
 // Config configures the producer.
 type Config struct {
-	// Brokers are the seed brokers, host:port.
-	Brokers []string `yaml:"brokers"`
+	// Config is the connection: brokers, TLS, SASL (kafkaconf).
+	kafkaconf.Config `yaml:",inline"`
 	// DeadLetterTopic receives events that cannot be published normally.
 	// Default "ferry.cdc.dead_letter".
 	DeadLetterTopic string `yaml:"dead_letter_topic"`
@@ -59,6 +60,7 @@ type Config struct {
 
 // SetDefaults fills zero fields with their defaults.
 func (c *Config) SetDefaults() {
+	c.Config.SetDefaults()
 	if c.DeadLetterTopic == "" {
 		c.DeadLetterTopic = "ferry.cdc.dead_letter"
 	}
@@ -81,15 +83,7 @@ func (c *Config) SetDefaults() {
 
 // Validate returns every problem with the config at once.
 func (c *Config) Validate() error {
-	var errs []error
-	if len(c.Brokers) == 0 {
-		errs = append(errs, errors.New("kafka.brokers: no brokers: set --brokers or FERRY_KAFKA_BROKERS (e.g. 127.0.0.1:9092)"))
-	}
-	for i, b := range c.Brokers {
-		if _, _, err := net.SplitHostPort(b); err != nil {
-			errs = append(errs, fmt.Errorf("kafka.brokers[%d]: %q is not host:port", i, b))
-		}
-	}
+	errs := []error{c.Config.Validate()}
 	if c.OnBadEvent != OnBadDeadLetter && c.OnBadEvent != OnBadStop {
 		errs = append(errs, fmt.Errorf("kafka.on_bad_event: %q: use %q or %q", c.OnBadEvent, OnBadDeadLetter, OnBadStop))
 	}
@@ -129,8 +123,7 @@ func New(cfg Config, router *route.Router, log *slog.Logger, m *metrics.CDC) (*P
 		return nil, err
 	}
 	p := &Publisher{cfg: cfg, router: router, log: log, m: m}
-	p.opts = []kgo.Opt{
-		kgo.SeedBrokers(cfg.Brokers...),
+	p.opts = append(cfg.Opts(), // brokers, TLS, SASL
 		kgo.ClientID(cfg.ClientID),
 		kgo.RequiredAcks(kgo.AllISRAcks()),                   // the default, stated: guarantee 1 needs it
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)), // murmur2, like the Java client
@@ -138,7 +131,7 @@ func New(cfg Config, router *route.Router, log *slog.Logger, m *metrics.CDC) (*P
 		// franz-go never blocks Produce: its blocking would tie the
 		// records' context to the caller's. Dead-letter records produced
 		// from callbacks (at most one per record) take the other half.
-		kgo.MaxBufferedRecords(2 * cfg.MaxBufferedRecords),
+		kgo.MaxBufferedRecords(2*cfg.MaxBufferedRecords),
 		kgo.ProducerBatchMaxBytes(int32(cfg.MaxRecordBytes)),
 		kgo.ProducerLinger(0),
 		kgo.AllowAutoTopicCreation(),
@@ -150,7 +143,7 @@ func New(cfg Config, router *route.Router, log *slog.Logger, m *metrics.CDC) (*P
 		kgo.RecordDeliveryTimeout(0),
 		kgo.UnknownTopicRetries(-1),
 		kgo.WithLogger(kgoLogger{p}),
-	}
+	)
 	return p, nil
 }
 
@@ -189,9 +182,12 @@ func (p *Publisher) Open(ctx context.Context) (outbox.Session, error) {
 	s.cl = cl
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := cl.Ping(pctx); err != nil {
+	if err := p.cfg.Ping(pctx, cl); err != nil {
 		s.cancel()
 		cl.Close()
+		if retry.IsPermanent(err) { // rejected credentials or certificate: the error says which
+			return nil, err
+		}
 		return nil, fmt.Errorf("cannot reach Kafka brokers %v: %w (are they running? check --brokers / FERRY_KAFKA_BROKERS)", p.cfg.Brokers, err)
 	}
 	s.watched = make(chan struct{})
