@@ -9,9 +9,9 @@ import (
 
 	"github.com/alecthomas/kong"
 
+	"github.com/ferry-cdc/ferry/internal/admin"
 	"github.com/ferry-cdc/ferry/internal/cli"
 	"github.com/ferry-cdc/ferry/internal/consume"
-	"github.com/ferry-cdc/ferry/internal/ops"
 	"github.com/ferry-cdc/ferry/pkg/connector/httpconn"
 )
 
@@ -35,6 +35,12 @@ type Config struct {
 	LogFormat    string        `yaml:"log_format"`
 	LogLevel     string        `yaml:"log_level"`
 	Integrations []Integration `yaml:"integrations"`
+
+	// AdminAllowedHosts are host names, besides the admin address's own
+	// host, IP literals and localhost, that requests to the admin server
+	// may carry in their Host header (a proxy's or DNS name). Others are
+	// refused (DNS rebinding). Default none.
+	AdminAllowedHosts []string `yaml:"admin_allowed_hosts"`
 }
 
 // Integration is one partner: an engine and its connector.
@@ -108,7 +114,10 @@ func (c *Config) validate() error {
 		}
 	}
 	if c.AdminAddr != "off" {
-		if err := ops.CheckExposure(c.AdminAddr, c.AdminToken); err != nil {
+		if err := admin.CheckExposure(c.AdminAddr, c.AdminToken); err != nil {
+			errs = append(errs, err)
+		}
+		if err := admin.CheckAllowedHosts(c.AdminAllowedHosts); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -123,6 +132,7 @@ type flags struct {
 	PostgresURL *string  `help:"PostgreSQL URL for the delivery log." env:"FERRY_POSTGRES_URL" placeholder:"URL"`
 	Brokers     []string `help:"Kafka seed brokers, comma-separated host:port." env:"FERRY_KAFKA_BROKERS" sep:","`
 	AdminAddr   *string  `help:"Address for /metrics, /healthz, /readyz (default 127.0.0.1:9465; 'off' disables)." env:"FERRY_ADMIN_ADDR" name:"admin-addr"`
+	AdminHosts  []string `help:"Host names the admin server answers to besides its address, IPs and localhost (comma-separated; a proxy's or DNS name). The admin token comes from FERRY_ADMIN_TOKEN only." env:"FERRY_ADMIN_ALLOWED_HOSTS" name:"admin-allowed-hosts" sep:","`
 	LogFormat   *string  `help:"Log format: json (default) or text." env:"FERRY_LOG_FORMAT" name:"log-format"`
 	LogLevel    *string  `help:"Log level: debug, info (default), warn, error." env:"FERRY_LOG_LEVEL" name:"log-level"`
 
@@ -237,6 +247,9 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 		cfg.Kafka.Brokers = f.Brokers
 	}
 	set(&cfg.AdminAddr, f.AdminAddr)
+	if len(f.AdminHosts) > 0 {
+		cfg.AdminAllowedHosts = f.AdminHosts
+	}
 	set(&cfg.LogFormat, f.LogFormat)
 	set(&cfg.LogLevel, f.LogLevel)
 	cfg.AdminToken = getenv("FERRY_ADMIN_TOKEN")

@@ -76,7 +76,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 				return false, "stopping"
 			}
 			return true, ""
-		}, svc.Routes(c.cfg.AdminToken), ops.Guard(c.cfg.AdminToken))
+		}, svc.Routes(c.adminAccess()), c.adminAccess())
 		if err != nil {
 			return err
 		}
@@ -91,6 +91,10 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 		return errors.New("all integrations stopped")
 	}
 	return err
+}
+
+func (c *command) adminAccess() admin.Access {
+	return admin.Access{Token: c.cfg.AdminToken, AllowedHosts: c.cfg.AdminAllowedHosts}
 }
 
 // connector builds the integration's connector; i is its index in the
