@@ -44,7 +44,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 		if c.st.Tenants < 0 {
 			return fmt.Errorf("status: --tenants %d: give 0 or more", c.st.Tenants)
 		}
-		return c.status(ctx, stdout)
+		return cli.Print(stdout, func(w io.Writer) error { return c.status(ctx, w) })
 	case "resync":
 		return withConn(ctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
 			if err := migrate(ctx, conn); err != nil {

@@ -25,7 +25,7 @@ import (
 
 func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	if c.name != "run" {
-		return c.operate(ctx, stdout)
+		return cli.Print(stdout, func(w io.Writer) error { return c.operate(ctx, w) })
 	}
 	log, err := cli.Logger(stderr, c.cfg.LogFormat, c.cfg.LogLevel)
 	if err != nil {
