@@ -53,8 +53,11 @@ type Integration struct {
 // declarative HTTP connector, pkg/connector/httpconn: its fields are
 // inline) or "webhook" (POST every event to url).
 type ConnectorConfig struct {
-	Type            string `yaml:"type"`
-	URL             string `yaml:"url"`
+	Type string `yaml:"type"`
+	URL  string `yaml:"url"`
+	// URLEnv names the environment variable holding the webhook's URL
+	// (when it carries a token).
+	URLEnv          string `yaml:"url_env"`
 	httpconn.Config `yaml:",inline"`
 }
 
@@ -96,15 +99,15 @@ func (c *Config) validate() error {
 		errs = append(errs, in.Validate(prefix))
 		switch in.Connector.Type {
 		case "webhook":
-			if in.Connector.URL == "" {
-				errs = append(errs, fmt.Errorf("%s.connector.url: required for a webhook", prefix))
+			if _, err := in.connector(i); err != nil {
+				errs = append(errs, err)
 			}
 			if in.Connector.BaseURL != "" || len(in.Connector.Entities) > 0 {
 				errs = append(errs, fmt.Errorf("%s.connector: base_url and entities belong to type http, not webhook", prefix))
 			}
 		case "http":
-			if in.Connector.URL != "" {
-				errs = append(errs, fmt.Errorf("%s.connector.url: type http takes base_url (and entities), not url", prefix))
+			if in.Connector.URL != "" || in.Connector.URLEnv != "" {
+				errs = append(errs, fmt.Errorf("%s.connector.url: type http takes base_url (and entities), not url or url_env", prefix))
 			}
 			if _, err := httpconn.New(in.Connector.Config, prefix+".connector"); err != nil {
 				errs = append(errs, err)

@@ -103,7 +103,11 @@ func (in Integration) connector(i int) (connector.Connector, error) {
 	if in.Connector.Type == "http" {
 		return httpconn.New(in.Connector.Config, fmt.Sprintf("integrations[%d].connector", i))
 	}
-	return webhook.New(webhook.Config{URL: in.Connector.URL, Timeout: in.Connector.Timeout})
+	c, err := webhook.New(webhook.Config{URL: in.Connector.URL, URLEnv: in.Connector.URLEnv, Timeout: in.Connector.Timeout})
+	if err != nil {
+		return nil, fmt.Errorf("integrations[%d].connector.%w", i, err) // webhook's errors start with the key
+	}
+	return c, nil
 }
 
 // service is the operator surface over the configured integrations (their
