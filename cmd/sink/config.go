@@ -86,6 +86,9 @@ func (c *Config) validate() error {
 	if len(c.Kafka.Brokers) == 0 {
 		errs = append(errs, errors.New("kafka.brokers: no brokers: set --brokers or FERRY_KAFKA_BROKERS"))
 	}
+	if c.PostgresMaxConns < 0 {
+		errs = append(errs, fmt.Errorf("postgres_max_conns: %d: must be positive (0 or unset means the default)", c.PostgresMaxConns))
+	}
 	if len(c.Integrations) == 0 {
 		errs = append(errs, errors.New("integrations: none configured: add at least one in the --config file (see docs/config.md)"))
 	}
