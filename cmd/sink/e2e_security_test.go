@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -110,5 +114,135 @@ func TestAdmin_BrowserAttacksAreRefused(t *testing.T) {
 	}
 	if n, _ := e.calls("acme", "DELETE", "/"); n == 0 || len(itemsOf(e.sim, "acme")) != 0 {
 		t.Fatalf("the operator's disable deleted nothing (%d DELETEs): the refused requests proved nothing", n)
+	}
+}
+
+// A pipeline run with every kind of configured secret: the partner's
+// bearer token, a webhook URL's token (url_env), the admin token and a
+// password-like database URL parameter. A partner rejection, successes
+// and transport failures are recorded. No log line, stored row, admin
+// API answer, page or CLI output holds any of the secrets.
+func TestSecrets_NeverStoredLoggedOrShown(t *testing.T) {
+	const (
+		partnerSecret = "partner-bearer-5b1e0c"
+		hookSecret    = "hook-token-9d2f44"
+		deadSecret    = "deadhook-sig-71aa03"
+		adminSecret   = "admin-token-c4e8b2"
+		dbSecret      = "db-pass-0f6e19"
+	)
+	secrets := []string{partnerSecret, hookSecret, deadSecret, adminSecret, dbSecret}
+	e := newEnv(t, partnersim.Config{})
+	e.sim.AddRule(partnersim.Rule{Tenant: "acme", Status: 422, Reason: "acme is not welcome"})
+	cfgPath := e.shopConfig("")
+	t.Setenv("SHOP_TOKEN", partnerSecret)
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close() // nothing listens there: every call is a transport error
+	t.Setenv("FERRY_TEST_HOOK_URL", e.simURL+"/v1/events?token="+hookSecret)
+	t.Setenv("FERRY_TEST_DEAD_HOOK_URL", closed.URL+"/hook?sig="+deadSecret)
+	sep := "?"
+	if strings.Contains(e.db, "?") {
+		sep = "&"
+	}
+	dbURL := e.db + sep + "password=" + dbSecret
+	b, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := strings.Replace(string(b), "postgres_url: "+e.db+"\n", "postgres_url: "+dbURL+"\n", 1)
+	if body == string(b) {
+		t.Fatal("the config's postgres_url was not replaced")
+	}
+	topic := e.kafka.TopicPrefix + "outbox.product"
+	for _, name := range []string{"hooks", "deadhooks"} {
+		env := map[string]string{"hooks": "FERRY_TEST_HOOK_URL", "deadhooks": "FERRY_TEST_DEAD_HOOK_URL"}[name]
+		body += fmt.Sprintf("  - name: %s\n    topics: [%s]\n    commit_interval: 100ms\n    retry: {initial: 50ms, max: 200ms}\n"+
+			"    connector: {type: webhook, url_env: %s, timeout: 2s}\n", name, topic, env)
+	}
+	if err := os.WriteFile(cfgPath, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.emit("acme", "acme-p1", "product.created", "product", "p1", product("lamp", 10))
+	e.emit("globex", "globex-p1", "product.created", "product", "p1", product("desk", 20))
+	addr := freeAddr(t)
+	e.vars = map[string]string{"FERRY_ADMIN_TOKEN": adminSecret}
+	stop := e.start("--config", cfgPath, "--admin-addr", addr, "--log-level", "debug")
+	stateOf := func(integration, id string) (state string, attempts int) {
+		_ = e.conn.QueryRow(t.Context(), `SELECT state, attempts FROM ferry.delivery WHERE integration = $1 AND event_id = $2`, integration, id).Scan(&state, &attempts)
+		return state, attempts
+	}
+	waitFor(t, time.Minute, "rejections, successes and transport failures recorded", func() bool {
+		s1, _ := stateOf("shop", "acme-p1")
+		s2, _ := stateOf("hooks", "acme-p1")
+		s3, _ := stateOf("shop", "globex-p1")
+		s4, _ := stateOf("hooks", "globex-p1")
+		s5, n5 := stateOf("deadhooks", "globex-p1")
+		return s1 == "rejected" && s2 == "rejected" && s3 == "succeeded" && s4 == "succeeded" && s5 == "failed" && n5 >= 2
+	})
+
+	// What there is to search: the admin API, the page, the metrics, the
+	// CLI, every row Ferry stores, and (after stopping) every log line.
+	var seen strings.Builder
+	for _, path := range []string{"/", "/api/v1/status", "/api/v1/tenants", "/metrics",
+		"/api/v1/failures?state=failed,rejected,succeeded,in_flight,pending&limit=1000",
+		"/api/v1/failures?integration=hooks&state=rejected", "/api/v1/failures?integration=deadhooks&state=failed"} {
+		code, body := send(t, addr, "GET", path, "", map[string]string{"Authorization": "Bearer " + adminSecret}, "")
+		if code != 200 {
+			t.Fatalf("GET %s: %d %s", path, code, body)
+		}
+		fmt.Fprintf(&seen, "== GET %s\n%s\n", path, body)
+	}
+	for _, args := range [][]string{{"failures", "--calls"}, {"failures", "--calls", "--json"}, {"status"}, {"tenants"},
+		{"failures", "--calls", "--integration", "deadhooks", "--state", "failed"}} {
+		var out, errb bytes.Buffer
+		code := run(t.Context(), append(args, "--config", cfgPath, "--postgres-url", dbURL), func(string) string { return "" }, &out, &errb)
+		if code != 0 {
+			t.Fatalf("sink %v: %d %s", args, code, errb.String())
+		}
+		fmt.Fprintf(&seen, "== sink %v\n%s%s\n", args, out.String(), errb.String())
+	}
+	rows, err := e.conn.Query(t.Context(), `SELECT table_name FROM information_schema.tables WHERE table_schema = 'ferry' ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tables []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		tables = append(tables, n)
+	}
+	rows.Close()
+	for _, tbl := range tables {
+		var dump *string
+		if err := e.conn.QueryRow(t.Context(), fmt.Sprintf(`SELECT string_agg(x::text, E'\n') FROM ferry.%q x`, tbl)).Scan(&dump); err != nil {
+			t.Fatalf("dump ferry.%s: %v", tbl, err)
+		}
+		if dump != nil {
+			fmt.Fprintf(&seen, "== ferry.%s\n%s\n", tbl, *dump)
+		}
+	}
+	code, logs := stop()
+	if code != 0 {
+		t.Fatalf("sink exit %d", code)
+	}
+	fmt.Fprintf(&seen, "== logs\n%s", logs)
+
+	all := seen.String()
+	// The search would find them: the calls are there, redacted.
+	for _, want := range []string{"token=REDACTED", "sig=REDACTED", "acme is not welcome", "connection refused", "level=WARN", "== ferry.delivery"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("nothing to search: the output lacks %q", want)
+		}
+	}
+	for _, s := range secrets {
+		for i, line := range strings.Split(all, "\n") {
+			if strings.Contains(line, s) {
+				t.Errorf("secret %q found at line %d: %s", s, i+1, line)
+			}
+		}
+	}
+	if t.Failed() {
+		t.Logf("searched:\n%s", all)
 	}
 }
