@@ -246,3 +246,43 @@ func TestSecrets_NeverStoredLoggedOrShown(t *testing.T) {
 		t.Logf("searched:\n%s", all)
 	}
 }
+
+// A record whose tenant id the HTTP client would refuse (produced to
+// Ferry's topic directly, not through cdc) is rejected as bad input,
+// never sent and never retried; the operator's commands print the id
+// with its escape sequences made visible, not executed.
+func TestHostileTenantIsRejectedAndPrintedSafely(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	const evil = "evil\x1b]0;pwned\x07\x1b[2J"
+	e.produce(evil, "evil-1", "product.updated", `{"n":1}`)
+	e.produce("acme", "acme-1", "product.updated", `{"n":1}`)
+	e.start("--config", e.config(""))
+	waitFor(t, time.Minute, "the hostile event rejected, acme's delivered", func() bool {
+		return e.state("evil-1") == "rejected" && e.state("acme-1") == "succeeded"
+	})
+	var reason string
+	var attempts int
+	if err := e.conn.QueryRow(t.Context(), `SELECT reason, attempts FROM ferry.delivery WHERE event_id = 'evil-1'`).Scan(&reason, &attempts); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(reason, "bad input") || !strings.Contains(reason, "X-Tenant-Id") || attempts != 1 {
+		t.Fatalf("reason %q after %d attempts", reason, attempts)
+	}
+	for _, r := range e.sim.Requests("") {
+		if strings.HasPrefix(r.Tenant, "evil") {
+			t.Fatalf("the partner got the hostile event: %+v", r)
+		}
+	}
+	for _, args := range [][]string{{"failures", "--calls"}, {"failures", "--json"}, {"tenants"}, {"status"}} {
+		code, out, errOut := e.runCmd(args...)
+		if code != 0 {
+			t.Fatalf("sink %v: %d %s", args, code, errOut)
+		}
+		if strings.ContainsAny(out, "\x1b\x07") {
+			t.Errorf("sink %v printed a raw escape sequence: %q", args, out)
+		}
+		if args[0] != "status" && !strings.Contains(out, `evil\u001b]0;pwned\u0007\u001b[2J`) {
+			t.Errorf("sink %v does not show the tenant escaped:\n%s", args, out)
+		}
+	}
+}
