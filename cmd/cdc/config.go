@@ -9,6 +9,7 @@ import (
 
 	"github.com/alecthomas/kong"
 
+	"github.com/ferry-cdc/ferry/internal/admin"
 	"github.com/ferry-cdc/ferry/internal/cli"
 	"github.com/ferry-cdc/ferry/internal/kafkaconf"
 	"github.com/ferry-cdc/ferry/internal/outbox"
@@ -29,6 +30,25 @@ type Config struct {
 	AdminAddr string `yaml:"admin_addr"`
 	LogFormat string `yaml:"log_format"`
 	LogLevel  string `yaml:"log_level"`
+
+	// AdminToken protects /tenants and the profiles on the admin address
+	// (from FERRY_ADMIN_TOKEN only: a secret does not belong in a file or
+	// a flag). Required when admin_addr is not loopback.
+	AdminToken string `yaml:"-"`
+	// AdminAllowedHosts are host names, besides the admin address's own
+	// host, IP literals and localhost, that requests to the admin server
+	// may carry in their Host header. Others are refused (DNS
+	// rebinding). Default none.
+	AdminAllowedHosts []string `yaml:"admin_allowed_hosts"`
+}
+
+// checkAdmin refuses an admin server open to the network without a
+// token, and malformed allowed host names.
+func (c *Config) checkAdmin() error {
+	if c.AdminAddr == "off" {
+		return nil
+	}
+	return errors.Join(admin.CheckExposure(c.AdminAddr, c.AdminToken), admin.CheckAllowedHosts(c.AdminAllowedHosts))
 }
 
 func (c *Config) setDefaults() {
@@ -85,6 +105,7 @@ type flags struct {
 	ReconnMax   *time.Duration  `help:"Longest wait between reconnect attempts after Postgres or Kafka went away (default 30s)." env:"FERRY_RECONNECT_MAX" name:"reconnect-max"`
 	Recover     bool            `help:"If the slot was dropped, recreated or invalidated, create a new one and backfill rows since the last confirmed commit (duplicates possible) instead of refusing to start." env:"FERRY_RECOVER_LOST_SLOT" name:"recover-lost-slot"`
 	AdminAddr   *string         `help:"Address for /metrics, /healthz, /readyz (default 127.0.0.1:9464; 'off' disables)." env:"FERRY_ADMIN_ADDR" name:"admin-addr"`
+	AdminHosts  []string        `help:"Host names the admin server answers to besides its address, IPs and localhost (comma-separated). The admin token comes from FERRY_ADMIN_TOKEN only." env:"FERRY_ADMIN_ALLOWED_HOSTS" name:"admin-allowed-hosts" sep:","`
 	LogFormat   *string         `help:"Log format: json (default) or text." env:"FERRY_LOG_FORMAT" name:"log-format"`
 	LogLevel    *string         `help:"Log level: debug, info (default), warn, error." env:"FERRY_LOG_LEVEL" name:"log-level"`
 
@@ -153,10 +174,16 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 	}
 	f.apply(&cfg)
 	f.Kafka.Apply(&cfg.Kafka.Config, getenv)
+	cfg.AdminToken = getenv("FERRY_ADMIN_TOKEN")
 	cfg.setDefaults()
 	name := strings.Fields(kctx.Command())[0]
 	if err := cfg.validate(name == "run" || name == "backfill"); err != nil {
 		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	if name == "run" {
+		if err := cfg.checkAdmin(); err != nil {
+			return nil, fmt.Errorf("invalid configuration:\n%w", err)
+		}
 	}
 	c := &command{name: name, cfg: cfg, bf: f.Backfill, st: f.Status, pr: f.Prune, rs: f.Resync}
 	return c, nil
@@ -197,6 +224,9 @@ func (f *flags) apply(cfg *Config) {
 		cfg.Outbox.RecoverLostSlot = true
 	}
 	set(&cfg.AdminAddr, f.AdminAddr)
+	if len(f.AdminHosts) > 0 {
+		cfg.AdminAllowedHosts = f.AdminHosts
+	}
 	set(&cfg.LogFormat, f.LogFormat)
 	set(&cfg.LogLevel, f.LogLevel)
 }

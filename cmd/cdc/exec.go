@@ -45,7 +45,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 		if c.st.Tenants < 0 {
 			return fmt.Errorf("status: --tenants %d: give 0 or more", c.st.Tenants)
 		}
-		return c.status(ctx, stdout)
+		return cli.Print(stdout, func(w io.Writer) error { return c.status(ctx, w) })
 	case "resync":
 		return withConn(ctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
 			if err := migrate(ctx, conn); err != nil {
@@ -103,6 +103,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	reader := outbox.NewReader(c.cfg.Outbox, c.cfg.PostgresURL, pub, log, m)
 	g, gctx := errgroup.WithContext(ctx)
 	if c.cfg.AdminAddr != "off" {
+		acc := admin.Access{Token: c.cfg.AdminToken, AllowedHosts: c.cfg.AdminAllowedHosts}
 		srv, err := admin.Listen(c.cfg.AdminAddr, m.Registry, func() (bool, string) {
 			switch {
 			case !reader.Connected():
@@ -115,10 +116,10 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 				return false, "not streaming, or heartbeats are not coming back"
 			}
 			return true, ""
-		}, map[string]http.Handler{"GET /tenants": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		}, map[string]http.Handler{"GET /tenants": acc.RequireToken(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(tenants.Snapshot()) // a client hanging up is its own problem
-		})}, nil)
+		}))}, acc)
 		if err != nil {
 			return err
 		}

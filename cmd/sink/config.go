@@ -9,10 +9,10 @@ import (
 
 	"github.com/alecthomas/kong"
 
+	"github.com/ferry-cdc/ferry/internal/admin"
 	"github.com/ferry-cdc/ferry/internal/cli"
 	"github.com/ferry-cdc/ferry/internal/consume"
 	"github.com/ferry-cdc/ferry/internal/kafkaconf"
-	"github.com/ferry-cdc/ferry/internal/ops"
 	"github.com/ferry-cdc/ferry/pkg/connector/httpconn"
 )
 
@@ -34,6 +34,12 @@ type Config struct {
 	LogFormat    string        `yaml:"log_format"`
 	LogLevel     string        `yaml:"log_level"`
 	Integrations []Integration `yaml:"integrations"`
+
+	// AdminAllowedHosts are host names, besides the admin address's own
+	// host, IP literals and localhost, that requests to the admin server
+	// may carry in their Host header (a proxy's or DNS name). Others are
+	// refused (DNS rebinding). Default none.
+	AdminAllowedHosts []string `yaml:"admin_allowed_hosts"`
 }
 
 // Integration is one partner: an engine and its connector.
@@ -48,6 +54,9 @@ type Integration struct {
 type ConnectorConfig struct {
 	Type string `yaml:"type"`
 	URL  string `yaml:"url"`
+	// URLEnv names the environment variable holding the webhook's URL
+	// (when it carries a token).
+	URLEnv string `yaml:"url_env"`
 	// SigningSecretsEnv names environment variables holding Standard
 	// Webhooks secrets (whsec_…): a webhook's requests are signed with
 	// each (several during a rotation). Empty: unsigned.
@@ -79,6 +88,9 @@ func (c *Config) validate() error {
 		errs = append(errs, errors.New("postgres_url: not set: use --postgres-url or FERRY_POSTGRES_URL"))
 	}
 	errs = append(errs, c.Kafka.Validate())
+	if c.PostgresMaxConns < 0 {
+		errs = append(errs, fmt.Errorf("postgres_max_conns: %d: must be positive (0 or unset means the default)", c.PostgresMaxConns))
+	}
 	if len(c.Integrations) == 0 {
 		errs = append(errs, errors.New("integrations: none configured: add at least one in the --config file (see docs/config.md)"))
 	}
@@ -92,8 +104,8 @@ func (c *Config) validate() error {
 		errs = append(errs, in.Validate(prefix))
 		switch in.Connector.Type {
 		case "webhook":
-			if in.Connector.URL == "" {
-				errs = append(errs, fmt.Errorf("%s.connector.url: required for a webhook", prefix))
+			if _, err := in.connector(i); err != nil {
+				errs = append(errs, err)
 			}
 			if in.Connector.BaseURL != "" || len(in.Connector.Entities) > 0 {
 				errs = append(errs, fmt.Errorf("%s.connector: base_url and entities belong to type http, not webhook", prefix))
@@ -104,8 +116,8 @@ func (c *Config) validate() error {
 				}
 			}
 		case "http":
-			if in.Connector.URL != "" {
-				errs = append(errs, fmt.Errorf("%s.connector.url: type http takes base_url (and entities), not url", prefix))
+			if in.Connector.URL != "" || in.Connector.URLEnv != "" {
+				errs = append(errs, fmt.Errorf("%s.connector.url: type http takes base_url (and entities), not url or url_env", prefix))
 			}
 			if len(in.Connector.SigningSecretsEnv) > 0 {
 				errs = append(errs, fmt.Errorf("%s.connector.signing_secrets_env: only the webhook connector signs requests", prefix))
@@ -118,7 +130,10 @@ func (c *Config) validate() error {
 		}
 	}
 	if c.AdminAddr != "off" {
-		if err := ops.CheckExposure(c.AdminAddr, c.AdminToken); err != nil {
+		if err := admin.CheckExposure(c.AdminAddr, c.AdminToken); err != nil {
+			errs = append(errs, err)
+		}
+		if err := admin.CheckAllowedHosts(c.AdminAllowedHosts); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -133,6 +148,7 @@ type flags struct {
 	PostgresURL *string         `help:"PostgreSQL URL for the delivery log." env:"FERRY_POSTGRES_URL" placeholder:"URL"`
 	Kafka       kafkaconf.Flags `embed:""` // --brokers, --kafka-tls*, --kafka-sasl*
 	AdminAddr   *string         `help:"Address for /metrics, /healthz, /readyz (default 127.0.0.1:9465; 'off' disables)." env:"FERRY_ADMIN_ADDR" name:"admin-addr"`
+	AdminHosts  []string        `help:"Host names the admin server answers to besides its address, IPs and localhost (comma-separated; a proxy's or DNS name). The admin token comes from FERRY_ADMIN_TOKEN only." env:"FERRY_ADMIN_ALLOWED_HOSTS" name:"admin-allowed-hosts" sep:","`
 	LogFormat   *string         `help:"Log format: json (default) or text." env:"FERRY_LOG_FORMAT" name:"log-format"`
 	LogLevel    *string         `help:"Log level: debug, info (default), warn, error." env:"FERRY_LOG_LEVEL" name:"log-level"`
 
@@ -245,6 +261,9 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 	f.Kafka.Apply(&cfg.Kafka, getenv)
 	set(&cfg.PostgresURL, f.PostgresURL)
 	set(&cfg.AdminAddr, f.AdminAddr)
+	if len(f.AdminHosts) > 0 {
+		cfg.AdminAllowedHosts = f.AdminHosts
+	}
 	set(&cfg.LogFormat, f.LogFormat)
 	set(&cfg.LogLevel, f.LogLevel)
 	cfg.AdminToken = getenv("FERRY_ADMIN_TOKEN")

@@ -26,7 +26,7 @@ import (
 
 func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	if c.name != "run" {
-		return c.operate(ctx, stdout)
+		return cli.Print(stdout, func(w io.Writer) error { return c.operate(ctx, w) })
 	}
 	log, err := cli.Logger(stderr, c.cfg.LogFormat, c.cfg.LogLevel)
 	if err != nil {
@@ -77,7 +77,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 				return false, "stopping"
 			}
 			return true, ""
-		}, svc.Routes(c.cfg.AdminToken), ops.Guard(c.cfg.AdminToken))
+		}, svc.Routes(c.adminAccess()), c.adminAccess())
 		if err != nil {
 			return err
 		}
@@ -94,13 +94,17 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	return err
 }
 
+func (c *command) adminAccess() admin.Access {
+	return admin.Access{Token: c.cfg.AdminToken, AllowedHosts: c.cfg.AdminAllowedHosts}
+}
+
 // connector builds the integration's connector; i is its index in the
 // config, for error paths.
 func (in Integration) connector(i int) (connector.Connector, error) {
 	if in.Connector.Type == "http" {
 		return httpconn.New(in.Connector.Config, fmt.Sprintf("integrations[%d].connector", i))
 	}
-	cfg := webhook.Config{URL: in.Connector.URL, Timeout: in.Connector.Timeout}
+	cfg := webhook.Config{URL: in.Connector.URL, URLEnv: in.Connector.URLEnv, Timeout: in.Connector.Timeout}
 	for j, name := range in.Connector.SigningSecretsEnv {
 		v := os.Getenv(name)
 		if v == "" {
@@ -110,7 +114,7 @@ func (in Integration) connector(i int) (connector.Connector, error) {
 	}
 	c, err := webhook.New(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("integrations[%d].connector: %w", i, err)
+		return nil, fmt.Errorf("integrations[%d].connector.%w", i, err) // webhook's errors start with the key
 	}
 	return c, nil
 }

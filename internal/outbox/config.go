@@ -154,6 +154,12 @@ func (c *Config) Validate() error {
 	if c.StatusInterval < 0 || c.StandbyPoll < 0 {
 		errs = append(errs, errors.New("outbox.status_interval and outbox.standby_poll must be positive"))
 	}
+	if c.RecoverMargin < 0 {
+		errs = append(errs, fmt.Errorf("outbox.recover_margin: %s: must be positive (0 or unset means 1h)", c.RecoverMargin))
+	}
+	if c.WALWarnBytes < 0 {
+		errs = append(errs, fmt.Errorf("outbox.wal_warn_bytes: %d: must be positive", c.WALWarnBytes))
+	}
 	if c.Partitions != "" && c.Partitions != "daily" {
 		errs = append(errs, fmt.Errorf("outbox.partitions: %q: use daily, or leave it empty for a plain table", c.Partitions))
 	}
