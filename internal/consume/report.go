@@ -35,7 +35,7 @@ func (e *Engine) reportLoop(ctx context.Context) error {
 		rate := float64(n-lastN) / now.Sub(lastT).Seconds()
 		lastN, lastT = n, now
 		if err := e.report(ctx, host, started, n, rate); err != nil && ctx.Err() == nil {
-			e.log.Warn("could not report live state to ferry.sink_process", "reason", err.Error())
+			e.dbTrouble(err) // the watcher logs the outage
 		}
 		select {
 		case <-ctx.Done():
@@ -68,6 +68,8 @@ func (e *Engine) report(ctx context.Context, host string, started time.Time, fin
 	if err != nil {
 		return err
 	}
+	ctx, cancel := e.dlog.Bound(ctx)
+	defer cancel()
 	_, err = e.dlog.Pool().Exec(ctx, `INSERT INTO ferry.sink_process (process_id, integration, consumer_group, host, started_at,
 			partitions, lanes, breaker, finished, rate)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)

@@ -39,6 +39,11 @@ func (s State) Final() bool {
 	return s == Succeeded || s == Rejected || s == Skipped || s == Compensated
 }
 
+// ErrMovedOn means a delivery changed since the attempt began (another
+// process took it over, or an operator acted): the attempt's write was
+// not applied. It is not a database problem.
+var ErrMovedOn = errors.New("the delivery moved on since (another process, or an operator)")
+
 // ErrState means an operator act does not apply to the delivery (or
 // pause) as it stands: nothing to skip, retry or resume.
 var ErrState = errors.New("state does not allow it")
@@ -55,19 +60,39 @@ const MaxCallBytes = 4096
 
 // Log is the delivery log.
 type Log struct {
-	pool *pgxpool.Pool
-	b    *batcher
+	pool    *pgxpool.Pool
+	b       *batcher
+	timeout time.Duration
 }
 
 // New returns a Log on pool (migrations applied). The log's hot writes
 // run on two connections of their own, to the same database (see
 // writePool). Close the Log to stop its batchers.
-func New(pool *pgxpool.Pool) (*Log, error) {
+//
+// timeout bounds each of the log's statements on the client side (0:
+// unbounded, for operator commands): a write that has not answered by
+// then fails, so a stalled connection cannot freeze a lane or shutdown.
+// The server-side bound is the pool's statement_timeout runtime
+// parameter (see cmd/sink), which the write connections inherit.
+func New(pool *pgxpool.Pool, timeout time.Duration) (*Log, error) {
+	if timeout < 0 {
+		return nil, fmt.Errorf("delivery: statement timeout %s is negative", timeout)
+	}
 	wp, err := writePool(pool)
 	if err != nil {
 		return nil, fmt.Errorf("delivery: connections for the log's writes: %w", err)
 	}
-	return &Log{pool: pool, b: newBatcher(wp)}, nil
+	return &Log{pool: pool, b: newBatcher(wp, timeout), timeout: timeout}, nil
+}
+
+// Bound returns ctx limited to the log's statement timeout (ctx itself,
+// with a no-op cancel, when there is none): for the engine's own
+// statements on the log's pool (parked queue, live report).
+func (l *Log) Bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if l.timeout <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, l.timeout)
 }
 
 // writePool makes the connections the batched writes run on. They join
@@ -163,6 +188,8 @@ func (l *Log) Begin(ctx context.Context, integration string, ev connector.Event,
 	}
 	if !o.applied {
 		var state State
+		ctx, cancel := l.Bound(ctx)
+		defer cancel()
 		if err := l.pool.QueryRow(ctx, `SELECT state FROM ferry.delivery WHERE integration = $1 AND event_id = $2`, integration, ev.ID).Scan(&state); err != nil {
 			return Attempt{}, fmt.Errorf("delivery: read %s: %w", ev.ID, err)
 		}
@@ -246,7 +273,7 @@ func (l *Log) Checkpoint(ctx context.Context, a Attempt, s connector.Step) error
 		return fmt.Errorf("delivery: record step %s of %s: %w", s.Name, a.EventID, err)
 	}
 	if !cp.applied {
-		return fmt.Errorf("delivery: record step %s of %s: the delivery moved on since (another process, or an operator)", s.Name, a.EventID)
+		return fmt.Errorf("delivery: record step %s of %s: %w", s.Name, a.EventID, ErrMovedOn)
 	}
 	return nil
 }
@@ -306,7 +333,7 @@ func (l *Log) Finish(ctx context.Context, a Attempt, o Outcome) error {
 		return fmt.Errorf("delivery: finish %s: %w", a.EventID, err)
 	}
 	if !fin.applied {
-		return fmt.Errorf("delivery: finish %s attempt %d: the delivery moved on since (another process, or an operator)", a.EventID, a.Number)
+		return fmt.Errorf("delivery: finish %s attempt %d: %w", a.EventID, a.Number, ErrMovedOn)
 	}
 	return nil
 }
@@ -453,6 +480,8 @@ func (l *Log) Ignore(ctx context.Context, integration string, ev connector.Event
 	if err != nil {
 		return fmt.Errorf("delivery: encode event %s: %w", ev.ID, err)
 	}
+	ctx, cancel := l.Bound(ctx)
+	defer cancel()
 	_, err = l.pool.Exec(ctx, `INSERT INTO ferry.delivery (integration, event_id, tenant_id, event_type, aggregate_type,
 			aggregate_id, topic, kafka_partition, kafka_offset, state, reason, event)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'skipped', $10, $11) ON CONFLICT (integration, event_id) DO UPDATE
@@ -656,6 +685,8 @@ func (l *Log) Paused(ctx context.Context, integration string) (map[string]bool, 
 
 // tenantSet runs a query of tenant ids for an integration.
 func (l *Log) tenantSet(ctx context.Context, sql, integration string) (map[string]bool, error) {
+	ctx, cancel := l.Bound(ctx)
+	defer cancel()
 	rows, err := l.pool.Query(ctx, sql, integration)
 	if err != nil {
 		return nil, err
