@@ -49,7 +49,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 		return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
 	}
 	defer pool.Close()
-	dlog, err := delivery.New(pool, c.cfg.PostgresStatementTimeout)
+	dlog, err := delivery.New(pool, delivery.Options{StatementTimeout: c.cfg.PostgresStatementTimeout, Holder: consume.ProcessID})
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +61,9 @@ type Engine struct {
 	// dbLost wakes the watcher that probes it back (see health.go).
 	dbUp, kafkaUp atomic.Bool
 	dbLost        chan error
+	// leaseAt is when the last successful lease renewal was sent
+	// (report.go).
+	leaseAt atomic.Pointer[time.Time]
 }
 
 // New returns an engine; cfg must have defaults set and be valid.
@@ -140,6 +144,11 @@ func (e *Engine) Run(ctx context.Context) error {
 			if err := e.refresh(ctx); err != nil {
 				return err
 			}
+			// The first lease, before any lane starts.
+			host, _ := os.Hostname()
+			if err := e.report(ctx, host, time.Now(), 0, 0); err != nil {
+				return err
+			}
 			up()
 			return nil
 		})
@@ -167,6 +176,7 @@ func (e *Engine) Run(ctx context.Context) error {
 
 	// Leave the group cleanly: the revoke callback commits what finished.
 	cl.Close()
+	e.dropLease(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
@@ -475,9 +485,19 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	if bad == "" && e.breaker.IsOpen() && (e.prober != nil || e.breaker.RemainingDelay() > 0) {
 		return lane.Outcome{Verdict: lane.Backoff, Delay: max(e.breaker.RemainingDelay(), 100*time.Millisecond)}
 	}
+	if e.leaseAge() > leaseFresh {
+		// This process could not renew its lease lately: another one may
+		// soon take its deliveries over. Claim nothing meanwhile.
+		return e.dbTrouble(errors.New("lease not renewed lately"))
+	}
 	att, err := e.dlog.Begin(ctx, e.cfg.Name, ev, src)
 	var nc *delivery.ErrNotClaimed
 	switch {
+	case errors.As(err, &nc) && nc.Held():
+		// Another live process holds it (a previous partition owner still
+		// finishing it): wait for it to finish, or for its lease to expire.
+		e.log.Debug("delivery held by another process; waiting", append(where(ev, tp, rec), "holder", nc.Holder)...)
+		return lane.Outcome{Verdict: lane.Backoff, Delay: 500 * time.Millisecond}
 	case errors.As(err, &nc) && (nc.State == delivery.Rejected || nc.State == delivery.Compensated) && e.cfg.OnReject == OnRejectPark:
 		return lane.Outcome{Verdict: lane.Park, Delay: e.cfg.ParkRecheck}
 	case errors.As(err, &nc):
@@ -627,6 +647,14 @@ func (e *Engine) caller(ctx context.Context) {
 // invoke makes one connector call with the integration's timeout, and
 // feeds the breaker.
 func (e *Engine) invoke(ctx context.Context, req connector.Request) (connector.Result, error) {
+	if e.leaseAge()+e.cfg.Timeout > e.leaseTTL() {
+		// The call could outlast this process's lease (not renewed: the
+		// log is unreachable), and another process could then send the
+		// same event at the same time. Not the partner's fault: the
+		// breaker is not told.
+		return connector.Result{}, &connector.Failure{Reason: "lease on the delivery not renewed (delivery log unreachable): partner not called",
+			RetryAfter: time.Second}
+	}
 	cctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
 	start := time.Now()
