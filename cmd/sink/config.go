@@ -42,7 +42,7 @@ type Config struct {
 	// static member restarted within it gets them back at once. Default
 	// 30s; 6s to 30m (the broker's usual bounds).
 	SessionTimeout time.Duration `yaml:"session_timeout"`
-	Kafka            struct {
+	Kafka          struct {
 		Brokers []string `yaml:"brokers"`
 	} `yaml:"kafka"`
 	// AdminAddr serves /metrics, /healthz, /readyz. Default

@@ -67,8 +67,8 @@ type batcher struct {
 	// 0 means unbounded.
 	timeout time.Duration
 	ops     chan *op
-	wg   sync.WaitGroup
-	once sync.Once
+	wg      sync.WaitGroup
+	once    sync.Once
 }
 
 func newBatcher(pool *pgxpool.Pool, timeout time.Duration) *batcher {
