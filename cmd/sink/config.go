@@ -23,26 +23,7 @@ type Config struct {
 	// the integrations' concurrency summed, capped at 64 (each delivery
 	// makes two short round trips).
 	PostgresMaxConns int32 `yaml:"postgres_max_conns"`
-	// PostgresStatementTimeout bounds every delivery-log, parked-queue
-	// and mapping statement: sent as the connections' statement_timeout
-	// (a statement blocked by a lock or a slow server fails) and used as
-	// a client-side deadline (a stalled connection fails). The lane
-	// backs off and tries again. Default 10s.
-	PostgresStatementTimeout time.Duration `yaml:"postgres_statement_timeout"`
-	// InstanceID is this process's static consumer group membership
-	// (Kafka's group.instance.id): a restarted process with the same id
-	// takes its old partitions back at once instead of waiting for its
-	// session to time out. Default: the host name (a pod's name). Two
-	// live processes must never share one; "off" disables static
-	// membership. When integrations share a consumer group, each gets
-	// "<instance_id>-<integration>".
-	InstanceID string `yaml:"instance_id"`
-	// SessionTimeout is how long the group waits for a silent member
-	// (killed, partitioned) before giving its partitions to others; a
-	// static member restarted within it gets them back at once. Default
-	// 30s; 6s to 30m (the broker's usual bounds).
-	SessionTimeout time.Duration `yaml:"session_timeout"`
-	Kafka          struct {
+	Kafka            struct {
 		Brokers []string `yaml:"brokers"`
 	} `yaml:"kafka"`
 	// AdminAddr serves /metrics, /healthz, /readyz. Default
@@ -55,6 +36,27 @@ type Config struct {
 	LogFormat    string        `yaml:"log_format"`
 	LogLevel     string        `yaml:"log_level"`
 	Integrations []Integration `yaml:"integrations"`
+
+	// PostgresStatementTimeout bounds every delivery-log, parked-queue
+	// and mapping statement: sent as the connections' statement_timeout
+	// (a statement blocked by a lock or a slow server fails) and used as
+	// a client-side deadline (a stalled connection fails). The lane
+	// backs off and tries again. Default 10s.
+	PostgresStatementTimeout time.Duration `yaml:"postgres_statement_timeout"`
+	// InstanceID is this process's static consumer group membership
+	// (Kafka's group.instance.id): a restarted process with the same id
+	// takes its old partitions back at once instead of waiting for its
+	// session to time out. Default: "ferry-sink-<host name>" (in
+	// Kubernetes the host name is the pod's name). Two live processes
+	// must never share one; "off" disables static membership. When
+	// integrations share a consumer group, each gets
+	// "<instance_id>-<integration>".
+	InstanceID string `yaml:"instance_id"`
+	// SessionTimeout is how long the group waits for a silent member
+	// (killed, partitioned) before giving its partitions to others; a
+	// static member restarted within it gets them back at once. Default
+	// 30s; 6s to 30m (the broker's usual bounds).
+	SessionTimeout time.Duration `yaml:"session_timeout"`
 }
 
 // Integration is one partner: an engine and its connector.
@@ -119,16 +121,6 @@ func (c *Config) validate() error {
 	if len(c.Kafka.Brokers) == 0 {
 		errs = append(errs, errors.New("kafka.brokers: no brokers: set --brokers or FERRY_KAFKA_BROKERS"))
 	}
-	if c.PostgresStatementTimeout < 0 {
-		errs = append(errs, fmt.Errorf("postgres_statement_timeout: %s: must be positive (e.g. 10s)", c.PostgresStatementTimeout))
-	}
-	if c.SessionTimeout < minSessionTimeout || c.SessionTimeout > maxSessionTimeout {
-		errs = append(errs, fmt.Errorf("session_timeout: %s: use %s to %s (at least two heartbeats of %s; brokers refuse others by default)",
-			c.SessionTimeout, minSessionTimeout, maxSessionTimeout, heartbeatInterval))
-	}
-	if c.InstanceID != "off" && !validInstanceID(c.InstanceID) {
-		errs = append(errs, fmt.Errorf("instance_id: %q: use 1 to 200 of a-z, A-Z, 0-9, '.', '_', '-' (or \"off\")", c.InstanceID))
-	}
 	if len(c.Integrations) == 0 {
 		errs = append(errs, errors.New("integrations: none configured: add at least one in the --config file (see docs/config.md)"))
 	}
@@ -158,6 +150,16 @@ func (c *Config) validate() error {
 		default:
 			errs = append(errs, fmt.Errorf("%s.connector.type: %q: use http or webhook", prefix, in.Connector.Type))
 		}
+	}
+	if c.PostgresStatementTimeout < 0 {
+		errs = append(errs, fmt.Errorf("postgres_statement_timeout: %s: must be positive (e.g. 10s)", c.PostgresStatementTimeout))
+	}
+	if c.SessionTimeout < minSessionTimeout || c.SessionTimeout > maxSessionTimeout {
+		errs = append(errs, fmt.Errorf("session_timeout: %s: use %s to %s (at least two heartbeats of %s; brokers refuse others by default)",
+			c.SessionTimeout, minSessionTimeout, maxSessionTimeout, heartbeatInterval))
+	}
+	if c.InstanceID != "off" && !validInstanceID(c.InstanceID) {
+		errs = append(errs, fmt.Errorf("instance_id: %q: use 1 to 200 of a-z, A-Z, 0-9, '.', '_', '-' (or \"off\")", c.InstanceID))
 	}
 	if c.AdminAddr != "off" {
 		if err := ops.CheckExposure(c.AdminAddr, c.AdminToken); err != nil {
