@@ -153,6 +153,9 @@ func (e *Engine) Run(ctx context.Context) error {
 			if err := e.report(ctx, host, time.Now(), 0, 0); err != nil {
 				return err
 			}
+			if err := e.reapPreviousRuns(ctx, host); err != nil {
+				return err
+			}
 			up()
 			return nil
 		})
