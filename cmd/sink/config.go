@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -40,6 +41,26 @@ type Config struct {
 	// may carry in their Host header (a proxy's or DNS name). Others are
 	// refused (DNS rebinding). Default none.
 	AdminAllowedHosts []string `yaml:"admin_allowed_hosts"`
+	// PostgresStatementTimeout bounds every delivery-log, parked-queue
+	// and mapping statement: sent as the connections' statement_timeout
+	// (a statement blocked by a lock or a slow server fails) and used as
+	// a client-side deadline (a stalled connection fails). The lane
+	// backs off and tries again. Default 10s.
+	PostgresStatementTimeout time.Duration `yaml:"postgres_statement_timeout"`
+	// InstanceID is this process's static consumer group membership
+	// (Kafka's group.instance.id): a restarted process with the same id
+	// takes its old partitions back at once instead of waiting for its
+	// session to time out. Default: "ferry-sink-<host name>" (in
+	// Kubernetes the host name is the pod's name). Two live processes
+	// must never share one; "off" disables static membership. When
+	// integrations share a consumer group, each gets
+	// "<instance_id>-<integration>".
+	InstanceID string `yaml:"instance_id"`
+	// SessionTimeout is how long the group waits for a silent member
+	// (killed, partitioned) before giving its partitions to others; a
+	// static member restarted within it gets them back at once. Default
+	// 30s; 6s to 30m (the broker's usual bounds).
+	SessionTimeout time.Duration `yaml:"session_timeout"`
 }
 
 // Integration is one partner: an engine and its connector.
@@ -72,10 +93,32 @@ func (c *Config) setDefaults() {
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
+	if c.PostgresStatementTimeout == 0 {
+		c.PostgresStatementTimeout = 10 * time.Second
+	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = 30 * time.Second
+	}
+	if c.InstanceID == "" {
+		c.InstanceID = defaultInstanceID()
+	}
 	sum := int32(0)
+	groups := map[string]int{}
 	for i := range c.Integrations {
 		c.Integrations[i].SetDefaults()
 		sum += int32(c.Integrations[i].Concurrency)
+		groups[c.Integrations[i].Group]++
+	}
+	for i := range c.Integrations {
+		in := &c.Integrations[i]
+		in.SessionTimeout = c.SessionTimeout
+		switch {
+		case c.InstanceID == "off":
+		case groups[in.Group] > 1:
+			in.InstanceID = c.InstanceID + "-" + in.Name
+		default:
+			in.InstanceID = c.InstanceID
+		}
 	}
 	if c.PostgresMaxConns == 0 {
 		c.PostgresMaxConns = min(max(sum, 4), 64)
@@ -129,6 +172,16 @@ func (c *Config) validate() error {
 			errs = append(errs, fmt.Errorf("%s.connector.type: %q: use http or webhook", prefix, in.Connector.Type))
 		}
 	}
+	if c.PostgresStatementTimeout < 0 {
+		errs = append(errs, fmt.Errorf("postgres_statement_timeout: %s: must be positive (e.g. 10s)", c.PostgresStatementTimeout))
+	}
+	if c.SessionTimeout < minSessionTimeout || c.SessionTimeout > maxSessionTimeout {
+		errs = append(errs, fmt.Errorf("session_timeout: %s: use %s to %s (at least two heartbeats of %s; brokers refuse others by default)",
+			c.SessionTimeout, minSessionTimeout, maxSessionTimeout, heartbeatInterval))
+	}
+	if c.InstanceID != "off" && !validInstanceID(c.InstanceID) {
+		errs = append(errs, fmt.Errorf("instance_id: %q: use 1 to 200 of a-z, A-Z, 0-9, '.', '_', '-' (or \"off\")", c.InstanceID))
+	}
 	if c.AdminAddr != "off" {
 		if err := admin.CheckExposure(c.AdminAddr, c.AdminToken); err != nil {
 			errs = append(errs, err)
@@ -151,6 +204,10 @@ type flags struct {
 	AdminHosts  []string        `help:"Host names the admin server answers to besides its address, IPs and localhost (comma-separated; a proxy's or DNS name). The admin token comes from FERRY_ADMIN_TOKEN only." env:"FERRY_ADMIN_ALLOWED_HOSTS" name:"admin-allowed-hosts" sep:","`
 	LogFormat   *string         `help:"Log format: json (default) or text." env:"FERRY_LOG_FORMAT" name:"log-format"`
 	LogLevel    *string         `help:"Log level: debug, info (default), warn, error." env:"FERRY_LOG_LEVEL" name:"log-level"`
+
+	PostgresStatementTimeout *time.Duration `help:"Timeout of each delivery-log and mapping statement (default 10s)." env:"FERRY_POSTGRES_STATEMENT_TIMEOUT" name:"postgres-statement-timeout"`
+	InstanceID               *string        `help:"Static consumer group member id (default: host name; 'off' disables). Unique per live process." env:"FERRY_INSTANCE_ID" name:"instance-id"`
+	SessionTimeout           *time.Duration `help:"Consumer group session timeout: how long a silent member keeps its partitions (default 30s)." env:"FERRY_SESSION_TIMEOUT" name:"session-timeout"`
 
 	Run      runCmd      `cmd:"" default:"withargs" help:"Consume and deliver (the default command)."`
 	Status   statusCmd   `cmd:"" help:"Deliveries by integration and state, and parked queue depth per tenant."`
@@ -266,6 +323,13 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 	}
 	set(&cfg.LogFormat, f.LogFormat)
 	set(&cfg.LogLevel, f.LogLevel)
+	set(&cfg.InstanceID, f.InstanceID)
+	if f.PostgresStatementTimeout != nil {
+		cfg.PostgresStatementTimeout = *f.PostgresStatementTimeout
+	}
+	if f.SessionTimeout != nil {
+		cfg.SessionTimeout = *f.SessionTimeout
+	}
 	cfg.AdminToken = getenv("FERRY_ADMIN_TOKEN")
 	cfg.setDefaults()
 	words := strings.Fields(kctx.Command())
@@ -286,4 +350,49 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 		}
 	}
 	return &command{name: name, cfg: cfg, f: f}, nil
+}
+
+// Static membership bounds: Kafka brokers accept session timeouts in
+// group.min.session.timeout.ms..group.max.session.timeout.ms (6s..30m by
+// default), and a session must outlast a few heartbeats.
+const (
+	minSessionTimeout = 6 * time.Second
+	maxSessionTimeout = 30 * time.Minute
+	heartbeatInterval = 3 * time.Second // franz-go's default, kept
+)
+
+// defaultInstanceID is the host name (in Kubernetes, the pod's name),
+// with characters Kafka does not allow in a group.instance.id replaced;
+// "off" when there is none.
+func defaultInstanceID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		return "off"
+	}
+	b := []byte(host)
+	for i, c := range b {
+		if !instanceIDChar(c) {
+			b[i] = '-'
+		}
+	}
+	if len(b) > 200 {
+		b = b[:200]
+	}
+	return "ferry-sink-" + string(b)
+}
+
+func validInstanceID(s string) bool {
+	if len(s) == 0 || len(s) > 200 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !instanceIDChar(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func instanceIDChar(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
 }

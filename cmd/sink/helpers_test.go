@@ -8,8 +8,10 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -24,6 +26,8 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
+var instanceSeq atomic.Int64
+
 type env struct {
 	t      *testing.T
 	db     string
@@ -35,6 +39,8 @@ type env struct {
 	conn   *pgx.Conn
 	// vars is the environment the sink sees (start).
 	vars map[string]string
+	// logs is the stderr of the sink started last (start).
+	logs *syncBuffer
 }
 
 func newEnv(t *testing.T, simCfg partnersim.Config) *env {
@@ -112,9 +118,16 @@ integrations:
 }
 
 // start runs the sink in this process until stop is called.
+//
+// Each start is its own process as far as the consumer group knows (a
+// static instance id of its own) unless args or the environment name one.
 func (e *env) start(args ...string) (stop func() (int, string)) {
+	if !slices.Contains(args, "--instance-id") && e.vars["FERRY_INSTANCE_ID"] == "" {
+		args = append(args, "--instance-id", fmt.Sprintf("test-%d", instanceSeq.Add(1)))
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var stderr syncBuffer
+	e.logs = &stderr
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, args, func(k string) string { return e.vars[k] }, io.Discard, &stderr) }()
 	var once sync.Once

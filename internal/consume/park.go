@@ -72,6 +72,8 @@ func (e *Engine) spill(tp lane.TP, items []*lane.Item) ([]*lane.Item, error) {
 // loadParked returns the parked records of a partition, in order, as
 // references (a new owner calls it before fetching the partition).
 func (e *Engine) loadParked(ctx context.Context, tp lane.TP) ([]*lane.Item, error) {
+	ctx, cancel := e.dlog.Bound(ctx)
+	defer cancel()
 	rows, err := e.dlog.Pool().Query(ctx, `SELECT seq, lane_key, kafka_offset FROM ferry.parked_event
 		WHERE integration = $1 AND topic = $2 AND kafka_partition = $3 ORDER BY seq`, e.cfg.Name, tp.Topic, tp.Partition)
 	if err != nil {
@@ -92,6 +94,8 @@ func (e *Engine) loadParked(ctx context.Context, tp lane.TP) ([]*lane.Item, erro
 
 // unpark reads a parked record back.
 func (e *Engine) unpark(ctx context.Context, ref parkedRef) (*kgo.Record, error) {
+	ctx, cancel := e.dlog.Bound(ctx)
+	defer cancel()
 	var body []byte
 	if err := e.dlog.Pool().QueryRow(ctx, `SELECT record FROM ferry.parked_event WHERE integration = $1 AND seq = $2`, e.cfg.Name, ref.seq).Scan(&body); err != nil {
 		return nil, err
@@ -108,6 +112,47 @@ func (e *Engine) unpark(ctx context.Context, ref parkedRef) (*kgo.Record, error)
 }
 
 func (e *Engine) dropParked(ctx context.Context, ref parkedRef) error {
+	ctx, cancel := e.dlog.Bound(ctx)
+	defer cancel()
 	_, err := e.dlog.Pool().Exec(ctx, `DELETE FROM ferry.parked_event WHERE integration = $1 AND seq = $2`, e.cfg.Name, ref.seq)
 	return err
+}
+
+// loadLoop retries loading the parked records of partitions whose load
+// failed at assignment (they are paused meanwhile). Loaded records go
+// first in their lanes, then the partition is fetched again.
+func (e *Engine) loadLoop(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		e.commitMu.Lock()
+		todo := make(map[lane.TP]*struct{}, len(e.unloaded))
+		for tp, gen := range e.unloaded {
+			todo[tp] = gen
+		}
+		e.commitMu.Unlock()
+		for tp, gen := range todo {
+			parked, err := e.loadParked(ctx, tp)
+			if err != nil {
+				continue // still failing: it stays paused; the assignment logged why
+			}
+			e.commitMu.Lock()
+			if e.unloaded[tp] == gen { // still owned, by the same assignment
+				delete(e.unloaded, tp)
+				if len(parked) > 0 {
+					e.sched.AddSpilled(tp, parked...)
+				}
+				if !e.paused[tp] {
+					e.cl.ResumeFetchPartitions(map[string][]int32{tp.Topic: {tp.Partition}})
+				}
+				e.log.Info("parked records loaded; the partition is fetched again", "topic", tp.Topic, "partition", tp.Partition, "parked", len(parked))
+			}
+			e.commitMu.Unlock()
+		}
+	}
 }

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ferry-cdc/ferry/internal/partnersim"
+	"github.com/ferry-cdc/ferry/internal/pgtest"
+)
+
+// When a new owner cannot load a partition's parked records (here: the
+// table is locked, so the load hits postgres_statement_timeout), the
+// partition stays paused: the parked tenant's newer records never
+// overtake its parked ones, and everything drains in order once the
+// records load.
+func TestGuarantee2_UnloadableParkedRecordsKeepThePartitionPaused(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	ctx := context.Background()
+	e.produce("bad", "bad-1", "product.updated", `{"n":1}`)
+	e.sim.AddRule(partnersim.Rule{Tenant: "bad", Status: 503, Reason: "down for this tenant"})
+	for n := 2; n <= 10; n++ {
+		e.produce("bad", fmt.Sprintf("bad-%d", n), "product.updated", fmt.Sprintf(`{"n":%d}`, n))
+	}
+	cfg := e.config("    park_after: 100ms\n    breaker: {failures: 100, window: 100}\n")
+	stop := e.start("--config", cfg, "--postgres-statement-timeout", "300ms")
+	waitFor(t, time.Minute, "the failing tenant parked", func() bool {
+		var parked int
+		err := e.conn.QueryRow(ctx, `SELECT count(*) FROM ferry.parked_event WHERE tenant_id = 'bad'`).Scan(&parked)
+		return err == nil && parked == 10
+	})
+	if code, stderr := stop(); code != 0 {
+		t.Fatalf("sink exited %d: %s", code, stderr)
+	}
+
+	// The parked queue cannot be read while this transaction holds it
+	// (on a connection of its own: pg_stat_activity below is read once
+	// per transaction).
+	locker, err := pgx.Connect(ctx, e.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Close(ctx)
+	tx, err := locker.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // released below, or with the test
+	if _, err := tx.Exec(ctx, `LOCK TABLE ferry.parked_event IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	e.sim.ClearRules()
+	for n := 11; n <= 20; n++ {
+		e.produce("bad", fmt.Sprintf("bad-%d", n), "product.updated", fmt.Sprintf(`{"n":%d}`, n))
+	}
+	e.start("--config", cfg, "--postgres-statement-timeout", "300ms")
+	waitFor(t, time.Minute, "the failed load to be reported", func() bool {
+		return strings.Contains(e.logs.String(), "could not load parked records")
+	})
+	// Each load waits for the lock until its statement times out. Seeing
+	// more loads than partitions means the background loader is
+	// retrying: by then an unpaused partition would long have delivered
+	// the newer records.
+	loads := map[time.Time]bool{}
+	waitFor(t, time.Minute, "the loader to retry", func() bool {
+		rows, err := e.conn.Query(ctx, `SELECT query_start FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FROM ferry.parked_event%'`)
+		if err != nil {
+			return false
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var at time.Time
+			if rows.Scan(&at) == nil {
+				loads[at] = true
+			}
+		}
+		return len(loads) > 6
+	})
+	if got := e.delivered()["bad"]; len(got) != 0 {
+		t.Fatalf("the parked tenant's newer records overtook its parked ones: applied %v", got)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "the parked tenant to drain", func() bool { return len(e.delivered()["bad"]) >= 20 })
+	checkInOrder(t, map[string][]int{"bad": e.delivered()["bad"]}, map[string]int{"bad": 20})
+}
+
+// readyz returns the admin server's readiness status code and body.
+func readyz(addr string) (int, string) {
+	resp, err := http.Get("http://" + addr + "/readyz")
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body) // a partial body reads as a different reason
+	return resp.StatusCode, string(b)
+}
+
+// A sink rides through its delivery-log database going away: down at
+// start (it waits, not ready), stopped mid-run (lanes pause without
+// calling the partner, counting an attempt or opening the breaker; one
+// log line per outage; not ready meanwhile) and crash-restarted. It
+// never exits, and every event arrives once, in order.
+func TestGuarantee7_SinkRidesThroughPostgresOutages(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	c, err := pgtest.Start(ctx, pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	e := newEnv(t, partnersim.Config{})
+	if e.db, err = pgtest.CreateDatabase(ctx, c.URL, "ride"); err != nil {
+		t.Fatal(err)
+	}
+	query := func(sql string, out ...any) error {
+		conn, err := pgx.Connect(ctx, e.db)
+		if err != nil {
+			return err
+		}
+		defer conn.Close(ctx)
+		return conn.QueryRow(ctx, sql).Scan(out...)
+	}
+	admin := freeAddr(t)
+	cfg := e.config("")
+	next := 1
+	produce := func(n int) {
+		for ; n > 0; n-- {
+			e.produce("acme", fmt.Sprintf("acme-%d", next), "product.updated", fmt.Sprintf(`{"n":%d}`, next))
+			next++
+		}
+	}
+	reconnects := func() float64 { return metric(admin, `ferry_sink_reconnects_total{target="postgres"}`) }
+
+	// Down at start: the sink waits, not ready, and starts once it is up.
+	if err := c.Down("fast"); err != nil {
+		t.Fatal(err)
+	}
+	produce(5)
+	stop := e.start("--config", cfg, "--admin-addr", admin)
+	waitFor(t, time.Minute, "not ready while postgres is down at start", func() bool {
+		code, why := readyz(admin)
+		return code == http.StatusServiceUnavailable && strings.Contains(why, "postgres") && reconnects() >= 2
+	})
+	if err := c.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "ready and delivering", func() bool {
+		code, _ := readyz(admin)
+		return code == http.StatusOK && len(e.delivered()["acme"]) == 5
+	})
+
+	// Stopped mid-run: nothing reaches the partner, nothing is counted.
+	if err := c.Down("fast"); err != nil {
+		t.Fatal(err)
+	}
+	before := reconnects()
+	produce(5)
+	waitFor(t, time.Minute, "not ready while the delivery log is down, and retrying", func() bool {
+		code, why := readyz(admin)
+		return code == http.StatusServiceUnavailable && strings.Contains(why, "delivery log") && reconnects() >= before+3
+	})
+	if got := len(e.sim.Requests("acme")); got != 5 {
+		t.Fatalf("the partner was called %d times while the delivery log was down (want the 5 from before)", got)
+	}
+	if v := metric(admin, `ferry_sink_breaker_open{integration="shop"}`); v > 0 {
+		t.Fatalf("breaker opened over a database outage: %v", v)
+	}
+	if err := c.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "delivery to resume", func() bool { return len(e.delivered()["acme"]) == 10 })
+
+	// A crash restart, then more events.
+	if err := c.Restart(ctx, "immediate", 0); err != nil {
+		t.Fatal(err)
+	}
+	produce(5)
+	waitFor(t, time.Minute, "delivery after a crash restart", func() bool { return len(e.delivered()["acme"]) == 15 })
+	checkInOrder(t, map[string][]int{"acme": e.delivered()["acme"]}, map[string]int{"acme": 15})
+	var maxAttempts int
+	if err := query(`SELECT max(attempts) FROM ferry.delivery WHERE integration = 'shop'`, &maxAttempts); err != nil || maxAttempts != 1 {
+		t.Fatalf("attempts burned by the outages: max %d (%v), want 1", maxAttempts, err)
+	}
+	failed := reconnects()
+	code, logs := stop()
+	if code != 0 {
+		t.Fatalf("sink exited %d:\n%s", code, logs)
+	}
+	// One line when the log is lost and one when it is back, per outage
+	// (a few outages: the pool finds its dead connections one by one),
+	// never one per lane or per attempt.
+	lost := strings.Count(logs, "delivery log (postgres) lost")
+	if lost == 0 || float64(lost) >= failed || strings.Contains(logs, "level=ERROR") {
+		t.Fatalf("%d 'lost' lines for %v failed attempts; logs:\n%s", lost, failed, logs)
+	}
+	t.Logf("%d 'lost' lines, %v failed reconnect attempts", lost, failed)
+}
+
+// Kafka down at start is weather too: the sink waits, not ready, and
+// consumes once the broker is up.
+func TestGuarantee7_SinkWaitsForKafkaAtStart(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	admin := freeAddr(t)
+	cfg := e.config("")
+	e.kafka.Stop(t)
+	e.start("--config", cfg, "--admin-addr", admin)
+	waitFor(t, time.Minute, "not ready while Kafka is down", func() bool {
+		code, why := readyz(admin)
+		return code == http.StatusServiceUnavailable && strings.Contains(why, "kafka") &&
+			metric(admin, `ferry_sink_reconnects_total{target="kafka"}`) >= 2
+	})
+	e.kafka.Start(t)
+	e.produce("acme", "acme-1", "product.updated", `{"n":1}`)
+	waitFor(t, time.Minute, "delivery once Kafka is up", func() bool {
+		code, _ := readyz(admin)
+		return code == http.StatusOK && len(e.delivered()["acme"]) == 1
+	})
+}
