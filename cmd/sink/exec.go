@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -29,7 +30,7 @@ import (
 
 func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	if c.name != "run" {
-		return c.operate(ctx, stdout)
+		return cli.Print(stdout, func(w io.Writer) error { return c.operate(ctx, w) })
 	}
 	log, err := cli.Logger(stderr, c.cfg.LogFormat, c.cfg.LogLevel)
 	if err != nil {
@@ -65,7 +66,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	engines := make([]*consume.Engine, len(c.cfg.Integrations))
 	for i, in := range c.cfg.Integrations {
-		engines[i] = consume.New(in.Config, c.cfg.Kafka.Brokers, svc.Integrations[in.Name].Connector, dlog, maps, log, m)
+		engines[i] = consume.New(in.Config, c.cfg.Kafka, svc.Integrations[in.Name].Connector, dlog, maps, log, m)
 	}
 	var migrated atomic.Bool
 	g, gctx := errgroup.WithContext(ctx)
@@ -84,7 +85,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 				}
 			}
 			return true, ""
-		}, svc.Routes(c.cfg.AdminToken), ops.Guard(c.cfg.AdminToken))
+		}, svc.Routes(c.adminAccess()), c.adminAccess())
 		if err != nil {
 			return err
 		}
@@ -153,13 +154,29 @@ func boundStatements(cc *pgx.ConnConfig, d time.Duration) {
 	}
 }
 
+func (c *command) adminAccess() admin.Access {
+	return admin.Access{Token: c.cfg.AdminToken, AllowedHosts: c.cfg.AdminAllowedHosts}
+}
+
 // connector builds the integration's connector; i is its index in the
 // config, for error paths.
 func (in Integration) connector(i int) (connector.Connector, error) {
 	if in.Connector.Type == "http" {
 		return httpconn.New(in.Connector.Config, fmt.Sprintf("integrations[%d].connector", i))
 	}
-	return webhook.New(webhook.Config{URL: in.Connector.URL, Timeout: in.Connector.Timeout})
+	cfg := webhook.Config{URL: in.Connector.URL, URLEnv: in.Connector.URLEnv, Timeout: in.Connector.Timeout}
+	for j, name := range in.Connector.SigningSecretsEnv {
+		v := os.Getenv(name)
+		if v == "" {
+			return nil, fmt.Errorf("integrations[%d].connector.signing_secrets_env[%d]: environment variable %s is not set", i, j, name)
+		}
+		cfg.SigningSecrets = append(cfg.SigningSecrets, v)
+	}
+	c, err := webhook.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("integrations[%d].connector.%w", i, err) // webhook's errors start with the key
+	}
+	return c, nil
 }
 
 // service is the operator surface over the configured integrations (their
@@ -167,7 +184,7 @@ func (in Integration) connector(i int) (connector.Connector, error) {
 // Only run and tenants disable need them: other commands skip a connector
 // that cannot be built (its secret may not be set where operators work).
 func (c *command) service(dlog *delivery.Log, pool *pgxpool.Pool) (*ops.Service, error) {
-	svc := &ops.Service{Log: dlog, Pool: pool, Brokers: c.cfg.Kafka.Brokers, Integrations: map[string]ops.Integration{}}
+	svc := &ops.Service{Log: dlog, Pool: pool, Kafka: c.cfg.Kafka, Integrations: map[string]ops.Integration{}}
 	for i, in := range c.cfg.Integrations {
 		conn, err := in.connector(i)
 		if err != nil && (c.name == "run" || c.name == "tenants disable") {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/ferry-cdc/ferry/internal/delivery"
+	"github.com/ferry-cdc/ferry/internal/kafkaconf"
 	"github.com/ferry-cdc/ferry/internal/lane"
 	"github.com/ferry-cdc/ferry/internal/metrics"
 	"github.com/ferry-cdc/ferry/internal/retry"
@@ -29,14 +31,14 @@ import (
 
 // Engine delivers one integration's events.
 type Engine struct {
-	cfg     Config
-	brokers []string
-	conn    connector.Connector
-	prober  connector.Prober // nil when the connector cannot probe
-	dlog    *delivery.Log
-	maps    *mapping.Store // nil: connectors get no mapping store
-	log     *slog.Logger
-	m       *metrics.Sink
+	cfg    Config
+	kafka  kafkaconf.Config // brokers, TLS, SASL
+	conn   connector.Connector
+	prober connector.Prober // nil when the connector cannot probe
+	dlog   *delivery.Log
+	maps   *mapping.Store // nil: connectors get no mapping store
+	log    *slog.Logger
+	m      *metrics.Sink
 
 	cl      *kgo.Client
 	sched   *lane.Scheduler
@@ -73,9 +75,10 @@ type Engine struct {
 
 // New returns an engine; cfg must have defaults set and be valid.
 // maps may be nil when the connector needs no mappings.
-func New(cfg Config, brokers []string, conn connector.Connector, dlog *delivery.Log, maps *mapping.Store, log *slog.Logger, m *metrics.Sink) *Engine {
-	e := &Engine{cfg: cfg, brokers: brokers, conn: conn, dlog: dlog, maps: maps, log: log.With("integration", cfg.Name), m: m,
-		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, unloaded: map[lane.TP]*struct{}{}, calls: make(chan *callJob), dbCheck: make(chan struct{}, 1), dbErrLog: rate.Sometimes{Interval: 5 * time.Second}}
+func New(cfg Config, kafka kafkaconf.Config, conn connector.Connector, dlog *delivery.Log, maps *mapping.Store, log *slog.Logger, m *metrics.Sink) *Engine {
+	e := &Engine{cfg: cfg, kafka: kafka, conn: conn, dlog: dlog, maps: maps, log: log.With("integration", cfg.Name), m: m,
+		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, unloaded: map[lane.TP]*struct{}{}, calls: make(chan *callJob),
+		dbCheck: make(chan struct{}, 1), dbErrLog: rate.Sometimes{Interval: 5 * time.Second}}
 	e.prober, _ = conn.(connector.Prober)
 	if cfg.RateLimit > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit/10)))
@@ -102,8 +105,7 @@ func New(cfg Config, brokers []string, conn connector.Connector, dlog *delivery.
 // Run consumes and delivers until ctx ends; it returns after its
 // goroutines end, having committed what was finished.
 func (e *Engine) Run(ctx context.Context) error {
-	opts := []kgo.Opt{
-		kgo.SeedBrokers(e.brokers...),
+	opts := append(e.kafka.Opts(), // brokers, TLS, SASL
 		kgo.ConsumerGroup(e.cfg.Group),
 		kgo.ConsumeTopics(e.cfg.Topics...),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
@@ -112,12 +114,12 @@ func (e *Engine) Run(ctx context.Context) error {
 		kgo.OnPartitionsAssigned(e.assigned),
 		kgo.OnPartitionsRevoked(e.revoked),
 		kgo.OnPartitionsLost(e.lost),
-		kgo.ClientID("ferry-sink-" + e.cfg.Name),
+		kgo.ClientID("ferry-sink-"+e.cfg.Name),
 		// A resumed partition is fetched only once the fetch in flight
 		// returns: a short long-poll keeps lanes from running dry after
 		// back-pressure (found by sinkbench: 2.5 s stalls at 5 s).
-		kgo.FetchMaxWait(500 * time.Millisecond),
-	}
+		kgo.FetchMaxWait(500*time.Millisecond),
+	)
 	if e.cfg.InstanceID != "" {
 		// Static membership: a restarted process takes its partitions
 		// back at once (docs/operations.md).
@@ -770,6 +772,16 @@ func decode(r *kgo.Record) (ev connector.Event, resync, bad string) {
 		}
 	}
 	var problems []string
+	switch {
+	case strings.HasPrefix(ev.Headers[route.HeaderContentType], "application/cloudevents+json"):
+		if err := unwrapCloudEvent(&ev, r.Value); err != nil {
+			problems = append(problems, err.Error())
+		}
+	case !json.Valid(r.Value):
+		problems = append(problems, "payload is not JSON")
+	default:
+		ev.Payload = r.Value
+	}
 	if ev.ID == "" {
 		ev.ID = fmt.Sprintf("bad:%s/%d/%d", r.Topic, r.Partition, r.Offset)
 		problems = append(problems, "no event_id header")
@@ -779,11 +791,6 @@ func decode(r *kgo.Record) (ev connector.Event, resync, bad string) {
 	}
 	if ev.TenantID == "" {
 		problems = append(problems, "no tenant (tenant_id header or key)")
-	}
-	if !json.Valid(r.Value) {
-		problems = append(problems, "payload is not JSON")
-	} else {
-		ev.Payload = r.Value
 	}
 	if len(problems) > 0 {
 		return ev, resync, fmt.Sprintf("%v at %s/%d offset %d", problems, r.Topic, r.Partition, r.Offset)

@@ -46,8 +46,11 @@ func (e *Engine) reconnect(target string) retry.Reconnect {
 func (e *Engine) pingKafka(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := e.cl.Ping(pctx); err != nil {
-		return fmt.Errorf("cannot reach Kafka brokers %v: %w (check --brokers / FERRY_KAFKA_BROKERS)", e.brokers, err)
+	if err := e.kafka.Ping(pctx, e.cl); err != nil {
+		if retry.IsPermanent(err) { // rejected credentials or certificate: the error says which
+			return fmt.Errorf("%s: %w", e.cfg.Name, err)
+		}
+		return fmt.Errorf("cannot reach Kafka brokers %v: %w (check --brokers / FERRY_KAFKA_BROKERS)", e.kafka.Brokers, err)
 	}
 	return nil
 }
@@ -105,7 +108,7 @@ func (e *Engine) leave(ctx context.Context) {
 	if e.cfg.InstanceID == "" || ctx.Err() == nil {
 		return // not static, or not a clean stop (fenced: another process holds the id)
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...))
+	cl, err := kgo.NewClient(e.kafka.Opts()...) // brokers, TLS, SASL
 	if err != nil {
 		return
 	}
