@@ -225,3 +225,89 @@ func TestGuarantee7_SinkWaitsForKafkaAtStart(t *testing.T) {
 		return code == http.StatusOK && len(e.delivered()["acme"]) == 1
 	})
 }
+
+// A delivery-log statement blocked by a row lock (an operator's open
+// transaction) fails at postgres_statement_timeout: the lane backs off
+// and tries again instead of hanging, other tenants go on, and the event
+// is delivered once the lock is gone.
+func TestBlockedStatementTimesOutAndTheLaneBacksOff(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	ctx := context.Background()
+	e.start("--config", e.config(""), "--postgres-statement-timeout", "300ms")
+	e.produce("acme", "acme-1", "product.updated", `{"n":1}`)
+	waitFor(t, time.Minute, "the first delivery", func() bool { return len(e.delivered()["acme"]) == 1 })
+
+	if _, err := e.conn.Exec(ctx, `INSERT INTO ferry.delivery (integration, event_id, tenant_id, event_type, aggregate_type,
+		aggregate_id, topic, kafka_partition, kafka_offset, state) VALUES ('shop', 'acme-2', 'acme', 'product.updated', 'product', 'p1', $1, 0, 0, 'pending')`, e.topic); err != nil {
+		t.Fatal(err)
+	}
+	locker, err := pgx.Connect(ctx, e.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Close(ctx)
+	tx, err := locker.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // released below, or with the test
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM ferry.delivery WHERE event_id = 'acme-2' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	e.produce("acme", "acme-2", "product.updated", `{"n":2}`)
+	e.produce("globex", "globex-1", "product.updated", `{"n":1}`)
+	waitFor(t, time.Minute, "the blocked statement to time out, and another tenant to be delivered", func() bool {
+		logs := e.logs.String()
+		return strings.Contains(logs, "delivery-log statement failed") && strings.Contains(logs, "begin acme-2") &&
+			len(e.delivered()["globex"]) == 1
+	})
+	if got := e.delivered()["acme"]; len(got) != 1 {
+		t.Fatalf("acme-2 delivered through a locked row: %v", got)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "acme-2 once the lock is gone", func() bool { return len(e.delivered()["acme"]) == 2 })
+	checkInOrder(t, map[string][]int{"acme": e.delivered()["acme"]}, map[string]int{"acme": 2})
+}
+
+// A delivery another process holds in flight (here a previous partition
+// owner, still alive: its lease in ferry.sink_process is current) is not
+// sent again, and its lane does not move on, until that process's lease
+// expires; then it is taken over and the lane goes on in order.
+func TestGuarantee3_InFlightDeliveryOfALiveProcessIsNotTakenOver(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	ctx := context.Background()
+	e.start("--config", e.config(""), "--log-level", "debug")
+	e.produce("acme", "acme-0", "product.updated", `{"n":1}`) // creates the tables
+	waitFor(t, time.Minute, "the first delivery", func() bool { return len(e.delivered()["acme"]) == 1 })
+
+	// The previous owner: alive for another minute, with acme-1 in flight.
+	if _, err := e.conn.Exec(ctx, `INSERT INTO ferry.sink_process (process_id, integration, consumer_group, started_at, lease_until)
+		VALUES ('elsewhere/1/1', 'shop', 'ferry-sink-shop', now(), now() + interval '1 minute')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.conn.Exec(ctx, `INSERT INTO ferry.delivery (integration, event_id, tenant_id, event_type, aggregate_type,
+		aggregate_id, topic, kafka_partition, kafka_offset, state, attempts, holder)
+		VALUES ('shop', 'acme-1', 'acme', 'product.updated', 'product', 'p1', $1, 0, 0, 'in_flight', 1, 'elsewhere/1/1')`, e.topic); err != nil {
+		t.Fatal(err)
+	}
+	e.produce("acme", "acme-1", "product.updated", `{"n":2}`)
+	e.produce("acme", "acme-2", "product.updated", `{"n":3}`)
+	e.produce("globex", "globex-1", "product.updated", `{"n":1}`)
+	waitFor(t, time.Minute, "the lane to wait for the holder, and others to flow", func() bool {
+		return strings.Count(e.logs.String(), "delivery held by another process") >= 3 && len(e.delivered()["globex"]) == 1
+	})
+	if got := e.sim.Requests("acme"); len(got) != 1 {
+		t.Fatalf("the partner was called for acme while a live process held acme-1: %d calls", len(got))
+	}
+	if s := e.state("acme-2"); s != "none" {
+		t.Fatalf("acme-2 was attempted (%s) behind a held delivery", s)
+	}
+	// The holder's lease runs out: its delivery is taken over.
+	if _, err := e.conn.Exec(ctx, `UPDATE ferry.sink_process SET lease_until = now() WHERE process_id = 'elsewhere/1/1'`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "the takeover", func() bool { return len(e.delivered()["acme"]) == 3 })
+	checkInOrder(t, map[string][]int{"acme": e.delivered()["acme"]}, map[string]int{"acme": 3})
+}
