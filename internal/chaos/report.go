@@ -21,6 +21,10 @@ type Recovery struct {
 	Recovered      bool  `json:"recovered"`
 	ToKafkaMS      int64 `json:"to_kafka_ms"`
 	ToPartnerMS    int64 `json:"to_partner_ms"`
+	// AfterLate marks a fault injected while the one before had not
+	// recovered: its times are the earlier fault's too, so they are left
+	// out of the percentiles.
+	AfterLate bool `json:"after_late,omitempty"`
 }
 
 // Result is one run's figures.
@@ -100,6 +104,8 @@ type Summary struct {
 	// KafkaByKind and KafkaPending are the same at Kafka.
 	KafkaByKind  map[string][]Recovery
 	KafkaPending map[string]int
+	// AfterLate counts faults injected before the previous one recovered.
+	AfterLate int
 }
 
 // Summarize adds up results.
@@ -135,6 +141,10 @@ func Summarize(rs []Result) Summary {
 		t.ConcurrentCalls += r.ConcurrentCalls
 		t.Seconds += r.Seconds
 		for _, rec := range r.Recoveries {
+			if rec.AfterLate {
+				s.AfterLate++
+				continue
+			}
 			if rec.KafkaRecovered {
 				s.KafkaByKind[rec.Kind] = append(s.KafkaByKind[rec.Kind], rec)
 			} else {
@@ -205,6 +215,9 @@ func (s Summary) Print(w io.Writer) {
 		fmt.Fprintf(w, "  %-15s %6d %10d %10d %5d %12d %12d %5d\n", k, s.Faults[k], pct(ks, 0.5), pct(ks, 1), s.KafkaPending[k], pct(ps, 0.5), pct(ps, 1), s.Pending[k])
 	}
 	fmt.Fprintf(w, "  %-15s %6d %10d %10d %5d %12d %12d %5d\n", "all", n, pct(allK, 0.5), pct(allK, 1), lateK, pct(allP, 0.5), pct(allP, 1), lateP)
+	if s.AfterLate > 0 {
+		fmt.Fprintf(w, "  (%d faults came before the previous one had recovered: not timed)\n", s.AfterLate)
+	}
 	for _, r := range s.Runs {
 		if !r.Failed() && len(r.ExitNotes) == 0 {
 			continue

@@ -384,6 +384,7 @@ integrations:
 	defer func() { stopLoad(); <-loadDone }()
 
 	sleep(ctx, cfg.Warmup)
+	late := false
 	for _, kind := range kinds {
 		if ctx.Err() != nil {
 			return res, ctx.Err()
@@ -396,7 +397,7 @@ integrations:
 		}
 		res.Faults[kind]++
 		e.note("fault %s %s: %s", kind, detail, end.Sub(began).Round(time.Millisecond))
-		rec := Recovery{Kind: kind, Detail: detail}
+		rec := Recovery{Kind: kind, Detail: detail, AfterLate: late}
 		deadline := end.Add(cfg.RecoveryCeiling)
 		for time.Now().Before(deadline) && ctx.Err() == nil {
 			if !rec.KafkaRecovered {
@@ -412,6 +413,7 @@ integrations:
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+		late = !rec.Recovered || !rec.KafkaRecovered
 		e.note("recovery %+v", rec)
 		res.Recoveries = append(res.Recoveries, rec)
 		sleep(ctx, cfg.Gap/4+time.Duration(rng.Int64N(int64(cfg.Gap*3/4)+1)))
