@@ -81,6 +81,7 @@ type flags struct {
 	StatusEvery *time.Duration `help:"How often the confirmed position is sent to the slot (default 1s)." env:"FERRY_STATUS_INTERVAL" name:"status-interval"`
 	MaxBuffered *int           `help:"Records in flight to Kafka before the reader waits (default 20000)." env:"FERRY_MAX_BUFFERED_RECORDS" name:"max-buffered-records"`
 	MaxRecord   *int           `help:"Largest record (and produce batch) in bytes; at most the broker's message.max.bytes (default 1000000)." env:"FERRY_MAX_RECORD_BYTES" name:"max-record-bytes"`
+	ReconnMax   *time.Duration `help:"Longest wait between reconnect attempts after Postgres or Kafka went away (default 30s)." env:"FERRY_RECONNECT_MAX" name:"reconnect-max"`
 	Recover     bool           `help:"If the slot was dropped, recreated or invalidated, create a new one and backfill rows since the last confirmed commit (duplicates possible) instead of refusing to start." env:"FERRY_RECOVER_LOST_SLOT" name:"recover-lost-slot"`
 	AdminAddr   *string        `help:"Address for /metrics, /healthz, /readyz (default 127.0.0.1:9464; 'off' disables)." env:"FERRY_ADMIN_ADDR" name:"admin-addr"`
 	LogFormat   *string        `help:"Log format: json (default) or text." env:"FERRY_LOG_FORMAT" name:"log-format"`
@@ -189,6 +190,9 @@ func (f *flags) apply(cfg *Config) {
 	}
 	if f.MaxRecord != nil {
 		cfg.Kafka.MaxRecordBytes = *f.MaxRecord
+	}
+	if f.ReconnMax != nil {
+		cfg.Outbox.ReconnectMax = *f.ReconnMax
 	}
 	if f.Recover {
 		cfg.Outbox.RecoverLostSlot = true
