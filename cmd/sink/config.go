@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -35,6 +36,27 @@ type Config struct {
 	LogFormat    string        `yaml:"log_format"`
 	LogLevel     string        `yaml:"log_level"`
 	Integrations []Integration `yaml:"integrations"`
+
+	// PostgresStatementTimeout bounds every delivery-log, parked-queue
+	// and mapping statement: sent as the connections' statement_timeout
+	// (a statement blocked by a lock or a slow server fails) and used as
+	// a client-side deadline (a stalled connection fails). The lane
+	// backs off and tries again. Default 10s.
+	PostgresStatementTimeout time.Duration `yaml:"postgres_statement_timeout"`
+	// InstanceID is this process's static consumer group membership
+	// (Kafka's group.instance.id): a restarted process with the same id
+	// takes its old partitions back at once instead of waiting for its
+	// session to time out. Default: "ferry-sink-<host name>" (in
+	// Kubernetes the host name is the pod's name). Two live processes
+	// must never share one; "off" disables static membership. When
+	// integrations share a consumer group, each gets
+	// "<instance_id>-<integration>".
+	InstanceID string `yaml:"instance_id"`
+	// SessionTimeout is how long the group waits for a silent member
+	// (killed, partitioned) before giving its partitions to others; a
+	// static member restarted within it gets them back at once. Default
+	// 30s; 6s to 30m (the broker's usual bounds).
+	SessionTimeout time.Duration `yaml:"session_timeout"`
 }
 
 // Integration is one partner: an engine and its connector.
@@ -59,10 +81,32 @@ func (c *Config) setDefaults() {
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
+	if c.PostgresStatementTimeout == 0 {
+		c.PostgresStatementTimeout = 10 * time.Second
+	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = 30 * time.Second
+	}
+	if c.InstanceID == "" {
+		c.InstanceID = defaultInstanceID()
+	}
 	sum := int32(0)
+	groups := map[string]int{}
 	for i := range c.Integrations {
 		c.Integrations[i].SetDefaults()
 		sum += int32(c.Integrations[i].Concurrency)
+		groups[c.Integrations[i].Group]++
+	}
+	for i := range c.Integrations {
+		in := &c.Integrations[i]
+		in.SessionTimeout = c.SessionTimeout
+		switch {
+		case c.InstanceID == "off":
+		case groups[in.Group] > 1:
+			in.InstanceID = c.InstanceID + "-" + in.Name
+		default:
+			in.InstanceID = c.InstanceID
+		}
 	}
 	if c.PostgresMaxConns == 0 {
 		c.PostgresMaxConns = min(max(sum, 4), 64)
@@ -107,6 +151,16 @@ func (c *Config) validate() error {
 			errs = append(errs, fmt.Errorf("%s.connector.type: %q: use http or webhook", prefix, in.Connector.Type))
 		}
 	}
+	if c.PostgresStatementTimeout < 0 {
+		errs = append(errs, fmt.Errorf("postgres_statement_timeout: %s: must be positive (e.g. 10s)", c.PostgresStatementTimeout))
+	}
+	if c.SessionTimeout < minSessionTimeout || c.SessionTimeout > maxSessionTimeout {
+		errs = append(errs, fmt.Errorf("session_timeout: %s: use %s to %s (at least two heartbeats of %s; brokers refuse others by default)",
+			c.SessionTimeout, minSessionTimeout, maxSessionTimeout, heartbeatInterval))
+	}
+	if c.InstanceID != "off" && !validInstanceID(c.InstanceID) {
+		errs = append(errs, fmt.Errorf("instance_id: %q: use 1 to 200 of a-z, A-Z, 0-9, '.', '_', '-' (or \"off\")", c.InstanceID))
+	}
 	if c.AdminAddr != "off" {
 		if err := ops.CheckExposure(c.AdminAddr, c.AdminToken); err != nil {
 			errs = append(errs, err)
@@ -125,6 +179,10 @@ type flags struct {
 	AdminAddr   *string  `help:"Address for /metrics, /healthz, /readyz (default 127.0.0.1:9465; 'off' disables)." env:"FERRY_ADMIN_ADDR" name:"admin-addr"`
 	LogFormat   *string  `help:"Log format: json (default) or text." env:"FERRY_LOG_FORMAT" name:"log-format"`
 	LogLevel    *string  `help:"Log level: debug, info (default), warn, error." env:"FERRY_LOG_LEVEL" name:"log-level"`
+
+	PostgresStatementTimeout *time.Duration `help:"Timeout of each delivery-log and mapping statement (default 10s)." env:"FERRY_POSTGRES_STATEMENT_TIMEOUT" name:"postgres-statement-timeout"`
+	InstanceID               *string        `help:"Static consumer group member id (default: host name; 'off' disables). Unique per live process." env:"FERRY_INSTANCE_ID" name:"instance-id"`
+	SessionTimeout           *time.Duration `help:"Consumer group session timeout: how long a silent member keeps its partitions (default 30s)." env:"FERRY_SESSION_TIMEOUT" name:"session-timeout"`
 
 	Run      runCmd      `cmd:"" default:"withargs" help:"Consume and deliver (the default command)."`
 	Status   statusCmd   `cmd:"" help:"Deliveries by integration and state, and parked queue depth per tenant."`
@@ -239,6 +297,13 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 	set(&cfg.AdminAddr, f.AdminAddr)
 	set(&cfg.LogFormat, f.LogFormat)
 	set(&cfg.LogLevel, f.LogLevel)
+	set(&cfg.InstanceID, f.InstanceID)
+	if f.PostgresStatementTimeout != nil {
+		cfg.PostgresStatementTimeout = *f.PostgresStatementTimeout
+	}
+	if f.SessionTimeout != nil {
+		cfg.SessionTimeout = *f.SessionTimeout
+	}
 	cfg.AdminToken = getenv("FERRY_ADMIN_TOKEN")
 	cfg.setDefaults()
 	words := strings.Fields(kctx.Command())
@@ -254,4 +319,49 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 		return nil, errors.New("postgres_url: not set: use --postgres-url or FERRY_POSTGRES_URL")
 	}
 	return &command{name: name, cfg: cfg, f: f}, nil
+}
+
+// Static membership bounds: Kafka brokers accept session timeouts in
+// group.min.session.timeout.ms..group.max.session.timeout.ms (6s..30m by
+// default), and a session must outlast a few heartbeats.
+const (
+	minSessionTimeout = 6 * time.Second
+	maxSessionTimeout = 30 * time.Minute
+	heartbeatInterval = 3 * time.Second // franz-go's default, kept
+)
+
+// defaultInstanceID is the host name (in Kubernetes, the pod's name),
+// with characters Kafka does not allow in a group.instance.id replaced;
+// "off" when there is none.
+func defaultInstanceID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		return "off"
+	}
+	b := []byte(host)
+	for i, c := range b {
+		if !instanceIDChar(c) {
+			b[i] = '-'
+		}
+	}
+	if len(b) > 200 {
+		b = b[:200]
+	}
+	return "ferry-sink-" + string(b)
+}
+
+func validInstanceID(s string) bool {
+	if len(s) == 0 || len(s) > 200 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !instanceIDChar(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func instanceIDChar(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
 }

@@ -114,7 +114,7 @@ func TestRejectedParksUntilSkippedAndFailedRetries(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	dlog, err := delivery.New(pool)
+	dlog, err := delivery.New(pool, delivery.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

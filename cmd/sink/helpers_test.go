@@ -9,8 +9,10 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -23,6 +25,8 @@ import (
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+var instanceSeq atomic.Int64
 
 type env struct {
 	t      *testing.T
@@ -112,7 +116,13 @@ integrations:
 }
 
 // start runs the sink in this process until stop is called.
+//
+// Each start is its own process as far as the consumer group knows (a
+// static instance id of its own) unless args or the environment name one.
 func (e *env) start(args ...string) (stop func() (int, string)) {
+	if !slices.Contains(args, "--instance-id") && e.vars["FERRY_INSTANCE_ID"] == "" {
+		args = append(args, "--instance-id", fmt.Sprintf("test-%d", instanceSeq.Add(1)))
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var stderr syncBuffer
 	done := make(chan int, 1)

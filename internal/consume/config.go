@@ -57,6 +57,14 @@ type Config struct {
 	CommitInterval time.Duration `yaml:"commit_interval"`
 	// Breaker pauses the whole integration while the partner is down.
 	Breaker BreakerConfig `yaml:"breaker"`
+
+	// InstanceID is the consumer's static group membership
+	// (group.instance.id); "" joins as a dynamic member. Set by the
+	// binary from its process-wide setting.
+	InstanceID string `yaml:"-"`
+	// SessionTimeout is the group session timeout; 0 keeps franz-go's
+	// default (45s). Set by the binary.
+	SessionTimeout time.Duration `yaml:"-"`
 }
 
 // BreakerConfig configures the circuit breaker.

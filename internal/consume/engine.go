@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/failsafe-go/failsafe-go/circuitbreaker"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"golang.org/x/sync/errgroup"
@@ -19,6 +21,7 @@ import (
 	"github.com/ferry-cdc/ferry/internal/delivery"
 	"github.com/ferry-cdc/ferry/internal/lane"
 	"github.com/ferry-cdc/ferry/internal/metrics"
+	"github.com/ferry-cdc/ferry/internal/retry"
 	"github.com/ferry-cdc/ferry/internal/route"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 	"github.com/ferry-cdc/ferry/pkg/mapping"
@@ -52,13 +55,22 @@ type Engine struct {
 	paused   map[lane.TP]bool
 
 	finished atomic.Int64 // deliveries finished, for the live report
+
+	// Reachability of the delivery log and of Kafka (readiness). While
+	// the log is down, lanes wait without touching it or the partner;
+	// dbLost wakes the watcher that probes it back (see health.go).
+	dbUp, kafkaUp atomic.Bool
+	dbLost        chan error
+	// leaseAt is when the last successful lease renewal was sent
+	// (report.go).
+	leaseAt atomic.Pointer[time.Time]
 }
 
 // New returns an engine; cfg must have defaults set and be valid.
 // maps may be nil when the connector needs no mappings.
 func New(cfg Config, brokers []string, conn connector.Connector, dlog *delivery.Log, maps *mapping.Store, log *slog.Logger, m *metrics.Sink) *Engine {
 	e := &Engine{cfg: cfg, brokers: brokers, conn: conn, dlog: dlog, maps: maps, log: log.With("integration", cfg.Name), m: m,
-		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, calls: make(chan *callJob)}
+		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, calls: make(chan *callJob), dbLost: make(chan error, 1)}
 	e.prober, _ = conn.(connector.Prober)
 	if cfg.RateLimit > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit/10)))
@@ -85,7 +97,7 @@ func New(cfg Config, brokers []string, conn connector.Connector, dlog *delivery.
 // Run consumes and delivers until ctx ends; it returns after its
 // goroutines end, having committed what was finished.
 func (e *Engine) Run(ctx context.Context) error {
-	cl, err := kgo.NewClient(
+	opts := []kgo.Opt{
 		kgo.SeedBrokers(e.brokers...),
 		kgo.ConsumerGroup(e.cfg.Group),
 		kgo.ConsumeTopics(e.cfg.Topics...),
@@ -95,29 +107,54 @@ func (e *Engine) Run(ctx context.Context) error {
 		kgo.OnPartitionsAssigned(e.assigned),
 		kgo.OnPartitionsRevoked(e.revoked),
 		kgo.OnPartitionsLost(e.lost),
-		kgo.ClientID("ferry-sink-"+e.cfg.Name),
+		kgo.ClientID("ferry-sink-" + e.cfg.Name),
 		// A resumed partition is fetched only once the fetch in flight
 		// returns: a short long-poll keeps lanes from running dry after
 		// back-pressure (found by sinkbench: 2.5 s stalls at 5 s).
-		kgo.FetchMaxWait(500*time.Millisecond),
-	)
+		kgo.FetchMaxWait(500 * time.Millisecond),
+	}
+	if e.cfg.InstanceID != "" {
+		// Static membership: a restarted process takes its partitions
+		// back at once (docs/operations.md).
+		opts = append(opts, kgo.InstanceID(e.cfg.InstanceID))
+	}
+	if e.cfg.SessionTimeout > 0 {
+		opts = append(opts, kgo.SessionTimeout(e.cfg.SessionTimeout))
+	}
+	cl, err := kgo.NewClient(opts...)
 	if err != nil {
-		return fmt.Errorf("%s: kafka client: %w", e.cfg.Name, err)
+		return retry.Permanent(fmt.Errorf("%s: kafka client: %w", e.cfg.Name, err))
 	}
 	e.cl = cl
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err = cl.Ping(pctx)
-	cancel()
-	if err != nil {
-		cl.Close()
-		return fmt.Errorf("%s: cannot reach Kafka brokers %v: %w (check --brokers / FERRY_KAFKA_BROKERS)", e.cfg.Name, e.brokers, err)
-	}
+	defer cl.Close()
+	defer e.leave(ctx)
 
-	// Pauses are known before the first delivery, so a paused tenant stays
-	// paused across restarts.
-	if err = e.refresh(ctx); err != nil {
-		cl.Close()
-		return fmt.Errorf("%s: %w", e.cfg.Name, err)
+	// Kafka or the delivery log down at start is weather: wait for both.
+	// Pauses are known before the first delivery, so a paused tenant
+	// stays paused across restarts.
+	err = e.reconnect("kafka").Run(ctx, func(ctx context.Context, up func()) error {
+		if err := e.pingKafka(ctx); err != nil {
+			return err
+		}
+		up()
+		return nil
+	})
+	if err == nil {
+		err = e.reconnect("postgres").Run(ctx, func(ctx context.Context, up func()) error {
+			if err := e.refresh(ctx); err != nil {
+				return err
+			}
+			// The first lease, before any lane starts.
+			host, _ := os.Hostname()
+			if err := e.report(ctx, host, time.Now(), 0, 0); err != nil {
+				return err
+			}
+			up()
+			return nil
+		})
+	}
+	if err != nil || ctx.Err() != nil {
+		return err
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	// Each worker makes one call at a time: more callers than workers
@@ -129,6 +166,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	g.Go(func() error { return e.commitLoop(gctx) })
 	g.Go(func() error { return e.pauseLoop(gctx) })
 	g.Go(func() error { return e.reportLoop(gctx) })
+	g.Go(func() error { return e.watchDB(gctx) })
+	g.Go(func() error { return e.watchKafka(gctx) })
 	if e.prober != nil {
 		g.Go(func() error { return e.probeLoop(gctx) })
 	}
@@ -137,6 +176,7 @@ func (e *Engine) Run(ctx context.Context) error {
 
 	// Leave the group cleanly: the revoke callback commits what finished.
 	cl.Close()
+	e.dropLease(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
@@ -150,9 +190,19 @@ func (e *Engine) poll(ctx context.Context) error {
 			e.cl.AllowRebalance()
 			return ctx.Err()
 		}
+		var fatal error
 		fs.EachError(func(topic string, p int32, err error) {
+			if errors.Is(err, kerr.FencedInstanceID) {
+				fatal = retry.Permanent(fmt.Errorf("%s: Kafka fenced this process: another process joined group %s with the same instance id %q; "+
+					"give every process its own instance_id (FERRY_INSTANCE_ID, --instance-id): %w", e.cfg.Name, e.cfg.Group, e.cfg.InstanceID, err))
+				return
+			}
 			e.log.Warn("fetch failed", "topic", topic, "partition", p, "reason", err.Error())
 		})
+		if fatal != nil {
+			e.cl.AllowRebalance()
+			return fatal
+		}
 		fs.EachPartition(func(ftp kgo.FetchTopicPartition) {
 			if len(ftp.Records) == 0 {
 				return
@@ -314,6 +364,11 @@ func (e *Engine) release(ctx context.Context, cl *kgo.Client, parts map[string][
 // deliverItem delivers a fetched record, or a parked one (read back from
 // Postgres and deleted there once finished).
 func (e *Engine) deliverItem(ctx context.Context, tp lane.TP, it *lane.Item) lane.Outcome {
+	if !e.dbUp.Load() {
+		// The delivery log is down: nothing is attempted, so no attempt
+		// is counted and the partner is not called.
+		return lane.Outcome{Verdict: lane.Backoff, Delay: time.Second}
+	}
 	ref, parked := it.Value.(parkedRef)
 	if !parked {
 		return e.deliver(ctx, tp, it.Value.(*kgo.Record))
@@ -337,7 +392,8 @@ func (e *Engine) pauseLoop(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		if err := e.refresh(ctx); err != nil && ctx.Err() == nil {
-			e.log.Warn("could not read pauses and the tenant switch; keeping the last known", "reason", err.Error())
+			// Keeping the last known pauses; the watcher logs the outage.
+			e.dbTrouble(err)
 		}
 		select {
 		case <-ctx.Done():
@@ -429,9 +485,19 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	if bad == "" && e.breaker.IsOpen() && (e.prober != nil || e.breaker.RemainingDelay() > 0) {
 		return lane.Outcome{Verdict: lane.Backoff, Delay: max(e.breaker.RemainingDelay(), 100*time.Millisecond)}
 	}
+	if e.leaseAge() > leaseFresh {
+		// This process could not renew its lease lately: another one may
+		// soon take its deliveries over. Claim nothing meanwhile.
+		return e.dbTrouble(errors.New("lease not renewed lately"))
+	}
 	att, err := e.dlog.Begin(ctx, e.cfg.Name, ev, src)
 	var nc *delivery.ErrNotClaimed
 	switch {
+	case errors.As(err, &nc) && nc.Held():
+		// Another live process holds it (a previous partition owner still
+		// finishing it): wait for it to finish, or for its lease to expire.
+		e.log.Debug("delivery held by another process; waiting", append(where(ev, tp, rec), "holder", nc.Holder)...)
+		return lane.Outcome{Verdict: lane.Backoff, Delay: 500 * time.Millisecond}
 	case errors.As(err, &nc) && (nc.State == delivery.Rejected || nc.State == delivery.Compensated) && e.cfg.OnReject == OnRejectPark:
 		return lane.Outcome{Verdict: lane.Park, Delay: e.cfg.ParkRecheck}
 	case errors.As(err, &nc):
@@ -581,6 +647,14 @@ func (e *Engine) caller(ctx context.Context) {
 // invoke makes one connector call with the integration's timeout, and
 // feeds the breaker.
 func (e *Engine) invoke(ctx context.Context, req connector.Request) (connector.Result, error) {
+	if e.leaseAge()+e.cfg.Timeout > e.leaseTTL() {
+		// The call could outlast this process's lease (not renewed: the
+		// log is unreachable), and another process could then send the
+		// same event at the same time. Not the partner's fault: the
+		// breaker is not told.
+		return connector.Result{}, &connector.Failure{Reason: "lease on the delivery not renewed (delivery log unreachable): partner not called",
+			RetryAfter: time.Second}
+	}
 	cctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
 	start := time.Now()
@@ -627,9 +701,22 @@ func (e *Engine) probeLoop(ctx context.Context) error {
 	}
 }
 
-// dbTrouble: the delivery log is unreachable; the lane waits and retries.
+// dbTrouble: a delivery-log statement failed. When the delivery moved
+// on meanwhile (another process, an operator), the lane looks again
+// soon; otherwise the log is taken as unreachable: every lane waits,
+// without touching the log or the partner, until the watcher reaches it
+// again (one log line per outage, not per lane).
 func (e *Engine) dbTrouble(err error) lane.Outcome {
-	e.log.Error("delivery log unavailable; lane waits", "reason", err.Error())
+	if errors.Is(err, delivery.ErrMovedOn) {
+		e.log.Warn("delivery moved on since this attempt began; looking again", "reason", err.Error())
+		return lane.Outcome{Verdict: lane.Backoff, Delay: 100 * time.Millisecond}
+	}
+	if e.dbUp.CompareAndSwap(true, false) {
+		select {
+		case e.dbLost <- err:
+		default:
+		}
+	}
 	return lane.Outcome{Verdict: lane.Backoff, Delay: time.Second}
 }
 

@@ -72,6 +72,8 @@ func (e *Engine) spill(tp lane.TP, items []*lane.Item) ([]*lane.Item, error) {
 // loadParked returns the parked records of a partition, in order, as
 // references (a new owner calls it before fetching the partition).
 func (e *Engine) loadParked(ctx context.Context, tp lane.TP) ([]*lane.Item, error) {
+	ctx, cancel := e.dlog.Bound(ctx)
+	defer cancel()
 	rows, err := e.dlog.Pool().Query(ctx, `SELECT seq, lane_key, kafka_offset FROM ferry.parked_event
 		WHERE integration = $1 AND topic = $2 AND kafka_partition = $3 ORDER BY seq`, e.cfg.Name, tp.Topic, tp.Partition)
 	if err != nil {
@@ -92,6 +94,8 @@ func (e *Engine) loadParked(ctx context.Context, tp lane.TP) ([]*lane.Item, erro
 
 // unpark reads a parked record back.
 func (e *Engine) unpark(ctx context.Context, ref parkedRef) (*kgo.Record, error) {
+	ctx, cancel := e.dlog.Bound(ctx)
+	defer cancel()
 	var body []byte
 	if err := e.dlog.Pool().QueryRow(ctx, `SELECT record FROM ferry.parked_event WHERE integration = $1 AND seq = $2`, e.cfg.Name, ref.seq).Scan(&body); err != nil {
 		return nil, err
@@ -108,6 +112,8 @@ func (e *Engine) unpark(ctx context.Context, ref parkedRef) (*kgo.Record, error)
 }
 
 func (e *Engine) dropParked(ctx context.Context, ref parkedRef) error {
+	ctx, cancel := e.dlog.Bound(ctx)
+	defer cancel()
 	_, err := e.dlog.Pool().Exec(ctx, `DELETE FROM ferry.parked_event WHERE integration = $1 AND seq = $2`, e.cfg.Name, ref.seq)
 	return err
 }

@@ -12,15 +12,48 @@ import (
 )
 
 // ReportInterval is how often an engine writes its live state to
-// ferry.sink_process; readers treat a row older than three intervals as a
-// process that is gone.
+// ferry.sink_process, renewing its lease; readers treat a row older than
+// three intervals as a process that is gone.
 const ReportInterval = 2 * time.Second
 
-// processID names this process in ferry.sink_process.
-var processID = func() string {
+// ProcessID names this process in ferry.sink_process and in the
+// deliveries it holds (delivery.Options.Holder).
+var ProcessID = func() string {
 	host, _ := os.Hostname()
 	return fmt.Sprintf("%s/%d/%d", host, os.Getpid(), time.Now().UnixNano()%1e6)
 }()
+
+// The lease (migration 0009). Each report extends this process's lease
+// to leaseTTL past the database's clock; other processes take over the
+// deliveries it holds only after it expires. The engine itself starts a
+// delivery only while its last renewal is younger than leaseFresh, and
+// a partner call only if the call's timeout ends before the lease does,
+// so a process cut off from the log stops calling the partner before
+// anyone may take its deliveries over.
+func (e *Engine) leaseTTL() time.Duration { return e.cfg.Timeout + 3*ReportInterval }
+
+const leaseFresh = 2 * ReportInterval
+
+// leaseAge is the time since the last renewal was sent (the lease runs
+// from the database's clock at that statement, which is later).
+func (e *Engine) leaseAge() time.Duration {
+	at := e.leaseAt.Load()
+	if at == nil {
+		return time.Duration(1<<63 - 1)
+	}
+	return time.Since(*at)
+}
+
+// dropLease removes this process's row (and so its lease) once the
+// engine has stopped: its deliveries may be taken over at once.
+func (e *Engine) dropLease(ctx context.Context) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if _, err := e.dlog.Pool().Exec(dctx, `DELETE FROM ferry.sink_process WHERE process_id = $1 AND integration = $2`, ProcessID, e.cfg.Name); err != nil {
+		e.log.Warn("could not remove this process from ferry.sink_process; its deliveries are taken over when its lease expires",
+			"lease", e.leaseTTL().String(), "reason", err.Error())
+	}
+}
 
 // reportLoop writes the engine's live state every ReportInterval and
 // removes it when ctx ends.
@@ -35,14 +68,11 @@ func (e *Engine) reportLoop(ctx context.Context) error {
 		rate := float64(n-lastN) / now.Sub(lastT).Seconds()
 		lastN, lastT = n, now
 		if err := e.report(ctx, host, started, n, rate); err != nil && ctx.Err() == nil {
-			e.log.Warn("could not report live state to ferry.sink_process", "reason", err.Error())
+			e.dbTrouble(err) // the watcher logs the outage
 		}
 		select {
 		case <-ctx.Done():
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			_, _ = e.dlog.Pool().Exec(dctx, `DELETE FROM ferry.sink_process WHERE process_id = $1 AND integration = $2`, processID, e.cfg.Name)
-			cancel()
-			return ctx.Err()
+			return ctx.Err() // Run drops the lease once every lane stopped
 		case <-t.C:
 		}
 	}
@@ -68,11 +98,17 @@ func (e *Engine) report(ctx context.Context, host string, started time.Time, fin
 	if err != nil {
 		return err
 	}
+	ctx, cancel := e.dlog.Bound(ctx)
+	defer cancel()
+	sent := time.Now()
 	_, err = e.dlog.Pool().Exec(ctx, `INSERT INTO ferry.sink_process (process_id, integration, consumer_group, host, started_at,
-			partitions, lanes, breaker, finished, rate)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+			partitions, lanes, breaker, finished, rate, lease_until)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + $11::interval)
 		ON CONFLICT (process_id, integration) DO UPDATE SET updated_at = now(), partitions = $6, lanes = $7, breaker = $8,
-			finished = $9, rate = $10`,
-		processID, e.cfg.Name, e.cfg.Group, host, started, pj, lj, e.breaker.State().String(), finished, rate)
+			finished = $9, rate = $10, lease_until = now() + $11::interval`,
+		ProcessID, e.cfg.Name, e.cfg.Group, host, started, pj, lj, e.breaker.State().String(), finished, rate, e.leaseTTL())
+	if err == nil {
+		e.leaseAt.Store(&sent)
+	}
 	return err
 }

@@ -63,13 +63,16 @@ type op struct {
 
 type batcher struct {
 	pool *pgxpool.Pool
-	ops  chan *op
-	wg   sync.WaitGroup
-	once sync.Once
+	// timeout bounds each batch (and each write retried on its own);
+	// 0 means unbounded.
+	timeout time.Duration
+	ops     chan *op
+	wg      sync.WaitGroup
+	once    sync.Once
 }
 
-func newBatcher(pool *pgxpool.Pool) *batcher {
-	b := &batcher{pool: pool, ops: make(chan *op, 4*maxBatch)}
+func newBatcher(pool *pgxpool.Pool, timeout time.Duration) *batcher {
+	b := &batcher{pool: pool, timeout: timeout, ops: make(chan *op, 4*maxBatch)}
 	for range batchers {
 		b.wg.Add(1)
 		go b.loop()
@@ -167,8 +170,15 @@ func (g *group) read(rows pgx.Rows) error {
 	return rows.Err()
 }
 
+// bound is a context for one statement (or pipeline) under the timeout.
+func (b *batcher) bound() (context.Context, context.CancelFunc) {
+	if b.timeout <= 0 {
+		return context.Background(), func() {}
+	}
+	return context.WithTimeout(context.Background(), b.timeout)
+}
+
 func (b *batcher) run(ops []*op) {
-	ctx := context.Background()
 	if len(ops) > 1 {
 		gs := groups(ops)
 		pb := &pgx.Batch{}
@@ -179,6 +189,8 @@ func (b *batcher) run(ops []*op) {
 		// transaction (all or nothing), in one round trip — no BEGIN and
 		// COMMIT round trips around it.
 		err := func() error {
+			ctx, cancel := b.bound()
+			defer cancel()
 			br := b.pool.SendBatch(ctx, pb)
 			for _, g := range gs {
 				rows, err := br.Query()
@@ -206,10 +218,12 @@ func (b *batcher) run(ops []*op) {
 	// One write, or a failed batch: each on its own.
 	for _, o := range ops {
 		g := newGroup(o)
+		ctx, cancel := b.bound()
 		rows, err := b.pool.Query(ctx, g.stmt.sql, g.stmt.args(g.ops)...)
 		if err == nil {
 			err = g.read(rows)
 		}
+		cancel()
 		o.err = err
 		close(o.done)
 	}

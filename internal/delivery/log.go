@@ -39,6 +39,11 @@ func (s State) Final() bool {
 	return s == Succeeded || s == Rejected || s == Skipped || s == Compensated
 }
 
+// ErrMovedOn means a delivery changed since the attempt began (another
+// process took it over, or an operator acted): the attempt's write was
+// not applied. It is not a database problem.
+var ErrMovedOn = errors.New("the delivery moved on since (another process, or an operator)")
+
 // ErrState means an operator act does not apply to the delivery (or
 // pause) as it stands: nothing to skip, retry or resume.
 var ErrState = errors.New("state does not allow it")
@@ -55,19 +60,50 @@ const MaxCallBytes = 4096
 
 // Log is the delivery log.
 type Log struct {
-	pool *pgxpool.Pool
-	b    *batcher
+	pool    *pgxpool.Pool
+	b       *batcher
+	timeout time.Duration
+	holder  string
+}
+
+// Options configure a Log.
+type Options struct {
+	// StatementTimeout bounds each of the log's statements on the client
+	// side (0: unbounded, for operator commands): a statement that has
+	// not answered by then fails, so a stalled connection cannot freeze
+	// a lane or shutdown. The server-side bound is the pool's
+	// statement_timeout runtime parameter (see cmd/sink), which the
+	// write connections inherit.
+	StatementTimeout time.Duration
+	// Holder names this process in the deliveries it claims (Begin); it
+	// is the process_id whose lease in ferry.sink_process (LeaseUntil)
+	// keeps other processes from taking them over. "" claims without a
+	// holder: anyone may take such a delivery over (operator commands).
+	Holder string
 }
 
 // New returns a Log on pool (migrations applied). The log's hot writes
 // run on two connections of their own, to the same database (see
 // writePool). Close the Log to stop its batchers.
-func New(pool *pgxpool.Pool) (*Log, error) {
+func New(pool *pgxpool.Pool, opts Options) (*Log, error) {
+	if opts.StatementTimeout < 0 {
+		return nil, fmt.Errorf("delivery: statement timeout %s is negative", opts.StatementTimeout)
+	}
 	wp, err := writePool(pool)
 	if err != nil {
 		return nil, fmt.Errorf("delivery: connections for the log's writes: %w", err)
 	}
-	return &Log{pool: pool, b: newBatcher(wp)}, nil
+	return &Log{pool: pool, b: newBatcher(wp, opts.StatementTimeout), timeout: opts.StatementTimeout, holder: opts.Holder}, nil
+}
+
+// Bound returns ctx limited to the log's statement timeout (ctx itself,
+// with a no-op cancel, when there is none): for the engine's own
+// statements on the log's pool (parked queue, live report).
+func (l *Log) Bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if l.timeout <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, l.timeout)
 }
 
 // writePool makes the connections the batched writes run on. They join
@@ -113,27 +149,46 @@ type Attempt struct {
 }
 
 // ErrNotClaimed means the delivery is final, or another process moved it
-// since: the engine must not send it.
-type ErrNotClaimed struct{ State State }
+// since, or holds it: the engine must not send it. Held reports the
+// last: the delivery is in flight (or compensating) in another process
+// whose lease has not expired; look again later.
+type ErrNotClaimed struct {
+	State  State
+	Holder string // the process holding it, when Held
+}
+
+// Held reports whether another live process holds the delivery.
+func (e *ErrNotClaimed) Held() bool { return e.Holder != "" }
 
 func (e *ErrNotClaimed) Error() string {
+	if e.Held() {
+		return fmt.Sprintf("delivery not claimed: it is %s in process %s, whose lease has not expired", e.State, e.Holder)
+	}
 	return fmt.Sprintf("delivery not claimed: it is %s", e.State)
 }
 
 // The log's hot writes, each over arrays so that a batch runs all
 // writes of one kind as one statement (see batch.go).
 var (
-	// in_flight → in_flight takes over an attempt a dead process left
-	// behind; partition ownership keeps live processes apart. A
-	// compensating delivery stays compensating: its undo goes on.
+	// A claimed delivery names its holder. in_flight → in_flight takes
+	// over an attempt only from this process, or from a holder that is
+	// gone: no row in ferry.sink_process, or a lease that expired
+	// (migration 0009; Finish clears the holder). A compensating
+	// delivery stays compensating: its undo goes on.
 	beginStmt = &setStmt{name: "begin", sql: `INSERT INTO ferry.delivery AS d (integration, event_id, tenant_id, event_type,
-			aggregate_type, aggregate_id, topic, kafka_partition, kafka_offset, state, attempts)
-		SELECT u.*, 'in_flight', 1 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-			$7::text[], $8::int[], $9::bigint[]) AS u
+			aggregate_type, aggregate_id, topic, kafka_partition, kafka_offset, state, attempts, holder)
+		SELECT u.integration, u.event_id, u.tenant_id, u.event_type, u.aggregate_type, u.aggregate_id, u.topic,
+			u.kafka_partition, u.kafka_offset, 'in_flight', 1, NULLIF(u.holder, '')
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+			$7::text[], $8::int[], $9::bigint[], $10::text[]) AS u(integration, event_id, tenant_id, event_type,
+			aggregate_type, aggregate_id, topic, kafka_partition, kafka_offset, holder)
 		ON CONFLICT (integration, event_id) DO UPDATE
 			SET state = CASE WHEN d.state = 'compensating' THEN 'compensating' ELSE 'in_flight' END,
-				attempts = d.attempts + 1, updated_at = now()
+				attempts = d.attempts + 1, updated_at = now(), holder = EXCLUDED.holder
 			WHERE d.state IN ('pending', 'failed', 'in_flight', 'waiting', 'compensating')
+				AND (d.holder IS NULL OR d.holder = EXCLUDED.holder OR NOT EXISTS (
+					SELECT 1 FROM ferry.sink_process p
+					WHERE p.process_id = d.holder AND p.integration = d.integration AND p.lease_until > now()))
 		RETURNING d.integration, d.event_id, d.attempts, d.state, d.steps`, args: beginArgs}
 	checkpointStmt = &setStmt{name: "record step", sql: `UPDATE ferry.delivery AS d
 		SET steps = COALESCE(d.steps, '[]'::jsonb) || u.step, updated_at = now()
@@ -143,7 +198,7 @@ var (
 	// A waiting outcome gives back the attempt Begin counted.
 	finishStmt = &setStmt{name: "finish", sql: `UPDATE ferry.delivery AS d
 		SET state = u.state, last_status = u.status, reason = NULLIF(u.reason, ''), calls = u.calls,
-			next_attempt_at = u.next, event = COALESCE(u.event, d.event), updated_at = now(),
+			next_attempt_at = u.next, event = COALESCE(u.event, d.event), updated_at = now(), holder = NULL,
 			attempts = CASE WHEN u.state = 'waiting' THEN d.attempts - 1 ELSE d.attempts END
 		FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::int[], $6::text[], $7::jsonb[],
 			$8::timestamptz[], $9::jsonb[]) AS u(integration, event_id, attempts, state, status, reason, calls, next, event)
@@ -157,16 +212,24 @@ var (
 // *ErrNotClaimed when the delivery is already final (a redelivery).
 func (l *Log) Begin(ctx context.Context, integration string, ev connector.Event, src Source) (Attempt, error) {
 	var r begun
-	o := beginOp(integration, ev, src, &r)
+	o := beginOp(integration, ev, src, l.holder, &r)
 	if err := l.b.do(ctx, o); err != nil {
 		return Attempt{}, fmt.Errorf("delivery: begin %s: %w", ev.ID, err)
 	}
 	if !o.applied {
 		var state State
-		if err := l.pool.QueryRow(ctx, `SELECT state FROM ferry.delivery WHERE integration = $1 AND event_id = $2`, integration, ev.ID).Scan(&state); err != nil {
+		var holder *string
+		ctx, cancel := l.Bound(ctx)
+		defer cancel()
+		if err := l.pool.QueryRow(ctx, `SELECT state, holder FROM ferry.delivery WHERE integration = $1 AND event_id = $2`,
+			integration, ev.ID).Scan(&state, &holder); err != nil {
 			return Attempt{}, fmt.Errorf("delivery: read %s: %w", ev.ID, err)
 		}
-		return Attempt{}, &ErrNotClaimed{State: state}
+		nc := &ErrNotClaimed{State: state}
+		if !state.Final() && holder != nil {
+			nc.Holder = *holder
+		}
+		return Attempt{}, nc
 	}
 	a := Attempt{Integration: integration, EventID: ev.ID, Number: r.n, Compensating: r.state == Compensating, event: ev}
 	if len(r.steps) > 0 {
@@ -186,26 +249,26 @@ type begun struct {
 
 // beginRow is a Begin's values after the key.
 type beginRow struct {
-	tenant, eventType, aggregateType, aggregateID string
-	src                                           Source
+	tenant, eventType, aggregateType, aggregateID, holder string
+	src                                                   Source
 }
 
-func beginOp(integration string, ev connector.Event, src Source, r *begun) *op {
+func beginOp(integration string, ev connector.Event, src Source, holder string, r *begun) *op {
 	return &op{stmt: beginStmt, key: [2]string{integration, ev.ID},
-		row: &beginRow{tenant: ev.TenantID, eventType: ev.EventType, aggregateType: ev.AggregateType, aggregateID: ev.AggregateID, src: src},
+		row: &beginRow{tenant: ev.TenantID, eventType: ev.EventType, aggregateType: ev.AggregateType, aggregateID: ev.AggregateID, holder: holder, src: src},
 		out: []any{&r.n, &r.state, &r.steps}}
 }
 
 func beginArgs(ops []*op) []any {
 	n := len(ops)
 	tenant, typ, aggType, aggID, topic := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	part, off := make([]int32, n), make([]int64, n)
+	part, off, holder := make([]int32, n), make([]int64, n), make([]string, n)
 	for i, o := range ops {
 		r := o.row.(*beginRow)
-		tenant[i], typ[i], aggType[i], aggID[i] = r.tenant, r.eventType, r.aggregateType, r.aggregateID
+		tenant[i], typ[i], aggType[i], aggID[i], holder[i] = r.tenant, r.eventType, r.aggregateType, r.aggregateID, r.holder
 		topic[i], part[i], off[i] = r.src.Topic, r.src.Partition, r.src.Offset
 	}
-	return []any{keyColumn(ops, 0), keyColumn(ops, 1), tenant, typ, aggType, aggID, topic, part, off}
+	return []any{keyColumn(ops, 0), keyColumn(ops, 1), tenant, typ, aggType, aggID, topic, part, off, holder}
 }
 
 // keyColumn is part k of the ops' keys as a column: 0 the integration,
@@ -246,7 +309,7 @@ func (l *Log) Checkpoint(ctx context.Context, a Attempt, s connector.Step) error
 		return fmt.Errorf("delivery: record step %s of %s: %w", s.Name, a.EventID, err)
 	}
 	if !cp.applied {
-		return fmt.Errorf("delivery: record step %s of %s: the delivery moved on since (another process, or an operator)", s.Name, a.EventID)
+		return fmt.Errorf("delivery: record step %s of %s: %w", s.Name, a.EventID, ErrMovedOn)
 	}
 	return nil
 }
@@ -306,7 +369,7 @@ func (l *Log) Finish(ctx context.Context, a Attempt, o Outcome) error {
 		return fmt.Errorf("delivery: finish %s: %w", a.EventID, err)
 	}
 	if !fin.applied {
-		return fmt.Errorf("delivery: finish %s attempt %d: the delivery moved on since (another process, or an operator)", a.EventID, a.Number)
+		return fmt.Errorf("delivery: finish %s attempt %d: %w", a.EventID, a.Number, ErrMovedOn)
 	}
 	return nil
 }
@@ -453,6 +516,8 @@ func (l *Log) Ignore(ctx context.Context, integration string, ev connector.Event
 	if err != nil {
 		return fmt.Errorf("delivery: encode event %s: %w", ev.ID, err)
 	}
+	ctx, cancel := l.Bound(ctx)
+	defer cancel()
 	_, err = l.pool.Exec(ctx, `INSERT INTO ferry.delivery (integration, event_id, tenant_id, event_type, aggregate_type,
 			aggregate_id, topic, kafka_partition, kafka_offset, state, reason, event)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'skipped', $10, $11) ON CONFLICT (integration, event_id) DO UPDATE
@@ -656,6 +721,8 @@ func (l *Log) Paused(ctx context.Context, integration string) (map[string]bool, 
 
 // tenantSet runs a query of tenant ids for an integration.
 func (l *Log) tenantSet(ctx context.Context, sql, integration string) (map[string]bool, error) {
+	ctx, cancel := l.Bound(ctx)
+	defer cancel()
 	rows, err := l.pool.Query(ctx, sql, integration)
 	if err != nil {
 		return nil, err

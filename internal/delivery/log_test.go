@@ -34,7 +34,7 @@ func newLog(t *testing.T) *Log {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	l, err := New(pool)
+	l, err := New(pool, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,6 +31,7 @@ func TestDocsMetricsMatchCode(t *testing.T) {
 	s.Lanes.WithLabelValues("i", "active")
 	s.BreakerOpen.WithLabelValues("i")
 	s.BadRecords.WithLabelValues("i")
+	s.Reconnects.WithLabelValues("postgres")
 	sinkFamilies, err := s.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ type Sink struct {
 	Lanes            *prometheus.GaugeVec     // integration, state
 	BreakerOpen      *prometheus.GaugeVec     // integration
 	BadRecords       *prometheus.CounterVec   // integration
+	Reconnects       *prometheus.CounterVec   // target (postgres, kafka)
 }
 
 // NewSink creates and registers the sink metrics.
@@ -27,7 +28,9 @@ func NewSink() *Sink {
 			Help: "1 while the integration's circuit breaker is open or half-open (partner calls paused)."}, []string{"integration"}),
 		BadRecords: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_sink_bad_records_total",
 			Help: "Records that could not be read as outbox events (no event id or tenant, payload not JSON) or had no handler."}, []string{"integration"}),
+		Reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_sink_reconnects_total",
+			Help: "Failed attempts to reach a dependency that is unreachable (postgres: the delivery log; kafka: the brokers), one per backoff step; readiness is false meanwhile."}, []string{"target"}),
 	}
-	m.Registry.MustRegister(m.Deliveries, m.DeliveryDuration, m.Lanes, m.BreakerOpen, m.BadRecords)
+	m.Registry.MustRegister(m.Deliveries, m.DeliveryDuration, m.Lanes, m.BreakerOpen, m.BadRecords, m.Reconnects)
 	return m
 }

@@ -41,3 +41,15 @@ func Redact(rawURL string) string {
 	}
 	return u.String()
 }
+
+// Unfixable reports whether a connection error is one that waiting and
+// reconnecting cannot fix: a wrong password, a pg_hba.conf refusal, an
+// unparsable URL. Callers mark it retry.Permanent.
+func Unfixable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == "28000" || pgErr.Code == "28P01"
+	}
+	var perr *pgconn.ParseConfigError
+	return errors.As(err, &perr)
+}
