@@ -432,9 +432,15 @@ integrations:
 		ids = append(ids, id)
 	}
 	drainStart := time.Now()
+	lastNote := time.Now()
 	for time.Since(drainStart) < cfg.Drain && ctx.Err() == nil {
-		if e.tr.missing(atKafka, ids) == 0 && e.tr.missing(atPartner, ids) == 0 {
+		mk, mp := e.tr.missing(atKafka, ids), e.tr.missing(atPartner, ids)
+		if mk == 0 && mp == 0 {
 			break
+		}
+		if time.Since(lastNote) > 5*time.Second {
+			e.note("draining: %d of %d events not yet in Kafka, %d not yet at the partner", mk, len(ids), mp)
+			lastNote = time.Now()
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
