@@ -25,6 +25,10 @@ type Recovery struct {
 	// recovered: its times are the earlier fault's too, so they are left
 	// out of the percentiles.
 	AfterLate bool `json:"after_late,omitempty"`
+	// SlowestTenantMS is the same as ToPartnerMS for the slowest tenant:
+	// when every tenant writing after the fault had an event delivered.
+	SlowestTenantMS int64  `json:"slowest_tenant_ms"`
+	SlowestTenant   string `json:"slowest_tenant,omitempty"`
 }
 
 // Result is one run's figures.
@@ -197,24 +201,30 @@ func (s Summary) Print(w io.Writer) {
 		t.Records, t.Lost, t.Reordered, t.DuplicateRecords, t.BrokerLost)
 	fmt.Fprintf(w, "partner: applied %d; lost %d; reordered %d; duplicate effects (applied twice) %d; calls for one event at once %d; redeliveries answered from the Idempotency-Key store %d; 503s drawn %d\n",
 		t.PartnerApplied, t.PartnerLost, t.PartnerReordered, t.DoubleEffects, t.ConcurrentCalls, t.PartnerReplayed, t.PartnerRefused)
+	var drains []int64
+	for _, r := range s.Runs {
+		drains = append(drains, r.DrainMS)
+	}
+	fmt.Fprintf(w, "caught up (load stopped -> every committed event in Kafka and at the partner): p50 %.1f s, max %.1f s\n",
+		float64(pct(drains, 0.5))/1000, float64(pct(drains, 1))/1000)
 	fmt.Fprintf(w, "exits the harness did not cause (supervisor restarted them): cdc %d, sink %d\n", t.Exits["cdc"], t.Exits["sink"])
-	fmt.Fprintf(w, "recovery, fault end -> first event committed after it seen (ms; \"late\": not within the ceiling):\n")
-	fmt.Fprintf(w, "  %-15s %6s %10s %10s %5s %12s %12s %5s\n", "fault", "faults", "kafka p50", "kafka max", "late", "partner p50", "partner max", "late")
-	var allK, allP []int64
+	fmt.Fprintf(w, "recovery, fault end -> first event committed after it seen (ms; \"late\": not within the ceiling; slowest tenant: when every tenant writing after the fault had one delivered):\n")
+	fmt.Fprintf(w, "  %-15s %6s %10s %10s %5s %12s %12s %5s %13s %13s\n", "fault", "faults", "kafka p50", "kafka max", "late", "partner p50", "partner max", "late", "slowest p50", "slowest max")
+	var allK, allP, allS []int64
 	lateK, lateP, n := 0, 0, 0
 	for _, k := range Kinds {
-		var ks, ps []int64
+		var ks, ps, ss []int64
 		for _, r := range s.KafkaByKind[k] {
 			ks = append(ks, r.ToKafkaMS)
 		}
 		for _, r := range s.ByKind[k] {
-			ps = append(ps, r.ToPartnerMS)
+			ps, ss = append(ps, r.ToPartnerMS), append(ss, r.SlowestTenantMS)
 		}
-		allK, allP = append(allK, ks...), append(allP, ps...)
+		allK, allP, allS = append(allK, ks...), append(allP, ps...), append(allS, ss...)
 		lateK, lateP, n = lateK+s.KafkaPending[k], lateP+s.Pending[k], n+s.Faults[k]
-		fmt.Fprintf(w, "  %-15s %6d %10d %10d %5d %12d %12d %5d\n", k, s.Faults[k], pct(ks, 0.5), pct(ks, 1), s.KafkaPending[k], pct(ps, 0.5), pct(ps, 1), s.Pending[k])
+		fmt.Fprintf(w, "  %-15s %6d %10d %10d %5d %12d %12d %5d %13d %13d\n", k, s.Faults[k], pct(ks, 0.5), pct(ks, 1), s.KafkaPending[k], pct(ps, 0.5), pct(ps, 1), s.Pending[k], pct(ss, 0.5), pct(ss, 1))
 	}
-	fmt.Fprintf(w, "  %-15s %6d %10d %10d %5d %12d %12d %5d\n", "all", n, pct(allK, 0.5), pct(allK, 1), lateK, pct(allP, 0.5), pct(allP, 1), lateP)
+	fmt.Fprintf(w, "  %-15s %6d %10d %10d %5d %12d %12d %5d %13d %13d\n", "all", n, pct(allK, 0.5), pct(allK, 1), lateK, pct(allP, 0.5), pct(allP, 1), lateP, pct(allS, 0.5), pct(allS, 1))
 	if s.AfterLate > 0 {
 		fmt.Fprintf(w, "  (%d faults came before the previous one had recovered: not timed)\n", s.AfterLate)
 	}

@@ -385,6 +385,7 @@ integrations:
 
 	sleep(ctx, cfg.Warmup)
 	late := false
+	var faultEnds []time.Time
 	for _, kind := range kinds {
 		if ctx.Err() != nil {
 			return res, ctx.Err()
@@ -396,6 +397,7 @@ integrations:
 			return res, err
 		}
 		res.Faults[kind]++
+		faultEnds = append(faultEnds, end)
 		e.note("fault %s %s: %s", kind, detail, end.Sub(began).Round(time.Millisecond))
 		rec := Recovery{Kind: kind, Detail: detail, AfterLate: late}
 		deadline := end.Add(cfg.RecoveryCeiling)
@@ -447,6 +449,7 @@ integrations:
 	res.DrainMS = time.Since(drainStart).Milliseconds()
 	e.note("drained in %s", time.Since(drainStart).Round(time.Millisecond))
 
+	e.slowestTenants(&res, faultEnds)
 	e.check(ctx, &res, truth)
 	for name, p := range map[string]*proc{"cdc": e.cdc, "sink": e.sink} {
 		n, _, notes := p.unexpectedExits()
@@ -456,6 +459,39 @@ integrations:
 	slices.Sort(res.ExitNotes)
 	res.Seconds = time.Since(startRun).Seconds()
 	return res, nil
+}
+
+// slowestTenants fills each recovery's SlowestTenantMS: for every tenant
+// that committed an event after the fault ended, when its first such event
+// reached the partner; the slowest tenant's time. A fault that stalls a few
+// tenants' lanes shows here, while the first-event time shows the rest
+// flowing.
+func (e *env) slowestTenants(res *Result, ends []time.Time) {
+	e.tr.mu.Lock()
+	defer e.tr.mu.Unlock()
+	for i, end := range ends {
+		first := map[string]time.Time{}
+		for _, ev := range e.tr.ev {
+			if !ev.start.After(end) || !ev.acked {
+				continue
+			}
+			at := ev.first[atPartner]
+			if at.IsZero() {
+				at = time.Now() // never arrived: as slow as the whole run
+			}
+			if f, ok := first[ev.tenant]; !ok || at.Before(f) {
+				first[ev.tenant] = at
+			}
+		}
+		var worst time.Duration
+		var who string
+		for t, at := range first {
+			if d := at.Sub(end); d > worst {
+				worst, who = d, t
+			}
+		}
+		res.Recoveries[i].SlowestTenantMS, res.Recoveries[i].SlowestTenant = worst.Milliseconds(), who
+	}
 }
 
 // inject applies one fault and returns when it is over (the part is back,
