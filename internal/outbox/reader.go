@@ -80,6 +80,7 @@ type Reader struct {
 	hbSent    map[uint64]time.Time // heartbeats written and not yet seen
 	hbSeen    time.Time
 	hbStuck   atomic.Bool
+	hbSeq     uint64 // last heartbeat written; monitor's, one session at a time, so sequences never repeat across reconnects
 	confirmed atomic.Uint64
 }
 
@@ -446,7 +447,6 @@ func (r *Reader) monitor(ctx context.Context, conn *pgx.Conn, tracker *lsnack.Tr
 	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	var seq uint64
 	var lastHB time.Time
 	warned := false
 	for {
@@ -454,7 +454,8 @@ func (r *Reader) monitor(ctx context.Context, conn *pgx.Conn, tracker *lsnack.Tr
 			if err := r.checkHeartbeats(hb); err != nil {
 				r.log.Error("heartbeat not received", "slot", r.cfg.Slot, "reason", err.Error())
 			}
-			seq++
+			r.hbSeq++
+			seq := r.hbSeq
 			r.hbMu.Lock()
 			r.hbSent[seq] = time.Now()
 			r.hbMu.Unlock()
