@@ -39,6 +39,8 @@ type env struct {
 	conn   *pgx.Conn
 	// vars is the environment the sink sees (start).
 	vars map[string]string
+	// logs is the stderr of the sink started last (start).
+	logs *syncBuffer
 }
 
 func newEnv(t *testing.T, simCfg partnersim.Config) *env {
@@ -125,6 +127,7 @@ func (e *env) start(args ...string) (stop func() (int, string)) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var stderr syncBuffer
+	e.logs = &stderr
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, args, func(k string) string { return e.vars[k] }, io.Discard, &stderr) }()
 	var once sync.Once

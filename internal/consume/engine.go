@@ -52,7 +52,11 @@ type Engine struct {
 	// never committed after it was revoked (another member may own it).
 	commitMu sync.Mutex
 	owned    map[lane.TP]bool
-	paused   map[lane.TP]bool
+	paused   map[lane.TP]bool // by back-pressure
+	// unloaded are owned partitions whose parked records could not be
+	// loaded: they stay paused (whatever the back-pressure says) until
+	// loadLoop loads them. The value tells one assignment from the next.
+	unloaded map[lane.TP]*struct{}
 
 	finished atomic.Int64 // deliveries finished, for the live report
 
@@ -70,7 +74,7 @@ type Engine struct {
 // maps may be nil when the connector needs no mappings.
 func New(cfg Config, brokers []string, conn connector.Connector, dlog *delivery.Log, maps *mapping.Store, log *slog.Logger, m *metrics.Sink) *Engine {
 	e := &Engine{cfg: cfg, brokers: brokers, conn: conn, dlog: dlog, maps: maps, log: log.With("integration", cfg.Name), m: m,
-		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, calls: make(chan *callJob), dbLost: make(chan error, 1)}
+		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, unloaded: map[lane.TP]*struct{}{}, calls: make(chan *callJob), dbLost: make(chan error, 1)}
 	e.prober, _ = conn.(connector.Prober)
 	if cfg.RateLimit > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit/10)))
@@ -167,6 +171,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	g.Go(func() error { return e.pauseLoop(gctx) })
 	g.Go(func() error { return e.reportLoop(gctx) })
 	g.Go(func() error { return e.watchDB(gctx) })
+	g.Go(func() error { return e.loadLoop(gctx) })
 	g.Go(func() error { return e.watchKafka(gctx) })
 	if e.prober != nil {
 		g.Go(func() error { return e.probeLoop(gctx) })
@@ -256,6 +261,9 @@ func (e *Engine) resume() {
 	e.commitMu.Lock()
 	defer e.commitMu.Unlock()
 	for tp := range e.paused {
+		if e.unloaded[tp] != nil {
+			continue // paused until its parked records are loaded
+		}
 		if e.sched.Buffered(tp) < e.cfg.MaxBufferedPerPartition/2 {
 			e.cl.ResumeFetchPartitions(map[string][]int32{tp.Topic: {tp.Partition}})
 			delete(e.paused, tp)
@@ -303,8 +311,12 @@ func (e *Engine) assigned(ctx context.Context, _ *kgo.Client, assigned map[strin
 			// before anything fetched from Kafka.
 			parked, err := e.loadParked(ctx, tp)
 			if err != nil {
-				e.log.Error("could not load parked records; they are delivered once the database answers and the partition is reassigned",
-					"partition", p, "reason", err.Error())
+				// Fetching it now would let a parked tenant's newer records
+				// overtake its parked ones: it waits for loadLoop.
+				e.cl.PauseFetchPartitions(map[string][]int32{topic: {p}})
+				e.unloaded[tp] = &struct{}{}
+				e.log.Warn("could not load parked records; the partition stays paused until they are loaded",
+					"topic", topic, "partition", p, "reason", err.Error())
 				continue
 			}
 			if len(parked) > 0 {
@@ -342,6 +354,10 @@ func (e *Engine) release(ctx context.Context, cl *kgo.Client, parts map[string][
 	for _, tp := range tps {
 		delete(e.owned, tp)
 		delete(e.paused, tp)
+		if e.unloaded[tp] != nil {
+			delete(e.unloaded, tp)
+			e.cl.ResumeFetchPartitions(map[string][]int32{tp.Topic: {tp.Partition}}) // a later assignment starts unpaused
+		}
 	}
 	if !commit || len(final) == 0 {
 		return

@@ -117,3 +117,42 @@ func (e *Engine) dropParked(ctx context.Context, ref parkedRef) error {
 	_, err := e.dlog.Pool().Exec(ctx, `DELETE FROM ferry.parked_event WHERE integration = $1 AND seq = $2`, e.cfg.Name, ref.seq)
 	return err
 }
+
+// loadLoop retries loading the parked records of partitions whose load
+// failed at assignment (they are paused meanwhile). Loaded records go
+// first in their lanes, then the partition is fetched again.
+func (e *Engine) loadLoop(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		e.commitMu.Lock()
+		todo := make(map[lane.TP]*struct{}, len(e.unloaded))
+		for tp, gen := range e.unloaded {
+			todo[tp] = gen
+		}
+		e.commitMu.Unlock()
+		for tp, gen := range todo {
+			parked, err := e.loadParked(ctx, tp)
+			if err != nil {
+				continue // still failing: it stays paused; the assignment logged why
+			}
+			e.commitMu.Lock()
+			if e.unloaded[tp] == gen { // still owned, by the same assignment
+				delete(e.unloaded, tp)
+				if len(parked) > 0 {
+					e.sched.AddSpilled(tp, parked...)
+				}
+				if !e.paused[tp] {
+					e.cl.ResumeFetchPartitions(map[string][]int32{tp.Topic: {tp.Partition}})
+				}
+				e.log.Info("parked records loaded; the partition is fetched again", "topic", tp.Topic, "partition", tp.Partition, "parked", len(parked))
+			}
+			e.commitMu.Unlock()
+		}
+	}
+}
