@@ -62,9 +62,10 @@ type Engine struct {
 
 	// Reachability of the delivery log and of Kafka (readiness). While
 	// the log is down, lanes wait without touching it or the partner;
-	// dbLost wakes the watcher that probes it back (see health.go).
+	// dbCheck asks the watcher to check it (see health.go).
 	dbUp, kafkaUp atomic.Bool
-	dbLost        chan error
+	dbCheck       chan struct{}
+	dbErrLog      rate.Sometimes
 	// leaseAt is when the last successful lease renewal was sent
 	// (report.go).
 	leaseAt atomic.Pointer[time.Time]
@@ -74,7 +75,7 @@ type Engine struct {
 // maps may be nil when the connector needs no mappings.
 func New(cfg Config, brokers []string, conn connector.Connector, dlog *delivery.Log, maps *mapping.Store, log *slog.Logger, m *metrics.Sink) *Engine {
 	e := &Engine{cfg: cfg, brokers: brokers, conn: conn, dlog: dlog, maps: maps, log: log.With("integration", cfg.Name), m: m,
-		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, unloaded: map[lane.TP]*struct{}{}, calls: make(chan *callJob), dbLost: make(chan error, 1)}
+		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, unloaded: map[lane.TP]*struct{}{}, calls: make(chan *callJob), dbCheck: make(chan struct{}, 1), dbErrLog: rate.Sometimes{Interval: 5 * time.Second}}
 	e.prober, _ = conn.(connector.Prober)
 	if cfg.RateLimit > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit/10)))
@@ -151,6 +152,9 @@ func (e *Engine) Run(ctx context.Context) error {
 			// The first lease, before any lane starts.
 			host, _ := os.Hostname()
 			if err := e.report(ctx, host, time.Now(), 0, 0); err != nil {
+				return err
+			}
+			if err := e.reapPreviousRuns(ctx, host); err != nil {
 				return err
 			}
 			up()
@@ -719,19 +723,24 @@ func (e *Engine) probeLoop(ctx context.Context) error {
 
 // dbTrouble: a delivery-log statement failed. When the delivery moved
 // on meanwhile (another process, an operator), the lane looks again
-// soon; otherwise the log is taken as unreachable: every lane waits,
-// without touching the log or the partner, until the watcher reaches it
-// again (one log line per outage, not per lane).
+// soon. Otherwise the lane backs off, and the watcher checks whether
+// the log is reachable: if not, every lane waits, without touching the
+// log or the partner, until it is back (one log line per outage). A
+// statement that failed alone (a lock held past the statement timeout)
+// delays only its lane.
 func (e *Engine) dbTrouble(err error) lane.Outcome {
 	if errors.Is(err, delivery.ErrMovedOn) {
 		e.log.Warn("delivery moved on since this attempt began; looking again", "reason", err.Error())
 		return lane.Outcome{Verdict: lane.Backoff, Delay: 100 * time.Millisecond}
 	}
-	if e.dbUp.CompareAndSwap(true, false) {
-		select {
-		case e.dbLost <- err:
-		default:
-		}
+	if e.dbUp.Load() {
+		e.dbErrLog.Do(func() {
+			e.log.Warn("delivery-log statement failed; the lane backs off (at most one such line per 5s)", "reason", err.Error())
+		})
+	}
+	select {
+	case e.dbCheck <- struct{}{}:
+	default:
 	}
 	return lane.Outcome{Verdict: lane.Backoff, Delay: time.Second}
 }

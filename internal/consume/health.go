@@ -72,23 +72,26 @@ func (e *Engine) watchKafka(ctx context.Context) error {
 	})
 }
 
-// watchDB waits for a lane to find the delivery log unreachable
-// (dbTrouble), then probes it with backoff until it answers, and lets
-// the lanes go on.
+// watchDB checks that the delivery log answers whenever a lane's
+// statement failed (dbTrouble); while it does not, lanes wait, and it
+// is probed with backoff until it answers.
 func (e *Engine) watchDB(ctx context.Context) error {
 	return e.reconnect("postgres").Run(ctx, func(ctx context.Context, up func()) error {
-		pctx, cancel := e.dlog.Bound(ctx)
-		err := e.dlog.Pool().Ping(pctx)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("delivery log: %w", err)
-		}
-		up()
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-e.dbLost:
-			return fmt.Errorf("delivery log: %w", err)
+		for {
+			pctx, cancel := e.dlog.Bound(ctx)
+			err := e.dlog.Pool().Ping(pctx)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("delivery log: %w", err)
+			}
+			if !e.dbUp.Load() {
+				up()
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-e.dbCheck:
+			}
 		}
 	})
 }
