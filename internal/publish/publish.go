@@ -142,7 +142,6 @@ func New(cfg Config, router *route.Router, log *slog.Logger, m *metrics.CDC) (*P
 		kgo.RecordRetries(math.MaxInt64),
 		kgo.RecordDeliveryTimeout(0),
 		kgo.UnknownTopicRetries(-1),
-		kgo.WithLogger(kgoLogger{p}),
 	)
 	return p, nil
 }
@@ -174,7 +173,7 @@ func (p *Publisher) kafkaState(err error) {
 func (p *Publisher) Open(ctx context.Context) (outbox.Session, error) {
 	s := &Session{p: p, sem: semaphore.NewWeighted(int64(p.cfg.MaxBufferedRecords))}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	cl, err := kgo.NewClient(append(p.opts, kgo.WithHooks(sessionHook{s}))...)
+	cl, err := kgo.NewClient(append(p.opts, kgo.WithHooks(sessionHook{s}), kgo.WithLogger(kgoLogger{p, s}))...)
 	if err != nil {
 		s.cancel()
 		return nil, fmt.Errorf("kafka client: %w", err)
@@ -325,7 +324,11 @@ func (s *Session) Close() {
 	s.fail(errSessionEnded)
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
-	t := time.NewTimer(closeWait)
+	wait := closeWait
+	if s.p.kafkaDown.Load() {
+		wait = 0 // nothing will answer
+	}
+	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case <-done:
@@ -495,11 +498,40 @@ func isBadRecord(err error) bool {
 
 // kgoLogger forwards franz-go's warnings and errors to slog. While Kafka
 // is known to be unreachable they go to debug: the outage was logged once.
-type kgoLogger struct{ p *Publisher }
+//
+// It also closes the one window the latch cannot close from outside
+// franz-go: when the broker rejects a batch, franz-go fails every record
+// buffered for that partition and rewinds its sequence without a new
+// producer epoch, and our callbacks hear of it only later, on another
+// goroutine; a record produced meanwhile would start a new batch that
+// could be written ahead of the resent failed one. franz-go v1.22.2 logs
+// rewindMsg (at debug, under the partition's lock) in that path before
+// any later record can be buffered; ending the session right there
+// cancels the records' context, so every batch not yet written fails.
+// The same message marks retries (a dropped connection, a retriable
+// error): those end the session too, which costs resends, not order.
+// TestSessionWritesNothingAfterAFailedRecord fails if a franz-go upgrade
+// renames the message.
+type kgoLogger struct {
+	p *Publisher
+	s *Session
+}
 
-func (l kgoLogger) Level() kgo.LogLevel { return kgo.LogLevelWarn }
+// rewindMsg is franz-go's (recBuf).resetBatchDrainIdx log message.
+const rewindMsg = "rewinding produce sequence to resend pending batches"
+
+func (l kgoLogger) Level() kgo.LogLevel { return kgo.LogLevelDebug }
 
 func (l kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	if level == kgo.LogLevelDebug {
+		if msg == rewindMsg && l.s != nil {
+			l.s.fail(errRewound)
+		}
+		return
+	}
+	if level == kgo.LogLevelInfo {
+		return
+	}
 	lvl := slog.LevelWarn
 	switch {
 	case l.p.kafkaDown.Load():
@@ -509,3 +541,5 @@ func (l kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 	}
 	l.p.log.Log(context.Background(), lvl, "kafka: "+msg, keyvals...)
 }
+
+var errRewound = errors.New("kafka refused or lost a produce request, and franz-go rewound the partition's sequence: the session ends so that no later record can overtake an earlier one")
