@@ -22,8 +22,11 @@ type Config struct {
 	// PostgresMaxConns sizes the delivery log's connection pool. Default:
 	// the integrations' concurrency summed, capped at 64 (each delivery
 	// makes two short round trips).
-	PostgresMaxConns int32            `yaml:"postgres_max_conns"`
-	Kafka            kafkaconf.Config `yaml:"kafka"`
+	PostgresMaxConns int32 `yaml:"postgres_max_conns"`
+
+	// Kafka is how to reach the brokers: brokers, TLS, SASL.
+	Kafka kafkaconf.Config `yaml:"kafka"`
+
 	// AdminAddr serves /metrics, /healthz, /readyz. Default
 	// "127.0.0.1:9465"; "off" disables.
 	AdminAddr string `yaml:"admin_addr"`
@@ -129,12 +132,14 @@ func (c *Config) validate() error {
 }
 
 type flags struct {
-	Config      string          `help:"YAML config file with the integrations (docs/config.md)." env:"FERRY_CONFIG" placeholder:"FILE"`
-	PostgresURL *string         `help:"PostgreSQL URL for the delivery log." env:"FERRY_POSTGRES_URL" placeholder:"URL"`
-	Kafka       kafkaconf.Flags `embed:""` // --brokers, --kafka-tls*, --kafka-sasl*
-	AdminAddr   *string         `help:"Address for /metrics, /healthz, /readyz (default 127.0.0.1:9465; 'off' disables)." env:"FERRY_ADMIN_ADDR" name:"admin-addr"`
-	LogFormat   *string         `help:"Log format: json (default) or text." env:"FERRY_LOG_FORMAT" name:"log-format"`
-	LogLevel    *string         `help:"Log level: debug, info (default), warn, error." env:"FERRY_LOG_LEVEL" name:"log-level"`
+	Config      string  `help:"YAML config file with the integrations (docs/config.md)." env:"FERRY_CONFIG" placeholder:"FILE"`
+	PostgresURL *string `help:"PostgreSQL URL for the delivery log." env:"FERRY_POSTGRES_URL" placeholder:"URL"`
+	AdminAddr   *string `help:"Address for /metrics, /healthz, /readyz (default 127.0.0.1:9465; 'off' disables)." env:"FERRY_ADMIN_ADDR" name:"admin-addr"`
+	LogFormat   *string `help:"Log format: json (default) or text." env:"FERRY_LOG_FORMAT" name:"log-format"`
+	LogLevel    *string `help:"Log level: debug, info (default), warn, error." env:"FERRY_LOG_LEVEL" name:"log-level"`
+
+	// Kafka: --brokers, --kafka-tls*, --kafka-sasl* (kafkaconf).
+	Kafka kafkaconf.Flags `embed:""`
 
 	Run      runCmd      `cmd:"" default:"withargs" help:"Consume and deliver (the default command)."`
 	Status   statusCmd   `cmd:"" help:"Deliveries by integration and state, and parked queue depth per tenant."`
