@@ -5,9 +5,8 @@ package benchutil
 import (
 	"bufio"
 	"fmt"
-	"io"
+	"github.com/ferry-cdc/ferry/internal/metrics"
 	"net"
-	"net/http"
 	"os"
 	"sort"
 	"strconv"
@@ -24,27 +23,20 @@ func FreeAddr() string {
 	return l.Addr().String()
 }
 
-// Scrape returns the lines of an admin address's /metrics (nil if it
-// does not answer).
-func Scrape(admin string) []string {
-	resp, err := http.Get("http://" + admin + "/metrics")
+// Scrape returns an admin address's parsed /metrics (empty if it does
+// not answer: a failed scrape reads as "not yet").
+func Scrape(admin string) metrics.Families {
+	f, err := metrics.Scrape("http://" + admin + "/metrics")
 	if err != nil {
-		return nil
+		return metrics.Families{}
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body) // a partial scrape reads as "not yet"
-	return strings.Split(string(b), "\n")
+	return f
 }
 
 // Metric returns the value of one series (name with labels), or 0.
-func Metric(admin, name string) float64 {
-	for _, line := range Scrape(admin) {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64) // Prometheus text format values parse
-			return f
-		}
-	}
-	return 0
+func Metric(admin, series string) float64 {
+	v, _ := Scrape(admin).Value(series)
+	return v
 }
 
 // PeakRSS returns a process's peak resident set (VmHWM) in MiB.

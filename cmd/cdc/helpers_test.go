@@ -20,6 +20,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ferry-cdc/ferry/internal/kafkatest"
+	"github.com/ferry-cdc/ferry/internal/metrics"
 	"github.com/ferry-cdc/ferry/internal/pgtest"
 	"github.com/ferry-cdc/ferry/internal/testutil"
 )
@@ -210,23 +211,13 @@ type syncBuffer = testutil.SyncBuffer
 
 // metric returns the value of an unlabelled metric from a process's
 // /metrics, or -1 when absent.
-func (p *proc) metric(name string) float64 {
-	resp, err := http.Get("http://" + p.admin + "/metrics")
+func (p *proc) metric(series string) float64 {
+	f, err := metrics.Scrape("http://" + p.admin + "/metrics")
 	if err != nil {
 		return -1
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return -1
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			var f float64
-			if _, err := fmt.Sscan(v, &f); err == nil {
-				return f
-			}
-		}
+	if v, ok := f.Value(series); ok {
+		return v
 	}
 	return -1
 }

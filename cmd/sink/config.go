@@ -69,9 +69,13 @@ type Integration struct {
 // declarative HTTP connector, pkg/connector/httpconn: its fields are
 // inline) or "webhook" (POST every event to url).
 type ConnectorConfig struct {
-	Type            string `yaml:"type"`
-	URL             string `yaml:"url"`
-	httpconn.Config `yaml:",inline"`
+	Type string `yaml:"type"`
+	URL  string `yaml:"url"`
+	// SigningSecretsEnv names environment variables holding Standard
+	// Webhooks secrets (whsec_…): a webhook's requests are signed with
+	// each (several during a rotation). Empty: unsigned.
+	SigningSecretsEnv []string `yaml:"signing_secrets_env"`
+	httpconn.Config   `yaml:",inline"`
 }
 
 func (c *Config) setDefaults() {
@@ -140,9 +144,17 @@ func (c *Config) validate() error {
 			if in.Connector.BaseURL != "" || len(in.Connector.Entities) > 0 {
 				errs = append(errs, fmt.Errorf("%s.connector: base_url and entities belong to type http, not webhook", prefix))
 			}
+			for j, name := range in.Connector.SigningSecretsEnv {
+				if name == "" {
+					errs = append(errs, fmt.Errorf("%s.connector.signing_secrets_env[%d]: empty: name an environment variable", prefix, j))
+				}
+			}
 		case "http":
 			if in.Connector.URL != "" {
 				errs = append(errs, fmt.Errorf("%s.connector.url: type http takes base_url (and entities), not url", prefix))
+			}
+			if len(in.Connector.SigningSecretsEnv) > 0 {
+				errs = append(errs, fmt.Errorf("%s.connector.signing_secrets_env: only the webhook connector signs requests", prefix))
 			}
 			if _, err := httpconn.New(in.Connector.Config, prefix+".connector"); err != nil {
 				errs = append(errs, err)

@@ -43,8 +43,9 @@ func cdcBinary(t *testing.T) string {
 	return cdcBin
 }
 
-// startCDC runs the cdc binary on e's database and broker.
-func (e *env) startCDC() {
+// startCDC runs the cdc binary on e's database and broker, with extra
+// arguments.
+func (e *env) startCDC(extra ...string) {
 	e.t.Helper()
 	cfg, err := pgx.ParseConfig(e.db)
 	if err != nil {
@@ -52,6 +53,7 @@ func (e *env) startCDC() {
 	}
 	cmd := exec.Command(cdcBinary(e.t), "run", "--postgres-url", e.db, "--brokers", strings.Join(e.kafka.Addrs, ","),
 		"--slot", cfg.Database, "--topic-template", e.kafka.TopicPrefix+"outbox.{{.AggregateType}}", "--admin-addr", "off", "--log-format", "text")
+	cmd.Args = append(cmd.Args, extra...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -159,7 +160,19 @@ func (in Integration) connector(i int) (connector.Connector, error) {
 	if in.Connector.Type == "http" {
 		return httpconn.New(in.Connector.Config, fmt.Sprintf("integrations[%d].connector", i))
 	}
-	return webhook.New(webhook.Config{URL: in.Connector.URL, Timeout: in.Connector.Timeout})
+	cfg := webhook.Config{URL: in.Connector.URL, Timeout: in.Connector.Timeout}
+	for j, name := range in.Connector.SigningSecretsEnv {
+		v := os.Getenv(name)
+		if v == "" {
+			return nil, fmt.Errorf("integrations[%d].connector.signing_secrets_env[%d]: environment variable %s is not set", i, j, name)
+		}
+		cfg.SigningSecrets = append(cfg.SigningSecrets, v)
+	}
+	c, err := webhook.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("integrations[%d].connector: %w", i, err)
+	}
+	return c, nil
 }
 
 // service is the operator surface over the configured integrations (their

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ferry-cdc/ferry/internal/kafkatest"
+	"github.com/ferry-cdc/ferry/internal/metrics"
 	"github.com/ferry-cdc/ferry/internal/partnersim"
 	"github.com/ferry-cdc/ferry/internal/pgtest"
 	"github.com/ferry-cdc/ferry/internal/testutil"
@@ -172,20 +172,15 @@ func (e *env) state(eventID string) string {
 	return s
 }
 
-func metric(addr, name string) float64 {
-	resp, err := http.Get("http://" + addr + "/metrics")
+// metric returns one series' value from a process's /metrics, or -1
+// when absent.
+func metric(addr, series string) float64 {
+	f, err := metrics.Scrape("http://" + addr + "/metrics")
 	if err != nil {
 		return -1
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body) // a partial scrape reads as absent
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			var f float64
-			if _, err := fmt.Sscan(v, &f); err == nil {
-				return f
-			}
-		}
+	if v, ok := f.Value(series); ok {
+		return v
 	}
 	return -1
 }

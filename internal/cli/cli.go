@@ -14,7 +14,7 @@ import (
 	"strings"
 
 	"github.com/alecthomas/kong"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // LoadYAML decodes the file at path into out, rejecting unknown keys. An

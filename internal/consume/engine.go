@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -761,6 +762,16 @@ func decode(r *kgo.Record) (ev connector.Event, resync, bad string) {
 		}
 	}
 	var problems []string
+	switch {
+	case strings.HasPrefix(ev.Headers[route.HeaderContentType], "application/cloudevents+json"):
+		if err := unwrapCloudEvent(&ev, r.Value); err != nil {
+			problems = append(problems, err.Error())
+		}
+	case !json.Valid(r.Value):
+		problems = append(problems, "payload is not JSON")
+	default:
+		ev.Payload = r.Value
+	}
 	if ev.ID == "" {
 		ev.ID = fmt.Sprintf("bad:%s/%d/%d", r.Topic, r.Partition, r.Offset)
 		problems = append(problems, "no event_id header")
@@ -770,11 +781,6 @@ func decode(r *kgo.Record) (ev connector.Event, resync, bad string) {
 	}
 	if ev.TenantID == "" {
 		problems = append(problems, "no tenant (tenant_id header or key)")
-	}
-	if !json.Valid(r.Value) {
-		problems = append(problems, "payload is not JSON")
-	} else {
-		ev.Payload = r.Value
 	}
 	if len(problems) > 0 {
 		return ev, resync, fmt.Sprintf("%v at %s/%d offset %d", problems, r.Topic, r.Partition, r.Offset)

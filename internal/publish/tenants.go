@@ -13,10 +13,18 @@ import (
 
 // Tenants tracks, per tenant, the commit time of its newest published
 // event and how many were published, for `cdc status` and the admin API.
-// Safe for concurrent use.
+// Memory is bounded by the tenants active lately, not by every tenant
+// ever seen: a tenant idle for IdleAfter whose counts are in
+// ferry.cdc_tenant is dropped at the next successful Flush (the table
+// keeps its totals; it comes back if it publishes again). Safe for
+// concurrent use.
 type Tenants struct {
 	mu sync.Mutex
 	m  map[string]*TenantStat
+	// IdleAfter is how long a flushed tenant stays in memory without
+	// publishing. Default 10m.
+	IdleAfter time.Duration
+	now       func() time.Time
 }
 
 // TenantStat is one tenant's published events.
@@ -25,14 +33,18 @@ type TenantStat struct {
 	LastCommitAt time.Time `json:"last_commit_at"`
 	Events       int64     `json:"events"`
 	dirty        bool
-	flushed      int64 // Events already added to ferry.cdc_tenant
+	flushed      int64     // Events already added to ferry.cdc_tenant
+	seen         time.Time // when this process last published for the tenant
 }
 
 // NewTenants returns an empty tracker.
-func NewTenants() *Tenants { return &Tenants{m: map[string]*TenantStat{}} }
+func NewTenants() *Tenants {
+	return &Tenants{m: map[string]*TenantStat{}, IdleAfter: 10 * time.Minute, now: time.Now}
+}
 
 // observe records a transaction Kafka acknowledged.
 func (t *Tenants) observe(tx *outbox.Tx) {
+	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var last *TenantStat
@@ -50,13 +62,13 @@ func (t *Tenants) observe(tx *outbox.Tx) {
 			if tx.CommitTime.After(last.LastCommitAt) {
 				last.LastCommitAt = tx.CommitTime
 			}
-			last.dirty = true
+			last.dirty, last.seen = true, now
 		}
 		last.Events++
 	}
 }
 
-// Snapshot returns every tenant, newest first.
+// Snapshot returns the tenants active lately (see Tenants), newest first.
 func (t *Tenants) Snapshot() []TenantStat {
 	t.mu.Lock()
 	out := make([]TenantStat, 0, len(t.m))
@@ -107,5 +119,19 @@ func (t *Tenants) Flush(ctx context.Context, conn *pgx.Conn, slot string) error 
 			s.flushed = c.upto
 		}
 	}
+	if err == nil {
+		t.evictLocked()
+	}
 	return err
+}
+
+// evictLocked drops tenants whose counts are all in the table and that
+// have been idle for IdleAfter.
+func (t *Tenants) evictLocked() {
+	cutoff := t.now().Add(-t.IdleAfter)
+	for id, s := range t.m {
+		if !s.dirty && s.flushed == s.Events && s.seen.Before(cutoff) {
+			delete(t.m, id)
+		}
+	}
 }

@@ -39,7 +39,9 @@ func (p *Policy) Validate(prefix string) error {
 // Delay returns the wait after the attempt-th failure (1-based): Initial
 // doubled per attempt, capped at Max, with "equal jitter" (half fixed, half
 // random) so lanes failing together do not retry together; at least
-// retryAfter.
+// retryAfter (the partner's Retry-After), but never more than Max: a
+// partner asking for an hour must not stall a lane past the operator's
+// bound.
 func (p Policy) Delay(attempt int, retryAfter time.Duration) time.Duration {
 	d := p.Initial
 	for i := 1; i < attempt && d < p.Max; i++ {
@@ -47,7 +49,7 @@ func (p Policy) Delay(attempt int, retryAfter time.Duration) time.Duration {
 	}
 	d = min(d, p.Max)
 	d = d/2 + rand.N(d/2+1)
-	return max(d, retryAfter)
+	return min(max(d, retryAfter), p.Max)
 }
 
 // String describes the policy.

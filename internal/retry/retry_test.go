@@ -19,7 +19,10 @@ func TestDelayGrowsCapsAndHonoursRetryAfter(t *testing.T) {
 			}
 		}
 	}
-	if d := p.Delay(1, 5*time.Second); d != 5*time.Second {
+	if d := p.Delay(1, 700*time.Millisecond); d != 700*time.Millisecond {
 		t.Fatalf("Retry-After not honoured: %v", d)
+	}
+	if d := p.Delay(1, time.Hour); d != time.Second {
+		t.Fatalf("Retry-After of an hour waited %v; want it capped at max (1s)", d)
 	}
 }

@@ -43,7 +43,15 @@ const (
 	// HeaderResync marks an event republished to resync a tenant for one
 	// integration (its value); other integrations ignore it.
 	HeaderResync = "ferry_resync"
+	// HeaderContentType is the CloudEvents Kafka protocol binding's
+	// content-type header: ContentTypeCloudEvents on a structured-mode
+	// envelope, which the sink unwraps.
+	HeaderContentType = "content-type"
 )
+
+// ContentTypeCloudEvents marks a record whose value is a structured-mode
+// CloudEvents JSON envelope (CloudEvents Kafka protocol binding, 3.2).
+const ContentTypeCloudEvents = "application/cloudevents+json; charset=UTF-8"
 
 // traceHeaders are the outbox headers keys copied to Kafka headers: W3C
 // trace context and baggage, and the resync mark.
@@ -193,13 +201,14 @@ func (r *Router) Record(tx *outbox.Tx, e *outbox.Event) (*kgo.Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	value := e.Payload
+	value, headers := e.Payload, Headers(tx, e)
 	if r.cfg.Envelope == EnvelopeCloudEvents {
-		if value, err = r.cloudEvent(tx, e); err != nil {
+		if value, err = r.cloudEvent(tx, e, headers); err != nil {
 			return nil, err
 		}
+		headers = append(headers, kgo.RecordHeader{Key: HeaderContentType, Value: []byte(ContentTypeCloudEvents)})
 	}
-	return &kgo.Record{Topic: topic, Key: r.Key(e), Value: value, Headers: Headers(tx, e)}, nil
+	return &kgo.Record{Topic: topic, Key: r.Key(e), Value: value, Headers: headers}, nil
 }
 
 // DeadLetter builds the dead-letter record for e: same key and headers
@@ -270,14 +279,14 @@ type cloudEvent struct {
 	Data            json.RawMessage `json:"data"`
 }
 
-func (r *Router) cloudEvent(tx *outbox.Tx, e *outbox.Event) ([]byte, error) {
+func (r *Router) cloudEvent(tx *outbox.Tx, e *outbox.Event, headers []kgo.RecordHeader) ([]byte, error) {
 	ce := cloudEvent{SpecVersion: "1.0", ID: e.ID, Source: r.cfg.Source, Type: e.EventType, Subject: e.AggregateID,
 		DataContentType: "application/json", TenantID: e.TenantID, AggregateType: e.AggregateType, Data: e.Payload}
 	if tx.CommitLSN != 0 {
 		ce.CommitLSN = tx.CommitLSN.String() // once per event, and only for envelopes
 	}
 	ce.Time = eventTime(e.CreatedAt, tx.CommitTime)
-	for _, h := range Headers(tx, e) {
+	for _, h := range headers {
 		if h.Key == "traceparent" {
 			ce.TraceParent = string(h.Value)
 		}

@@ -57,6 +57,11 @@ func TestCloudEventsEnvelopeGolden(t *testing.T) {
 	}
 	out, _ := json.MarshalIndent(pretty, "", "  ") // a map of JSON values always marshals
 	golden(t, "cloudevents.json", append(out, '\n'))
+	// Structured mode is announced by the binding's content-type header,
+	// which is what the sink unwraps on.
+	if got := HeaderValue(rec, HeaderContentType); got != ContentTypeCloudEvents {
+		t.Fatalf("content-type header %q; want %q", got, ContentTypeCloudEvents)
+	}
 }
 
 func TestRawRecordKeyAndHeadersGolden(t *testing.T) {

@@ -18,6 +18,11 @@ type Event struct {
 	Payload       json.RawMessage `json:"payload"`
 	// Headers are the record's other headers (trace context and the like).
 	Headers map[string]string `json:"headers,omitempty"`
+	// CloudEvent holds the attributes of a structured-mode CloudEvents
+	// envelope the record carried (specversion, id, source, type, subject,
+	// time, extensions such as tenantid), without its data: Payload is the
+	// envelope's data. Nil for a record that was not an envelope.
+	CloudEvent map[string]any `json:"cloudevent,omitempty"`
 }
 
 // Mapping is what the sink knows of one of our objects at the partner.

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/theory/jsonpath"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // Config describes one partner API. Field names are the YAML keys.

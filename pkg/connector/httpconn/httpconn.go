@@ -105,6 +105,7 @@ func (c *Connector) start(req connector.Request) (*delivery, error) {
 		"event_id": ev.ID, "tenant_id": ev.TenantID, "event_type": ev.EventType, "aggregate_type": ev.AggregateType,
 		"aggregate_id": ev.AggregateID, "payload": payload, "headers": headers, "remote_id": "",
 		"ids": map[string]any{}, "parents": map[string]any{}, "steps": d.steps, "idempotency_key": req.IdempotencyKey,
+		"cloudevent": cloudEventOf(ev),
 	}
 	local, err := render(e.id, d.data)
 	if err != nil || local == "" {
@@ -582,4 +583,13 @@ func bounded(b []byte) string {
 func (c *Connector) Handles(entityType string) bool {
 	_, ok := c.entities[entityType]
 	return ok
+}
+
+// cloudEventOf is what templates see as .cloudevent: the envelope's
+// attributes, or an empty map for an event that came without one.
+func cloudEventOf(ev connector.Event) map[string]any {
+	if ev.CloudEvent == nil {
+		return map[string]any{}
+	}
+	return ev.CloudEvent
 }

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/ferry-cdc/ferry/internal/partnersim"
 	"github.com/ferry-cdc/ferry/pkg/connector"
@@ -160,7 +160,7 @@ func (r *recorder) ServeHTTP(w http.ResponseWriter, q *http.Request) {
 	body, _ := io.ReadAll(q.Body)
 	q.Body = io.NopCloser(bytes.NewReader(body))
 	var hs []string
-	for _, h := range []string{"Authorization", "Idempotency-Key", "X-Tenant-Id", "X-Api-Key", "Content-Type"} {
+	for _, h := range []string{"Authorization", "Idempotency-Key", "X-Tenant-Id", "X-Api-Key", "Content-Type", "X-Source"} {
 		if v := q.Header.Get(h); v != "" {
 			hs = append(hs, h+": "+v)
 		}
@@ -637,5 +637,34 @@ func TestSecretsNeverRecorded(t *testing.T) {
 	sort.Strings(keys)
 	if fmt.Sprint(keys) != "[product variant]" {
 		t.Fatalf("entities %v", keys)
+	}
+}
+
+// Templates see a CloudEvents envelope's attributes as .cloudevent (its
+// data is .payload); without an envelope a template naming one is a
+// rejection, not a call.
+func TestCloudEventAttributesInTemplates(t *testing.T) {
+	rec := &recorder{sim: partnersim.New(partnersim.Config{})}
+	srv := httptest.NewServer(rec)
+	defer srv.Close()
+	cfg := example(t, "payments")
+	cfg.BaseURL = srv.URL
+	cfg.Headers = map[string]string{"X-Source": "{{.cloudevent.source}}"}
+	conn, err := newWithEnv(cfg, "connector", getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := event("o", "order.placed", "order", "o1", `{"total": 1, "currency": "EUR", "card": "1"}`)
+	ev.CloudEvent = map[string]any{"specversion": "1.0", "source": "/ferry/shop"}
+	if _, err := conn.Deliver(context.Background(), req(ev, connectortest.NewMemMappings())); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.reqs) != 1 || !strings.Contains(rec.reqs[0], "X-Source: /ferry/shop") {
+		t.Fatalf("requests %q lack the envelope's source", rec.reqs)
+	}
+	ev.CloudEvent = nil
+	_, err = conn.Deliver(context.Background(), req(ev, connectortest.NewMemMappings()))
+	if out, _ := connector.Classify(err); out != connector.Rejected || len(rec.reqs) != 1 {
+		t.Fatalf("no envelope: %v (%v), %d requests; want a rejection and no call", out, err, len(rec.reqs))
 	}
 }

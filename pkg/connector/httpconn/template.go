@@ -85,7 +85,7 @@ func text(v any) string {
 
 // fields are what templates see: the top-level keys of Data.
 var fields = []string{"event_id", "tenant_id", "event_type", "aggregate_type", "aggregate_id", "local_id",
-	"payload", "headers", "remote_id", "ids", "parents", "steps", "idempotency_key"}
+	"payload", "headers", "remote_id", "ids", "parents", "steps", "idempotency_key", "cloudevent"}
 
 // scope is what a template may refer to besides fields.
 type scope struct {

@@ -1,0 +1,39 @@
+package main
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/ferry-cdc/ferry/internal/partnersim"
+)
+
+// cdc writes CloudEvents envelopes (--envelope cloudevents); the sink
+// unwraps them, so the HTTP connector's templates see the event's data
+// as .payload, exactly as with raw records: the partner gets the
+// product's fields, not the envelope.
+func TestPipeline_CloudEventsEnvelopeIsUnwrapped(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	ctx := context.Background()
+	e.startCDC("--envelope", "cloudevents")
+	waitFor(t, time.Minute, "cdc streaming", func() bool {
+		var ok bool
+		_ = e.conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE database = current_database() AND active)`).Scan(&ok)
+		return ok
+	})
+	e.start("--config", e.shopConfig(""))
+	e.write([4]string{"acme", "product.created", "p1", product("lamp", 10)},
+		[4]string{"acme", "product.updated", "p1", product("lamp v2", 12)})
+	waitFor(t, time.Minute, "the product at the partner with its fields", func() bool {
+		it, ok := itemsOf(e.sim, "acme")["p1"]
+		return ok && it.Fields["name"] == "lamp v2"
+	})
+	it := itemsOf(e.sim, "acme")["p1"]
+	if _, leaked := it.Fields["specversion"]; leaked || it.Version != 2 {
+		t.Fatalf("partner item %+v: want the unwrapped data, updated once", it)
+	}
+	var n int
+	if err := e.conn.QueryRow(ctx, `SELECT count(*) FROM ferry.delivery WHERE integration = 'shop' AND state = 'succeeded'`).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("%d succeeded deliveries (%v); want 2", n, err)
+	}
+}
