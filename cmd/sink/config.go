@@ -78,6 +78,16 @@ type ConnectorConfig struct {
 	httpconn.Config   `yaml:",inline"`
 }
 
+// outcomeTopics is each integration's outcome topic ("" when its
+// outcomes are switched off), for the delivery log.
+func (c *Config) outcomeTopics() map[string]string {
+	m := map[string]string{}
+	for _, in := range c.Integrations {
+		m[in.Name] = in.Outcomes.TopicOrOff()
+	}
+	return m
+}
+
 func (c *Config) setDefaults() {
 	if c.AdminAddr == "" {
 		c.AdminAddr = "127.0.0.1:9465"

@@ -57,6 +57,9 @@ type Config struct {
 	CommitInterval time.Duration `yaml:"commit_interval"`
 	// Breaker pauses the whole integration while the partner is down.
 	Breaker BreakerConfig `yaml:"breaker"`
+	// Outcomes configures the outcome records (one per delivery that
+	// reaches a final state) this integration produces to Kafka.
+	Outcomes OutcomesConfig `yaml:"outcomes"`
 
 	// InstanceID is the consumer's static group membership
 	// (group.instance.id); "" joins as a dynamic member. Set by the
@@ -75,6 +78,32 @@ type BreakerConfig struct {
 	Window   uint `yaml:"window"`
 	// OpenFor is how long it stays open before probing. Default 5s.
 	OpenFor time.Duration `yaml:"open_for"`
+}
+
+// DefaultOutcomeTopic is the Kafka topic of outcome records unless an
+// integration names another.
+const DefaultOutcomeTopic = "ferry.outcomes"
+
+// OutcomesConfig configures an integration's outcome records
+// (docs/connectors.md, schemas/outcome.v1.schema.json).
+type OutcomesConfig struct {
+	// Enabled switches the outcome records on or off. Default true.
+	Enabled *bool `yaml:"enabled"`
+	// Topic is the Kafka topic they go to. Default "ferry.outcomes"; ""
+	// switches them off.
+	Topic *string `yaml:"topic"`
+}
+
+// TopicOrOff returns the topic of the integration's outcome records, or ""
+// when they are switched off.
+func (o OutcomesConfig) TopicOrOff() string {
+	if o.Enabled != nil && !*o.Enabled {
+		return ""
+	}
+	if o.Topic == nil {
+		return DefaultOutcomeTopic
+	}
+	return *o.Topic
 }
 
 // SetDefaults fills zero fields.
@@ -144,6 +173,9 @@ func (c *Config) Validate(prefix string) error {
 	if c.Breaker.Failures > c.Breaker.Window {
 		errs = append(errs, fmt.Errorf("%s.breaker.failures: %d is more than the window %d", prefix, c.Breaker.Failures, c.Breaker.Window))
 	}
+	if t := c.Outcomes.TopicOrOff(); t != "" && !validTopic(t) {
+		errs = append(errs, fmt.Errorf("%s.outcomes.topic: %q: a Kafka topic is 1 to 249 of a-z, A-Z, 0-9, '.', '_', '-' (\"\" or enabled: false switches outcomes off)", prefix, t))
+	}
 	if err := c.Retry.Validate(prefix + ".retry"); err != nil {
 		errs = append(errs, err)
 	}
@@ -161,4 +193,18 @@ func (c *Config) handles(eventType string) bool {
 		}
 	}
 	return false
+}
+
+// validTopic reports whether Kafka accepts t as a topic name.
+func validTopic(t string) bool {
+	if len(t) == 0 || len(t) > 249 || t == "." || t == ".." {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

@@ -149,6 +149,9 @@ func (e *Engine) Run(ctx context.Context) error {
 			if err := e.refresh(ctx); err != nil {
 				return err
 			}
+			if err := e.dlog.SetOutcomeTopic(ctx, e.cfg.Name, e.cfg.Outcomes.TopicOrOff()); err != nil {
+				return err
+			}
 			// The first lease, before any lane starts.
 			host, _ := os.Hostname()
 			if err := e.report(ctx, host, time.Now(), 0, 0); err != nil {
@@ -161,7 +164,13 @@ func (e *Engine) Run(ctx context.Context) error {
 	if err != nil || ctx.Err() != nil {
 		return err
 	}
+	outcomes, err := e.newOutcomeProducer()
+	if err != nil {
+		return err
+	}
+	defer outcomes.Close()
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return e.relayLoop(gctx, outcomes) })
 	// Each worker makes one call at a time: more callers than workers
 	// would idle.
 	for range min(e.cfg.Concurrency, e.cfg.Workers) {

@@ -115,6 +115,12 @@ type Result struct {
 	// Note says what was done when it is not obvious ("nothing mapped:
 	// delete is a no-op").
 	Note string
+	// RemoteID is the partner's id of the event's entity, when the
+	// connector knows it ("" otherwise); it goes in the outcome record.
+	RemoteID string
+	// RemoteIDs are other partner ids the delivery recorded, by mapping
+	// name; nil when none.
+	RemoteIDs map[string]string
 }
 
 // Call is one partner request and its response, bounded for storage.

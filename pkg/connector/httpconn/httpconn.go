@@ -309,7 +309,22 @@ func (d *delivery) runSteps(ctx context.Context, op string, done map[string]conn
 			return connector.Result{}, err
 		}
 	}
-	return connector.Result{}, nil
+	return d.result(), nil
+}
+
+// result names the partner ids the delivery knows, for the outcome.
+func (d *delivery) result() connector.Result {
+	res := connector.Result{}
+	res.RemoteID, _ = d.data["remote_id"].(string)
+	for name, v := range d.data["ids"].(map[string]any) {
+		if id, _ := v.(string); id != "" {
+			if res.RemoteIDs == nil {
+				res.RemoteIDs = map[string]string{}
+			}
+			res.RemoteIDs[name] = id
+		}
+	}
+	return res
 }
 
 func (d *delivery) activate(ctx context.Context, entityType, local, remote string) error {
