@@ -76,7 +76,8 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 	e := newEnv(t, partnersim.Config{})
 	e.sim.AddRule(partnersim.Rule{Tenant: "acme", Status: 429, RetryAfterSeconds: 2, Times: 1})
 	e.produce("acme", "acme-1", "product.updated", `{"n":1}`)
-	e.start("--config", e.config(""))
+	// retry.max above the Retry-After: beyond it, Retry-After is capped.
+	e.start("--config", e.config("    retry: {initial: 50ms, max: 5s}\n"))
 	waitFor(t, time.Minute, "acme-1 delivered", func() bool { return len(e.delivered()["acme"]) == 1 })
 	reqs := e.sim.Requests("acme")
 	if len(reqs) != 2 || reqs[0].Status != 429 {
