@@ -39,6 +39,11 @@ type Config struct {
 	// OnReject is "park" (default: the lane waits for an operator's retry
 	// or skip) or "skip" (record the rejection and go on).
 	OnReject string `yaml:"on_reject"`
+	// OnUnhandled is what happens to an event the connector has nothing
+	// for (no entity or operation: connector.Unhandled): "skip" (default:
+	// record it as skipped, with the reason, and go on) or "park" (treat
+	// it as a rejection, under on_reject).
+	OnUnhandled string `yaml:"on_unhandled"`
 	// ParkRecheck is how often a parked lane re-reads its event's state
 	// (an operator may have retried or skipped it). Default 2s.
 	ParkRecheck time.Duration `yaml:"park_recheck"`
@@ -124,6 +129,9 @@ func (c *Config) SetDefaults() {
 	if c.OnReject == "" {
 		c.OnReject = OnRejectPark
 	}
+	if c.OnUnhandled == "" {
+		c.OnUnhandled = OnRejectSkip
+	}
 	if c.ParkRecheck == 0 {
 		c.ParkRecheck = 2 * time.Second
 	}
@@ -166,6 +174,9 @@ func (c *Config) Validate(prefix string) error {
 	}
 	if c.OnReject != OnRejectPark && c.OnReject != OnRejectSkip {
 		errs = append(errs, fmt.Errorf("%s.on_reject: %q: use %q or %q", prefix, c.OnReject, OnRejectPark, OnRejectSkip))
+	}
+	if c.OnUnhandled != OnRejectPark && c.OnUnhandled != OnRejectSkip {
+		errs = append(errs, fmt.Errorf("%s.on_unhandled: %q: use %q or %q", prefix, c.OnUnhandled, OnRejectSkip, OnRejectPark))
 	}
 	if c.Workers < 0 || c.Concurrency < 0 || c.RateLimit < 0 || c.MaxBufferedPerPartition < 0 {
 		errs = append(errs, fmt.Errorf("%s: workers, concurrency, rate_limit and max_buffered_per_partition must not be negative", prefix))

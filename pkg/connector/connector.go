@@ -182,6 +182,17 @@ func (r *Rejection) Error() string {
 	return "rejected: " + r.Reason
 }
 
+// Unhandled means the connector has nothing to do with the event: no
+// entity or operation is configured for it. It is a Rejection to callers
+// that only know those (Classify), but the sink tells it apart and
+// applies its on_unhandled policy (default: record the event as skipped,
+// with Reason, and go on).
+type Unhandled struct {
+	Reason string
+}
+
+func (u *Unhandled) Error() string { return "unhandled: " + u.Reason }
+
 // Failure is a temporary failure: timeout, network error, 5xx, 429.
 type Failure struct {
 	Status int
@@ -244,6 +255,10 @@ func Classify(err error) (Outcome, time.Duration) {
 	}
 	var rej *Rejection
 	if errors.As(err, &rej) {
+		return Rejected, 0
+	}
+	var unh *Unhandled
+	if errors.As(err, &unh) {
 		return Rejected, 0
 	}
 	var w *Waiting

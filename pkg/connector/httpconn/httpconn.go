@@ -89,7 +89,7 @@ func (c *Connector) start(req connector.Request) (*delivery, error) {
 	ev := req.Event
 	e, ok := c.entities[ev.AggregateType]
 	if !ok {
-		return nil, &connector.Rejection{Reason: fmt.Sprintf("no entity %q in this connector's configuration (aggregate type of event type %s); configured: %v",
+		return nil, &connector.Unhandled{Reason: fmt.Sprintf("no entity %q in this connector's configuration (aggregate type of event type %s); configured: %v",
 			ev.AggregateType, ev.EventType, sortedKeys(c.entities))}
 	}
 	payload, err := decodeJSON(ev.Payload)
@@ -131,7 +131,7 @@ func (d *delivery) run(ctx context.Context) (connector.Result, error) {
 		op = opDelete
 	}
 	if op == "" {
-		return connector.Result{}, &connector.Rejection{Reason: fmt.Sprintf("event type %s maps to no operation: add it to the connector's operations (create, update, upsert or delete)", d.req.Event.EventType)}
+		return connector.Result{}, &connector.Unhandled{Reason: fmt.Sprintf("event type %s maps to no operation: add it to the connector's operations (create, update, upsert or delete)", d.req.Event.EventType)}
 	}
 	if d.req.Resync && op != opDelete {
 		op = opUpsert
