@@ -9,7 +9,9 @@ import (
 
 	"github.com/alecthomas/kong"
 
+	"github.com/ferry-cdc/ferry/internal/admin"
 	"github.com/ferry-cdc/ferry/internal/cli"
+	"github.com/ferry-cdc/ferry/internal/kafkaconf"
 	"github.com/ferry-cdc/ferry/internal/outbox"
 	"github.com/ferry-cdc/ferry/internal/publish"
 	"github.com/ferry-cdc/ferry/internal/route"
@@ -28,6 +30,25 @@ type Config struct {
 	AdminAddr string `yaml:"admin_addr"`
 	LogFormat string `yaml:"log_format"`
 	LogLevel  string `yaml:"log_level"`
+
+	// AdminToken protects /tenants and the profiles on the admin address
+	// (from FERRY_ADMIN_TOKEN only: a secret does not belong in a file or
+	// a flag). Required when admin_addr is not loopback.
+	AdminToken string `yaml:"-"`
+	// AdminAllowedHosts are host names, besides the admin address's own
+	// host, IP literals and localhost, that requests to the admin server
+	// may carry in their Host header. Others are refused (DNS
+	// rebinding). Default none.
+	AdminAllowedHosts []string `yaml:"admin_allowed_hosts"`
+}
+
+// checkAdmin refuses an admin server open to the network without a
+// token, and malformed allowed host names.
+func (c *Config) checkAdmin() error {
+	if c.AdminAddr == "off" {
+		return nil
+	}
+	return errors.Join(admin.CheckExposure(c.AdminAddr, c.AdminToken), admin.CheckAllowedHosts(c.AdminAllowedHosts))
 }
 
 func (c *Config) setDefaults() {
@@ -63,28 +84,30 @@ func (c *Config) validate(needKafka bool) error {
 // variable, and overrides the config file. Pointer fields stay nil unless
 // given, so the file's values survive.
 type flags struct {
-	Config      string         `help:"YAML config file (keys in docs/config.md). Flags and environment override it." env:"FERRY_CONFIG" placeholder:"FILE"`
-	PostgresURL *string        `help:"PostgreSQL URL of the outbox database." env:"FERRY_POSTGRES_URL" placeholder:"URL"`
-	Brokers     []string       `help:"Kafka seed brokers, comma-separated host:port." env:"FERRY_KAFKA_BROKERS" sep:","`
-	Table       *string        `help:"Outbox table, schema.table (default public.outbox)." env:"FERRY_OUTBOX_TABLE"`
-	Slot        *string        `help:"Replication slot name (default ferry_outbox)." env:"FERRY_SLOT"`
-	Publication *string        `help:"Publication name (default ferry_outbox)." env:"FERRY_PUBLICATION"`
-	NoCreate    bool           `help:"Do not create the outbox table, publication or slot; fail if missing." env:"FERRY_NO_CREATE"`
-	Topic       *string        `help:"Topic template over TenantID, AggregateType, AggregateID, EventType (default outbox.{{.AggregateType}})." env:"FERRY_TOPIC_TEMPLATE" name:"topic-template"`
-	Key         *string        `help:"Record key: tenant (default; per-tenant order) or tenant_aggregate (per-aggregate order)." env:"FERRY_KEY" enum:"tenant,tenant_aggregate," default:""`
-	Envelope    *string        `help:"Record value: raw (default; the payload as written) or cloudevents." env:"FERRY_ENVELOPE" enum:"raw,cloudevents," default:""`
-	DeadLetter  *string        `help:"Topic for events that cannot be published normally (default ferry.cdc.dead_letter)." env:"FERRY_DEAD_LETTER_TOPIC" name:"dead-letter-topic"`
-	OnBadEvent  *string        `help:"Bad events: dead_letter (default) or stop (exit naming the event; the slot stays before it)." env:"FERRY_ON_BAD_EVENT" enum:"dead_letter,stop," default:""`
-	Partitions  *string        `help:"Outbox partitioning when cdc creates the table: daily (dropped whole by prune) or empty." env:"FERRY_OUTBOX_PARTITIONS" enum:",daily" name:"partitions"`
-	MsgPrefix   *string        `help:"Prefix of table-less outbox messages (pg_logical_emit_message) (default ferry.outbox)." env:"FERRY_MESSAGE_PREFIX" name:"message-prefix"`
-	Heartbeat   *time.Duration `help:"Heartbeat interval (default 10s; negative disables)." env:"FERRY_HEARTBEAT_INTERVAL" name:"heartbeat-interval"`
-	StatusEvery *time.Duration `help:"How often the confirmed position is sent to the slot (default 1s)." env:"FERRY_STATUS_INTERVAL" name:"status-interval"`
-	MaxBuffered *int           `help:"Records in flight to Kafka before the reader waits (default 20000)." env:"FERRY_MAX_BUFFERED_RECORDS" name:"max-buffered-records"`
-	MaxRecord   *int           `help:"Largest record (and produce batch) in bytes; at most the broker's message.max.bytes (default 1000000)." env:"FERRY_MAX_RECORD_BYTES" name:"max-record-bytes"`
-	Recover     bool           `help:"If the slot was dropped, recreated or invalidated, create a new one and backfill rows since the last confirmed commit (duplicates possible) instead of refusing to start." env:"FERRY_RECOVER_LOST_SLOT" name:"recover-lost-slot"`
-	AdminAddr   *string        `help:"Address for /metrics, /healthz, /readyz (default 127.0.0.1:9464; 'off' disables)." env:"FERRY_ADMIN_ADDR" name:"admin-addr"`
-	LogFormat   *string        `help:"Log format: json (default) or text." env:"FERRY_LOG_FORMAT" name:"log-format"`
-	LogLevel    *string        `help:"Log level: debug, info (default), warn, error." env:"FERRY_LOG_LEVEL" name:"log-level"`
+	Config      string          `help:"YAML config file (keys in docs/config.md). Flags and environment override it." env:"FERRY_CONFIG" placeholder:"FILE"`
+	PostgresURL *string         `help:"PostgreSQL URL of the outbox database." env:"FERRY_POSTGRES_URL" placeholder:"URL"`
+	Kafka       kafkaconf.Flags `embed:""` // --brokers, --kafka-tls*, --kafka-sasl*
+	Table       *string         `help:"Outbox table, schema.table (default public.outbox)." env:"FERRY_OUTBOX_TABLE"`
+	Slot        *string         `help:"Replication slot name (default ferry_outbox)." env:"FERRY_SLOT"`
+	Publication *string         `help:"Publication name (default ferry_outbox)." env:"FERRY_PUBLICATION"`
+	NoCreate    bool            `help:"Do not create the outbox table, publication or slot; fail if missing." env:"FERRY_NO_CREATE"`
+	Topic       *string         `help:"Topic template over TenantID, AggregateType, AggregateID, EventType (default outbox.{{.AggregateType}})." env:"FERRY_TOPIC_TEMPLATE" name:"topic-template"`
+	Key         *string         `help:"Record key: tenant (default; per-tenant order) or tenant_aggregate (per-aggregate order)." env:"FERRY_KEY" enum:"tenant,tenant_aggregate," default:""`
+	Envelope    *string         `help:"Record value: raw (default; the payload as written) or cloudevents." env:"FERRY_ENVELOPE" enum:"raw,cloudevents," default:""`
+	DeadLetter  *string         `help:"Topic for events that cannot be published normally (default ferry.cdc.dead_letter)." env:"FERRY_DEAD_LETTER_TOPIC" name:"dead-letter-topic"`
+	OnBadEvent  *string         `help:"Bad events: dead_letter (default) or stop (exit naming the event; the slot stays before it)." env:"FERRY_ON_BAD_EVENT" enum:"dead_letter,stop," default:""`
+	Partitions  *string         `help:"Outbox partitioning when cdc creates the table: daily (dropped whole by prune) or empty." env:"FERRY_OUTBOX_PARTITIONS" enum:",daily" name:"partitions"`
+	MsgPrefix   *string         `help:"Prefix of table-less outbox messages (pg_logical_emit_message) (default ferry.outbox)." env:"FERRY_MESSAGE_PREFIX" name:"message-prefix"`
+	Heartbeat   *time.Duration  `help:"Heartbeat interval (default 10s; negative disables)." env:"FERRY_HEARTBEAT_INTERVAL" name:"heartbeat-interval"`
+	StatusEvery *time.Duration  `help:"How often the confirmed position is sent to the slot (default 1s)." env:"FERRY_STATUS_INTERVAL" name:"status-interval"`
+	MaxBuffered *int            `help:"Records in flight to Kafka before the reader waits (default 20000)." env:"FERRY_MAX_BUFFERED_RECORDS" name:"max-buffered-records"`
+	MaxRecord   *int            `help:"Largest record (and produce batch) in bytes; at most the broker's message.max.bytes (default 1000000)." env:"FERRY_MAX_RECORD_BYTES" name:"max-record-bytes"`
+	ReconnMax   *time.Duration  `help:"Longest wait between reconnect attempts after Postgres or Kafka went away (default 30s)." env:"FERRY_RECONNECT_MAX" name:"reconnect-max"`
+	Recover     bool            `help:"If the slot was dropped, recreated or invalidated, create a new one and backfill rows since the last confirmed commit (duplicates possible) instead of refusing to start." env:"FERRY_RECOVER_LOST_SLOT" name:"recover-lost-slot"`
+	AdminAddr   *string         `help:"Address for /metrics, /healthz, /readyz (default 127.0.0.1:9464; 'off' disables)." env:"FERRY_ADMIN_ADDR" name:"admin-addr"`
+	AdminHosts  []string        `help:"Host names the admin server answers to besides its address, IPs and localhost (comma-separated). The admin token comes from FERRY_ADMIN_TOKEN only." env:"FERRY_ADMIN_ALLOWED_HOSTS" name:"admin-allowed-hosts" sep:","`
+	LogFormat   *string         `help:"Log format: json (default) or text." env:"FERRY_LOG_FORMAT" name:"log-format"`
+	LogLevel    *string         `help:"Log level: debug, info (default), warn, error." env:"FERRY_LOG_LEVEL" name:"log-level"`
 
 	Run      runCmd      `cmd:"" default:"withargs" help:"Stream the outbox to Kafka (the default command)."`
 	Setup    setupCmd    `cmd:"" help:"Apply migrations and create the outbox table, publication and slot, then exit. Idempotent."`
@@ -150,10 +173,17 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 		return nil, err
 	}
 	f.apply(&cfg)
+	f.Kafka.Apply(&cfg.Kafka.Config, getenv)
+	cfg.AdminToken = getenv("FERRY_ADMIN_TOKEN")
 	cfg.setDefaults()
 	name := strings.Fields(kctx.Command())[0]
 	if err := cfg.validate(name == "run" || name == "backfill"); err != nil {
 		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	if name == "run" {
+		if err := cfg.checkAdmin(); err != nil {
+			return nil, fmt.Errorf("invalid configuration:\n%w", err)
+		}
 	}
 	c := &command{name: name, cfg: cfg, bf: f.Backfill, st: f.Status, pr: f.Prune, rs: f.Resync}
 	return c, nil
@@ -162,9 +192,6 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 func (f *flags) apply(cfg *Config) {
 	set := cli.Override
 	set(&cfg.PostgresURL, f.PostgresURL)
-	if len(f.Brokers) > 0 {
-		cfg.Kafka.Brokers = f.Brokers
-	}
 	set(&cfg.Outbox.Table, f.Table)
 	set(&cfg.Outbox.Slot, f.Slot)
 	set(&cfg.Outbox.Publication, f.Publication)
@@ -190,10 +217,16 @@ func (f *flags) apply(cfg *Config) {
 	if f.MaxRecord != nil {
 		cfg.Kafka.MaxRecordBytes = *f.MaxRecord
 	}
+	if f.ReconnMax != nil {
+		cfg.Outbox.ReconnectMax = *f.ReconnMax
+	}
 	if f.Recover {
 		cfg.Outbox.RecoverLostSlot = true
 	}
 	set(&cfg.AdminAddr, f.AdminAddr)
+	if len(f.AdminHosts) > 0 {
+		cfg.AdminAllowedHosts = f.AdminHosts
+	}
 	set(&cfg.LogFormat, f.LogFormat)
 	set(&cfg.LogLevel, f.LogLevel)
 }

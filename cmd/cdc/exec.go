@@ -20,6 +20,7 @@ import (
 	"github.com/ferry-cdc/ferry/internal/outbox"
 	"github.com/ferry-cdc/ferry/internal/pgdb"
 	"github.com/ferry-cdc/ferry/internal/publish"
+	"github.com/ferry-cdc/ferry/internal/retry"
 	"github.com/ferry-cdc/ferry/internal/route"
 )
 
@@ -44,7 +45,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 		if c.st.Tenants < 0 {
 			return fmt.Errorf("status: --tenants %d: give 0 or more", c.st.Tenants)
 		}
-		return c.status(ctx, stdout)
+		return cli.Print(stdout, func(w io.Writer) error { return c.status(ctx, w) })
 	case "resync":
 		return withConn(ctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
 			if err := migrate(ctx, conn); err != nil {
@@ -80,14 +81,15 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer pub.Close()
-	if err := pub.Ping(ctx); err != nil {
-		return err
-	}
 
 	if c.name == "backfill" {
 		return withConn(ctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
-			n, err := outbox.Backfill(ctx, conn, c.cfg.Outbox, outbox.BackfillFilter{TenantID: c.bf.Tenant, Since: c.bf.Since}, pub)
+			sess, err := pub.Open(ctx)
+			if err != nil {
+				return err
+			}
+			defer sess.Close()
+			n, err := outbox.Backfill(ctx, conn, c.cfg.Outbox, outbox.BackfillFilter{TenantID: c.bf.Tenant, Since: c.bf.Since}, sess)
 			if err != nil {
 				return err
 			}
@@ -96,84 +98,127 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 		})
 	}
 
-	if err := withConn(ctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error { return migrate(ctx, conn) }); err != nil {
-		return err
-	}
 	tenants := publish.NewTenants()
 	pub.Tenants = tenants
 	reader := outbox.NewReader(c.cfg.Outbox, c.cfg.PostgresURL, pub, log, m)
 	g, gctx := errgroup.WithContext(ctx)
 	if c.cfg.AdminAddr != "off" {
+		acc := admin.Access{Token: c.cfg.AdminToken, AllowedHosts: c.cfg.AdminAllowedHosts}
 		srv, err := admin.Listen(c.cfg.AdminAddr, m.Registry, func() (bool, string) {
 			switch {
+			case !reader.Connected():
+				return false, "reconnecting: postgres or kafka is unreachable"
 			case !reader.Leader():
 				return false, "standby: another cdc holds the slot"
+			case !pub.KafkaUp():
+				return false, "kafka unreachable: records wait in memory"
 			case !reader.Ready():
 				return false, "not streaming, or heartbeats are not coming back"
 			}
 			return true, ""
-		}, map[string]http.Handler{"GET /tenants": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		}, map[string]http.Handler{"GET /tenants": acc.RequireToken(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(tenants.Snapshot()) // a client hanging up is its own problem
-		})}, nil)
+		}))}, acc)
 		if err != nil {
 			return err
 		}
 		log.Info("admin listening", "addr", srv.Addr())
 		g.Go(func() error { return srv.Run(gctx) })
 	}
-	g.Go(func() error {
-		return withConn(gctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
-			t := time.NewTicker(tenantFlush)
-			defer t.Stop()
-			for {
-				select {
-				case <-gctx.Done():
-					fctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 2*time.Second)
-					_ = tenants.Flush(fctx, conn, c.cfg.Outbox.Slot)
-					cancel()
-					return gctx.Err()
-				case <-t.C:
-				}
-				if err := tenants.Flush(gctx, conn, c.cfg.Outbox.Slot); err != nil && gctx.Err() == nil {
-					log.Warn("could not record per-tenant progress in ferry.cdc_tenant; will try again", "reason", err.Error())
-				}
-			}
+	// Background loops hold a Postgres connection each; they reconnect
+	// after a restart like the reader does, and never stop the process
+	// for what a retry can fix.
+	keep := func(what string, fn func(ctx context.Context, conn *pgx.Conn) error) {
+		rc := retry.Reconnect{What: what, Policy: retry.Policy{Initial: 200 * time.Millisecond, Max: c.cfg.Outbox.ReconnectMax}, Log: log,
+			OnRetry: func(error) { m.Reconnects.WithLabelValues("postgres").Inc() }}
+		g.Go(func() error {
+			return rc.Run(gctx, func(ctx context.Context, up func()) error {
+				return withConn(ctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
+					up()
+					return fn(ctx, conn)
+				})
+			})
 		})
+	}
+	migrated := make(chan struct{})
+	// afterMigrations waits until the migrations ran; false when ctx ended first.
+	afterMigrations := func(ctx context.Context) bool {
+		select {
+		case <-migrated:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	keep("migrations", func(ctx context.Context, conn *pgx.Conn) error {
+		if err := migrate(ctx, conn); err != nil {
+			return err
+		}
+		close(migrated)
+		return nil
+	})
+	keep("per-tenant progress (ferry.cdc_tenant)", func(ctx context.Context, conn *pgx.Conn) error {
+		if !afterMigrations(ctx) {
+			return nil
+		}
+		t := time.NewTicker(tenantFlush)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+				_ = tenants.Flush(fctx, conn, c.cfg.Outbox.Slot) // best effort at shutdown: the counts are statistics
+				cancel()
+				return nil
+			case <-t.C:
+			}
+			if err := tenants.Flush(ctx, conn, c.cfg.Outbox.Slot); err != nil && ctx.Err() == nil {
+				if conn.IsClosed() {
+					return fmt.Errorf("record per-tenant progress: %w", err)
+				}
+				log.Warn("could not record per-tenant progress in ferry.cdc_tenant; will try again", "reason", err.Error())
+			}
+		}
 	})
 	if c.cfg.Outbox.Partitions == "daily" {
 		// Days ahead stay ready; checked hourly.
-		g.Go(func() error {
-			return withConn(gctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
-				t := time.NewTicker(time.Hour)
-				defer t.Stop()
-				for {
-					now := time.Now()
-					if n, err := outbox.EnsurePartitions(gctx, conn, c.cfg.Outbox, now, now.AddDate(0, 0, c.cfg.Outbox.PartitionsAhead)); err != nil && gctx.Err() == nil {
-						log.Error("could not create the outbox's daily partitions; rows go to the default partition meanwhile", "reason", err.Error())
-					} else if n > 0 {
-						log.Info("created daily partitions", "partitions", n)
+		keep("daily partitions", func(ctx context.Context, conn *pgx.Conn) error {
+			t := time.NewTicker(time.Hour)
+			defer t.Stop()
+			for {
+				now := time.Now()
+				if n, err := outbox.EnsurePartitions(ctx, conn, c.cfg.Outbox, now, now.AddDate(0, 0, c.cfg.Outbox.PartitionsAhead)); err != nil && ctx.Err() == nil {
+					if conn.IsClosed() {
+						return fmt.Errorf("daily partitions: %w", err)
 					}
-					select {
-					case <-gctx.Done():
-						return gctx.Err()
-					case <-t.C:
-					}
+					log.Error("could not create the outbox's daily partitions; rows go to the default partition meanwhile", "reason", err.Error())
+				} else if n > 0 {
+					log.Info("created daily partitions", "partitions", n)
 				}
-			})
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-t.C:
+				}
+			}
 		})
 	}
 	if c.cfg.Outbox.ResyncPoll > 0 {
-		g.Go(func() error {
-			return withConn(gctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
-				return outbox.ServeResyncs(gctx, conn, c.cfg.Outbox, c.cfg.Outbox.ResyncPoll, log)
-			})
+		keep("resync requests", func(ctx context.Context, conn *pgx.Conn) error {
+			if !afterMigrations(ctx) {
+				return nil
+			}
+			return outbox.ServeResyncs(ctx, conn, c.cfg.Outbox, c.cfg.Outbox.ResyncPoll, log)
 		})
 	}
 	g.Go(func() error {
+		if !afterMigrations(gctx) {
+			return context.Canceled
+		}
 		err := reader.Run(gctx)
 		if err == nil {
-			err = context.Canceled // stop the admin server too
+			err = context.Canceled // stop the admin server and the loops too
 		}
 		return err
 	})

@@ -6,11 +6,21 @@
 // shutdown (SIGINT/SIGTERM), so after a crash only the topics named in
 // --topics come back: name the ones you must keep.
 //
+// With --tls-cert-file and --tls-key-file it speaks only TLS; with
+// --sasl-mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) it requires SASL
+// and knows one user, --sasl-username with --sasl-password (or
+// FERRY_DEVBROKER_SASL_PASSWORD): a secured local broker for trying
+// Ferry's kafka.tls and kafka.sasl settings (scripts/kafka-certs.sh makes
+// the certificates).
+//
 // It is a development tool, not a production broker.
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -24,12 +34,12 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
 
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("devbroker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	port := fs.Int("port", 9092, "TCP port on 127.0.0.1 (0 picks a free one)")
@@ -37,10 +47,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	dataDir := fs.String("data-dir", ".devbroker", `keep data in this folder between restarts ("" = memory only)`)
 	topics := fs.String("topics", "", "comma-separated topics to create at start (kept across crashes with --data-dir)")
 	maxBytes := fs.Int("message-max-bytes", 0, "broker message.max.bytes (default: Kafka's 1048588)")
+	certFile := fs.String("tls-cert-file", "", "PEM server certificate: speak only TLS (with --tls-key-file)")
+	keyFile := fs.String("tls-key-file", "", "PEM key of --tls-cert-file")
+	clientCA := fs.String("tls-client-ca-file", "", "PEM CA: require client certificates it signed (mutual TLS)")
+	mech := fs.String("sasl-mechanism", "", "require SASL: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (default: none)")
+	user := fs.String("sasl-username", "ferry", "the SASL user")
+	pass := fs.String("sasl-password", "", "the SASL user's password (default: $FERRY_DEVBROKER_SASL_PASSWORD)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	opts := []kfake.Opt{kfake.Ports(*port), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(*partitions)}
+	secure, err := security(*certFile, *keyFile, *clientCA, *mech, *user, *pass, getenv("FERRY_DEVBROKER_SASL_PASSWORD"))
+	if err != nil {
+		fmt.Fprintf(stderr, "devbroker: %v\n", err)
+		return 2
+	}
+	opts := append([]kfake.Opt{kfake.Ports(*port), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(*partitions)}, secure...)
 	if *dataDir != "" {
 		opts = append(opts, kfake.DataDir(*dataDir))
 	}
@@ -55,8 +76,70 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "devbroker: start on 127.0.0.1:%d: %v (is the port taken? use --port)\n", *port, err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "devbroker listening on %s\n", strings.Join(c.ListenAddrs(), ","))
+	fmt.Fprintf(stdout, "devbroker listening on %s%s\n", strings.Join(c.ListenAddrs(), ","), describe(*certFile, *clientCA, *mech, *user))
 	<-ctx.Done()
 	c.Close() // a clean shutdown writes topic metadata to --data-dir
 	return 0
+}
+
+// security returns the kfake options for TLS and SASL.
+func security(certFile, keyFile, clientCA, mech, user, pass, envPass string) ([]kfake.Opt, error) {
+	var opts []kfake.Opt
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("--tls-cert-file and --tls-key-file: give both or neither")
+	}
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-cert-file, --tls-key-file: %w", err)
+		}
+		cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if clientCA != "" {
+			pem, err := os.ReadFile(clientCA)
+			if err != nil {
+				return nil, fmt.Errorf("--tls-client-ca-file: %w", err)
+			}
+			cfg.ClientCAs = x509.NewCertPool()
+			if !cfg.ClientCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("--tls-client-ca-file: %s holds no PEM certificate", clientCA)
+			}
+			cfg.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+		opts = append(opts, kfake.TLS(cfg))
+	} else if clientCA != "" {
+		return nil, errors.New("--tls-client-ca-file: needs --tls-cert-file and --tls-key-file")
+	}
+	if mech == "" {
+		return opts, nil
+	}
+	switch mech {
+	case "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
+	default:
+		return nil, fmt.Errorf("--sasl-mechanism: %q: use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", mech)
+	}
+	if pass == "" {
+		pass = envPass
+	}
+	if user == "" || pass == "" {
+		return nil, errors.New("--sasl-mechanism: needs --sasl-username and --sasl-password (or FERRY_DEVBROKER_SASL_PASSWORD)")
+	}
+	return append(opts, kfake.EnableSASL(), kfake.Superuser(mech, user, pass)), nil
+}
+
+// describe says how to connect, for the start-up line.
+func describe(certFile, clientCA, mech, user string) string {
+	var parts []string
+	if certFile != "" {
+		parts = append(parts, "TLS only")
+	}
+	if clientCA != "" {
+		parts = append(parts, "client certificates required")
+	}
+	if mech != "" {
+		parts = append(parts, fmt.Sprintf("SASL %s as %s", mech, user))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
 }

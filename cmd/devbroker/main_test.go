@@ -28,7 +28,9 @@ func start(t *testing.T, args ...string) (addr string, stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errb bytes.Buffer
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, append(args, "--port", fmt.Sprint(port)), &out, &errb) }()
+	go func() {
+		done <- run(ctx, append(args, "--port", fmt.Sprint(port)), func(string) string { return "" }, &out, &errb)
+	}()
 	addr = fmt.Sprintf("127.0.0.1:%d", port)
 	deadline := time.Now().Add(10 * time.Second)
 	for {

@@ -10,9 +10,10 @@ import (
 
 	"github.com/alecthomas/kong"
 
+	"github.com/ferry-cdc/ferry/internal/admin"
 	"github.com/ferry-cdc/ferry/internal/cli"
 	"github.com/ferry-cdc/ferry/internal/consume"
-	"github.com/ferry-cdc/ferry/internal/ops"
+	"github.com/ferry-cdc/ferry/internal/kafkaconf"
 	"github.com/ferry-cdc/ferry/pkg/connector/httpconn"
 )
 
@@ -22,10 +23,8 @@ type Config struct {
 	// PostgresMaxConns sizes the delivery log's connection pool. Default:
 	// the integrations' concurrency summed, capped at 64 (each delivery
 	// makes two short round trips).
-	PostgresMaxConns int32 `yaml:"postgres_max_conns"`
-	Kafka            struct {
-		Brokers []string `yaml:"brokers"`
-	} `yaml:"kafka"`
+	PostgresMaxConns int32            `yaml:"postgres_max_conns"`
+	Kafka            kafkaconf.Config `yaml:"kafka"`
 	// AdminAddr serves /metrics, /healthz, /readyz. Default
 	// "127.0.0.1:9465"; "off" disables.
 	AdminAddr string `yaml:"admin_addr"`
@@ -37,6 +36,11 @@ type Config struct {
 	LogLevel     string        `yaml:"log_level"`
 	Integrations []Integration `yaml:"integrations"`
 
+	// AdminAllowedHosts are host names, besides the admin address's own
+	// host, IP literals and localhost, that requests to the admin server
+	// may carry in their Host header (a proxy's or DNS name). Others are
+	// refused (DNS rebinding). Default none.
+	AdminAllowedHosts []string `yaml:"admin_allowed_hosts"`
 	// PostgresStatementTimeout bounds every delivery-log, parked-queue
 	// and mapping statement: sent as the connections' statement_timeout
 	// (a statement blocked by a lock or a slow server fails) and used as
@@ -71,6 +75,9 @@ type Integration struct {
 type ConnectorConfig struct {
 	Type string `yaml:"type"`
 	URL  string `yaml:"url"`
+	// URLEnv names the environment variable holding the webhook's URL
+	// (when it carries a token).
+	URLEnv string `yaml:"url_env"`
 	// SigningSecretsEnv names environment variables holding Standard
 	// Webhooks secrets (whsec_…): a webhook's requests are signed with
 	// each (several during a rotation). Empty: unsigned.
@@ -89,6 +96,7 @@ func (c *Config) outcomeTopics() map[string]string {
 }
 
 func (c *Config) setDefaults() {
+	c.Kafka.SetDefaults()
 	if c.AdminAddr == "" {
 		c.AdminAddr = "127.0.0.1:9465"
 	}
@@ -132,8 +140,9 @@ func (c *Config) validate() error {
 	if c.PostgresURL == "" {
 		errs = append(errs, errors.New("postgres_url: not set: use --postgres-url or FERRY_POSTGRES_URL"))
 	}
-	if len(c.Kafka.Brokers) == 0 {
-		errs = append(errs, errors.New("kafka.brokers: no brokers: set --brokers or FERRY_KAFKA_BROKERS"))
+	errs = append(errs, c.Kafka.Validate())
+	if c.PostgresMaxConns < 0 {
+		errs = append(errs, fmt.Errorf("postgres_max_conns: %d: must be positive (0 or unset means the default)", c.PostgresMaxConns))
 	}
 	if len(c.Integrations) == 0 {
 		errs = append(errs, errors.New("integrations: none configured: add at least one in the --config file (see docs/config.md)"))
@@ -148,8 +157,8 @@ func (c *Config) validate() error {
 		errs = append(errs, in.Validate(prefix))
 		switch in.Connector.Type {
 		case "webhook":
-			if in.Connector.URL == "" {
-				errs = append(errs, fmt.Errorf("%s.connector.url: required for a webhook", prefix))
+			if _, err := in.connector(i); err != nil {
+				errs = append(errs, err)
 			}
 			if in.Connector.BaseURL != "" || len(in.Connector.Entities) > 0 {
 				errs = append(errs, fmt.Errorf("%s.connector: base_url and entities belong to type http, not webhook", prefix))
@@ -160,8 +169,8 @@ func (c *Config) validate() error {
 				}
 			}
 		case "http":
-			if in.Connector.URL != "" {
-				errs = append(errs, fmt.Errorf("%s.connector.url: type http takes base_url (and entities), not url", prefix))
+			if in.Connector.URL != "" || in.Connector.URLEnv != "" {
+				errs = append(errs, fmt.Errorf("%s.connector.url: type http takes base_url (and entities), not url or url_env", prefix))
 			}
 			if len(in.Connector.SigningSecretsEnv) > 0 {
 				errs = append(errs, fmt.Errorf("%s.connector.signing_secrets_env: only the webhook connector signs requests", prefix))
@@ -184,7 +193,10 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("instance_id: %q: use 1 to 200 of a-z, A-Z, 0-9, '.', '_', '-' (or \"off\")", c.InstanceID))
 	}
 	if c.AdminAddr != "off" {
-		if err := ops.CheckExposure(c.AdminAddr, c.AdminToken); err != nil {
+		if err := admin.CheckExposure(c.AdminAddr, c.AdminToken); err != nil {
+			errs = append(errs, err)
+		}
+		if err := admin.CheckAllowedHosts(c.AdminAllowedHosts); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -195,12 +207,13 @@ func (c *Config) validate() error {
 }
 
 type flags struct {
-	Config      string   `help:"YAML config file with the integrations (docs/config.md)." env:"FERRY_CONFIG" placeholder:"FILE"`
-	PostgresURL *string  `help:"PostgreSQL URL for the delivery log." env:"FERRY_POSTGRES_URL" placeholder:"URL"`
-	Brokers     []string `help:"Kafka seed brokers, comma-separated host:port." env:"FERRY_KAFKA_BROKERS" sep:","`
-	AdminAddr   *string  `help:"Address for /metrics, /healthz, /readyz (default 127.0.0.1:9465; 'off' disables)." env:"FERRY_ADMIN_ADDR" name:"admin-addr"`
-	LogFormat   *string  `help:"Log format: json (default) or text." env:"FERRY_LOG_FORMAT" name:"log-format"`
-	LogLevel    *string  `help:"Log level: debug, info (default), warn, error." env:"FERRY_LOG_LEVEL" name:"log-level"`
+	Config      string          `help:"YAML config file with the integrations (docs/config.md)." env:"FERRY_CONFIG" placeholder:"FILE"`
+	PostgresURL *string         `help:"PostgreSQL URL for the delivery log." env:"FERRY_POSTGRES_URL" placeholder:"URL"`
+	Kafka       kafkaconf.Flags `embed:""` // --brokers, --kafka-tls*, --kafka-sasl*
+	AdminAddr   *string         `help:"Address for /metrics, /healthz, /readyz (default 127.0.0.1:9465; 'off' disables)." env:"FERRY_ADMIN_ADDR" name:"admin-addr"`
+	AdminHosts  []string        `help:"Host names the admin server answers to besides its address, IPs and localhost (comma-separated; a proxy's or DNS name). The admin token comes from FERRY_ADMIN_TOKEN only." env:"FERRY_ADMIN_ALLOWED_HOSTS" name:"admin-allowed-hosts" sep:","`
+	LogFormat   *string         `help:"Log format: json (default) or text." env:"FERRY_LOG_FORMAT" name:"log-format"`
+	LogLevel    *string         `help:"Log level: debug, info (default), warn, error." env:"FERRY_LOG_LEVEL" name:"log-level"`
 
 	PostgresStatementTimeout *time.Duration `help:"Timeout of each delivery-log and mapping statement (default 10s)." env:"FERRY_POSTGRES_STATEMENT_TIMEOUT" name:"postgres-statement-timeout"`
 	InstanceID               *string        `help:"Static consumer group member id (default: host name; 'off' disables). Unique per live process." env:"FERRY_INSTANCE_ID" name:"instance-id"`
@@ -312,11 +325,12 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 		return nil, err
 	}
 	set := cli.Override
+	f.Kafka.Apply(&cfg.Kafka, getenv)
 	set(&cfg.PostgresURL, f.PostgresURL)
-	if len(f.Brokers) > 0 {
-		cfg.Kafka.Brokers = f.Brokers
-	}
 	set(&cfg.AdminAddr, f.AdminAddr)
+	if len(f.AdminHosts) > 0 {
+		cfg.AdminAllowedHosts = f.AdminHosts
+	}
 	set(&cfg.LogFormat, f.LogFormat)
 	set(&cfg.LogLevel, f.LogLevel)
 	set(&cfg.InstanceID, f.InstanceID)
@@ -339,6 +353,11 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 		}
 	} else if cfg.PostgresURL == "" {
 		return nil, errors.New("postgres_url: not set: use --postgres-url or FERRY_POSTGRES_URL")
+	} else if len(cfg.Kafka.Brokers) > 0 {
+		// status reads consumer lag from Kafka with these settings.
+		if err := cfg.Kafka.Validate(); err != nil {
+			return nil, fmt.Errorf("invalid configuration:\n%w", err)
+		}
 	}
 	return &command{name: name, cfg: cfg, f: f}, nil
 }

@@ -64,3 +64,46 @@ integrations:
 		}
 	}
 }
+
+// The recovery settings are validated with their paths: a negative
+// statement timeout, a session timeout brokers refuse, an instance id
+// Kafka does not accept.
+func TestRecoverySettingsAreValidated(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "sink.yaml")
+	err := os.WriteFile(p, []byte(`
+postgres_url: postgres://x/y
+kafka: {brokers: [127.0.0.1:9092]}
+postgres_statement_timeout: -1s
+session_timeout: 2s
+instance_id: "a b"
+integrations:
+  - name: hooks
+    topics: [outbox.product]
+    connector: {type: webhook, url: http://127.0.0.1:1/hooks}
+`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	if code := run(t.Context(), []string{"--config", p}, func(string) string { return "" }, io.Discard, &stderr); code != 2 {
+		t.Fatalf("exit %d, want 2: %s", code, stderr.String())
+	}
+	for _, want := range []string{"postgres_statement_timeout: -1s", "session_timeout: 2s", `instance_id: "a b"`} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("error lacks %q:\n%s", want, stderr.String())
+		}
+	}
+	// Flags and environment override the file; the default instance id
+	// is valid on this host.
+	c, err := parse([]string{"--config", p, "--session-timeout", "10s", "--postgres-statement-timeout", "5s"},
+		func(k string) string { return map[string]string{"FERRY_INSTANCE_ID": "sink-0"}[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.cfg.SessionTimeout.String() != "10s" || c.cfg.PostgresStatementTimeout.String() != "5s" || c.cfg.Integrations[0].InstanceID != "sink-0" {
+		t.Fatalf("overrides not applied: %+v", c.cfg)
+	}
+	if id := defaultInstanceID(); !validInstanceID(id) {
+		t.Fatalf("default instance id %q is not valid", id)
+	}
+}

@@ -145,6 +145,9 @@ func TestGuarantee7_SinkKilledFiveTimesResumesInOrder(t *testing.T) {
 			return false
 		})
 		recovery = append(recovery, first.Sub(killed))
+		if first.Sub(killed) > 2*time.Second { // for the record, not an assertion
+			t.Logf("restart %d took %v; the new process logged:\n%s", k+1, first.Sub(killed), p.stderr.String())
+		}
 	}
 	waitFor(t, 3*time.Minute, "every event", func() bool { return total() >= tenants*perTenant })
 	checkInOrder(t, e.delivered(), want)

@@ -76,7 +76,7 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 	e := newEnv(t, partnersim.Config{})
 	e.sim.AddRule(partnersim.Rule{Tenant: "acme", Status: 429, RetryAfterSeconds: 2, Times: 1})
 	e.produce("acme", "acme-1", "product.updated", `{"n":1}`)
-	// retry.max above the Retry-After: beyond it, Retry-After is capped.
+	// retry.max above the Retry-After: the partner's wait is honoured.
 	e.start("--config", e.config("    retry: {initial: 50ms, max: 5s}\n"))
 	waitFor(t, time.Minute, "acme-1 delivered", func() bool { return len(e.delivered()["acme"]) == 1 })
 	reqs := e.sim.Requests("acme")
@@ -85,6 +85,19 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 	}
 	if gap := reqs[1].Time.Sub(reqs[0].Time); gap < 2*time.Second {
 		t.Fatalf("retried after %s, before the partner's Retry-After of 2s", gap)
+	}
+}
+
+// A partner asking for an hour does not stall the lane past retry.max
+// (500ms here): the retry comes within the ceiling, long before the hour.
+func TestRetryAfterIsCappedAtRetryMax(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	e.sim.AddRule(partnersim.Rule{Tenant: "acme", Status: 429, RetryAfterSeconds: 3600, Times: 1})
+	e.produce("acme", "acme-1", "product.updated", `{"n":1}`)
+	e.start("--config", e.config("    retry: {initial: 50ms, max: 500ms}\n"))
+	waitFor(t, time.Minute, "acme-1 delivered despite a Retry-After of an hour", func() bool { return len(e.delivered()["acme"]) == 1 })
+	if reqs := e.sim.Requests("acme"); len(reqs) != 2 || reqs[0].Status != 429 {
+		t.Fatalf("requests: %+v", reqs)
 	}
 }
 

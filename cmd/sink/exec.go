@@ -30,7 +30,7 @@ import (
 
 func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	if c.name != "run" {
-		return c.operate(ctx, stdout)
+		return cli.Print(stdout, func(w io.Writer) error { return c.operate(ctx, w) })
 	}
 	log, err := cli.Logger(stderr, c.cfg.LogFormat, c.cfg.LogLevel)
 	if err != nil {
@@ -67,7 +67,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	engines := make([]*consume.Engine, len(c.cfg.Integrations))
 	for i, in := range c.cfg.Integrations {
-		engines[i] = consume.New(in.Config, c.cfg.Kafka.Brokers, svc.Integrations[in.Name].Connector, dlog, maps, log, m)
+		engines[i] = consume.New(in.Config, c.cfg.Kafka, svc.Integrations[in.Name].Connector, dlog, maps, log, m)
 	}
 	var migrated atomic.Bool
 	g, gctx := errgroup.WithContext(ctx)
@@ -86,7 +86,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 				}
 			}
 			return true, ""
-		}, svc.Routes(c.cfg.AdminToken), ops.Guard(c.cfg.AdminToken))
+		}, svc.Routes(c.adminAccess()), c.adminAccess())
 		if err != nil {
 			return err
 		}
@@ -121,6 +121,10 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 		return errors.New("all integrations stopped")
 	}
 	return err
+}
+
+func (c *command) adminAccess() admin.Access {
+	return admin.Access{Token: c.cfg.AdminToken, AllowedHosts: c.cfg.AdminAllowedHosts}
 }
 
 // migrate applies the schema migrations on a connection of its own.
@@ -161,7 +165,7 @@ func (in Integration) connector(i int) (connector.Connector, error) {
 	if in.Connector.Type == "http" {
 		return httpconn.New(in.Connector.Config, fmt.Sprintf("integrations[%d].connector", i))
 	}
-	cfg := webhook.Config{URL: in.Connector.URL, Timeout: in.Connector.Timeout}
+	cfg := webhook.Config{URL: in.Connector.URL, URLEnv: in.Connector.URLEnv, Timeout: in.Connector.Timeout}
 	for j, name := range in.Connector.SigningSecretsEnv {
 		v := os.Getenv(name)
 		if v == "" {
@@ -171,7 +175,7 @@ func (in Integration) connector(i int) (connector.Connector, error) {
 	}
 	c, err := webhook.New(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("integrations[%d].connector: %w", i, err)
+		return nil, fmt.Errorf("integrations[%d].connector.%w", i, err) // webhook's errors start with the key
 	}
 	return c, nil
 }
@@ -181,7 +185,7 @@ func (in Integration) connector(i int) (connector.Connector, error) {
 // Only run and tenants disable need them: other commands skip a connector
 // that cannot be built (its secret may not be set where operators work).
 func (c *command) service(dlog *delivery.Log, pool *pgxpool.Pool) (*ops.Service, error) {
-	svc := &ops.Service{Log: dlog, Pool: pool, Brokers: c.cfg.Kafka.Brokers, Integrations: map[string]ops.Integration{}}
+	svc := &ops.Service{Log: dlog, Pool: pool, Kafka: c.cfg.Kafka, Integrations: map[string]ops.Integration{}}
 	for i, in := range c.cfg.Integrations {
 		conn, err := in.connector(i)
 		if err != nil && (c.name == "run" || c.name == "tenants disable") {

@@ -1,6 +1,7 @@
 // Package admin serves a binary's operator HTTP endpoints: Prometheus
 // metrics at /metrics, liveness at /healthz, readiness at /readyz and Go
-// profiles at /debug/pprof/.
+// profiles at /debug/pprof/, guarded against other sites in a browser,
+// DNS rebinding and, with a token, the network (Access).
 // Safe for concurrent use.
 package admin
 
@@ -24,10 +25,15 @@ type Server struct {
 }
 
 // Listen binds addr ("127.0.0.1:9464"; port 0 picks one). ready reports
-// readiness and, when not ready, why. extra are more routes; guard, when
-// not nil, wraps the profiles (e.g. a token check).
+// readiness and, when not ready, why. extra are more routes (wrap those
+// that need the token with acc.RequireToken). acc guards every route
+// (see Access); the profiles need its token.
 func Listen(addr string, reg *prometheus.Registry, ready func() (bool, string), extra map[string]http.Handler,
-	guard func(http.Handler) http.Handler) (*Server, error) {
+	acc Access) (*Server, error) {
+	bindHost, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin: admin_addr %q: %v (use host:port, e.g. 127.0.0.1:9464)", addr, err)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin: listen on %s (set --admin-addr to a free address): %w", addr, err)
@@ -47,9 +53,7 @@ func Listen(addr string, reg *prometheus.Registry, ready func() (bool, string), 
 		fmt.Fprintln(w, "ready")
 	})
 	// Profiles for operators (the admin address is loopback by default).
-	if guard == nil {
-		guard = func(h http.Handler) http.Handler { return h }
-	}
+	guard := acc.RequireToken
 	mux.Handle("/debug/pprof/", guard(http.HandlerFunc(pprof.Index)))
 	mux.Handle("/debug/pprof/profile", guard(http.HandlerFunc(pprof.Profile)))
 	mux.Handle("/debug/pprof/symbol", guard(http.HandlerFunc(pprof.Symbol)))
@@ -57,7 +61,7 @@ func Listen(addr string, reg *prometheus.Registry, ready func() (bool, string), 
 	for p, h := range extra {
 		mux.Handle(p, h)
 	}
-	return &Server{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln: ln}, nil
+	return &Server{srv: &http.Server{Handler: acc.guard(bindHost, mux), ReadHeaderTimeout: 5 * time.Second}, ln: ln}, nil
 }
 
 // Addr is the bound address.

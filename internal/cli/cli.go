@@ -15,6 +15,8 @@ import (
 
 	"github.com/alecthomas/kong"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ferry-cdc/ferry/internal/safe"
 )
 
 // LoadYAML decodes the file at path into out, rejecting unknown keys. An
@@ -87,4 +89,17 @@ func Override(dst *string, v *string) {
 	if v != nil && *v != "" {
 		*dst = *v
 	}
+}
+
+// Print runs fn on a buffer, then writes what it printed to w with
+// control characters escaped (safe.Terminal): tenant ids, reasons and
+// partner answers come from outside and must not drive the operator's
+// terminal.
+func Print(w io.Writer, fn func(io.Writer) error) error {
+	var buf bytes.Buffer
+	err := fn(&buf)
+	if _, werr := w.Write(safe.Terminal(buf.Bytes())); werr != nil && err == nil {
+		err = werr
+	}
+	return err
 }

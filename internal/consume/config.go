@@ -181,6 +181,20 @@ func (c *Config) Validate(prefix string) error {
 	if c.Workers < 0 || c.Concurrency < 0 || c.RateLimit < 0 || c.MaxBufferedPerPartition < 0 {
 		errs = append(errs, fmt.Errorf("%s: workers, concurrency, rate_limit and max_buffered_per_partition must not be negative", prefix))
 	}
+	// Zero means the default; a negative duration would panic a ticker
+	// or expire every call at once.
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"timeout", c.Timeout}, {"park_recheck", c.ParkRecheck}, {"park_after", c.ParkAfter}, {"wait_recheck", c.WaitRecheck},
+		{"commit_interval", c.CommitInterval}, {"breaker.open_for", c.Breaker.OpenFor}} {
+		if d.v < 0 {
+			errs = append(errs, fmt.Errorf("%s.%s: %s: must be positive (0 or unset means the default)", prefix, d.key, d.v))
+		}
+	}
+	if c.Breaker.Failures < 0 || c.Breaker.Window < 0 {
+		errs = append(errs, fmt.Errorf("%s.breaker: failures and window must not be negative", prefix))
+	}
 	if c.Breaker.Failures > c.Breaker.Window {
 		errs = append(errs, fmt.Errorf("%s.breaker.failures: %d is more than the window %d", prefix, c.Breaker.Failures, c.Breaker.Window))
 	}

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/ferry-cdc/ferry/internal/delivery"
+	"github.com/ferry-cdc/ferry/internal/kafkaconf"
 	"github.com/ferry-cdc/ferry/internal/lane"
 	"github.com/ferry-cdc/ferry/internal/metrics"
 	"github.com/ferry-cdc/ferry/internal/retry"
@@ -30,14 +31,14 @@ import (
 
 // Engine delivers one integration's events.
 type Engine struct {
-	cfg     Config
-	brokers []string
-	conn    connector.Connector
-	prober  connector.Prober // nil when the connector cannot probe
-	dlog    *delivery.Log
-	maps    *mapping.Store // nil: connectors get no mapping store
-	log     *slog.Logger
-	m       *metrics.Sink
+	cfg    Config
+	kafka  kafkaconf.Config // brokers, TLS, SASL
+	conn   connector.Connector
+	prober connector.Prober // nil when the connector cannot probe
+	dlog   *delivery.Log
+	maps   *mapping.Store // nil: connectors get no mapping store
+	log    *slog.Logger
+	m      *metrics.Sink
 
 	cl      *kgo.Client
 	sched   *lane.Scheduler
@@ -63,9 +64,10 @@ type Engine struct {
 
 	// Reachability of the delivery log and of Kafka (readiness). While
 	// the log is down, lanes wait without touching it or the partner;
-	// dbLost wakes the watcher that probes it back (see health.go).
+	// dbCheck asks the watcher to check it (see health.go).
 	dbUp, kafkaUp atomic.Bool
-	dbLost        chan error
+	dbCheck       chan struct{}
+	dbErrLog      rate.Sometimes
 	// leaseAt is when the last successful lease renewal was sent
 	// (report.go).
 	leaseAt atomic.Pointer[time.Time]
@@ -73,9 +75,10 @@ type Engine struct {
 
 // New returns an engine; cfg must have defaults set and be valid.
 // maps may be nil when the connector needs no mappings.
-func New(cfg Config, brokers []string, conn connector.Connector, dlog *delivery.Log, maps *mapping.Store, log *slog.Logger, m *metrics.Sink) *Engine {
-	e := &Engine{cfg: cfg, brokers: brokers, conn: conn, dlog: dlog, maps: maps, log: log.With("integration", cfg.Name), m: m,
-		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, unloaded: map[lane.TP]*struct{}{}, calls: make(chan *callJob), dbLost: make(chan error, 1)}
+func New(cfg Config, kafka kafkaconf.Config, conn connector.Connector, dlog *delivery.Log, maps *mapping.Store, log *slog.Logger, m *metrics.Sink) *Engine {
+	e := &Engine{cfg: cfg, kafka: kafka, conn: conn, dlog: dlog, maps: maps, log: log.With("integration", cfg.Name), m: m,
+		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, unloaded: map[lane.TP]*struct{}{}, calls: make(chan *callJob),
+		dbCheck: make(chan struct{}, 1), dbErrLog: rate.Sometimes{Interval: 5 * time.Second}}
 	e.prober, _ = conn.(connector.Prober)
 	if cfg.RateLimit > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit/10)))
@@ -102,8 +105,7 @@ func New(cfg Config, brokers []string, conn connector.Connector, dlog *delivery.
 // Run consumes and delivers until ctx ends; it returns after its
 // goroutines end, having committed what was finished.
 func (e *Engine) Run(ctx context.Context) error {
-	opts := []kgo.Opt{
-		kgo.SeedBrokers(e.brokers...),
+	opts := append(e.kafka.Opts(), // brokers, TLS, SASL
 		kgo.ConsumerGroup(e.cfg.Group),
 		kgo.ConsumeTopics(e.cfg.Topics...),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
@@ -112,12 +114,12 @@ func (e *Engine) Run(ctx context.Context) error {
 		kgo.OnPartitionsAssigned(e.assigned),
 		kgo.OnPartitionsRevoked(e.revoked),
 		kgo.OnPartitionsLost(e.lost),
-		kgo.ClientID("ferry-sink-" + e.cfg.Name),
+		kgo.ClientID("ferry-sink-"+e.cfg.Name),
 		// A resumed partition is fetched only once the fetch in flight
 		// returns: a short long-poll keeps lanes from running dry after
 		// back-pressure (found by sinkbench: 2.5 s stalls at 5 s).
-		kgo.FetchMaxWait(500 * time.Millisecond),
-	}
+		kgo.FetchMaxWait(500*time.Millisecond),
+	)
 	if e.cfg.InstanceID != "" {
 		// Static membership: a restarted process takes its partitions
 		// back at once (docs/operations.md).
@@ -155,6 +157,9 @@ func (e *Engine) Run(ctx context.Context) error {
 			// The first lease, before any lane starts.
 			host, _ := os.Hostname()
 			if err := e.report(ctx, host, time.Now(), 0, 0); err != nil {
+				return err
+			}
+			if err := e.reapPreviousRuns(ctx, host); err != nil {
 				return err
 			}
 			up()
@@ -750,19 +755,24 @@ func (e *Engine) probeLoop(ctx context.Context) error {
 
 // dbTrouble: a delivery-log statement failed. When the delivery moved
 // on meanwhile (another process, an operator), the lane looks again
-// soon; otherwise the log is taken as unreachable: every lane waits,
-// without touching the log or the partner, until the watcher reaches it
-// again (one log line per outage, not per lane).
+// soon. Otherwise the lane backs off, and the watcher checks whether
+// the log is reachable: if not, every lane waits, without touching the
+// log or the partner, until it is back (one log line per outage). A
+// statement that failed alone (a lock held past the statement timeout)
+// delays only its lane.
 func (e *Engine) dbTrouble(err error) lane.Outcome {
 	if errors.Is(err, delivery.ErrMovedOn) {
 		e.log.Warn("delivery moved on since this attempt began; looking again", "reason", err.Error())
 		return lane.Outcome{Verdict: lane.Backoff, Delay: 100 * time.Millisecond}
 	}
-	if e.dbUp.CompareAndSwap(true, false) {
-		select {
-		case e.dbLost <- err:
-		default:
-		}
+	if e.dbUp.Load() {
+		e.dbErrLog.Do(func() {
+			e.log.Warn("delivery-log statement failed; the lane backs off (at most one such line per 5s)", "reason", err.Error())
+		})
+	}
+	select {
+	case e.dbCheck <- struct{}{}:
+	default:
 	}
 	return lane.Outcome{Verdict: lane.Backoff, Delay: time.Second}
 }

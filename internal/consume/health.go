@@ -46,8 +46,11 @@ func (e *Engine) reconnect(target string) retry.Reconnect {
 func (e *Engine) pingKafka(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := e.cl.Ping(pctx); err != nil {
-		return fmt.Errorf("cannot reach Kafka brokers %v: %w (check --brokers / FERRY_KAFKA_BROKERS)", e.brokers, err)
+	if err := e.kafka.Ping(pctx, e.cl); err != nil {
+		if retry.IsPermanent(err) { // rejected credentials or certificate: the error says which
+			return err
+		}
+		return fmt.Errorf("cannot reach Kafka brokers %v: %w (check --brokers / FERRY_KAFKA_BROKERS)", e.kafka.Brokers, err)
 	}
 	return nil
 }
@@ -72,23 +75,26 @@ func (e *Engine) watchKafka(ctx context.Context) error {
 	})
 }
 
-// watchDB waits for a lane to find the delivery log unreachable
-// (dbTrouble), then probes it with backoff until it answers, and lets
-// the lanes go on.
+// watchDB checks that the delivery log answers whenever a lane's
+// statement failed (dbTrouble); while it does not, lanes wait, and it
+// is probed with backoff until it answers.
 func (e *Engine) watchDB(ctx context.Context) error {
 	return e.reconnect("postgres").Run(ctx, func(ctx context.Context, up func()) error {
-		pctx, cancel := e.dlog.Bound(ctx)
-		err := e.dlog.Pool().Ping(pctx)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("delivery log: %w", err)
-		}
-		up()
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-e.dbLost:
-			return fmt.Errorf("delivery log: %w", err)
+		for {
+			pctx, cancel := e.dlog.Bound(ctx)
+			err := e.dlog.Pool().Ping(pctx)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("delivery log: %w", err)
+			}
+			if !e.dbUp.Load() {
+				up()
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-e.dbCheck:
+			}
 		}
 	})
 }
@@ -102,7 +108,7 @@ func (e *Engine) leave(ctx context.Context) {
 	if e.cfg.InstanceID == "" || ctx.Err() == nil {
 		return // not static, or not a clean stop (fenced: another process holds the id)
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...))
+	cl, err := kgo.NewClient(e.kafka.Opts()...) // brokers, TLS, SASL
 	if err != nil {
 		return
 	}

@@ -3,10 +3,16 @@ package consume
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/ferry-cdc/ferry/internal/lane"
 )
@@ -102,13 +108,62 @@ func (e *Engine) report(ctx context.Context, host string, started time.Time, fin
 	defer cancel()
 	sent := time.Now()
 	_, err = e.dlog.Pool().Exec(ctx, `INSERT INTO ferry.sink_process (process_id, integration, consumer_group, host, started_at,
-			partitions, lanes, breaker, finished, rate, lease_until)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + $11::interval)
+			partitions, lanes, breaker, finished, rate, lease_until, instance_id)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + $11::interval, $12)
 		ON CONFLICT (process_id, integration) DO UPDATE SET updated_at = now(), partitions = $6, lanes = $7, breaker = $8,
 			finished = $9, rate = $10, lease_until = now() + $11::interval`,
-		ProcessID, e.cfg.Name, e.cfg.Group, host, started, pj, lj, e.breaker.State().String(), finished, rate, e.leaseTTL())
+		ProcessID, e.cfg.Name, e.cfg.Group, host, started, pj, lj, e.breaker.State().String(), finished, rate, e.leaseTTL(), e.cfg.InstanceID)
 	if err == nil {
 		e.leaseAt.Store(&sent)
 	}
 	return err
+}
+
+// reapPreviousRuns ends the leases of this instance's earlier runs on
+// this host that are known to be gone, so their deliveries in flight
+// are taken over at once instead of when the leases expire (a restart
+// after SIGKILL). Known gone: the same host and instance id (unique per
+// live process: docs/operations.md), and its pid is no longer running,
+// or is this process's own (a container restarted in its own pid
+// namespace).
+func (e *Engine) reapPreviousRuns(ctx context.Context, host string) error {
+	if e.cfg.InstanceID == "" {
+		return nil
+	}
+	ctx, cancel := e.dlog.Bound(ctx)
+	defer cancel()
+	rows, err := e.dlog.Pool().Query(ctx, `SELECT process_id FROM ferry.sink_process
+		WHERE integration = $1 AND host = $2 AND instance_id = $3 AND process_id <> $4`, e.cfg.Name, host, e.cfg.InstanceID, ProcessID)
+	if err != nil {
+		return err
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if !goneHere(id) {
+			continue
+		}
+		if _, err := e.dlog.Pool().Exec(ctx, `DELETE FROM ferry.sink_process WHERE process_id = $1 AND integration = $2`, id, e.cfg.Name); err != nil {
+			return err
+		}
+		e.log.Info("previous run of this instance is gone; its deliveries in flight are taken over", "previous", id)
+	}
+	return nil
+}
+
+// goneHere reports whether the process a ProcessID (host/pid/nonce) of
+// this host names is no longer running.
+func goneHere(id string) bool {
+	i := strings.LastIndexByte(id, '/')
+	if i < 0 {
+		return false
+	}
+	j := strings.LastIndexByte(id[:i], '/')
+	pid, err := strconv.Atoi(id[j+1 : i])
+	if j < 0 || err != nil || pid <= 0 {
+		return false
+	}
+	return pid == os.Getpid() || errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }

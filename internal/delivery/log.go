@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ferry-cdc/ferry/internal/safe"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 )
 
@@ -382,7 +383,9 @@ func OutcomeOf(res connector.Result, err error) Outcome {
 		o.State = Waiting
 	}
 	if err != nil {
-		o.Reason = err.Error()
+		// A connector's error may quote a URL with a token in it; the
+		// reason is stored, shown and logged.
+		o.Reason = safe.Text(err.Error())
 	}
 	return o
 }
@@ -537,6 +540,9 @@ func bound(calls []connector.Call) []connector.Call {
 	out := make([]connector.Call, len(calls))
 	for i, c := range calls {
 		c.RequestBody, c.ResponseBody = truncate(c.RequestBody), truncate(c.ResponseBody)
+		// Any connector's calls, not only the built-in ones, are stored
+		// without credentials in their URL or error.
+		c.URL, c.Error = safe.URL(c.URL), safe.Text(c.Error)
 		out[i] = c
 	}
 	return out

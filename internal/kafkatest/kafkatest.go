@@ -28,6 +28,9 @@ type Broker struct {
 	// they produce to, so tests sharing one container never see each
 	// other's records.
 	TopicPrefix string
+	// ClientOpts are added to every client Client and Consume make (TLS
+	// and SASL for a secured broker).
+	ClientOpts []kgo.Opt
 
 	opts  []kfake.Opt // what the cluster was started with, for Restart
 	ports []int
@@ -48,7 +51,7 @@ var (
 // otherwise.
 func New(t testing.TB, opts ...kfake.Opt) *Broker {
 	t.Helper()
-	prefix := fmt.Sprintf("t%d.", seq.Add(1))
+	prefix := nextPrefix()
 	if os.Getenv("FERRY_TEST_BACKEND") == "containers" {
 		container.once.Do(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -60,6 +63,13 @@ func New(t testing.TB, opts ...kfake.Opt) *Broker {
 		}
 		return &Broker{Addrs: container.addrs, TopicPrefix: prefix}
 	}
+	return startKfake(t, prefix, opts)
+}
+
+// startKfake starts a kfake cluster with the defaults and opts, closed
+// when the test ends.
+func startKfake(t testing.TB, prefix string, opts []kfake.Opt) *Broker {
+	t.Helper()
 	base := []kfake.Opt{kfake.NumBrokers(3), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(4)}
 	opts = append(base, opts...)
 	c, err := kfake.NewCluster(opts...)
@@ -125,10 +135,13 @@ func (b *Broker) Live() *kfake.Cluster {
 	return b.Cluster
 }
 
+func nextPrefix() string { return fmt.Sprintf("t%d.", seq.Add(1)) }
+
 // Client returns a client for the broker, closed when the test ends.
 func (b *Broker) Client(t testing.TB, opts ...kgo.Opt) *kgo.Client {
 	t.Helper()
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(b.Addrs...)}, opts...)...)
+	base := append([]kgo.Opt{kgo.SeedBrokers(b.Addrs...)}, b.ClientOpts...)
+	cl, err := kgo.NewClient(append(base, opts...)...)
 	if err != nil {
 		t.Fatalf("kafka client: %v", err)
 	}

@@ -17,6 +17,7 @@ type CDC struct {
 	HeartbeatAge    prometheus.Gauge
 	Leader          prometheus.Gauge
 	SlotSafeWALSize prometheus.Gauge
+	Reconnects      *prometheus.CounterVec // by what: postgres, kafka
 }
 
 // NewCDC creates and registers the cdc metrics.
@@ -46,8 +47,12 @@ func NewCDC() *CDC {
 			Help: "1 while this process holds the slot and streams; 0 while it waits as a standby."}),
 		SlotSafeWALSize: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_cdc_slot_safe_wal_size_bytes",
 			Help: "Bytes of WAL that can still be written before max_slot_wal_keep_size invalidates the slot (-1: unlimited)."}),
+		Reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_cdc_reconnects_total",
+			Help: "Failed connection attempts that cdc retried, by what was unreachable (postgres, kafka)."}, []string{"what"}),
 	}
 	m.Registry.MustRegister(m.Events, m.Transactions, m.InFlight, m.KafkaErrors, m.SlotLagBytes, m.SlotLagSeconds,
-		m.ConfirmedLSN, m.CommitToAck, m.HeartbeatAge, m.Leader, m.SlotSafeWALSize)
+		m.ConfirmedLSN, m.CommitToAck, m.HeartbeatAge, m.Leader, m.SlotSafeWALSize, m.Reconnects)
+	m.Reconnects.WithLabelValues("postgres")
+	m.Reconnects.WithLabelValues("kafka")
 	return m
 }

@@ -2,17 +2,15 @@ package ops
 
 import (
 	"context"
-	"crypto/subtle"
 	_ "embed"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/ferry-cdc/ferry/internal/admin"
 	"github.com/ferry-cdc/ferry/internal/delivery"
 )
 
@@ -20,9 +18,11 @@ import (
 var page []byte
 
 // Routes returns the admin API and the web page, to mount on the sink's
-// admin server. When token is not empty every API route needs it, as
-// "Authorization: Bearer <token>" (the page holds no data; it takes the
-// token from its URL fragment, /#token=..., for its API calls).
+// admin server (admin.Listen with the same acc, which refuses other
+// sites, foreign Host names and non-JSON bodies). When acc has a token
+// every API route needs it, as "Authorization: Bearer <token>" (the page
+// holds no data; it takes the token from its URL fragment,
+// /#token=..., for its API calls).
 //
 //	GET  /                           the read-only web page
 //	GET  /api/v1/status              []IntegrationStatus
@@ -36,9 +36,10 @@ var page []byte
 //	POST /api/v1/tenants/disable     {"integration", "tenant", "reason", "no_rollback"}
 //
 // Errors are {"error": "..."} with 400 (bad argument), 409 (the state does
-// not allow it), 401 (token) or 500.
-func (s *Service) Routes(token string) map[string]http.Handler {
-	guard := func(h http.HandlerFunc) http.Handler { return Guard(token)(h) }
+// not allow it), 401 (token), 403 (another site, or a foreign Host), 415
+// (not JSON) or 500.
+func (s *Service) Routes(acc admin.Access) map[string]http.Handler {
+	guard := func(h http.HandlerFunc) http.Handler { return acc.RequireToken(h) }
 	routes := map[string]http.Handler{
 		"GET /{$}": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			// The page itself holds no data; its API calls carry the token.
@@ -117,22 +118,6 @@ func (s *Service) Routes(token string) map[string]http.Handler {
 	return routes
 }
 
-// Guard requires "Authorization: Bearer <token>" when token is not empty.
-func Guard(token string) func(http.Handler) http.Handler {
-	return func(h http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if token != "" {
-				got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-				if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
-					writeErr(w, http.StatusUnauthorized, "missing or wrong token: send Authorization: Bearer <token> (the sink's admin token, FERRY_ADMIN_TOKEN)")
-					return
-				}
-			}
-			h.ServeHTTP(w, r)
-		})
-	}
-}
-
 // Target names an integration or one tenant of it.
 func Target(integration, tenant string) string {
 	if tenant == "" {
@@ -194,20 +179,4 @@ func writeErr(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
-}
-
-// CheckExposure refuses an admin address that is not loopback without a
-// token: the API can skip events and roll tenants back.
-func CheckExposure(addr, token string) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("admin_addr %q: %v (use host:port, e.g. 127.0.0.1:9465)", addr, err)
-	}
-	if token != "" {
-		return nil
-	}
-	if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
-		return nil
-	}
-	return fmt.Errorf("admin_addr %q is not a loopback address: set an admin token (FERRY_ADMIN_TOKEN) so the admin API is not open to the network, or bind 127.0.0.1", addr)
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferry-cdc/ferry/internal/consume"
 	"github.com/ferry-cdc/ferry/internal/delivery"
+	"github.com/ferry-cdc/ferry/internal/kafkaconf"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 	"github.com/ferry-cdc/ferry/pkg/mapping"
 )
@@ -32,11 +33,12 @@ type Integration struct {
 }
 
 // Service runs operations against the delivery log (and Kafka, for
-// consumer lag, when Brokers are known).
+// consumer lag, when Kafka's brokers are known).
 type Service struct {
-	Log          *delivery.Log
-	Pool         *pgxpool.Pool
-	Brokers      []string
+	Log  *delivery.Log
+	Pool *pgxpool.Pool
+	// Kafka is where consumer lag is read: brokers, TLS, SASL.
+	Kafka        kafkaconf.Config
 	Integrations map[string]Integration
 }
 
@@ -183,13 +185,13 @@ func (s *Service) lag(ctx context.Context, byName map[string]*IntegrationStatus,
 	if len(groups) == 0 {
 		return
 	}
-	if len(s.Brokers) == 0 {
+	if len(s.Kafka.Brokers) == 0 {
 		for name := range groups {
 			byName[name].LagError = "no Kafka brokers given (--brokers or FERRY_KAFKA_BROKERS): lag unknown"
 		}
 		return
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(s.Brokers...))
+	cl, err := kgo.NewClient(s.Kafka.Opts()...)
 	if err != nil {
 		for name := range groups {
 			byName[name].LagError = err.Error()
@@ -204,10 +206,11 @@ func (s *Service) lag(ctx context.Context, byName map[string]*IntegrationStatus,
 		names = append(names, g)
 	}
 	lags, err := kadm.NewClient(cl).Lag(lctx, names...)
+	err = s.Kafka.Explain(lctx, err) // rejected credentials: name SASL and the mechanism
 	for name, group := range groups {
 		st := byName[name]
 		if err != nil {
-			st.LagError = fmt.Sprintf("cannot reach Kafka %v: %v", s.Brokers, err)
+			st.LagError = fmt.Sprintf("cannot reach Kafka %v: %v", s.Kafka.Brokers, err)
 			continue
 		}
 		l, ok := lags[group]

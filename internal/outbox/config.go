@@ -61,6 +61,10 @@ type Config struct {
 	// written before max_slot_wal_keep_size invalidates it) drops below
 	// this. Default 1 GiB.
 	WALWarnBytes int64 `yaml:"wal_warn_bytes"`
+	// ReconnectMax caps the backoff between reconnect attempts after
+	// Postgres or Kafka went away (the first retry waits 200ms, then
+	// doubling, with jitter). Default 30s.
+	ReconnectMax time.Duration `yaml:"reconnect_max"`
 }
 
 // SetDefaults fills zero fields with their defaults. CreateObjects is not
@@ -115,6 +119,9 @@ func (c *Config) SetDefaults() {
 	if c.WALWarnBytes == 0 {
 		c.WALWarnBytes = 1 << 30
 	}
+	if c.ReconnectMax == 0 {
+		c.ReconnectMax = 30 * time.Second
+	}
 }
 
 var (
@@ -141,8 +148,17 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("outbox.columns.%s: %q: use a lower-case column name", name, v))
 		}
 	}
+	if c.ReconnectMax < 0 {
+		errs = append(errs, fmt.Errorf("outbox.reconnect_max: %s: give a positive duration (e.g. 30s)", c.ReconnectMax))
+	}
 	if c.StatusInterval < 0 || c.StandbyPoll < 0 {
 		errs = append(errs, errors.New("outbox.status_interval and outbox.standby_poll must be positive"))
+	}
+	if c.RecoverMargin < 0 {
+		errs = append(errs, fmt.Errorf("outbox.recover_margin: %s: must be positive (0 or unset means 1h)", c.RecoverMargin))
+	}
+	if c.WALWarnBytes < 0 {
+		errs = append(errs, fmt.Errorf("outbox.wal_warn_bytes: %d: must be positive", c.WALWarnBytes))
 	}
 	if c.Partitions != "" && c.Partitions != "daily" {
 		errs = append(errs, fmt.Errorf("outbox.partitions: %q: use daily, or leave it empty for a plain table", c.Partitions))

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pglogrepl"
+
+	"github.com/ferry-cdc/ferry/internal/safe"
 )
 
 // Columns names the outbox table's columns. Defaults match schemas/.
@@ -201,11 +203,19 @@ func messageEvent(content []byte) Event {
 // validate returns why e cannot be published normally, or "".
 func validate(e *Event, checkPayload, checkHeaders bool) string {
 	var problems []string
-	if e.ID == "" {
+	// Ids become HTTP headers at partners (X-Tenant-ID, Idempotency-Key):
+	// one a client refuses would fail there forever.
+	switch why := safe.ID(e.ID); {
+	case e.ID == "":
 		problems = append(problems, "missing event id")
+	case why != "":
+		problems = append(problems, "event id "+why)
 	}
-	if e.TenantID == "" {
+	switch why := safe.ID(e.TenantID); {
+	case e.TenantID == "":
 		problems = append(problems, "missing tenant_id")
+	case why != "":
+		problems = append(problems, "tenant_id "+why)
 	}
 	if e.AggregateType == "" {
 		problems = append(problems, "missing aggregate_type")

@@ -20,6 +20,7 @@ import (
 	"github.com/ferry-cdc/ferry/internal/lsnack"
 	"github.com/ferry-cdc/ferry/internal/metrics"
 	"github.com/ferry-cdc/ferry/internal/pgdb"
+	"github.com/ferry-cdc/ferry/internal/retry"
 )
 
 // CaughtUpBytes is the slot lag below which cdc counts as caught up:
@@ -41,31 +42,78 @@ type Handler interface {
 	HandleTx(ctx context.Context, tx *Tx, ack func(error)) error
 }
 
-// Reader streams the outbox into a Handler.
+// Publisher opens publishing sessions. The reader opens one per
+// replication session (after every reconnect), so records of a session
+// that ended can never be written after records of the next one.
+type Publisher interface {
+	// Open starts a session. It fails when Kafka cannot be reached; the
+	// reader then retries with backoff.
+	Open(ctx context.Context) (Session, error)
+}
+
+// Session publishes one replication session's transactions, in commit
+// order. Once any record of a session has failed, no record handed to it
+// later may be written to Kafka: the reader resends from the slot's
+// confirmed position, and a later record written after a failed earlier
+// one would overtake the resent one.
+type Session interface {
+	Handler
+	// Close ends the session: nothing more is produced, records not yet
+	// written fail, and Close returns once every ack has been called. It
+	// is called after the last HandleTx has returned.
+	Close()
+}
+
+// Reader streams the outbox into Kafka through a Publisher, reconnecting
+// after Postgres or Kafka went away.
 type Reader struct {
 	cfg Config
 	url string
-	h   Handler
+	pub Publisher
 	log *slog.Logger
 	m   *metrics.CDC
 
 	leader    atomic.Bool
+	connected atomic.Bool // holds its connections (false while reconnecting)
 	streaming atomic.Bool
 	hbMu      sync.Mutex
 	hbSent    map[uint64]time.Time // heartbeats written and not yet seen
 	hbSeen    time.Time
 	hbStuck   atomic.Bool
+	hbSeq     uint64 // last heartbeat written; monitor's, one session at a time, so sequences never repeat across reconnects
 	confirmed atomic.Uint64
 }
 
 // NewReader returns a reader. cfg must have defaults set and be valid.
-func NewReader(cfg Config, url string, h Handler, log *slog.Logger, m *metrics.CDC) *Reader {
-	return &Reader{cfg: cfg, url: url, h: h, log: log, m: m, hbSent: map[uint64]time.Time{}}
+func NewReader(cfg Config, url string, pub Publisher, log *slog.Logger, m *metrics.CDC) *Reader {
+	r := &Reader{cfg: cfg, url: url, pub: pub, log: log, m: m, hbSent: map[uint64]time.Time{}}
+	r.connected.Store(true) // until the first attempt fails
+	return r
 }
 
 // Ready reports whether the reader holds the slot and is streaming, and
 // its heartbeats come back.
 func (r *Reader) Ready() bool { return r.streaming.Load() && !r.hbStuck.Load() }
+
+// Connected reports whether the reader holds its connections: false
+// from a failed attempt until the next one succeeds.
+func (r *Reader) Connected() bool { return r.connected.Load() }
+
+// kafkaError marks an error as Kafka's side of a session (for the
+// reconnects metric); Permanent marks inside it still count.
+type kafkaError struct{ err error }
+
+func (k *kafkaError) Error() string { return k.err.Error() }
+func (k *kafkaError) Unwrap() error { return k.err }
+
+// what names the side that failed: "kafka" or "postgres".
+func what(err error) string {
+	var k *kafkaError
+	if errors.As(err, &k) {
+		return "kafka"
+	}
+	return "postgres"
+}
 
 // Leader reports whether this process holds the slot.
 func (r *Reader) Leader() bool { return r.leader.Load() }
@@ -74,15 +122,35 @@ func (r *Reader) Leader() bool { return r.leader.Load() }
 func (r *Reader) Confirmed() pglogrepl.LSN { return pglogrepl.LSN(r.confirmed.Load()) }
 
 // Run waits to hold the slot (as a standby while another cdc holds it),
-// runs the slot guard, recovers if asked, and streams until ctx ends or an
-// error stops it. It returns only after its goroutines have ended.
+// runs the slot guard, recovers if asked, and streams until ctx ends or
+// an error that no reconnect can fix (retry.Permanent: a slot-guard
+// refusal, a bad event under on_bad_event stop, rejected Kafka
+// credentials) stops it. Any other failure (Postgres restarted or failed
+// over, a dropped connection, Kafka unreachable, a failed record) ends the
+// session: its records are aborted, and after a capped, jittered backoff
+// a new session takes the slot lock again (or waits as standby if another
+// cdc took over) and resends from the slot's confirmed position. It
+// returns nil when ctx ends, and only after its goroutines have ended.
 func (r *Reader) Run(ctx context.Context) error {
+	rc := retry.Reconnect{
+		What:    "replication (postgres or kafka)",
+		Policy:  retry.Policy{Initial: 200 * time.Millisecond, Max: r.cfg.ReconnectMax},
+		Log:     r.log.With("slot", r.cfg.Slot),
+		OnRetry: func(err error) { r.m.Reconnects.WithLabelValues(what(err)).Inc() },
+		OnState: func(up bool) { r.connected.Store(up) },
+	}
+	return rc.Run(ctx, r.session)
+}
+
+// session is one replication session: from connecting to the first
+// error. up is called once it streams.
+func (r *Reader) session(ctx context.Context, up func()) error {
 	lockConn, err := pgx.Connect(ctx, r.url)
 	if err != nil {
 		return pgdb.Explain("postgres", r.url, err)
 	}
 	defer lockConn.Close(context.WithoutCancel(ctx))
-	if err := r.waitLeader(ctx, lockConn); err != nil {
+	if err := r.waitLeader(ctx, lockConn, up); err != nil || ctx.Err() != nil {
 		return err
 	}
 	r.leader.Store(true)
@@ -93,9 +161,16 @@ func (r *Reader) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	sess, err := r.pub.Open(ctx)
+	if err != nil {
+		return &kafkaError{err}
+	}
+	// Deferred after the goroutines below have ended (g.Wait), and before
+	// the next session opens its own.
+	defer sess.Close()
 	if st.recoverSince != nil {
 		r.log.Warn("recovering lost slot: backfilling rows", "slot", r.cfg.Slot, "since", st.recoverSince.UTC().Format(time.RFC3339))
-		n, err := Backfill(ctx, lockConn, r.cfg, BackfillFilter{Since: *st.recoverSince}, r.h)
+		n, err := Backfill(ctx, lockConn, r.cfg, BackfillFilter{Since: *st.recoverSince}, sess)
 		if err != nil {
 			return fmt.Errorf("recover lost slot: backfill: %w", err)
 		}
@@ -107,7 +182,7 @@ func (r *Reader) Run(ctx context.Context) error {
 	r.confirmed.Store(uint64(st.start))
 	r.m.ConfirmedLSN.Set(float64(st.start))
 
-	repl, err := r.startReplication(ctx)
+	repl, err := r.startReplication(ctx, st.start)
 	if err != nil {
 		return err
 	}
@@ -119,22 +194,25 @@ func (r *Reader) Run(ctx context.Context) error {
 		return pgdb.Explain("postgres", r.url, err)
 	}
 	defer pool.Close(context.WithoutCancel(ctx))
+	up()
 
 	g, gctx := errgroup.WithContext(ctx)
 	tracker := lsnack.New(st.start)
-	g.Go(func() error { return r.stream(gctx, repl, lockConn, tracker) })
+	g.Go(func() error { return r.stream(gctx, repl, lockConn, tracker, sess) })
 	g.Go(func() error { return r.monitor(gctx, pool, tracker) })
 	err = g.Wait()
 	r.streaming.Store(false)
-	if ctx.Err() != nil && (errors.Is(err, context.Canceled) || pgconn.Timeout(err)) {
+	if ctx.Err() != nil {
 		return nil
 	}
 	return err
 }
 
 // waitLeader takes the slot's advisory lock, waiting as a standby while
-// another cdc holds it. The lock lives as long as conn.
-func (r *Reader) waitLeader(ctx context.Context, conn *pgx.Conn) error {
+// another cdc holds it (a standby is connected: it calls up). The lock
+// lives as long as conn: after a Postgres restart the next session takes
+// it again, or waits if another cdc took it meanwhile.
+func (r *Reader) waitLeader(ctx context.Context, conn *pgx.Conn, up func()) error {
 	logged := false
 	for {
 		var ok bool
@@ -150,6 +228,7 @@ func (r *Reader) waitLeader(ctx context.Context, conn *pgx.Conn) error {
 		if !logged {
 			r.log.Info("another cdc holds the slot; waiting as standby", "slot", r.cfg.Slot)
 			logged = true
+			up()
 		}
 		select {
 		case <-ctx.Done():
@@ -159,7 +238,11 @@ func (r *Reader) waitLeader(ctx context.Context, conn *pgx.Conn) error {
 	}
 }
 
-func (r *Reader) startReplication(ctx context.Context) (*pgconn.PgConn, error) {
+// startReplication starts streaming at start. Postgres starts at the
+// slot's confirmed position when start is behind it, and skips
+// transactions that committed before start when it is ahead (see
+// prepare: start may be cdc's own record of what Kafka acknowledged).
+func (r *Reader) startReplication(ctx context.Context, start pglogrepl.LSN) (*pgconn.PgConn, error) {
 	cfg, err := pgconn.ParseConfig(r.url)
 	if err != nil {
 		return nil, fmt.Errorf("parse postgres URL: %w", err)
@@ -172,8 +255,7 @@ func (r *Reader) startReplication(ctx context.Context) (*pgconn.PgConn, error) {
 		if err != nil {
 			return nil, pgdb.Explain("replication", r.url, err)
 		}
-		// Start from the slot's confirmed position (0 = server's choice).
-		err = pglogrepl.StartReplication(ctx, conn, r.cfg.Slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args})
+		err = pglogrepl.StartReplication(ctx, conn, r.cfg.Slot, start, pglogrepl.StartReplicationOptions{PluginArgs: args})
 		if err == nil {
 			return conn, nil
 		}
@@ -192,8 +274,9 @@ func (r *Reader) startReplication(ctx context.Context) (*pgconn.PgConn, error) {
 	}
 }
 
-// stream is the replication loop. It owns repl and lockConn.
-func (r *Reader) stream(ctx context.Context, repl *pgconn.PgConn, lockConn *pgx.Conn, tracker *lsnack.Tracker) error {
+// stream is the replication loop. It owns repl and lockConn, and is the
+// only caller of sess.HandleTx.
+func (r *Reader) stream(ctx context.Context, repl *pgconn.PgConn, lockConn *pgx.Conn, tracker *lsnack.Tracker, sess Session) error {
 	dec := NewDecoder(r.cfg.Table, r.cfg.Columns, r.cfg.MessagePrefix)
 	var (
 		serverEnd  pglogrepl.LSN // last keepalive position
@@ -244,7 +327,7 @@ func (r *Reader) stream(ctx context.Context, repl *pgconn.PgConn, lockConn *pgx.
 	defer func() { cancel() }()
 	for {
 		if err := tracker.Err(); err != nil {
-			return err
+			return &kafkaError{err}
 		}
 		if ctx.Err() != nil {
 			// Shutting down: confirm what Kafka has acknowledged, under a
@@ -301,7 +384,7 @@ func (r *Reader) stream(ctx context.Context, repl *pgconn.PgConn, lockConn *pgx.
 				if err != nil {
 					return fmt.Errorf("replication stream: XLogData: %w", err)
 				}
-				if err := r.handle(ctx, dec, tracker, xld); err != nil {
+				if err := r.handle(ctx, dec, tracker, xld, sess); err != nil {
 					return err
 				}
 			}
@@ -309,7 +392,7 @@ func (r *Reader) stream(ctx context.Context, repl *pgconn.PgConn, lockConn *pgx.
 	}
 }
 
-func (r *Reader) handle(ctx context.Context, dec *Decoder, tracker *lsnack.Tracker, xld pglogrepl.XLogData) error {
+func (r *Reader) handle(ctx context.Context, dec *Decoder, tracker *lsnack.Tracker, xld pglogrepl.XLogData, sess Session) error {
 	m, err := Parse(xld.WALData)
 	if err != nil {
 		return fmt.Errorf("replication stream: parse pgoutput at %s: %w", xld.WALStart, err)
@@ -329,7 +412,7 @@ func (r *Reader) handle(ctx context.Context, dec *Decoder, tracker *lsnack.Track
 	}
 	p := tracker.Add(tx.EndLSN, tx.CommitTime)
 	commit := tx.CommitTime
-	err = r.h.HandleTx(ctx, tx, func(err error) {
+	err = sess.HandleTx(ctx, tx, func(err error) {
 		tracker.Done(p, err)
 		if err == nil {
 			r.m.Transactions.Inc()
@@ -364,7 +447,6 @@ func (r *Reader) monitor(ctx context.Context, conn *pgx.Conn, tracker *lsnack.Tr
 	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	var seq uint64
 	var lastHB time.Time
 	warned := false
 	for {
@@ -372,7 +454,8 @@ func (r *Reader) monitor(ctx context.Context, conn *pgx.Conn, tracker *lsnack.Tr
 			if err := r.checkHeartbeats(hb); err != nil {
 				r.log.Error("heartbeat not received", "slot", r.cfg.Slot, "reason", err.Error())
 			}
-			seq++
+			r.hbSeq++
+			seq := r.hbSeq
 			r.hbMu.Lock()
 			r.hbSent[seq] = time.Now()
 			r.hbMu.Unlock()
@@ -393,12 +476,12 @@ func (r *Reader) monitor(ctx context.Context, conn *pgx.Conn, tracker *lsnack.Tr
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case errors.Is(err, pgx.ErrNoRows):
-			return fmt.Errorf("%w: replication slot %s was dropped while cdc was streaming", ErrSlotLost, r.cfg.Slot)
+			return retry.Permanent(fmt.Errorf("%w: replication slot %s was dropped while cdc was streaming", ErrSlotLost, r.cfg.Slot))
 		case err != nil:
 			return fmt.Errorf("read slot lag: %w", err)
 		}
 		if walStatus == "lost" {
-			return fmt.Errorf("%w: replication slot %s was invalidated (max_slot_wal_keep_size exceeded)", ErrSlotLost, r.cfg.Slot)
+			return retry.Permanent(fmt.Errorf("%w: replication slot %s was invalidated (max_slot_wal_keep_size exceeded)", ErrSlotLost, r.cfg.Slot))
 		}
 		r.m.SlotLagBytes.Set(float64(lag))
 		r.m.SlotSafeWALSize.Set(float64(safe))

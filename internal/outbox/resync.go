@@ -83,6 +83,9 @@ func ServeResyncs(ctx context.Context, conn *pgx.Conn, cfg Config, interval time
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
+				if conn.IsClosed() {
+					return fmt.Errorf("resync: %w", err) // the caller reconnects
+				}
 				log.Warn("resync request failed; will try again", "reason", err.Error())
 				break
 			}

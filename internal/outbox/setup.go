@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/ferry-cdc/ferry/internal/retry"
 	"github.com/ferry-cdc/ferry/schemas"
 )
 
@@ -28,7 +29,7 @@ func Setup(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 		return fmt.Errorf("setup: read wal_level: %w", err)
 	}
 	if walLevel != "logical" {
-		return fmt.Errorf("setup: wal_level is %q: set wal_level = logical in postgresql.conf (or -c wal_level=logical) and restart PostgreSQL", walLevel)
+		return retry.Permanent(fmt.Errorf("setup: wal_level is %q: set wal_level = logical in postgresql.conf (or -c wal_level=logical) and restart PostgreSQL", walLevel))
 	}
 	if err := ensureTable(ctx, conn, cfg); err != nil {
 		return err
@@ -66,13 +67,13 @@ func ensureTable(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 				return err
 			}
 			if !part {
-				return fmt.Errorf("setup: outbox.partitions is daily but %s exists and is not partitioned: partitioning an existing table is a migration of its own (docs/operations.md, Retention); or leave partitions empty", cfg.Table)
+				return retry.Permanent(fmt.Errorf("setup: outbox.partitions is daily but %s exists and is not partitioned: partitioning an existing table is a migration of its own (docs/operations.md, Retention); or leave partitions empty", cfg.Table))
 			}
 		}
 		return nil
 	}
 	if !cfg.CreateObjects {
-		return fmt.Errorf("setup: outbox table %s does not exist and creating objects is off: create it (see schemas/outbox.sql.tmpl) or drop --no-create", cfg.Table)
+		return retry.Permanent(fmt.Errorf("setup: outbox table %s does not exist and creating objects is off: create it (see schemas/outbox.sql.tmpl) or drop --no-create", cfg.Table))
 	}
 	tpl, err := template.New("outbox").Parse(schemas.OutboxTemplate)
 	if err != nil {
@@ -105,7 +106,7 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 	}
 	switch {
 	case !pubExists && !cfg.CreateObjects:
-		return fmt.Errorf("setup: publication %s does not exist and creating objects is off: CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert', publish_via_partition_root = true)", cfg.Publication, cfg.Publication, cfg.Table)
+		return retry.Permanent(fmt.Errorf("setup: publication %s does not exist and creating objects is off: CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert', publish_via_partition_root = true)", cfg.Publication, cfg.Publication, cfg.Table))
 	case !pubExists:
 		_, err := conn.Exec(ctx, fmt.Sprintf(`CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert', publish_via_partition_root = true)`,
 			pgx.Identifier{cfg.Publication}.Sanitize(), pgx.Identifier(strings.Split(cfg.Table, ".")).Sanitize()))
@@ -113,9 +114,9 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 			return fmt.Errorf("setup: create publication %s (the role must own %s): %w", cfg.Publication, cfg.Table, err)
 		}
 	case !hasTable:
-		return fmt.Errorf("setup: publication %s exists but does not include %s: ALTER PUBLICATION %s ADD TABLE %s", cfg.Publication, cfg.Table, cfg.Publication, cfg.Table)
+		return retry.Permanent(fmt.Errorf("setup: publication %s exists but does not include %s: ALTER PUBLICATION %s ADD TABLE %s", cfg.Publication, cfg.Table, cfg.Publication, cfg.Table))
 	case !insertOnly:
-		return fmt.Errorf("setup: publication %s does not publish inserts: ALTER PUBLICATION %s SET (publish = 'insert')", cfg.Publication, cfg.Publication)
+		return retry.Permanent(fmt.Errorf("setup: publication %s does not publish inserts: ALTER PUBLICATION %s SET (publish = 'insert')", cfg.Publication, cfg.Publication))
 	}
 	return nil
 }
@@ -124,7 +125,7 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 // the slot's consistent point.
 func createSlot(ctx context.Context, conn *pgx.Conn, cfg Config, record bool) (pglogrepl.LSN, error) {
 	if !cfg.CreateObjects {
-		return 0, fmt.Errorf("setup: replication slot %s does not exist and creating objects is off: run `cdc setup`, or drop --no-create", cfg.Slot)
+		return 0, retry.Permanent(fmt.Errorf("setup: replication slot %s does not exist and creating objects is off: run `cdc setup`, or drop --no-create", cfg.Slot))
 	}
 	var lsn pglogrepl.LSN
 	err := conn.QueryRow(ctx, `SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput')`, cfg.Slot).Scan(&lsn)
@@ -188,7 +189,7 @@ func prepare(ctx context.Context, conn *pgx.Conn, cfg Config) (slotState, error)
 		recExists = true
 	}
 	if slotExists && (plugin != "pgoutput" || db != currentDB) {
-		return slotState{}, fmt.Errorf("slot guard: slot %s belongs to database %q with plugin %q, not %q with pgoutput: choose another --slot", cfg.Slot, db, plugin, currentDB)
+		return slotState{}, retry.Permanent(fmt.Errorf("slot guard: slot %s belongs to database %q with plugin %q, not %q with pgoutput: choose another --slot", cfg.Slot, db, plugin, currentDB))
 	}
 
 	var problem string
@@ -210,7 +211,14 @@ func prepare(ctx context.Context, conn *pgx.Conn, cfg Config) (slotState, error)
 	case slotLSN > recLSN:
 		problem = fmt.Sprintf("replication slot %s is at %s, ahead of the %s cdc confirmed: it was recreated or advanced by another consumer, and the WAL in between was never read", cfg.Slot, slotLSN, recLSN)
 	default:
-		return slotState{start: slotLSN}, nil
+		// The record may be ahead of the slot: the slot's confirmed
+		// position reaches disk only at checkpoints, and a crash restart
+		// of Postgres forgets what was confirmed since. The record is
+		// written before each confirmation, with the position Kafka
+		// acknowledged, so starting there is as safe as the confirmation
+		// itself, and Postgres skips the transactions that committed
+		// before it instead of cdc resending them.
+		return slotState{start: max(slotLSN, recLSN)}, nil
 	}
 
 	since := time.Time{}
@@ -222,7 +230,7 @@ func prepare(ctx context.Context, conn *pgx.Conn, cfg Config) (slotState, error)
 		if recTime != nil {
 			hint = fmt.Sprintf("rows created since %s", since.UTC().Format(time.RFC3339))
 		}
-		return slotState{}, fmt.Errorf("%w: %s; events committed in that gap may be missing from Kafka. Restart with --recover-lost-slot to create a new slot and backfill %s (duplicates carry the same event id), or run `cdc backfill` yourself and then --recover-lost-slot", ErrSlotLost, problem, hint)
+		return slotState{}, retry.Permanent(fmt.Errorf("%w: %s; events committed in that gap may be missing from Kafka. Restart with --recover-lost-slot to create a new slot and backfill %s (duplicates carry the same event id), or run `cdc backfill` yourself and then --recover-lost-slot", ErrSlotLost, problem, hint))
 	}
 	if slotExists && walStatus == "lost" {
 		if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, cfg.Slot); err != nil {

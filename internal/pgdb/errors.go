@@ -6,6 +6,8 @@ import (
 	"net/url"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/ferry-cdc/ferry/internal/safe"
 )
 
 // Explain wraps a connection error with what the operator can do about
@@ -30,15 +32,18 @@ func Explain(what, rawURL string, err error) error {
 	}
 }
 
-// Redact returns the URL with its password replaced, for messages and logs.
+// Redact returns the URL with its password replaced, for messages and
+// logs: the one in userinfo and password-like query parameters
+// (password, sslpassword, ...; see safe.SecretParam).
 func Redact(rawURL string) string {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Scheme == "" {
 		return "(postgres URL)"
 	}
 	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "REDACTED")
+		u.User = url.UserPassword(u.User.Username(), safe.Redacted)
 	}
+	u.RawQuery = safe.Query(u.RawQuery)
 	return u.String()
 }
 

@@ -5,15 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"golang.org/x/sync/semaphore"
 
+	"github.com/ferry-cdc/ferry/internal/kafkaconf"
 	"github.com/ferry-cdc/ferry/internal/metrics"
 	"github.com/ferry-cdc/ferry/internal/outbox"
+	"github.com/ferry-cdc/ferry/internal/retry"
 	"github.com/ferry-cdc/ferry/internal/route"
 )
 
@@ -25,8 +32,8 @@ const (
 
 // Config configures the producer.
 type Config struct {
-	// Brokers are the seed brokers, host:port.
-	Brokers []string `yaml:"brokers"`
+	// Config is the connection: brokers, TLS, SASL (kafkaconf).
+	kafkaconf.Config `yaml:",inline"`
 	// DeadLetterTopic receives events that cannot be published normally.
 	// Default "ferry.cdc.dead_letter".
 	DeadLetterTopic string `yaml:"dead_letter_topic"`
@@ -53,6 +60,7 @@ type Config struct {
 
 // SetDefaults fills zero fields with their defaults.
 func (c *Config) SetDefaults() {
+	c.Config.SetDefaults()
 	if c.DeadLetterTopic == "" {
 		c.DeadLetterTopic = "ferry.cdc.dead_letter"
 	}
@@ -75,15 +83,7 @@ func (c *Config) SetDefaults() {
 
 // Validate returns every problem with the config at once.
 func (c *Config) Validate() error {
-	var errs []error
-	if len(c.Brokers) == 0 {
-		errs = append(errs, errors.New("kafka.brokers: no brokers: set --brokers or FERRY_KAFKA_BROKERS (e.g. 127.0.0.1:9092)"))
-	}
-	for i, b := range c.Brokers {
-		if _, _, err := net.SplitHostPort(b); err != nil {
-			errs = append(errs, fmt.Errorf("kafka.brokers[%d]: %q is not host:port", i, b))
-		}
-	}
+	errs := []error{c.Config.Validate()}
 	if c.OnBadEvent != OnBadDeadLetter && c.OnBadEvent != OnBadStop {
 		errs = append(errs, fmt.Errorf("kafka.on_bad_event: %q: use %q or %q", c.OnBadEvent, OnBadDeadLetter, OnBadStop))
 	}
@@ -99,66 +99,279 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Publisher sends outbox transactions to Kafka.
+// Publisher sends outbox transactions to Kafka through sessions: each
+// replication session of the reader publishes through a Session of its
+// own, with a Kafka client of its own (see Open). It is safe for
+// concurrent use.
 type Publisher struct {
 	cfg    Config
-	cl     *kgo.Client
+	opts   []kgo.Opt // the client options every session starts from
 	router *route.Router
 	log    *slog.Logger
 	m      *metrics.CDC
 	// Tenants, when set, tracks each tenant's published events.
 	Tenants *Tenants
+
+	kafkaDown atomic.Bool // a broker connection failed and none succeeded since
 }
 
-// New creates the producer. It does not contact the brokers; call Ping.
+// New checks the config and prepares the producer options. It does not
+// contact the brokers; Open does.
 func New(cfg Config, router *route.Router, log *slog.Logger, m *metrics.CDC) (*Publisher, error) {
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	p := &Publisher{cfg: cfg, router: router, log: log, m: m}
-	cl, err := kgo.NewClient(
-		kgo.SeedBrokers(cfg.Brokers...),
+	p.opts = append(cfg.Opts(), // brokers, TLS, SASL
 		kgo.ClientID(cfg.ClientID),
 		kgo.RequiredAcks(kgo.AllISRAcks()),                   // the default, stated: guarantee 1 needs it
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)), // murmur2, like the Java client
-		kgo.MaxBufferedRecords(cfg.MaxBufferedRecords),
+		// The session bounds records in flight itself (HandleTx), so
+		// franz-go never blocks Produce: its blocking would tie the
+		// records' context to the caller's. Dead-letter records produced
+		// from callbacks (at most one per record) take the other half.
+		kgo.MaxBufferedRecords(2*cfg.MaxBufferedRecords),
 		kgo.ProducerBatchMaxBytes(int32(cfg.MaxRecordBytes)),
 		kgo.ProducerLinger(0),
 		kgo.AllowAutoTopicCreation(),
-		kgo.WithHooks(errorHook{p}),
-		kgo.WithLogger(kgoLogger{log}),
+		// A record fails only for a reason no retry fixes, or when its
+		// session ends: never because a broker was away for a while or
+		// forgot a topic for a moment (docs/internals.md, Ordering under
+		// faults).
+		kgo.RecordRetries(math.MaxInt64),
+		kgo.RecordDeliveryTimeout(0),
+		kgo.UnknownTopicRetries(-1),
 	)
-	if err != nil {
-		return nil, fmt.Errorf("kafka client: %w", err)
-	}
-	p.cl = cl
 	return p, nil
 }
 
-// Ping checks that a broker answers.
-func (p *Publisher) Ping(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := p.cl.Ping(ctx); err != nil {
-		return fmt.Errorf("cannot reach Kafka brokers %v: %w (are they running? check --brokers / FERRY_KAFKA_BROKERS)", p.cfg.Brokers, err)
+// KafkaUp reports whether the last connection attempt to a broker
+// succeeded (true before the first attempt).
+func (p *Publisher) KafkaUp() bool { return !p.kafkaDown.Load() }
+
+// kafkaState records a broker connection attempt's outcome: one log line
+// per change, a reconnect counted per failed attempt.
+func (p *Publisher) kafkaState(err error) {
+	if err == nil {
+		if p.kafkaDown.CompareAndSwap(true, false) {
+			p.log.Info("kafka is back")
+		}
+		return
 	}
+	p.m.KafkaErrors.Inc()
+	p.m.Reconnects.WithLabelValues("kafka").Inc()
+	if p.kafkaDown.CompareAndSwap(false, true) {
+		p.log.Warn("kafka unreachable; retrying, records wait in memory (readyz is false meanwhile)", "brokers", strings.Join(p.cfg.Brokers, ","), "reason", err.Error())
+	}
+}
+
+// Open starts a publishing session: a new Kafka client whose records
+// can only be written in the order they were produced (see Session). It
+// returns an error when no broker answers within 10 seconds; the caller
+// retries.
+func (p *Publisher) Open(ctx context.Context) (outbox.Session, error) {
+	s := &Session{p: p, sem: semaphore.NewWeighted(int64(p.cfg.MaxBufferedRecords))}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	cl, err := kgo.NewClient(append(p.opts, kgo.WithHooks(sessionHook{s}), kgo.WithLogger(kgoLogger{p, s}))...)
+	if err != nil {
+		s.cancel()
+		return nil, fmt.Errorf("kafka client: %w", err)
+	}
+	s.cl = cl
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := p.cfg.Ping(pctx, cl); err != nil {
+		s.cancel()
+		cl.Close()
+		if retry.IsPermanent(err) { // rejected credentials or certificate: the error says which
+			return nil, err
+		}
+		return nil, fmt.Errorf("cannot reach Kafka brokers %v: %w (are they running? check --brokers / FERRY_KAFKA_BROKERS)", p.cfg.Brokers, err)
+	}
+	s.watched = make(chan struct{})
+	go s.watch()
+	return s, nil
+}
+
+// watch pings the brokers once a second while Kafka is known to be
+// unreachable, so readiness comes back when they do even if no record is
+// waiting. It ends when the session does.
+func (s *Session) watch() {
+	defer close(s.watched)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if s.p.kafkaDown.Load() {
+			ctx, cancel := context.WithTimeout(s.ctx, 2*time.Second)
+			_ = s.cl.Ping(ctx) // its outcome reaches kafkaState through the connect hook
+			cancel()
+		}
+	}
+}
+
+// Session publishes one replication session's transactions. Within a
+// session, once any record has failed, no record produced after it can
+// be written to Kafka (the failure latch): Ferry's restart resends from
+// the slot's confirmed position, so a later record written after an
+// earlier one failed would reach consumers before the resent earlier
+// one. docs/internals.md ("Ordering under faults") gives the argument
+// from franz-go's source. HandleTx is called from one goroutine; the
+// promise callbacks run on franz-go's.
+type Session struct {
+	p      *Publisher
+	cl     *kgo.Client
+	ctx    context.Context // every record's context: cancelled only by fail
+	cancel context.CancelFunc
+	sem    *semaphore.Weighted // records handed to franz-go and not yet finished
+	wg     sync.WaitGroup      // likewise, for Close
+
+	mu     sync.Mutex
+	err    error       // the first failure: the latch
+	failed atomic.Bool // err != nil, read before every Produce
+	inits  atomic.Int32
+
+	watched chan struct{} // closed when watch has returned
+}
+
+// errSessionEnded is the latch's error when the session was closed.
+var errSessionEnded = errors.New("publishing session ended")
+
+// fail sets the latch (first error wins), then cancels the records'
+// context, so franz-go fails every record it has not yet written.
+func (s *Session) fail(err error) {
+	s.mu.Lock()
+	if s.err == nil {
+		s.err = err
+		s.failed.Store(true)
+	}
+	s.mu.Unlock()
+	s.cancel()
+}
+
+// Err returns the error that ended the session, or nil.
+func (s *Session) Err() error {
+	if !s.failed.Load() {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// produce hands rec to franz-go unless the latch is set. done is called
+// exactly once.
+func (s *Session) produce(ctx context.Context, rec *kgo.Record, done func(*kgo.Record, error)) error {
+	if err := s.sem.Acquire(ctx, 1); err != nil {
+		return err
+	}
+	s.wg.Add(1)
+	finish := func(r *kgo.Record, err error) {
+		// done first: a dead-letter record it produces is counted
+		// before this one is released, so Close's wait cannot end early.
+		done(r, err)
+		s.sem.Release(1)
+		s.wg.Done()
+	}
+	if err := s.Err(); err != nil {
+		finish(rec, fmt.Errorf("not sent: %w", err))
+		return nil
+	}
+	s.cl.Produce(s.ctx, rec, func(r *kgo.Record, err error) {
+		if err != nil && !isBadRecord(err) {
+			// Set before the transaction hears of it, and before any
+			// later record of this session can be produced.
+			s.fail(err)
+		}
+		finish(r, err)
+	})
 	return nil
 }
 
-// Client is the underlying client (for the backfill's flush and tests).
-func (p *Publisher) Client() *kgo.Client { return p.cl }
+// produceNow is produce for a promise callback: it does not wait for
+// room among the records in flight.
+func (s *Session) produceNow(rec *kgo.Record, done func(*kgo.Record, error)) {
+	s.wg.Add(1)
+	if err := s.Err(); err != nil {
+		s.wg.Done()
+		done(rec, fmt.Errorf("not sent: %w", err))
+		return
+	}
+	s.cl.Produce(s.ctx, rec, func(r *kgo.Record, err error) {
+		if err != nil && !isBadRecord(err) {
+			s.fail(err)
+		}
+		done(r, err)
+		s.wg.Done()
+	})
+}
 
-// Close flushes nothing and closes the client; unacknowledged records are
-// abandoned (the slot was not confirmed past them, so they are resent).
-func (p *Publisher) Close() { p.cl.Close() }
+// closeWait bounds how long Close waits for records already sent to be
+// answered before it closes the client.
+const closeWait = 10 * time.Second
+
+// Close ends the session: it sets the latch (nothing more is produced;
+// records not yet written fail), waits up to 10 seconds for records
+// already written to be answered, closes the client, and returns once
+// every record's callback has run, so the next session never overlaps
+// this one's callbacks.
+func (s *Session) Close() {
+	s.fail(errSessionEnded)
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	wait := closeWait
+	if s.p.kafkaDown.Load() {
+		wait = 0 // nothing will answer
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		s.p.log.Warn("records still unanswered when the publishing session ended; abandoning them (the next session resends them)")
+	}
+	<-s.watched
+	s.cl.Close() // fails what is left
+	<-done
+}
+
+// sessionHook watches a session's client: broker reachability, and every
+// producer-ID request after the first, which sets the latch.
+type sessionHook struct{ s *Session }
+
+func (h sessionHook) OnBrokerConnect(_ kgo.BrokerMetadata, _ time.Duration, _ net.Conn, err error) {
+	h.s.p.kafkaState(err)
+}
+
+// OnBrokerWrite runs on the connection's goroutine after a request is
+// written and before its response is read. franz-go loads a new producer
+// ID (or epoch) only after a record failed or the broker lost the
+// producer's state; records under the new epoch could then be written
+// after an earlier record that failed. Setting the latch here, before
+// the new ID is known, means every batch of the new epoch is checked
+// against a cancelled context before it is sent, and fails.
+func (h sessionHook) OnBrokerWrite(_ kgo.BrokerMetadata, key int16, written int, _, _ time.Duration, _ error) {
+	if key == int16(kmsg.InitProducerID) && written > 0 && h.s.inits.Add(1) > 1 {
+		h.s.fail(errProducerReset)
+	}
+}
+
+var errProducerReset = errors.New("the Kafka producer ID was reset (a record failed, or the broker lost the producer's state): the session ends so that no later record can overtake an earlier one")
 
 // HandleTx starts publishing tx. ack is called exactly once, from a
 // producer goroutine: with nil when Kafka has acknowledged every record
 // (including dead-letter records), or with the error that stopped it. A
-// transaction with no events is acknowledged at once.
-func (p *Publisher) HandleTx(ctx context.Context, tx *outbox.Tx, ack func(error)) error {
-	st := &txState{p: p, tx: tx, ack: ack}
+// transaction with no events is acknowledged at once. It blocks while
+// max_buffered_records are in flight; ctx ends that wait (records
+// already handed over are not cancelled by ctx: Close ends them).
+func (s *Session) HandleTx(ctx context.Context, tx *outbox.Tx, ack func(error)) error {
+	p := s.p
+	st := &txState{s: s, tx: tx, ack: ack}
 	st.remaining.Store(int32(len(tx.Events)) + 1) // +1 until every record is handed over
 	for i := range tx.Events {
 		e := &tx.Events[i]
@@ -172,18 +385,22 @@ func (p *Publisher) HandleTx(ctx context.Context, tx *outbox.Tx, ack func(error)
 		}
 		if reason != "" {
 			if err := st.deadLetter(ctx, e, reason); err != nil {
+				st.finish(err)
 				return err
 			}
 			continue
 		}
-		p.cl.Produce(ctx, rec, st.promise)
+		if err := s.produce(ctx, rec, st.promise); err != nil {
+			st.finish(err)
+			return err
+		}
 	}
 	st.finish(nil)
-	return ctx.Err()
+	return nil
 }
 
 type txState struct {
-	p         *Publisher
+	s         *Session
 	tx        *outbox.Tx
 	ack       func(error)
 	remaining atomic.Int32
@@ -199,10 +416,11 @@ func (st *txState) finish(err error) {
 		return
 	}
 	if st.remaining.Add(-1) == 0 && st.acked.CompareAndSwap(false, true) {
-		st.p.m.Events.WithLabelValues("published").Add(float64(len(st.tx.Events) - int(st.dead.Load())))
-		st.p.m.Events.WithLabelValues("dead_lettered").Add(float64(st.dead.Load()))
-		if st.p.Tenants != nil {
-			st.p.Tenants.observe(st.tx)
+		p := st.s.p
+		p.m.Events.WithLabelValues("published").Add(float64(len(st.tx.Events) - int(st.dead.Load())))
+		p.m.Events.WithLabelValues("dead_lettered").Add(float64(st.dead.Load()))
+		if p.Tenants != nil {
+			p.Tenants.observe(st.tx)
 		}
 		st.ack(nil)
 	}
@@ -213,10 +431,12 @@ func (st *txState) promise(r *kgo.Record, err error) {
 		st.finish(nil)
 		return
 	}
-	st.p.m.KafkaErrors.Inc()
+	st.s.p.m.KafkaErrors.Inc()
 	e := st.event(r)
 	if e != nil && isBadRecord(err) {
-		if dlErr := st.deadLetter(context.Background(), e, fmt.Sprintf("kafka refused the record for %s: %v", r.Topic, err)); dlErr != nil {
+		// On franz-go's promise goroutine: the dead-letter record must not
+		// wait for room (Produce from a promise must not block).
+		if dlErr := st.deadLetter(nil, e, fmt.Sprintf("kafka refused the record for %s: %v", r.Topic, err)); dlErr != nil {
 			st.finish(dlErr)
 		}
 		return
@@ -225,12 +445,14 @@ func (st *txState) promise(r *kgo.Record, err error) {
 }
 
 // deadLetter routes e aside (or fails the transaction under "stop"). It
-// takes over the count of e's record.
+// takes over the count of e's record. A nil ctx (from a promise) does
+// not wait for room among the records in flight.
 func (st *txState) deadLetter(ctx context.Context, e *outbox.Event, reason string) error {
-	p := st.p
+	p := st.s.p
 	if p.cfg.OnBadEvent == OnBadStop {
-		err := fmt.Errorf("bad outbox event %s (tenant %q, commit LSN %s): %s; the slot stays before it: fix or delete the row and restart, or set on_bad_event: dead_letter",
-			e.ID, e.TenantID, st.tx.CommitLSN, reason)
+		// A restart reads the same row again: exit instead.
+		err := retry.Permanent(fmt.Errorf("bad outbox event %s (tenant %q, commit LSN %s): %s; the slot stays before it: fix or delete the row and restart, or set on_bad_event: dead_letter",
+			e.ID, e.TenantID, st.tx.CommitLSN, reason))
 		st.finish(err)
 		return nil
 	}
@@ -238,15 +460,19 @@ func (st *txState) deadLetter(ctx context.Context, e *outbox.Event, reason strin
 		"lsn", st.tx.CommitLSN.String(), "topic", p.cfg.DeadLetterTopic, "reason", reason)
 	st.dead.Add(1)
 	rec := p.router.DeadLetter(p.cfg.DeadLetterTopic, st.tx, e, reason, p.cfg.MaxDeadLetterValueBytes)
-	p.cl.Produce(ctx, rec, func(r *kgo.Record, err error) {
+	done := func(r *kgo.Record, err error) {
 		if err != nil {
 			p.m.KafkaErrors.Inc()
 			st.finish(fmt.Errorf("dead-letter event %s (reason: %s) to %s: %w", e.ID, reason, r.Topic, err))
 			return
 		}
 		st.finish(nil)
-	})
-	return nil
+	}
+	if ctx == nil {
+		st.s.produceNow(rec, done)
+		return nil
+	}
+	return st.s.produce(ctx, rec, done)
 }
 
 func (st *txState) event(r *kgo.Record) *outbox.Event {
@@ -270,24 +496,50 @@ func isBadRecord(err error) bool {
 		errors.Is(err, kerr.CorruptMessage)
 }
 
-// errorHook counts broker connection failures.
-type errorHook struct{ p *Publisher }
-
-func (h errorHook) OnBrokerConnect(_ kgo.BrokerMetadata, _ time.Duration, _ net.Conn, err error) {
-	if err != nil {
-		h.p.m.KafkaErrors.Inc()
-	}
+// kgoLogger forwards franz-go's warnings and errors to slog. While Kafka
+// is known to be unreachable they go to debug: the outage was logged once.
+//
+// It also closes the one window the latch cannot close from outside
+// franz-go: when the broker rejects a batch, franz-go fails every record
+// buffered for that partition and rewinds its sequence without a new
+// producer epoch, and our callbacks hear of it only later, on another
+// goroutine; a record produced meanwhile would start a new batch that
+// could be written ahead of the resent failed one. franz-go v1.22.2 logs
+// rewindMsg (at debug, under the partition's lock) in that path before
+// any later record can be buffered; ending the session right there
+// cancels the records' context, so every batch not yet written fails.
+// The same message marks retries (a dropped connection, a retriable
+// error): those end the session too, which costs resends, not order.
+// TestSessionWritesNothingAfterAFailedRecord fails if a franz-go upgrade
+// renames the message.
+type kgoLogger struct {
+	p *Publisher
+	s *Session
 }
 
-// kgoLogger forwards franz-go's warnings and errors to slog.
-type kgoLogger struct{ log *slog.Logger }
+// rewindMsg is franz-go's (recBuf).resetBatchDrainIdx log message.
+const rewindMsg = "rewinding produce sequence to resend pending batches"
 
-func (l kgoLogger) Level() kgo.LogLevel { return kgo.LogLevelWarn }
+func (l kgoLogger) Level() kgo.LogLevel { return kgo.LogLevelDebug }
 
 func (l kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	if level == kgo.LogLevelDebug {
+		if msg == rewindMsg && l.s != nil {
+			l.s.fail(errRewound)
+		}
+		return
+	}
+	if level == kgo.LogLevelInfo {
+		return
+	}
 	lvl := slog.LevelWarn
-	if level == kgo.LogLevelError {
+	switch {
+	case l.p.kafkaDown.Load():
+		lvl = slog.LevelDebug
+	case level == kgo.LogLevelError:
 		lvl = slog.LevelError
 	}
-	l.log.Log(context.Background(), lvl, "kafka: "+msg, keyvals...)
+	l.p.log.Log(context.Background(), lvl, "kafka: "+msg, keyvals...)
 }
+
+var errRewound = errors.New("kafka refused or lost a produce request, and franz-go rewound the partition's sequence: the session ends so that no later record can overtake an earlier one")

@@ -9,4 +9,7 @@
 -- event at once, and a new partition owner never starts a lane the
 -- previous owner may still be running.
 ALTER TABLE ferry.delivery ADD COLUMN holder text;
-ALTER TABLE ferry.sink_process ADD COLUMN lease_until timestamptz NOT NULL DEFAULT now();
+-- A process restarted under the same instance id on the same host ends
+-- the lease of its dead previous run at start (its pid is gone).
+ALTER TABLE ferry.sink_process ADD COLUMN lease_until timestamptz NOT NULL DEFAULT now(),
+    ADD COLUMN instance_id text NOT NULL DEFAULT '';

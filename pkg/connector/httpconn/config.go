@@ -14,6 +14,8 @@ import (
 
 	"github.com/theory/jsonpath"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ferry-cdc/ferry/internal/safe"
 )
 
 // Config describes one partner API. Field names are the YAML keys.
@@ -177,8 +179,18 @@ func (c *Config) compile(prefix string, getenv func(string) string) (map[string]
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s%s: %s", prefix, field, fmt.Sprintf(format, args...)))
 	}
-	if u, err := url.Parse(c.BaseURL); c.BaseURL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		bad(".base_url", "%q: give the partner's http(s) URL, e.g. https://api.partner.example", c.BaseURL)
+	switch u, err := url.Parse(c.BaseURL); {
+	case c.BaseURL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		// Not quoted: a URL that does not parse may still hold a secret.
+		bad(".base_url", "%q: give the partner's http(s) URL, e.g. https://api.partner.example", safe.URL(c.BaseURL))
+	case u.User != nil:
+		bad(".base_url", "carries credentials (user:password@): they would be stored and shown with every call; "+
+			"take them from the environment with auth (bearer, basic or header)")
+	case u.RawQuery != "" || u.Fragment != "" || strings.HasSuffix(c.BaseURL, "?"):
+		bad(".base_url", "%s has a query or fragment: put query parameters in each call's path, secrets in auth", safe.URL(c.BaseURL))
+	}
+	if c.HealthPath != "" && !strings.HasPrefix(c.HealthPath, "/") {
+		bad(".health_path", "%q must start with \"/\" (it is appended to base_url)", c.HealthPath)
 	}
 	if c.Timeout < 0 {
 		bad(".timeout", "must not be negative")
@@ -348,6 +360,12 @@ func (c *Call) compile(prefix, defaultMethod string, sc scope) (*call, []error) 
 	var err error
 	if c.Path == "" {
 		errs = append(errs, fmt.Errorf("%s.path: required (e.g. /v1/items/{{.remote_id}})", prefix))
+	} else if !strings.HasPrefix(c.Path, "/") {
+		// base_url + ".attacker.example" or "@attacker.example" would
+		// change the host the credentials go to.
+		errs = append(errs, fmt.Errorf("%s.path: %q must start with \"/\" (it is appended to base_url)", prefix, c.Path))
+	} else if hasDotSegment(c.Path) {
+		errs = append(errs, fmt.Errorf("%s.path: %q has a \".\" or \"..\" segment: write the path the partner documents", prefix, c.Path))
 	} else if out.path, err = compile("path", c.Path, pathKind, sc); err != nil {
 		errs = append(errs, fmt.Errorf("%s.path: %v", prefix, err))
 	}
@@ -387,6 +405,18 @@ func (c *Config) operation(eventType string) string {
 		}
 	}
 	return bestOp
+}
+
+// hasDotSegment reports whether a path template's own text has a "." or
+// ".." segment.
+func hasDotSegment(src string) bool {
+	p, _, _ := strings.Cut(src, "?")
+	for _, seg := range strings.Split(p, "/") {
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
 }
 
 // env is os.Getenv, replaced in tests.

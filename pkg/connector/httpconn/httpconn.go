@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"text/template"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/theory/jsonpath"
 
+	"github.com/ferry-cdc/ferry/internal/safe"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 	"github.com/ferry-cdc/ferry/pkg/connector/webhook"
 )
@@ -28,6 +30,23 @@ type Connector struct {
 	headers  map[string]*template.Template
 	auth     func(*http.Request)
 	client   *http.Client
+	origin   *url.URL // base_url parsed: every call goes to its scheme, host and port
+}
+
+// sameOrigin checks that a call's URL goes where base_url does: same
+// scheme, host and port, no userinfo, under base_url's path. Paths start
+// with "/" and values are escaped, so only a raw value could break this.
+func (c *Connector) sameOrigin(target string) error {
+	u, err := url.Parse(target)
+	switch {
+	case err != nil:
+		return errors.New("the rendered URL does not parse")
+	case u.Scheme != c.origin.Scheme || u.Host != c.origin.Host || u.User != nil:
+		return fmt.Errorf("the rendered URL goes to %s://%s, not to base_url's %s://%s", u.Scheme, u.Host, c.origin.Scheme, c.origin.Host)
+	case !strings.HasPrefix(u.Path, c.origin.Path):
+		return fmt.Errorf("the rendered URL's path leaves base_url's %s", c.origin.Path)
+	}
+	return nil
 }
 
 // New checks cfg (every problem at once, each with its field path under
@@ -46,6 +65,9 @@ func newWithEnv(cfg Config, prefix string, getenv func(string) string) (*Connect
 		cfg.Timeout = 10 * time.Second
 	}
 	c := &Connector{cfg: cfg, base: strings.TrimRight(cfg.BaseURL, "/"), entities: entities, headers: headers}
+	if c.origin, err = url.Parse(c.base); err != nil {
+		return nil, fmt.Errorf("%s.base_url: %w", prefix, err) // checked by compile
+	}
 	switch a := cfg.Auth; a.Type {
 	case "bearer":
 		tok := getenv(a.TokenEnv)
@@ -445,12 +467,12 @@ func (c *Connector) Undo(ctx context.Context, req connector.Request, steps []con
 func (c *Connector) Probe(ctx context.Context) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+c.cfg.HealthPath, nil)
 	if err != nil {
-		return err
+		return errors.New("cannot build the probe request")
 	}
 	c.auth(req)
 	resp, err := c.client.Do(req)
 	if err != nil {
-		return err
+		return webhook.TransportError(err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode >= 500 {
@@ -462,9 +484,9 @@ func (c *Connector) Probe(ctx context.Context) error {
 // do renders and makes one call. A 404/410 answer is success (nil body)
 // when missingOK (deletes, undos and lookups: the object is not there).
 func (d *delivery) do(ctx context.Context, c call, idemKey string, missingOK bool) ([]byte, error) {
-	path, err := render(c.path, d.data)
+	path, err := renderPath(c.path, d.data)
 	if err != nil {
-		return nil, &connector.Rejection{Reason: "cannot build the request path: " + err.Error(), Calls: d.calls}
+		return nil, &connector.Rejection{Reason: "cannot build the request path (bad input): " + err.Error(), Calls: d.calls}
 	}
 	var body string
 	if c.body != nil {
@@ -479,10 +501,13 @@ func (d *delivery) do(ctx context.Context, c call, idemKey string, missingOK boo
 	if body != "" {
 		rdr = strings.NewReader(body)
 	}
-	url := d.c.base + path
-	hreq, err := http.NewRequestWithContext(ctx, c.method, url, rdr)
+	target := d.c.base + path
+	if err := d.c.sameOrigin(target); err != nil {
+		return nil, &connector.Rejection{Reason: "cannot build the request (bad input): " + err.Error(), Calls: d.calls}
+	}
+	hreq, err := http.NewRequestWithContext(ctx, c.method, target, rdr)
 	if err != nil {
-		return nil, &connector.Rejection{Reason: "bad request: " + err.Error(), Calls: d.calls}
+		return nil, &connector.Rejection{Reason: "cannot build the request (bad input): " + safe.Text(err.Error()), Calls: d.calls}
 	}
 	if body != "" {
 		hreq.Header.Set("Content-Type", "application/json")
@@ -502,11 +527,15 @@ func (d *delivery) do(ctx context.Context, c call, idemKey string, missingOK boo
 		}
 	}
 	d.c.auth(hreq)
-	rec := connector.Call{Method: c.method, URL: url, RequestBody: body}
+	if err := webhook.CheckHeaders(hreq.Header); err != nil {
+		return nil, &connector.Rejection{Reason: "cannot build the request (bad input): " + err.Error(), Calls: d.calls}
+	}
+	rec := connector.Call{Method: c.method, URL: safe.URL(target), RequestBody: body}
 	start := time.Now()
 	resp, err := d.c.client.Do(hreq)
 	rec.Duration = time.Since(start)
 	if err != nil {
+		err = webhook.TransportError(err)
 		rec.Error = err.Error()
 		d.calls = append(d.calls, rec)
 		return nil, &connector.Failure{Reason: "no answer from partner", Calls: d.calls, Err: err}
@@ -528,6 +557,8 @@ func (d *delivery) do(ctx context.Context, c call, idemKey string, missingOK boo
 		return nil, nil
 	case d.rejects(s):
 		return nil, &connector.Rejection{Status: s, Reason: bounded(rb), Calls: d.calls}
+	case s >= 300 && s < 400:
+		return nil, &connector.Failure{Status: s, Reason: webhook.Redirect(s, resp.Header.Get("Location")), Calls: d.calls}
 	default:
 		return nil, &connector.Failure{Status: s, Reason: "unexpected answer: " + bounded(rb), Calls: d.calls}
 	}

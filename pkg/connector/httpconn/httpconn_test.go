@@ -555,19 +555,36 @@ func FuzzBodyEscaping(f *testing.F) {
 	})
 }
 
-// FuzzPathEscaping: a value in a path stays one segment and round-trips.
+// FuzzPathEscaping: a value in a path stays one segment and round-trips,
+// or, when it is empty, "." or "..", the path is refused; the URL always
+// keeps base_url's scheme, host and port.
 func FuzzPathEscaping(f *testing.F) {
-	for _, s := range []string{"p1", "a/b", "../admin", "x?y=z", "spa ce", "%2F", "#frag"} {
+	for _, s := range []string{"p1", "a/b", "../admin", "x?y=z", "spa ce", "%2F", "#frag", "", ".", "..", "@evil.example",
+		".evil.example", "//evil.example", "\ue000", "\ue001..", "%2e%2e"} {
 		f.Add(s)
 	}
 	p, err := compile("path", `/v1/items/{{.local_id}}/x?q={{.local_id}}`, pathKind, scope{})
 	if err != nil {
 		f.Fatal(err)
 	}
+	c := &Connector{base: "https://api.partner.example:8443/base"}
+	c.origin, _ = url.Parse(c.base)
 	f.Fuzz(func(t *testing.T, v string) {
-		out, err := render(p, map[string]any{"local_id": v})
+		out, err := renderPath(p, map[string]any{"local_id": v})
+		if v == "" || v == "." || v == ".." {
+			if err == nil {
+				t.Fatalf("value %q rendered %q: want it refused", v, out)
+			}
+			return
+		}
 		if err != nil {
 			t.Fatal(err)
+		}
+		if strings.ContainsAny(out, "\ue000\ue001") {
+			t.Fatalf("a marker leaked into %q", out)
+		}
+		if err := c.sameOrigin(c.base + out); err != nil {
+			t.Fatalf("value %q: %v", v, err)
 		}
 		u, err := url.Parse("http://h" + out)
 		if err != nil {

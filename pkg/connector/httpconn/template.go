@@ -10,6 +10,8 @@ import (
 	"strings"
 	"text/template"
 	"text/template/parse"
+
+	"github.com/ferry-cdc/ferry/internal/safe"
 )
 
 // Templates are Go text/template over the event (see Data). Escaping is
@@ -53,12 +55,17 @@ var funcs = template.FuncMap{
 		}
 		return string(b[1 : len(b)-1]), nil
 	},
-	fnPath:  func(v any) string { return url.PathEscape(text(v)) },
+	// Path values are marked, so renderPath can tell a segment a value
+	// made from the template's own text.
+	fnPath:  func(v any) string { return markStart + url.PathEscape(text(v)) + markEnd },
 	fnQuery: func(v any) string { return url.QueryEscape(text(v)) },
 	fnHeader: func(v any) (string, error) {
 		s := text(v)
 		if strings.ContainsAny(s, "\r\n") {
 			return "", fmt.Errorf("header value %q contains a line break", s)
+		}
+		if !safe.HeaderValue(s) {
+			return "", fmt.Errorf("header value %q has a control character", s)
 		}
 		return s, nil
 	},
@@ -267,8 +274,26 @@ func isEscaper(name string) bool {
 	return false
 }
 
+// markStart and markEnd surround each escaped path value while a path
+// renders. url.PathEscape escapes every non-ASCII byte, so an escaped
+// value never contains them.
+const (
+	markStart = "\ue000"
+	markEnd   = "\ue001"
+)
+
+var unmark = strings.NewReplacer(markStart, "", markEnd, "")
+
 // render executes t over data.
 func render(t *template.Template, data map[string]any) (string, error) {
+	out, err := execute(t, data)
+	if strings.Contains(out, markStart) {
+		out = unmark.Replace(out) // pathEscape used outside a path
+	}
+	return out, err
+}
+
+func execute(t *template.Template, data map[string]any) (string, error) {
 	var b bytes.Buffer
 	if err := t.Execute(&b, data); err != nil {
 		msg := err.Error()
@@ -278,6 +303,37 @@ func render(t *template.Template, data map[string]any) (string, error) {
 		return "", fmt.Errorf("%s: %s", t.Name(), msg)
 	}
 	return b.String(), nil
+}
+
+// renderPath executes a path template and checks what the event's values
+// made of it: a segment made by a value that is empty, "." or ".." would
+// aim the call at another object (DELETE /v1/items/ instead of
+// /v1/items/7; /v1/items/.. is /v1), so it is an error, and so is any
+// dot segment at all (a raw value can make one).
+func renderPath(t *template.Template, data map[string]any) (string, error) {
+	out, err := execute(t, data)
+	if err != nil {
+		return "", err
+	}
+	p, _, _ := strings.Cut(out, "?")
+	for i, seg := range strings.Split(p, "/") {
+		if i == 0 || !strings.Contains(seg, markStart) {
+			continue
+		}
+		switch plain := unmark.Replace(seg); plain {
+		case "", ".", "..":
+			return "", fmt.Errorf("path segment %d is %q after the event's values are filled in "+
+				"(a value is empty or a dot segment): the call would reach another object", i, plain)
+		}
+	}
+	out = unmark.Replace(out)
+	p, _, _ = strings.Cut(out, "?")
+	for _, seg := range strings.Split(p, "/") {
+		if dec, err := url.PathUnescape(seg); seg == "." || seg == ".." || err == nil && (dec == "." || dec == "..") {
+			return "", fmt.Errorf("path %q has a dot segment: the call would reach another object", p)
+		}
+	}
+	return out, nil
 }
 
 // sortedKeys returns m's keys in order.
