@@ -13,6 +13,16 @@
 // Ferry's kafka.tls and kafka.sasl settings (scripts/kafka-certs.sh makes
 // the certificates).
 //
+// --sync-writes fsyncs every produced batch before answering (kfake's
+// SyncWrites); without it a batch is written to the OS page cache before
+// the answer, which survives a kill -9 of the broker but not a crash of
+// the machine. --control-addr serves a small HTTP switch that injects
+// retriable produce errors, for fault tests (make chaos):
+//
+//	POST   /faults/produce?error=NOT_LEADER_OR_FOLLOWER   fail every produce until removed
+//	DELETE /faults                                         remove every injected fault
+//	GET    /faults                                         faults installed, requests they answered
+//
 // It is a development tool, not a production broker.
 package main
 
@@ -24,12 +34,18 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 func main() {
@@ -53,7 +69,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	mech := fs.String("sasl-mechanism", "", "require SASL: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (default: none)")
 	user := fs.String("sasl-username", "ferry", "the SASL user")
 	pass := fs.String("sasl-password", "", "the SASL user's password (default: $FERRY_DEVBROKER_SASL_PASSWORD)")
+	syncWrites := fs.Bool("sync-writes", false, "with --data-dir, fsync every produced batch before answering (slower; survives a machine crash, not only a kill -9)")
+	controlAddr := fs.String("control-addr", "", `serve the fault-injection switch on this address (e.g. 127.0.0.1:9093; "" = off): POST /faults/produce?error=NAME, DELETE /faults, GET /faults`)
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *syncWrites && *dataDir == "" {
+		fmt.Fprintln(stderr, "devbroker: --sync-writes needs --data-dir (memory-only data has nothing to fsync)")
 		return 2
 	}
 	secure, err := security(*certFile, *keyFile, *clientCA, *mech, *user, *pass, getenv("FERRY_DEVBROKER_SASL_PASSWORD"))
@@ -64,6 +86,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	opts := append([]kfake.Opt{kfake.Ports(*port), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(*partitions)}, secure...)
 	if *dataDir != "" {
 		opts = append(opts, kfake.DataDir(*dataDir))
+	}
+	if *syncWrites {
+		opts = append(opts, kfake.SyncWrites())
 	}
 	if *topics != "" {
 		opts = append(opts, kfake.SeedTopics(int32(*partitions), strings.Split(*topics, ",")...))
@@ -77,6 +102,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return 1
 	}
 	fmt.Fprintf(stdout, "devbroker listening on %s%s\n", strings.Join(c.ListenAddrs(), ","), describe(*certFile, *clientCA, *mech, *user))
+	if *controlAddr != "" {
+		ln, err := net.Listen("tcp", *controlAddr)
+		if err != nil {
+			c.Close()
+			fmt.Fprintf(stderr, "devbroker: control switch on %s: %v (use another --control-addr)\n", *controlAddr, err)
+			return 1
+		}
+		srv := &http.Server{Handler: &faultSwitch{c: c}, ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				fmt.Fprintf(stderr, "devbroker: control switch: %v\n", err)
+			}
+		}()
+		defer srv.Close() // nothing to flush: the switch keeps no state worth saving
+		fmt.Fprintf(stdout, "devbroker fault switch on http://%s/faults\n", ln.Addr())
+	}
 	<-ctx.Done()
 	c.Close() // a clean shutdown writes topic metadata to --data-dir
 	return 0
@@ -142,4 +183,58 @@ func describe(certFile, clientCA, mech, user string) string {
 		return ""
 	}
 	return " (" + strings.Join(parts, ", ") + ")"
+}
+
+// faultSwitch is the --control-addr handler: it installs and removes
+// kfake faults on produce requests.
+type faultSwitch struct {
+	c *kfake.Cluster
+
+	mu     sync.Mutex
+	active []installed
+}
+
+type installed struct {
+	err    string
+	handle *kfake.FaultHandle
+}
+
+// retriableProduceErrors are the errors the switch injects: ones a
+// producer retries by itself. NOT_LEADER_OR_FOLLOWER is answered before
+// the batch is written (the client refreshes metadata and resends);
+// REQUEST_TIMED_OUT after it is written (the client resends, and the
+// idempotent producer's sequence numbers drop the copy).
+var retriableProduceErrors = map[string]*kerr.Error{
+	"NOT_LEADER_OR_FOLLOWER": kerr.NotLeaderForPartition,
+	"REQUEST_TIMED_OUT":      kerr.RequestTimedOut,
+	"NOT_ENOUGH_REPLICAS":    kerr.NotEnoughReplicas,
+}
+
+func (f *faultSwitch) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case r.URL.Path == "/faults/produce" && r.Method == http.MethodPost:
+		name := r.URL.Query().Get("error")
+		kerrv, ok := retriableProduceErrors[name]
+		if !ok {
+			http.Error(w, "error: one of NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS", http.StatusBadRequest)
+			return
+		}
+		h := f.c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Err: kerrv, Count: -1})
+		f.active = append(f.active, installed{err: name, handle: h})
+		w.WriteHeader(http.StatusNoContent)
+	case r.URL.Path == "/faults" && r.Method == http.MethodDelete:
+		for _, in := range f.active {
+			in.handle.Remove()
+		}
+		f.active = nil
+		w.WriteHeader(http.StatusNoContent)
+	case r.URL.Path == "/faults" && r.Method == http.MethodGet:
+		for _, in := range f.active {
+			fmt.Fprintf(w, "produce %s hits=%d\n", in.err, in.handle.Hits())
+		}
+	default:
+		http.NotFound(w, r)
+	}
 }

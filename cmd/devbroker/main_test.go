@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -81,5 +84,64 @@ func TestDevbrokerKeepsDataAcrossRestart(t *testing.T) {
 	recs := fs.Records()
 	if len(recs) != 1 || string(recs[0].Value) != "kept" {
 		t.Fatalf("after restart: %v", recs)
+	}
+}
+
+// The fault switch fails produce requests with a retriable error until it
+// is told to stop; the producer's retries then get through.
+func TestDevbrokerFaultSwitchFailsProduceUntilRemoved(t *testing.T) {
+	ctl := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr, stop := start(t, "--data-dir", "", "--topics", "t", "--control-addr", ctl)
+	defer stop()
+	call := func(method, path string) string {
+		t.Helper()
+		req, err := http.NewRequest(method, "http://"+ctl+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode >= 300 {
+			t.Fatalf("%s %s: %d %s %v", method, path, resp.StatusCode, b, err)
+		}
+		return string(b)
+	}
+	call(http.MethodPost, "/faults/produce?error=NOT_LEADER_OR_FOLLOWER")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.RecordRetries(1), kgo.RetryBackoffFn(func(int) time.Duration { return 10 * time.Millisecond }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "t", Value: []byte("x")}).FirstErr(); err == nil {
+		t.Fatal("produce succeeded while the switch fails every produce")
+	}
+	if got := call(http.MethodGet, "/faults"); !strings.Contains(got, "produce NOT_LEADER_OR_FOLLOWER hits=") || strings.Contains(got, "hits=0") {
+		t.Fatalf("GET /faults = %q, want a fault with hits", got)
+	}
+	call(http.MethodDelete, "/faults")
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "t", Value: []byte("y")}).FirstErr(); err != nil {
+		t.Fatalf("produce after the switch was removed: %v", err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+ctl+"/faults/produce?error=OFFSET_OUT_OF_RANGE", nil) // a constant URL parses
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("a non-retriable error was accepted: %d", resp.StatusCode)
+	}
+}
+
+func TestDevbrokerSyncWritesNeedsDataDir(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"--data-dir", "", "--sync-writes"}, func(string) string { return "" }, &out, &errb); code != 2 || !strings.Contains(errb.String(), "--sync-writes needs --data-dir") {
+		t.Fatalf("exit %d, stderr %q", code, errb.String())
 	}
 }

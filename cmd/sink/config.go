@@ -36,11 +36,6 @@ type Config struct {
 	LogLevel     string        `yaml:"log_level"`
 	Integrations []Integration `yaml:"integrations"`
 
-	// AdminAllowedHosts are host names, besides the admin address's own
-	// host, IP literals and localhost, that requests to the admin server
-	// may carry in their Host header (a proxy's or DNS name). Others are
-	// refused (DNS rebinding). Default none.
-	AdminAllowedHosts []string `yaml:"admin_allowed_hosts"`
 	// PostgresStatementTimeout bounds every delivery-log, parked-queue
 	// and mapping statement: sent as the connections' statement_timeout
 	// (a statement blocked by a lock or a slow server fails) and used as
@@ -61,6 +56,11 @@ type Config struct {
 	// static member restarted within it gets them back at once. Default
 	// 30s; 6s to 30m (the broker's usual bounds).
 	SessionTimeout time.Duration `yaml:"session_timeout"`
+	// AdminAllowedHosts are host names, besides the admin address's own
+	// host, IP literals and localhost, that requests to the admin server
+	// may carry in their Host header (a proxy's or DNS name). Others are
+	// refused (DNS rebinding). Default none.
+	AdminAllowedHosts []string `yaml:"admin_allowed_hosts"`
 }
 
 // Integration is one partner: an engine and its connector.

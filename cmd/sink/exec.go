@@ -123,10 +123,6 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	return err
 }
 
-func (c *command) adminAccess() admin.Access {
-	return admin.Access{Token: c.cfg.AdminToken, AllowedHosts: c.cfg.AdminAllowedHosts}
-}
-
 // migrate applies the schema migrations on a connection of its own.
 // Connection errors that a retry cannot fix (wrong password, refused by
 // pg_hba.conf, a malformed URL) are permanent.
@@ -157,6 +153,10 @@ func boundStatements(cc *pgx.ConnConfig, d time.Duration) {
 	if cc.ConnectTimeout == 0 {
 		cc.ConnectTimeout = d
 	}
+}
+
+func (c *command) adminAccess() admin.Access {
+	return admin.Access{Token: c.cfg.AdminToken, AllowedHosts: c.cfg.AdminAllowedHosts}
 }
 
 // connector builds the integration's connector; i is its index in the

@@ -39,14 +39,13 @@ const (
 // the partition the Java client would pick), records of one partition
 // in order.
 func (e *Engine) newOutcomeProducer() (*kgo.Client, error) {
-	cl, err := kgo.NewClient(
-		kgo.SeedBrokers(e.brokers...),
+	cl, err := kgo.NewClient(append(e.kafka.Opts(), // brokers, TLS, SASL
 		kgo.ClientID("ferry-sink-"+e.cfg.Name+"-outcomes"),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
 		kgo.AllowAutoTopicCreation(),
 		kgo.ProducerLinger(0),
-	)
+	)...)
 	if err != nil {
 		return nil, retry.Permanent(fmt.Errorf("%s: kafka producer for outcomes: %w", e.cfg.Name, err))
 	}
