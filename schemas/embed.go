@@ -16,3 +16,9 @@ var Migrations embed.FS
 //
 //go:embed outbox.sql.tmpl
 var OutboxTemplate string
+
+// OutcomeV1 is the JSON Schema (draft 2020-12) of the outcome records the
+// sink produces (topic ferry.outcomes by default): docs/connectors.md.
+//
+//go:embed outcome.v1.schema.json
+var OutcomeV1 []byte

@@ -88,6 +88,16 @@ type ConnectorConfig struct {
 	httpconn.Config   `yaml:",inline"`
 }
 
+// outcomeTopics is each integration's outcome topic ("" when its
+// outcomes are switched off), for the delivery log.
+func (c *Config) outcomeTopics() map[string]string {
+	m := map[string]string{}
+	for _, in := range c.Integrations {
+		m[in.Name] = in.Outcomes.TopicOrOff()
+	}
+	return m
+}
+
 func (c *Config) setDefaults() {
 	c.Kafka.SetDefaults()
 	if c.AdminAddr == "" {
@@ -267,7 +277,7 @@ type statusCmd struct {
 type failuresCmd struct {
 	Integration string        `help:"Only this integration."`
 	Tenant      string        `help:"Only this tenant."`
-	State       []string      `help:"States to list (default failed,rejected)." enum:"failed,rejected,in_flight,pending,skipped,succeeded" sep:","`
+	State       []string      `help:"States to list (default failed,rejected)." enum:"failed,rejected,expired,compensating,compensated,compensation_failed,waiting,in_flight,pending,skipped,succeeded" sep:","`
 	Since       time.Duration `help:"Only deliveries updated within this long (e.g. 1h)."`
 	Limit       int           `help:"At most this many rows." default:"100"`
 	Calls       bool          `help:"Show the partner calls (request and response, bounded)."`

@@ -50,7 +50,8 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 		return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
 	}
 	defer pool.Close()
-	dlog, err := delivery.New(pool, delivery.Options{StatementTimeout: c.cfg.PostgresStatementTimeout, Holder: consume.ProcessID})
+	dlog, err := delivery.New(pool, delivery.Options{StatementTimeout: c.cfg.PostgresStatementTimeout, Holder: consume.ProcessID,
+		Outcomes: c.cfg.outcomeTopics()})
 	if err != nil {
 		return err
 	}

@@ -38,7 +38,7 @@ func (c *command) operate(ctx context.Context, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	dlog, err := delivery.New(pool, delivery.Options{})
+	dlog, err := delivery.New(pool, delivery.Options{Outcomes: c.cfg.outcomeTopics()})
 	if err != nil {
 		return err
 	}

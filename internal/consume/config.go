@@ -39,6 +39,11 @@ type Config struct {
 	// OnReject is "park" (default: the lane waits for an operator's retry
 	// or skip) or "skip" (record the rejection and go on).
 	OnReject string `yaml:"on_reject"`
+	// OnUnhandled is what happens to an event the connector has nothing
+	// for (no entity or operation: connector.Unhandled): "skip" (default:
+	// record it as skipped, with the reason, and go on) or "park" (treat
+	// it as a rejection, under on_reject).
+	OnUnhandled string `yaml:"on_unhandled"`
 	// ParkRecheck is how often a parked lane re-reads its event's state
 	// (an operator may have retried or skipped it). Default 2s.
 	ParkRecheck time.Duration `yaml:"park_recheck"`
@@ -57,6 +62,9 @@ type Config struct {
 	CommitInterval time.Duration `yaml:"commit_interval"`
 	// Breaker pauses the whole integration while the partner is down.
 	Breaker BreakerConfig `yaml:"breaker"`
+	// Outcomes configures the outcome records (one per delivery that
+	// reaches a final state) this integration produces to Kafka.
+	Outcomes OutcomesConfig `yaml:"outcomes"`
 
 	// InstanceID is the consumer's static group membership
 	// (group.instance.id); "" joins as a dynamic member. Set by the
@@ -77,6 +85,32 @@ type BreakerConfig struct {
 	OpenFor time.Duration `yaml:"open_for"`
 }
 
+// DefaultOutcomeTopic is the Kafka topic of outcome records unless an
+// integration names another.
+const DefaultOutcomeTopic = "ferry.outcomes"
+
+// OutcomesConfig configures an integration's outcome records
+// (docs/connectors.md, schemas/outcome.v1.schema.json).
+type OutcomesConfig struct {
+	// Enabled switches the outcome records on or off. Default true.
+	Enabled *bool `yaml:"enabled"`
+	// Topic is the Kafka topic they go to. Default "ferry.outcomes"; ""
+	// switches them off.
+	Topic *string `yaml:"topic"`
+}
+
+// TopicOrOff returns the topic of the integration's outcome records, or ""
+// when they are switched off.
+func (o OutcomesConfig) TopicOrOff() string {
+	if o.Enabled != nil && !*o.Enabled {
+		return ""
+	}
+	if o.Topic == nil {
+		return DefaultOutcomeTopic
+	}
+	return *o.Topic
+}
+
 // SetDefaults fills zero fields.
 func (c *Config) SetDefaults() {
 	if c.Group == "" {
@@ -94,6 +128,9 @@ func (c *Config) SetDefaults() {
 	c.Retry.SetDefaults()
 	if c.OnReject == "" {
 		c.OnReject = OnRejectPark
+	}
+	if c.OnUnhandled == "" {
+		c.OnUnhandled = OnRejectSkip
 	}
 	if c.ParkRecheck == 0 {
 		c.ParkRecheck = 2 * time.Second
@@ -138,6 +175,9 @@ func (c *Config) Validate(prefix string) error {
 	if c.OnReject != OnRejectPark && c.OnReject != OnRejectSkip {
 		errs = append(errs, fmt.Errorf("%s.on_reject: %q: use %q or %q", prefix, c.OnReject, OnRejectPark, OnRejectSkip))
 	}
+	if c.OnUnhandled != OnRejectPark && c.OnUnhandled != OnRejectSkip {
+		errs = append(errs, fmt.Errorf("%s.on_unhandled: %q: use %q or %q", prefix, c.OnUnhandled, OnRejectSkip, OnRejectPark))
+	}
 	if c.Workers < 0 || c.Concurrency < 0 || c.RateLimit < 0 || c.MaxBufferedPerPartition < 0 {
 		errs = append(errs, fmt.Errorf("%s: workers, concurrency, rate_limit and max_buffered_per_partition must not be negative", prefix))
 	}
@@ -158,6 +198,9 @@ func (c *Config) Validate(prefix string) error {
 	if c.Breaker.Failures > c.Breaker.Window {
 		errs = append(errs, fmt.Errorf("%s.breaker.failures: %d is more than the window %d", prefix, c.Breaker.Failures, c.Breaker.Window))
 	}
+	if t := c.Outcomes.TopicOrOff(); t != "" && !validTopic(t) {
+		errs = append(errs, fmt.Errorf("%s.outcomes.topic: %q: a Kafka topic is 1 to 249 of a-z, A-Z, 0-9, '.', '_', '-' (\"\" or enabled: false switches outcomes off)", prefix, t))
+	}
 	if err := c.Retry.Validate(prefix + ".retry"); err != nil {
 		errs = append(errs, err)
 	}
@@ -175,4 +218,18 @@ func (c *Config) handles(eventType string) bool {
 		}
 	}
 	return false
+}
+
+// validTopic reports whether Kafka accepts t as a topic name.
+func validTopic(t string) bool {
+	if len(t) == 0 || len(t) > 249 || t == "." || t == ".." {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

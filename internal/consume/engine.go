@@ -151,6 +151,9 @@ func (e *Engine) Run(ctx context.Context) error {
 			if err := e.refresh(ctx); err != nil {
 				return err
 			}
+			if err := e.dlog.SetOutcomeTopic(ctx, e.cfg.Name, e.cfg.Outcomes.TopicOrOff()); err != nil {
+				return err
+			}
 			// The first lease, before any lane starts.
 			host, _ := os.Hostname()
 			if err := e.report(ctx, host, time.Now(), 0, 0); err != nil {
@@ -166,7 +169,13 @@ func (e *Engine) Run(ctx context.Context) error {
 	if err != nil || ctx.Err() != nil {
 		return err
 	}
+	outcomes, err := e.newOutcomeProducer()
+	if err != nil {
+		return err
+	}
+	defer outcomes.Close()
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return e.relayLoop(gctx, outcomes) })
 	// Each worker makes one call at a time: more callers than workers
 	// would idle.
 	for range min(e.cfg.Concurrency, e.cfg.Workers) {
@@ -520,7 +529,8 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 		// finishing it): wait for it to finish, or for its lease to expire.
 		e.log.Debug("delivery held by another process; waiting", append(where(ev, tp, rec), "holder", nc.Holder)...)
 		return lane.Outcome{Verdict: lane.Backoff, Delay: 500 * time.Millisecond}
-	case errors.As(err, &nc) && (nc.State == delivery.Rejected || nc.State == delivery.Compensated) && e.cfg.OnReject == OnRejectPark:
+	case errors.As(err, &nc) && (nc.State == delivery.Rejected || nc.State == delivery.Compensated || nc.State == delivery.Expired) &&
+		e.cfg.OnReject == OnRejectPark:
 		return lane.Outcome{Verdict: lane.Park, Delay: e.cfg.ParkRecheck}
 	case errors.As(err, &nc):
 		e.m.Deliveries.WithLabelValues(e.cfg.Name, "duplicate").Inc()
@@ -537,7 +547,13 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 
 	var res connector.Result
 	var derr error
+	expired := ""
+	if !att.Compensating {
+		expired = e.expiry(ev, rec, att.Number-1)
+	}
 	switch {
+	case expired != "":
+		// Past its deadline before this attempt: not sent.
 	case att.Compensating:
 		// A rejected multi-step delivery whose undo failed before.
 		derr = &connector.Rejection{Reason: "undoing the completed steps after a rejection", Steps: att.Steps}
@@ -552,6 +568,17 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 		res, derr = e.call(ctx, req)
 	}
 	o := delivery.OutcomeOf(res, derr)
+	var unh *connector.Unhandled
+	switch {
+	case expired != "":
+		o = delivery.Outcome{State: delivery.Expired, Reason: expired}
+	case errors.As(derr, &unh) && e.cfg.OnUnhandled == OnRejectSkip:
+		o.State = delivery.Skipped
+	case o.State == delivery.Failed:
+		if why := e.expiry(ev, rec, att.Number); why != "" {
+			o.State, o.Reason = delivery.Expired, why+"; last failure: "+o.Reason
+		}
+	}
 	switch o.State {
 	case delivery.Failed:
 		_, retryAfter := connector.Classify(derr)
@@ -579,7 +606,10 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	case delivery.Waiting:
 		e.log.Info("delivery waits for a parent", append(where(ev, tp, rec), "reason", o.Reason)...)
 		return lane.Outcome{Verdict: lane.Backoff, Delay: e.cfg.WaitRecheck}
-	case delivery.Rejected, delivery.Compensated:
+	case delivery.Skipped:
+		e.log.Warn("delivery skipped: the connector does not handle it (on_unhandled: skip)", append(where(ev, tp, rec), "reason", o.Reason)...)
+		return lane.Outcome{Verdict: lane.Done}
+	case delivery.Rejected, delivery.Compensated, delivery.Expired:
 		e.log.Error("delivery "+string(o.State), append(where(ev, tp, rec), "reason", o.Reason, "policy", e.cfg.OnReject)...)
 		if e.cfg.OnReject == OnRejectSkip {
 			return lane.Outcome{Verdict: lane.Done}
@@ -796,4 +826,40 @@ func decode(r *kgo.Record) (ev connector.Event, resync, bad string) {
 		return ev, resync, fmt.Sprintf("%v at %s/%d offset %d", problems, r.Topic, r.Partition, r.Offset)
 	}
 	return ev, resync, ""
+}
+
+// Per-event deadline headers: an outbox row's headers may carry either
+// (RFC 3339); cdc copies them to the Kafka record.
+const (
+	HeaderDeliverBy = "deliver_by"
+	HeaderExpiresAt = "expires_at"
+)
+
+// expiry says why a delivery is given up after failed attempts (""
+// while it may go on): retry.max_attempts, retry.max_age (from the
+// event's commit time, the record's timestamp cdc sets), or the event's
+// own deadline (deliver_by or expires_at header).
+func (e *Engine) expiry(ev connector.Event, rec *kgo.Record, failed int) string {
+	if m := e.cfg.Retry.MaxAttempts; m > 0 && failed >= m {
+		return fmt.Sprintf("expired: gave up after %d failed attempts (retry.max_attempts)", failed)
+	}
+	now := time.Now()
+	if m := e.cfg.Retry.MaxAge; m > 0 && !rec.Timestamp.IsZero() && now.Sub(rec.Timestamp) > m {
+		return fmt.Sprintf("expired: the event is %s old, past retry.max_age %s (committed %s)",
+			now.Sub(rec.Timestamp).Round(time.Millisecond), m, rec.Timestamp.UTC().Format(time.RFC3339Nano))
+	}
+	for _, h := range []string{HeaderDeliverBy, HeaderExpiresAt} {
+		v := ev.Headers[h]
+		if v == "" {
+			continue
+		}
+		at, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return fmt.Sprintf("expired: the %s header %q is not an RFC 3339 time, so its deadline cannot be kept", h, v)
+		}
+		if now.After(at) {
+			return fmt.Sprintf("expired: past the event's %s deadline %s", h, v)
+		}
+	}
+	return ""
 }

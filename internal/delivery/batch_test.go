@@ -53,11 +53,11 @@ func TestBatchWritesEachKindAsOneStatement(t *testing.T) {
 		return Attempt{Integration: "shop", EventID: event(i).ID, Number: n, event: event(i)}
 	}
 	next := time.Now().Add(time.Minute).Truncate(time.Millisecond)
-	ok, _ := finishOp(at(2, 1), Outcome{State: Succeeded, Status: 201})
-	failed, _ := finishOp(at(3, 1), Outcome{State: Failed, Status: 503, Reason: "partner 503", NextRetry: next,
+	ok, _ := l.finishOp(at(2, 1), Outcome{State: Succeeded, Status: 201})
+	failed, _ := l.finishOp(at(3, 1), Outcome{State: Failed, Status: 503, Reason: "partner 503", NextRetry: next,
 		Calls: []connector.Call{{Method: "POST", Status: 503}}})
-	bad, _ := finishOp(at(4, 1), Outcome{State: "bogus"}) // violates the state CHECK
-	stale, _ := finishOp(at(5, 7), Outcome{State: Succeeded})
+	bad, _ := l.finishOp(at(4, 1), Outcome{State: "bogus"}) // violates the state CHECK
+	stale, _ := l.finishOp(at(5, 7), Outcome{State: Succeeded})
 	step := &op{stmt: checkpointStmt, key: [2]string{"shop", "e1"}, row: &checkpointRow{attempt: 2 /* begun twice */, step: []byte(`[{"name":"price"}]`)}}
 	run(l, ok, failed, bad, stale, step)
 	if step.err != nil || !step.applied {
@@ -112,7 +112,7 @@ func TestBatchedUpdatesUseThePrimaryKey(t *testing.T) {
 	var ops []*op
 	for i := range 200 {
 		a := Attempt{Integration: "shop", EventID: event(i * 7).ID, Number: 1, event: event(i * 7)}
-		fin, _ := finishOp(a, Outcome{State: Failed, Status: 503})
+		fin, _ := l.finishOp(a, Outcome{State: Failed, Status: 503})
 		ops = append(ops, fin, &op{stmt: checkpointStmt, key: fin.key, row: &checkpointRow{attempt: 1, step: []byte(`[]`)}})
 	}
 	var seqscan string

@@ -32,12 +32,23 @@ const (
 	Compensating State = "compensating"
 	// Compensated: rejected, and the completed steps were undone.
 	Compensated State = "compensated"
+	// Expired: given up (retry.max_attempts, retry.max_age, or the
+	// event's own deadline); never attempted again unless an operator
+	// retries it.
+	Expired State = "expired"
+	// CompensationFailed: rejected, and the partner refused the undo too.
+	CompensationFailed State = "compensation_failed"
 )
 
 // Final reports whether a delivery in state s is never sent again by the
-// engine (an operator may still retry a rejected one).
+// engine (an operator may still retry a rejected one). Each final state
+// produces an outcome record (outcome.go).
 func (s State) Final() bool {
-	return s == Succeeded || s == Rejected || s == Skipped || s == Compensated
+	switch s {
+	case Succeeded, Rejected, Skipped, Compensated, Expired, CompensationFailed:
+		return true
+	}
+	return false
 }
 
 // ErrMovedOn means a delivery changed since the attempt began (another
@@ -61,10 +72,11 @@ const MaxCallBytes = 4096
 
 // Log is the delivery log.
 type Log struct {
-	pool    *pgxpool.Pool
-	b       *batcher
-	timeout time.Duration
-	holder  string
+	pool     *pgxpool.Pool
+	b        *batcher
+	timeout  time.Duration
+	holder   string
+	outcomes map[string]string
 }
 
 // Options configure a Log.
@@ -81,6 +93,10 @@ type Options struct {
 	// keeps other processes from taking them over. "" claims without a
 	// holder: anyone may take such a delivery over (operator commands).
 	Holder string
+	// Outcomes is the Kafka topic of each integration's outcome records
+	// (outcome.go); an integration that is absent, or maps to "", writes
+	// none. Operator commands need it too: a skip is a final state.
+	Outcomes map[string]string
 }
 
 // New returns a Log on pool (migrations applied). The log's hot writes
@@ -94,7 +110,8 @@ func New(pool *pgxpool.Pool, opts Options) (*Log, error) {
 	if err != nil {
 		return nil, fmt.Errorf("delivery: connections for the log's writes: %w", err)
 	}
-	return &Log{pool: pool, b: newBatcher(wp, opts.StatementTimeout), timeout: opts.StatementTimeout, holder: opts.Holder}, nil
+	return &Log{pool: pool, b: newBatcher(wp, opts.StatementTimeout), timeout: opts.StatementTimeout, holder: opts.Holder,
+		outcomes: opts.Outcomes}, nil
 }
 
 // Bound returns ctx limited to the log's statement timeout (ctx itself,
@@ -177,15 +194,15 @@ var (
 	// (migration 0009; Finish clears the holder). A compensating
 	// delivery stays compensating: its undo goes on.
 	beginStmt = &setStmt{name: "begin", sql: `INSERT INTO ferry.delivery AS d (integration, event_id, tenant_id, event_type,
-			aggregate_type, aggregate_id, topic, kafka_partition, kafka_offset, state, attempts, holder)
+			aggregate_type, aggregate_id, topic, kafka_partition, kafka_offset, state, attempts, holder, last_attempt_at)
 		SELECT u.integration, u.event_id, u.tenant_id, u.event_type, u.aggregate_type, u.aggregate_id, u.topic,
-			u.kafka_partition, u.kafka_offset, 'in_flight', 1, NULLIF(u.holder, '')
+			u.kafka_partition, u.kafka_offset, 'in_flight', 1, NULLIF(u.holder, ''), now()
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
 			$7::text[], $8::int[], $9::bigint[], $10::text[]) AS u(integration, event_id, tenant_id, event_type,
 			aggregate_type, aggregate_id, topic, kafka_partition, kafka_offset, holder)
 		ON CONFLICT (integration, event_id) DO UPDATE
 			SET state = CASE WHEN d.state = 'compensating' THEN 'compensating' ELSE 'in_flight' END,
-				attempts = d.attempts + 1, updated_at = now(), holder = EXCLUDED.holder
+				attempts = d.attempts + 1, updated_at = now(), holder = EXCLUDED.holder, last_attempt_at = now()
 			WHERE d.state IN ('pending', 'failed', 'in_flight', 'waiting', 'compensating')
 				AND (d.holder IS NULL OR d.holder = EXCLUDED.holder OR NOT EXISTS (
 					SELECT 1 FROM ferry.sink_process p
@@ -196,16 +213,24 @@ var (
 		FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[]) AS u(integration, event_id, attempts, step)
 		WHERE d.integration = u.integration AND d.event_id = u.event_id AND d.attempts = u.attempts AND d.state = 'in_flight'
 		RETURNING d.integration, d.event_id`, args: checkpointArgs}
-	// A waiting outcome gives back the attempt Begin counted.
-	finishStmt = &setStmt{name: "finish", sql: `UPDATE ferry.delivery AS d
+	// A waiting outcome gives back the attempt Begin counted. A final
+	// state writes its outcome record in the same statement (a
+	// transactional outbox: outcome.go), when the integration has an
+	// outcome topic (otopic).
+	finishStmt = &setStmt{name: "finish", sql: `WITH f AS (UPDATE ferry.delivery AS d
 		SET state = u.state, last_status = u.status, reason = NULLIF(u.reason, ''), calls = u.calls,
 			next_attempt_at = u.next, event = COALESCE(u.event, d.event), updated_at = now(), holder = NULL,
 			attempts = CASE WHEN u.state = 'waiting' THEN d.attempts - 1 ELSE d.attempts END
 		FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::int[], $6::text[], $7::jsonb[],
-			$8::timestamptz[], $9::jsonb[]) AS u(integration, event_id, attempts, state, status, reason, calls, next, event)
+			$8::timestamptz[], $9::jsonb[], $10::text[], $11::text[], $12::jsonb[])
+			AS u(integration, event_id, attempts, state, status, reason, calls, next, event, otopic, remote_id, remote_ids)
 		WHERE d.integration = u.integration AND d.event_id = u.event_id AND d.attempts = u.attempts
 			AND d.state IN ('in_flight', 'compensating')
-		RETURNING d.integration, d.event_id`, args: finishArgs}
+		RETURNING d.*, u.otopic, u.remote_id, u.remote_ids),
+	o AS (INSERT INTO ferry.outcome (` + outcomeColumns + `)
+		SELECT ` + outcomeValues("f", "f.otopic", "f.remote_id", "f.remote_ids") + ` FROM f
+		WHERE f.otopic <> '' AND f.state IN ` + finalStates + `)
+	SELECT integration, event_id FROM f`, args: finishArgs}
 )
 
 // Begin claims the next attempt of ev for integration: inserts the row
@@ -324,6 +349,10 @@ type Outcome struct {
 	Reason    string
 	Calls     []connector.Call
 	NextRetry time.Time // for Failed
+	// RemoteID and RemoteIDs are the partner ids a success produced
+	// (connector.Result), for the outcome record.
+	RemoteID  string
+	RemoteIDs map[string]string
 }
 
 // OutcomeOf is what a connector's answer means for the log: the state
@@ -332,7 +361,7 @@ type Outcome struct {
 // reason (the error, or the result's note). Retry times and
 // compensation are the caller's.
 func OutcomeOf(res connector.Result, err error) Outcome {
-	o := Outcome{Calls: res.Calls, Reason: res.Note}
+	o := Outcome{Calls: res.Calls, Reason: res.Note, RemoteID: res.RemoteID, RemoteIDs: res.RemoteIDs}
 	var rej *connector.Rejection
 	var fail *connector.Failure
 	switch {
@@ -364,7 +393,7 @@ func OutcomeOf(res connector.Result, err error) Outcome {
 // Finish records the attempt's outcome. It fails when the delivery moved
 // since Begin (fenced by the attempt number).
 func (l *Log) Finish(ctx context.Context, a Attempt, o Outcome) error {
-	fin, err := finishOp(a, o)
+	fin, err := l.finishOp(a, o)
 	if err != nil {
 		return err
 	}
@@ -377,7 +406,7 @@ func (l *Log) Finish(ctx context.Context, a Attempt, o Outcome) error {
 	return nil
 }
 
-func finishOp(a Attempt, o Outcome) (*op, error) {
+func (l *Log) finishOp(a Attempt, o Outcome) (*op, error) {
 	// Calls (bounded bodies) and the event are kept for failures and
 	// rejections, which operators inspect and retry; a success keeps its
 	// status code.
@@ -391,7 +420,14 @@ func finishOp(a Attempt, o Outcome) (*op, error) {
 			return nil, fmt.Errorf("delivery: encode event %s: %w", a.EventID, err)
 		}
 	}
-	r := &finishRow{attempt: int32(a.Number), state: string(o.State), reason: o.Reason, calls: calls, event: event}
+	r := &finishRow{attempt: int32(a.Number), state: string(o.State), reason: o.Reason, calls: calls, event: event,
+		otopic: l.outcomes[a.Integration], remoteID: o.RemoteID}
+	if len(o.RemoteIDs) > 0 {
+		var err error
+		if r.remoteIDs, err = json.Marshal(o.RemoteIDs); err != nil {
+			return nil, fmt.Errorf("delivery: encode partner ids: %w", err)
+		}
+	}
 	r.status = pgtype.Int4{Int32: int32(o.Status), Valid: o.Status != 0}
 	r.next = pgtype.Timestamptz{Time: o.NextRetry, Valid: !o.NextRetry.IsZero()}
 	return &op{stmt: finishStmt, key: [2]string{a.Integration, a.EventID}, row: r}, nil
@@ -400,22 +436,26 @@ func finishOp(a Attempt, o Outcome) (*op, error) {
 // finishRow is a Finish's values after the key; nil calls and event,
 // and invalid status and next, are NULL.
 type finishRow struct {
-	attempt       int32
-	state, reason string
-	status        pgtype.Int4
-	calls, event  []byte
-	next          pgtype.Timestamptz
+	attempt          int32
+	state, reason    string
+	status           pgtype.Int4
+	calls, event     []byte
+	next             pgtype.Timestamptz
+	otopic, remoteID string // the outcome topic ("" = none), the partner id
+	remoteIDs        []byte // named partner ids (JSON), or nil
 }
 
 func finishArgs(ops []*op) []any {
 	n := len(ops)
 	att, state, reason := make([]int32, n), make([]string, n), make([]string, n)
 	status, next, calls, event := make([]pgtype.Int4, n), make([]pgtype.Timestamptz, n), make([][]byte, n), make([][]byte, n)
+	otopic, remoteID, remoteIDs := make([]string, n), make([]string, n), make([][]byte, n)
 	for i, o := range ops {
 		r := o.row.(*finishRow)
 		att[i], state[i], reason[i], status[i], next[i], calls[i], event[i] = r.attempt, r.state, r.reason, r.status, r.next, r.calls, r.event
+		otopic[i], remoteID[i], remoteIDs[i] = r.otopic, r.remoteID, r.remoteIDs
 	}
-	return []any{keyColumn(ops, 0), keyColumn(ops, 1), att, state, status, reason, calls, next, event}
+	return []any{keyColumn(ops, 0), keyColumn(ops, 1), att, state, status, reason, calls, next, event, otopic, remoteID, remoteIDs}
 }
 
 // Skip marks a delivery skipped by an operator, with a reason, and
@@ -433,6 +473,9 @@ func (l *Log) Skip(ctx context.Context, integration, eventID, reason string) err
 			return fmt.Errorf("delivery: %s/%s is not rejected, failed, pending or waiting: nothing to skip: %w", integration, eventID, ErrState)
 		}
 		if err != nil {
+			return err
+		}
+		if err := l.writeOutcome(ctx, tx, integration, eventID); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, event_id, action, reason) VALUES ($1, $2, $3, 'skip', $4)`,
@@ -524,12 +567,16 @@ func (l *Log) Ignore(ctx context.Context, integration string, ev connector.Event
 	}
 	ctx, cancel := l.Bound(ctx)
 	defer cancel()
-	_, err = l.pool.Exec(ctx, `INSERT INTO ferry.delivery (integration, event_id, tenant_id, event_type, aggregate_type,
+	// One statement writes the skipped state and its outcome.
+	_, err = l.pool.Exec(ctx, `WITH d AS (INSERT INTO ferry.delivery AS x (integration, event_id, tenant_id, event_type, aggregate_type,
 			aggregate_id, topic, kafka_partition, kafka_offset, state, reason, event)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'skipped', $10, $11) ON CONFLICT (integration, event_id) DO UPDATE
 			SET state = 'skipped', reason = $10, event = $11, updated_at = now()
-			WHERE ferry.delivery.state IN ('pending', 'failed', 'waiting', 'in_flight', 'rejected', 'compensated')`,
-		integration, ev.ID, ev.TenantID, ev.EventType, ev.AggregateType, ev.AggregateID, src.Topic, src.Partition, src.Offset, reason, body)
+			WHERE x.state IN ('pending', 'failed', 'waiting', 'in_flight', 'rejected', 'compensated', 'expired')
+		RETURNING x.*)
+		INSERT INTO ferry.outcome (`+outcomeColumns+`) SELECT `+outcomeValues("d", "$12", "''", "NULL")+` FROM d WHERE $12 <> ''`,
+		integration, ev.ID, ev.TenantID, ev.EventType, ev.AggregateType, ev.AggregateID, src.Topic, src.Partition, src.Offset, reason, body,
+		l.outcomes[integration])
 	if err != nil {
 		return fmt.Errorf("delivery: record ignored %s: %w", ev.ID, err)
 	}
@@ -543,7 +590,7 @@ func (l *Log) Pool() *pgxpool.Pool { return l.pool }
 type Filter struct {
 	Integration string    // "" = all
 	TenantID    string    // "" = all
-	States      []State   // empty = failed, rejected, waiting, compensating, compensated
+	States      []State   // empty = failed, rejected, waiting, compensating, compensated, expired, compensation_failed
 	Since       time.Time // zero = any time
 	Limit       int       // 0 = 100
 }
@@ -571,7 +618,7 @@ type Failure struct {
 func (l *Log) Failures(ctx context.Context, f Filter) ([]Failure, error) {
 	states := f.States
 	if len(states) == 0 {
-		states = []State{Failed, Rejected, Waiting, Compensating, Compensated}
+		states = []State{Failed, Rejected, Waiting, Compensating, Compensated, Expired, CompensationFailed}
 	}
 	if f.Limit == 0 {
 		f.Limit = 100

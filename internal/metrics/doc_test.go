@@ -32,6 +32,7 @@ func TestDocsMetricsMatchCode(t *testing.T) {
 	s.BreakerOpen.WithLabelValues("i")
 	s.BadRecords.WithLabelValues("i")
 	s.Reconnects.WithLabelValues("postgres")
+	s.Outcomes.WithLabelValues("i")
 	sinkFamilies, err := s.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -11,7 +11,8 @@ type Sink struct {
 	Lanes            *prometheus.GaugeVec     // integration, state
 	BreakerOpen      *prometheus.GaugeVec     // integration
 	BadRecords       *prometheus.CounterVec   // integration
-	Reconnects       *prometheus.CounterVec   // target (postgres, kafka)
+	Reconnects       *prometheus.CounterVec   // target (postgres, kafka, outcomes)
+	Outcomes         *prometheus.CounterVec   // integration
 }
 
 // NewSink creates and registers the sink metrics.
@@ -31,6 +32,8 @@ func NewSink() *Sink {
 		Reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_sink_reconnects_total",
 			Help: "Failed attempts to reach a dependency that is unreachable (postgres: the delivery log; kafka: the brokers), one per backoff step; readiness is false meanwhile."}, []string{"target"}),
 	}
-	m.Registry.MustRegister(m.Deliveries, m.DeliveryDuration, m.Lanes, m.BreakerOpen, m.BadRecords, m.Reconnects)
+	m.Outcomes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_sink_outcomes_total",
+		Help: "Outcome records produced to Kafka (acknowledged), one per delivery that reached a final state; a record sent again after a crash counts again."}, []string{"integration"})
+	m.Registry.MustRegister(m.Deliveries, m.DeliveryDuration, m.Lanes, m.BreakerOpen, m.BadRecords, m.Reconnects, m.Outcomes)
 	return m
 }

@@ -16,6 +16,13 @@ type Policy struct {
 	Initial time.Duration `yaml:"initial"`
 	// Max caps the wait. Default 1m.
 	Max time.Duration `yaml:"max"`
+	// MaxAttempts gives a delivery up (state expired) after this many
+	// failed attempts. 0 (the default) never gives up.
+	MaxAttempts int `yaml:"max_attempts"`
+	// MaxAge gives a delivery up (state expired) once its event is this
+	// old, counted from the event's commit time. 0 (the default) never
+	// gives up.
+	MaxAge time.Duration `yaml:"max_age"`
 }
 
 // SetDefaults fills zero fields.
@@ -30,10 +37,17 @@ func (p *Policy) SetDefaults() {
 
 // Validate reports problems, naming fields under prefix.
 func (p *Policy) Validate(prefix string) error {
+	var errs []error
 	if p.Initial <= 0 || p.Max < p.Initial {
-		return errors.New(prefix + ": initial must be positive and max at least initial")
+		errs = append(errs, errors.New(prefix+": initial must be positive and max at least initial"))
 	}
-	return nil
+	if p.MaxAttempts < 0 {
+		errs = append(errs, fmt.Errorf("%s.max_attempts: %d: must not be negative (0 never gives up)", prefix, p.MaxAttempts))
+	}
+	if p.MaxAge < 0 {
+		errs = append(errs, fmt.Errorf("%s.max_age: %s: must not be negative (0 never gives up)", prefix, p.MaxAge))
+	}
+	return errors.Join(errs...)
 }
 
 // Delay returns the wait after the attempt-th failure (1-based): Initial

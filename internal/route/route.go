@@ -55,7 +55,7 @@ const ContentTypeCloudEvents = "application/cloudevents+json; charset=UTF-8"
 
 // traceHeaders are the outbox headers keys copied to Kafka headers: W3C
 // trace context and baggage, and the resync mark.
-var traceHeaders = []string{"traceparent", "tracestate", "baggage", HeaderResync}
+var traceHeaders = []string{"traceparent", "tracestate", "baggage", HeaderResync, "deliver_by", "expires_at"}
 
 // Config configures a Router.
 type Config struct {
@@ -208,7 +208,9 @@ func (r *Router) Record(tx *outbox.Tx, e *outbox.Event) (*kgo.Record, error) {
 		}
 		headers = append(headers, kgo.RecordHeader{Key: HeaderContentType, Value: []byte(ContentTypeCloudEvents)})
 	}
-	return &kgo.Record{Topic: topic, Key: r.Key(e), Value: value, Headers: headers}, nil
+	// The record's timestamp is the commit time: the sink's retry.max_age
+	// counts from it.
+	return &kgo.Record{Topic: topic, Key: r.Key(e), Value: value, Headers: headers, Timestamp: tx.CommitTime}, nil
 }
 
 // DeadLetter builds the dead-letter record for e: same key and headers

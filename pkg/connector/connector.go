@@ -115,6 +115,12 @@ type Result struct {
 	// Note says what was done when it is not obvious ("nothing mapped:
 	// delete is a no-op").
 	Note string
+	// RemoteID is the partner's id of the event's entity, when the
+	// connector knows it ("" otherwise); it goes in the outcome record.
+	RemoteID string
+	// RemoteIDs are other partner ids the delivery recorded, by mapping
+	// name; nil when none.
+	RemoteIDs map[string]string
 }
 
 // Call is one partner request and its response, bounded for storage.
@@ -175,6 +181,17 @@ func (r *Rejection) Error() string {
 	}
 	return "rejected: " + r.Reason
 }
+
+// Unhandled means the connector has nothing to do with the event: no
+// entity or operation is configured for it. It is a Rejection to callers
+// that only know those (Classify), but the sink tells it apart and
+// applies its on_unhandled policy (default: record the event as skipped,
+// with Reason, and go on).
+type Unhandled struct {
+	Reason string
+}
+
+func (u *Unhandled) Error() string { return "unhandled: " + u.Reason }
 
 // Failure is a temporary failure: timeout, network error, 5xx, 429.
 type Failure struct {
@@ -238,6 +255,10 @@ func Classify(err error) (Outcome, time.Duration) {
 	}
 	var rej *Rejection
 	if errors.As(err, &rej) {
+		return Rejected, 0
+	}
+	var unh *Unhandled
+	if errors.As(err, &unh) {
 		return Rejected, 0
 	}
 	var w *Waiting

@@ -111,7 +111,7 @@ func (c *Connector) start(req connector.Request) (*delivery, error) {
 	ev := req.Event
 	e, ok := c.entities[ev.AggregateType]
 	if !ok {
-		return nil, &connector.Rejection{Reason: fmt.Sprintf("no entity %q in this connector's configuration (aggregate type of event type %s); configured: %v",
+		return nil, &connector.Unhandled{Reason: fmt.Sprintf("no entity %q in this connector's configuration (aggregate type of event type %s); configured: %v",
 			ev.AggregateType, ev.EventType, sortedKeys(c.entities))}
 	}
 	payload, err := decodeJSON(ev.Payload)
@@ -153,7 +153,7 @@ func (d *delivery) run(ctx context.Context) (connector.Result, error) {
 		op = opDelete
 	}
 	if op == "" {
-		return connector.Result{}, &connector.Rejection{Reason: fmt.Sprintf("event type %s maps to no operation: add it to the connector's operations (create, update, upsert or delete)", d.req.Event.EventType)}
+		return connector.Result{}, &connector.Unhandled{Reason: fmt.Sprintf("event type %s maps to no operation: add it to the connector's operations (create, update, upsert or delete)", d.req.Event.EventType)}
 	}
 	if d.req.Resync && op != opDelete {
 		op = opUpsert
@@ -331,7 +331,22 @@ func (d *delivery) runSteps(ctx context.Context, op string, done map[string]conn
 			return connector.Result{}, err
 		}
 	}
-	return connector.Result{}, nil
+	return d.result(), nil
+}
+
+// result names the partner ids the delivery knows, for the outcome.
+func (d *delivery) result() connector.Result {
+	res := connector.Result{}
+	res.RemoteID, _ = d.data["remote_id"].(string)
+	for name, v := range d.data["ids"].(map[string]any) {
+		if id, _ := v.(string); id != "" {
+			if res.RemoteIDs == nil {
+				res.RemoteIDs = map[string]string{}
+			}
+			res.RemoteIDs[name] = id
+		}
+	}
+	return res
 }
 
 func (d *delivery) activate(ctx context.Context, entityType, local, remote string) error {
