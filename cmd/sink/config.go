@@ -23,8 +23,11 @@ type Config struct {
 	// PostgresMaxConns sizes the delivery log's connection pool. Default:
 	// the integrations' concurrency summed, capped at 64 (each delivery
 	// makes two short round trips).
-	PostgresMaxConns int32            `yaml:"postgres_max_conns"`
-	Kafka            kafkaconf.Config `yaml:"kafka"`
+	PostgresMaxConns int32 `yaml:"postgres_max_conns"`
+
+	// Kafka is how to reach the brokers: brokers, TLS, SASL.
+	Kafka kafkaconf.Config `yaml:"kafka"`
+
 	// AdminAddr serves /metrics, /healthz, /readyz. Default
 	// "127.0.0.1:9465"; "off" disables.
 	AdminAddr string `yaml:"admin_addr"`

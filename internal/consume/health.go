@@ -48,7 +48,7 @@ func (e *Engine) pingKafka(ctx context.Context) error {
 	defer cancel()
 	if err := e.kafka.Ping(pctx, e.cl); err != nil {
 		if retry.IsPermanent(err) { // rejected credentials or certificate: the error says which
-			return fmt.Errorf("%s: %w", e.cfg.Name, err)
+			return err
 		}
 		return fmt.Errorf("cannot reach Kafka brokers %v: %w (check --brokers / FERRY_KAFKA_BROKERS)", e.kafka.Brokers, err)
 	}
