@@ -238,3 +238,27 @@ func refuseProduce(b *kafkatest.Broker) *produceRefusal {
 	})
 	return r
 }
+
+// A rejected undo ends in compensation_failed: final (not retried), with
+// an outcome; and an operator can skip it.
+func TestRejectedUndoEndsInCompensationFailed(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	e.sim.AddRule(partnersim.Rule{Entity: "prices", Status: 422, Reason: "amount must be positive"})
+	e.sim.AddRule(partnersim.Rule{Entity: "items", Method: "DELETE", Status: 409, Reason: "item is locked"})
+	e.emit("globex", "globex-c1", "product.created", "product", "p1", product("chair", -1))
+	topic := e.kafka.TopicPrefix + "ferry.outcomes"
+	e.start("--config", e.shopConfig("    outcomes: {topic: "+topic+"}\n"))
+	got := e.readOutcomes(topic, 1)
+	if got[0].State != delivery.CompensationFailed || !strings.Contains(got[0].Reason, "undo rejected") || !strings.Contains(got[0].Reason, "item is locked") {
+		t.Fatalf("outcome %+v", got[0])
+	}
+	if n, _ := e.calls("globex", "DELETE", "/v1/items"); n != 1 {
+		t.Fatalf("%d undo calls, want 1 (compensation_failed is final)", n)
+	}
+	if code, _, errOut := e.runCmd("skip", "--integration", "shop", "--event", "globex-c1", "--reason", "deleted by hand"); code != 0 {
+		t.Fatal(errOut)
+	}
+	if s := e.state("globex-c1"); s != "skipped" {
+		t.Fatalf("after skip: %s", s)
+	}
+}

@@ -529,7 +529,8 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 		// finishing it): wait for it to finish, or for its lease to expire.
 		e.log.Debug("delivery held by another process; waiting", append(where(ev, tp, rec), "holder", nc.Holder)...)
 		return lane.Outcome{Verdict: lane.Backoff, Delay: 500 * time.Millisecond}
-	case errors.As(err, &nc) && (nc.State == delivery.Rejected || nc.State == delivery.Compensated || nc.State == delivery.Expired) &&
+	case errors.As(err, &nc) && (nc.State == delivery.Rejected || nc.State == delivery.Compensated || nc.State == delivery.Expired ||
+		nc.State == delivery.CompensationFailed) &&
 		e.cfg.OnReject == OnRejectPark:
 		return lane.Outcome{Verdict: lane.Park, Delay: e.cfg.ParkRecheck}
 	case errors.As(err, &nc):
@@ -609,7 +610,7 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	case delivery.Skipped:
 		e.log.Warn("delivery skipped: the connector does not handle it (on_unhandled: skip)", append(where(ev, tp, rec), "reason", o.Reason)...)
 		return lane.Outcome{Verdict: lane.Done}
-	case delivery.Rejected, delivery.Compensated, delivery.Expired:
+	case delivery.Rejected, delivery.Compensated, delivery.Expired, delivery.CompensationFailed:
 		e.log.Error("delivery "+string(o.State), append(where(ev, tp, rec), "reason", o.Reason, "policy", e.cfg.OnReject)...)
 		if e.cfg.OnReject == OnRejectSkip {
 			return lane.Outcome{Verdict: lane.Done}
@@ -628,8 +629,9 @@ func where(ev connector.Event, tp lane.TP, rec *kgo.Record) []any {
 }
 
 // compensate undoes the steps a rejected delivery completed, when the
-// connector can: o becomes compensated, or compensating (to be retried)
-// when the undo failed; it stays rejected when nothing can be undone.
+// connector can: o becomes compensated, compensating (to be retried)
+// when the undo failed, or compensation_failed (final) when the partner
+// rejected it; it stays rejected when nothing can be undone.
 func (e *Engine) compensate(ctx context.Context, req connector.Request, steps []connector.Step, att delivery.Attempt, o *delivery.Outcome) {
 	u, ok := e.conn.(connector.Undoer)
 	if !ok {
@@ -644,6 +646,10 @@ func (e *Engine) compensate(ctx context.Context, req connector.Request, steps []
 	case err == nil:
 		o.State = delivery.Compensated
 		o.Reason += fmt.Sprintf("; compensated: undid %d completed step(s)", len(steps))
+	case errors.As(err, new(*connector.Rejection)):
+		// The partner refused the undo for good: retrying cannot help.
+		o.State = delivery.CompensationFailed
+		o.Reason += "; undo rejected, the completed steps stay at the partner: " + err.Error()
 	default:
 		o.State = delivery.Compensating
 		o.Reason += "; undo failed, will retry: " + err.Error()

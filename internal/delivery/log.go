@@ -467,10 +467,10 @@ func (l *Log) Skip(ctx context.Context, integration, eventID, reason string) err
 	return pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
 		var tenant string
 		err := tx.QueryRow(ctx, `UPDATE ferry.delivery SET state = 'skipped', reason = $3, updated_at = now()
-			WHERE integration = $1 AND event_id = $2 AND state IN ('rejected', 'failed', 'pending', 'waiting') RETURNING tenant_id`,
+			WHERE integration = $1 AND event_id = $2 AND state IN ('rejected', 'failed', 'pending', 'waiting', 'compensating', 'expired', 'compensation_failed') RETURNING tenant_id`,
 			integration, eventID, "skipped by operator: "+reason).Scan(&tenant)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("delivery: %s/%s is not rejected, failed, pending or waiting: nothing to skip: %w", integration, eventID, ErrState)
+			return fmt.Errorf("delivery: %s/%s is not rejected, failed, pending, waiting, compensating, expired or compensation_failed: nothing to skip: %w", integration, eventID, ErrState)
 		}
 		if err != nil {
 			return err
