@@ -98,7 +98,12 @@ func (e *env) inproc(extra ...string) (stop func() (int, string)) {
 		once.Do(func() { cancel(); code = <-done })
 		return code, stderr.String()
 	}
-	e.t.Cleanup(func() { stop() })
+	e.t.Cleanup(func() {
+		// cdc's own account of a failed test (a stall, a reconnect).
+		if _, out := stop(); e.t.Failed() {
+			e.t.Logf("cdc stderr:\n%s", out)
+		}
+	})
 	return stop
 }
 
