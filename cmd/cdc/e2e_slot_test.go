@@ -53,6 +53,13 @@ func TestSlotRecreatedIsDetectedAndRecovered(t *testing.T) {
 		t.Fatalf("cdc exited %d: %s", code, stderr)
 	}
 
+	// The stopped cdc's walsender exits on its own time; a slot still
+	// active cannot be dropped (SQLSTATE 55006, seen under load).
+	waitFor(t, 30*time.Second, "slot released by the stopped cdc", func() bool {
+		var active bool
+		err := e.conn.QueryRow(context.Background(), `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, e.slot).Scan(&active)
+		return err == nil && !active
+	})
 	e.exec(`SELECT pg_drop_replication_slot($1)`, e.slot)
 	gap := e.insert("acme", "product", "p1", "product.updated", `{"n":2}`)
 	e.exec(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, e.slot)
