@@ -85,7 +85,7 @@ type Options struct {
 	// side (0: unbounded, for operator commands): a statement that has
 	// not answered by then fails, so a stalled connection cannot freeze
 	// a lane or shutdown. The server-side bound is the pool's
-	// statement_timeout runtime parameter (see cmd/sink), which the
+	// statement_timeout runtime parameter (see internal/sinkapp), which the
 	// write connections inherit.
 	StatementTimeout time.Duration
 	// Holder names this process in the deliveries it claims (Begin); it

@@ -1,4 +1,4 @@
-package main
+package sinkapp
 
 import (
 	"bytes"
@@ -32,7 +32,7 @@ func cdcBinary(t *testing.T) string {
 			return
 		}
 		cdcBin = filepath.Join(dir, "cdc")
-		if out, err := exec.Command("go", "build", "-o", cdcBin, "../cdc").CombinedOutput(); err != nil {
+		if out, err := exec.Command("go", "build", "-o", cdcBin, "../../cmd/cdc").CombinedOutput(); err != nil {
 			cdcErr = err
 			t.Logf("%s", out)
 		}

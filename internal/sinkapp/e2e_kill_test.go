@@ -1,4 +1,4 @@
-package main
+package sinkapp
 
 import (
 	"context"
@@ -36,7 +36,7 @@ func sinkBinary(t *testing.T) string {
 			return
 		}
 		sinkBin = filepath.Join(dir, "sink")
-		if out, err := exec.Command("go", "build", "-o", sinkBin, ".").CombinedOutput(); err != nil {
+		if out, err := exec.Command("go", "build", "-o", sinkBin, "../../cmd/sink").CombinedOutput(); err != nil {
 			sinkErr = fmt.Errorf("%w: %s", err, out)
 		}
 	})
