@@ -592,7 +592,19 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 			e.compensate(ctx, req, rej.Steps, att, &o)
 		}
 	}
-	if err := e.dlog.Finish(ctx, att, o); err != nil {
+	if ctx.Err() != nil && o.State == delivery.Failed {
+		// Stopping, and the call was cut short or failed as the stop
+		// came: the delivery stays in flight under this process's lease
+		// (which a restart ends at once), and no attempt is burnt.
+		return lane.Outcome{Verdict: lane.Backoff, Delay: time.Second}
+	}
+	// The partner answered: its answer is recorded even when the sink is
+	// stopping meanwhile, or the next owner would call the partner again
+	// for a change it already made (the write then waits only on the
+	// log's statement timeout, bounded here too).
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+	defer cancel()
+	if err := e.dlog.Finish(fctx, att, o); err != nil {
 		return e.dbTrouble(err)
 	}
 	e.m.Deliveries.WithLabelValues(e.cfg.Name, string(o.State)).Inc()
@@ -619,6 +631,15 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	}
 	return lane.Outcome{Verdict: lane.Done}
 }
+
+// stopGrace is how long a partner call under way may still take once the
+// sink is told to stop (SIGTERM): enough for a partner that answers in
+// seconds, within a Kubernetes pod's default 30 s termination grace.
+const stopGrace = 5 * time.Second
+
+// finishTimeout bounds the write of a partner's answer to the delivery
+// log, which is not cancelled by a stop.
+const finishTimeout = 30 * time.Second
 
 // where are the log fields that find an event: its ids, where it is in
 // Kafka, and the commit LSN cdc read it at (the integration is on the
@@ -713,8 +734,13 @@ func (e *Engine) invoke(ctx context.Context, req connector.Request) (connector.R
 		return connector.Result{}, &connector.Failure{Reason: "lease on the delivery not renewed (delivery log unreachable): partner not called",
 			RetryAfter: time.Second}
 	}
-	cctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+	// A call under way when the sink is told to stop may finish, for up
+	// to stopGrace: its answer is then recorded, and the next owner does
+	// not send the event again. Cut short, it is a lost response, which
+	// the idempotency key covers.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.cfg.Timeout)
 	defer cancel()
+	defer context.AfterFunc(ctx, func() { time.AfterFunc(stopGrace, cancel) })()
 	start := time.Now()
 	res, err := e.conn.Deliver(cctx, req)
 	e.m.DeliveryDuration.WithLabelValues(e.cfg.Name).Observe(time.Since(start).Seconds())

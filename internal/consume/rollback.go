@@ -54,7 +54,8 @@ func Rollback(ctx context.Context, integration, tenant string, conn connector.Co
 		} else {
 			res.Deleted++
 		}
-		if err := dlog.Finish(ctx, att, o); err != nil {
+		// The partner answered: record it even if the caller gave up.
+		if err := dlog.Finish(context.WithoutCancel(ctx), att, o); err != nil {
 			return res, err
 		}
 	}

@@ -1,0 +1,72 @@
+package sinkapp
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-cdc/ferry/internal/partnersim"
+)
+
+// A clean stop (SIGTERM) that comes while a partner call is under way
+// lets the call finish and records the partner's answer, so the next
+// sink does not send the event again. (Found in a clean-clone make test
+// run: the stop cancelled the call and then the log's write, "finish
+// e-1: context canceled", the delivery stayed in flight, and the
+// restarted sink sent it a second time.)
+func TestGuarantee3_StopDuringAPartnerCallRecordsItsAnswer(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	arrived, release := make(chan struct{}), make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Idempotency-Key") == "shop:e-stop" {
+			select {
+			case arrived <- struct{}{}:
+				<-release // answer only once the sink was told to stop
+			default:
+			}
+		}
+		e.sim.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	e.simURL = srv.URL
+	cfg := e.config("")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var stderr syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"run", "--config", cfg, "--instance-id", "stop-1"}, func(string) string { return "" }, io.Discard, &stderr)
+	}()
+	e.produce("t1", "e-stop", "product.created", `{"n":1}`)
+	<-arrived
+	cancel() // SIGTERM while the partner holds the call
+	close(release)
+	if code := <-done; code != 0 {
+		t.Fatalf("sink exit %d:\n%s", code, stderr.String())
+	}
+	if got := e.state("e-stop"); got != "succeeded" {
+		t.Fatalf("after the stop the delivery is %q, want succeeded (the partner applied it):\n%s", got, stderr.String())
+	}
+	if strings.Contains(stderr.String(), "context canceled") {
+		t.Errorf("the stop cancelled a delivery-log write:\n%s", stderr.String())
+	}
+
+	// The next sink delivers what comes after, and never e-stop again.
+	stop := e.start("run", "--config", cfg, "--instance-id", "stop-1")
+	e.produce("t1", "e-after", "product.updated", `{"n":2}`)
+	waitFor(t, 30*time.Second, "e-after delivered", func() bool { return e.state("e-after") == "succeeded" })
+	stop()
+	calls := 0
+	for _, r := range e.sim.Requests("") {
+		if r.IdempotencyKey == "shop:e-stop" {
+			calls++
+		}
+	}
+	if calls != 1 {
+		t.Fatalf("partner got e-stop %d times, want once: %+v", calls, e.sim.Requests(""))
+	}
+}
