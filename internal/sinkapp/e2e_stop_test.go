@@ -70,3 +70,35 @@ func TestGuarantee3_StopDuringAPartnerCallRecordsItsAnswer(t *testing.T) {
 		t.Fatalf("partner got e-stop %d times, want once: %+v", calls, e.sim.Requests(""))
 	}
 }
+
+// Two live processes with one instance id: Kafka lets the newer in and
+// fences the older, which exits non-zero saying why and what to do
+// (docs/operations.md), while the newer one goes on delivering.
+func TestSecondProcessWithTheSameInstanceIDFencesTheFirst(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	cfg := e.config("")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var older syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"run", "--config", cfg, "--instance-id", "dup"}, func(string) string { return "" }, io.Discard, &older)
+	}()
+	e.produce("t1", "e-1", "product.created", `{"n":1}`)
+	waitFor(t, 30*time.Second, "e-1 delivered by the older process", func() bool { return e.state("e-1") == "succeeded" })
+
+	stop := e.start("run", "--config", cfg, "--instance-id", "dup")
+	select {
+	case code := <-done:
+		if code != 1 || !strings.Contains(older.String(), "Kafka fenced this process") || !strings.Contains(older.String(), `same instance id "dup"`) {
+			t.Fatalf("older process exit %d, want 1 with the fencing explained:\n%s", code, older.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("older process still running 60s after a second process joined with its instance id:\n%s", older.String())
+	}
+	e.produce("t1", "e-2", "product.updated", `{"n":2}`)
+	waitFor(t, 30*time.Second, "e-2 delivered by the newer process", func() bool { return e.state("e-2") == "succeeded" })
+	if code, logs := stop(); code != 0 {
+		t.Fatalf("newer process exit %d:\n%s", code, logs)
+	}
+}
