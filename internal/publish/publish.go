@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -113,6 +115,12 @@ type Publisher struct {
 	Tenants *Tenants
 
 	kafkaDown atomic.Bool // a broker connection failed and none succeeded since
+
+	// batchMax caps a produce batch, and so a record: max_record_bytes,
+	// or the broker's message.max.bytes when that is lower (learnt by
+	// the first session, see limitBatches).
+	batchMax     atomic.Int32
+	limitsLogged atomic.Bool
 }
 
 // New checks the config and prepares the producer options. It does not
@@ -123,6 +131,7 @@ func New(cfg Config, router *route.Router, log *slog.Logger, m *metrics.CDC) (*P
 		return nil, err
 	}
 	p := &Publisher{cfg: cfg, router: router, log: log, m: m}
+	p.batchMax.Store(int32(cfg.MaxRecordBytes))
 	p.opts = append(cfg.Opts(), // brokers, TLS, SASL
 		kgo.ClientID(cfg.ClientID),
 		kgo.RequiredAcks(kgo.AllISRAcks()),                   // the default, stated: guarantee 1 needs it
@@ -132,7 +141,6 @@ func New(cfg Config, router *route.Router, log *slog.Logger, m *metrics.CDC) (*P
 		// records' context to the caller's. Dead-letter records produced
 		// from callbacks (at most one per record) take the other half.
 		kgo.MaxBufferedRecords(2*cfg.MaxBufferedRecords),
-		kgo.ProducerBatchMaxBytes(int32(cfg.MaxRecordBytes)),
 		kgo.ProducerLinger(0),
 		kgo.AllowAutoTopicCreation(),
 		// A record fails only for a reason no retry fixes, or when its
@@ -171,17 +179,36 @@ func (p *Publisher) kafkaState(err error) {
 // returns an error when no broker answers within 10 seconds; the caller
 // retries.
 func (p *Publisher) Open(ctx context.Context) (outbox.Session, error) {
-	s := &Session{p: p, sem: semaphore.NewWeighted(int64(p.cfg.MaxBufferedRecords))}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	s, err := p.open(pctx)
+	if err == nil && p.limitBatches(pctx, s.cl) {
+		// The broker takes less than the client was built for: a new
+		// client, before any record.
+		s.cancel()
+		s.cl.Close()
+		s, err = p.open(pctx)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.watched = make(chan struct{})
+	go s.watch()
+	return s, nil
+}
+
+// open makes a session's client and pings the brokers with it.
+func (p *Publisher) open(ctx context.Context) (*Session, error) {
+	s := &Session{p: p, sem: semaphore.NewWeighted(int64(p.cfg.MaxBufferedRecords)), batchMax: int(p.batchMax.Load())}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	cl, err := kgo.NewClient(append(p.opts, kgo.WithHooks(sessionHook{s}), kgo.WithLogger(kgoLogger{p, s}))...)
+	cl, err := kgo.NewClient(append(p.opts, kgo.ProducerBatchMaxBytes(int32(s.batchMax)),
+		kgo.WithHooks(sessionHook{s}), kgo.WithLogger(kgoLogger{p, s}))...)
 	if err != nil {
 		s.cancel()
 		return nil, fmt.Errorf("kafka client: %w", err)
 	}
 	s.cl = cl
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := p.cfg.Ping(pctx, cl); err != nil {
+	if err := p.cfg.Ping(ctx, cl); err != nil {
 		s.cancel()
 		cl.Close()
 		if retry.IsPermanent(err) { // rejected credentials or certificate: the error says which
@@ -189,9 +216,43 @@ func (p *Publisher) Open(ctx context.Context) (outbox.Session, error) {
 		}
 		return nil, fmt.Errorf("cannot reach Kafka brokers %v: %w (are they running? check --brokers / FERRY_KAFKA_BROKERS)", p.cfg.Brokers, err)
 	}
-	s.watched = make(chan struct{})
-	go s.watch()
 	return s, nil
+}
+
+// limitBatches asks a broker for its message.max.bytes, the largest
+// batch it takes, and lowers batchMax to it when max_record_bytes is
+// higher. It reports whether batchMax changed. Without the limit, a
+// batch of small records, or one record, between the two sizes would
+// be refused by the broker, and the refusal fails every record buffered
+// for that partition, innocent ones too. A broker that does not say
+// (no DescribeConfigs permission) is trusted to match max_record_bytes,
+// as the setting's documentation asks.
+func (p *Publisher) limitBatches(ctx context.Context, cl *kgo.Client) bool {
+	adm := kadm.NewClient(cl)
+	brokers, err := adm.ListBrokers(ctx)
+	if err != nil || len(brokers) == 0 {
+		return false
+	}
+	rcs, err := adm.DescribeBrokerConfigs(ctx, brokers[0].NodeID)
+	if err != nil || len(rcs) == 0 {
+		if !p.limitsLogged.Swap(true) {
+			p.log.Info("could not read the broker's message.max.bytes; kafka.max_record_bytes must not exceed it", "reason", fmt.Sprint(err))
+		}
+		return false
+	}
+	limit := 0
+	for _, c := range rcs[0].Configs {
+		if c.Key == "message.max.bytes" && c.Value != nil {
+			limit, _ = strconv.Atoi(*c.Value)
+		}
+	}
+	if limit <= 0 || limit >= int(p.batchMax.Load()) {
+		return false
+	}
+	p.batchMax.Store(int32(limit))
+	p.log.Warn("the broker's message.max.bytes is below kafka.max_record_bytes: batches are capped at the broker's limit, and a record over it goes to the dead-letter topic (on_bad_event)",
+		"message_max_bytes", limit, "max_record_bytes", p.cfg.MaxRecordBytes)
+	return true
 }
 
 // watch pings the brokers once a second while Kafka is known to be
@@ -235,6 +296,8 @@ type Session struct {
 	err    error       // the first failure: the latch
 	failed atomic.Bool // err != nil, read before every Produce
 	inits  atomic.Int32
+	// batchMax is the client's ProducerBatchMaxBytes.
+	batchMax int
 
 	watched chan struct{} // closed when watch has returned
 }
@@ -283,7 +346,7 @@ func (s *Session) produce(ctx context.Context, rec *kgo.Record, done func(*kgo.R
 		return nil
 	}
 	s.cl.Produce(s.ctx, rec, func(r *kgo.Record, err error) {
-		if err != nil && !isBadRecord(err) {
+		if err != nil && !s.badRecord(r, err) {
 			// Set before the transaction hears of it, and before any
 			// later record of this session can be produced.
 			s.fail(err)
@@ -303,7 +366,7 @@ func (s *Session) produceNow(rec *kgo.Record, done func(*kgo.Record, error)) {
 		return
 	}
 	s.cl.Produce(s.ctx, rec, func(r *kgo.Record, err error) {
-		if err != nil && !isBadRecord(err) {
+		if err != nil && !s.badRecord(r, err) {
 			s.fail(err)
 		}
 		done(r, err)
@@ -433,13 +496,22 @@ func (st *txState) promise(r *kgo.Record, err error) {
 	}
 	st.s.p.m.KafkaErrors.Inc()
 	e := st.event(r)
-	if e != nil && isBadRecord(err) {
+	if e != nil && st.s.badRecord(r, err) {
 		// On franz-go's promise goroutine: the dead-letter record must not
 		// wait for room (Produce from a promise must not block).
 		if dlErr := st.deadLetter(nil, e, fmt.Sprintf("kafka refused the record for %s: %v", r.Topic, err)); dlErr != nil {
 			st.finish(dlErr)
 		}
 		return
+	}
+	if errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) {
+		// The broker refused a batch that the client and the broker's
+		// message.max.bytes allow: the topic's own max.message.bytes is
+		// lower. Which record is too large is unknown (every record
+		// buffered for the partition fails), and a restart would send the
+		// same batch: stop, with the slot before it.
+		err = retry.Permanent(fmt.Errorf("%w: the broker refused a batch of at most %d bytes for topic %s as too large: the topic's max.message.bytes is lower than kafka.max_record_bytes; raise the topic's max.message.bytes or lower kafka.max_record_bytes to it, and restart (nothing was skipped)",
+			err, st.s.batchMax, r.Topic))
 	}
 	st.finish(fmt.Errorf("publish event %s (tenant %q) to topic %s: %w", route.HeaderValue(r, route.HeaderEventID), string(r.Key), r.Topic, err))
 }
@@ -460,6 +532,9 @@ func (st *txState) deadLetter(ctx context.Context, e *outbox.Event, reason strin
 		"lsn", st.tx.CommitLSN.String(), "topic", p.cfg.DeadLetterTopic, "reason", reason)
 	st.dead.Add(1)
 	rec := p.router.DeadLetter(p.cfg.DeadLetterTopic, st.tx, e, reason, p.cfg.MaxDeadLetterValueBytes)
+	if recordBytes(rec)+batchOverhead > st.s.batchMax {
+		rec.Value = nil // the payload copy would not fit the broker's limit; the row still has it
+	}
 	done := func(r *kgo.Record, err error) {
 		if err != nil {
 			p.m.KafkaErrors.Inc()
@@ -488,12 +563,32 @@ func (st *txState) event(r *kgo.Record) *outbox.Event {
 	return nil
 }
 
-// isBadRecord reports errors caused by the record itself, which retrying
-// cannot fix.
-func isBadRecord(err error) bool {
-	return errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) ||
-		errors.Is(err, kerr.InvalidRecord) || errors.Is(err, kerr.InvalidTopicException) ||
+// badRecord reports whether r failed for a reason of its own, which no
+// retry fixes. A record refused as too large is the cause only when it
+// alone does not fit in a batch (franz-go refuses it before sending,
+// and fails nothing else); a batch the broker refused as too large fails
+// every record of the partition, innocent ones too (see promise).
+func (s *Session) badRecord(r *kgo.Record, err error) bool {
+	if errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) {
+		return recordBytes(r)+batchOverhead > s.batchMax
+	}
+	return errors.Is(err, kerr.InvalidRecord) || errors.Is(err, kerr.InvalidTopicException) ||
 		errors.Is(err, kerr.CorruptMessage)
+}
+
+// batchOverhead bounds the bytes a batch of one record adds to the
+// record's key, value and headers: the batch header (61 bytes) and the
+// record's varints.
+const batchOverhead = 128
+
+// recordBytes is what franz-go counts as a record's size: key, value,
+// and header keys and values.
+func recordBytes(r *kgo.Record) int {
+	n := len(r.Key) + len(r.Value)
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value) + 10 // and each header's varints
+	}
+	return n
 }
 
 // kgoLogger forwards franz-go's warnings and errors to slog. While Kafka
