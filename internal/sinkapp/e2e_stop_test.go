@@ -2,12 +2,15 @@ package sinkapp
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/ferry-cdc/ferry/internal/partnersim"
 )
@@ -100,5 +103,42 @@ func TestSecondProcessWithTheSameInstanceIDFencesTheFirst(t *testing.T) {
 	waitFor(t, 30*time.Second, "e-2 delivered by the newer process", func() bool { return e.state("e-2") == "succeeded" })
 	if code, logs := stop(); code != 0 {
 		t.Fatalf("newer process exit %d:\n%s", code, logs)
+	}
+}
+
+// The broker going away mid-run is weather: the sink stays up, says it
+// is not ready, counts the reconnects, and once the broker is back
+// delivers what came meanwhile, in order and once.
+func TestGuarantee7_SinkRidesThroughABrokerOutageMidRun(t *testing.T) {
+	e := newEnvWith(t, partnersim.Config{}, kfake.DataDir(t.TempDir()))
+	admin := freeAddr(t)
+	stop := e.start("--config", e.config(""), "--admin-addr", admin)
+	for n := 1; n <= 20; n++ {
+		e.produce("acme", fmt.Sprintf("acme-%d", n), "product.updated", fmt.Sprintf(`{"n":%d}`, n))
+	}
+	waitFor(t, time.Minute, "20 delivered before the outage", func() bool { return len(e.delivered()["acme"]) == 20 })
+
+	e.kafka.Stop(t)
+	waitFor(t, time.Minute, "not ready while Kafka is down", func() bool {
+		code, why := readyz(admin)
+		return code == http.StatusServiceUnavailable && strings.Contains(why, "kafka") &&
+			metric(admin, `ferry_sink_reconnects_total{target="kafka"}`) >= 1
+	})
+	e.kafka.Start(t)
+	for n := 21; n <= 40; n++ {
+		e.produce("acme", fmt.Sprintf("acme-%d", n), "product.updated", fmt.Sprintf(`{"n":%d}`, n))
+	}
+	waitFor(t, time.Minute, "40 delivered and ready after the outage", func() bool {
+		code, _ := readyz(admin)
+		return code == http.StatusOK && len(e.delivered()["acme"]) >= 40
+	})
+	got := e.delivered()["acme"]
+	for i, n := range got {
+		if n != i+1 {
+			t.Fatalf("partner applied %v, want 1..40 in order, each once", got)
+		}
+	}
+	if code, logs := stop(); code != 0 {
+		t.Fatalf("sink exit %d:\n%s", code, logs)
 	}
 }

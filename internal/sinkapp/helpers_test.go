@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ferry-cdc/ferry/internal/kafkatest"
@@ -45,7 +46,13 @@ type env struct {
 
 func newEnv(t *testing.T, simCfg partnersim.Config) *env {
 	t.Helper()
-	e := &env{t: t, db: pgtest.New(t), kafka: kafkatest.New(t), sim: partnersim.New(simCfg)}
+	return newEnvWith(t, simCfg)
+}
+
+// newEnvWith is newEnv with options for the kfake broker.
+func newEnvWith(t *testing.T, simCfg partnersim.Config, kafkaOpts ...kfake.Opt) *env {
+	t.Helper()
+	e := &env{t: t, db: pgtest.New(t), kafka: kafkatest.New(t, kafkaOpts...), sim: partnersim.New(simCfg)}
 	srv := httptest.NewServer(e.sim)
 	t.Cleanup(srv.Close)
 	e.simURL = srv.URL
