@@ -187,8 +187,18 @@ func checkKnown(n *yaml.Node, t reflect.Type, path, skip string, errs *[]error) 
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	if t.Implements(yamlUnmarshaler) || reflect.PointerTo(t).Implements(yamlUnmarshaler) ||
-		reflect.PointerTo(t).Implements(textUnmarshaler) || t.Kind() == reflect.Interface {
+	if t.Implements(yamlUnmarshaler) || reflect.PointerTo(t).Implements(yamlUnmarshaler) {
+		// A list that unmarshals itself is taken to accept one item or a
+		// list of them (httpconn.Steps); anything else is opaque.
+		if t.Kind() != reflect.Slice {
+			return
+		}
+		if n.Kind == yaml.MappingNode {
+			checkKnown(n, t.Elem(), path, "", errs)
+			return
+		}
+	}
+	if reflect.PointerTo(t).Implements(textUnmarshaler) || t.Kind() == reflect.Interface {
 		return
 	}
 	switch {

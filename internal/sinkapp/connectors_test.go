@@ -152,3 +152,40 @@ func TestConnectorTypeRegisteredTwiceIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// The http type's block is strict down to its steps (httpconn.Steps
+// takes one step or a list): a misspelt key anywhere is reported with its
+// path, where yaml.v3 alone would drop it.
+func TestHTTPBlockIsStrictDownToItsSteps(t *testing.T) {
+	p := writeConfig(t, `
+postgres_url: postgres://x/y
+kafka: {brokers: [127.0.0.1:9092]}
+integrations:
+  - name: shop
+    topics: [outbox.product]
+    connector:
+      type: http
+      base_url: http://partner
+      auth: {type: bearer, tokn_env: X}
+      entities:
+        product:
+          lookpu: {path: /x}
+          create: {path: /v1/items, id: $.id, bodyy: "{}"}
+          update: [{path: "/v1/items/{{.remote_id}}", undo: {paht: /y}}]
+          delete: {path: "/v1/items/{{.remote_id}}"}
+`)
+	_, err := parse([]string{"--config", p}, func(string) string { return "" }, io.Discard)
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{
+		"integrations[0].connector.auth.tokn_env: unknown key (line 10)",
+		"integrations[0].connector.entities.product.lookpu: unknown key (line 13)",
+		"integrations[0].connector.entities.product.create.bodyy: unknown key (line 14)",
+		"integrations[0].connector.entities.product.update[0].undo.paht: unknown key (line 15)",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
