@@ -39,6 +39,7 @@ test: deps compose-check
 	$(GO) vet ./...
 	$(GO) vet -tags containers ./...   # the testcontainers path must compile
 	$(GO) test -race -count=1 -timeout 15m ./...
+	cd examples/custom-connector && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 5m ./...   # its own module, ferry replaced by this checkout
 
 # The same tests against real Kafka and PostgreSQL containers (needs a
 # Docker engine).

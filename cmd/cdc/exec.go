@@ -10,7 +10,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 
@@ -246,70 +245,10 @@ func withConn(ctx context.Context, url string, fn func(*pgx.Conn) error) error {
 	return fn(conn)
 }
 
-// slotStatus is `cdc status`'s output.
-type slotStatus struct {
-	Slot             string     `json:"slot"`
-	Exists           bool       `json:"exists"`
-	Active           bool       `json:"active"`
-	WALStatus        string     `json:"wal_status"`
-	ConfirmedLSN     string     `json:"confirmed_lsn"`
-	LagBytes         int64      `json:"lag_bytes"`
-	LagSeconds       float64    `json:"lag_seconds"`
-	LastConfirmed    *time.Time `json:"last_confirmed_commit,omitempty"`
-	RecordedLSN      string     `json:"recorded_lsn,omitempty"`
-	SafeWALSizeBytes int64      `json:"safe_wal_size_bytes"`
-	// Tenants are the tenants with the newest published events (up to
-	// --tenants), from ferry.cdc_tenant.
-	Tenants []tenantStatus `json:"tenants"`
-}
-
-type tenantStatus struct {
-	TenantID     string    `json:"tenant_id"`
-	LastCommitAt time.Time `json:"last_event_commit_time"`
-	Events       int64     `json:"events_published"`
-}
-
 func (c *command) status(ctx context.Context, stdout io.Writer) error {
 	return withConn(ctx, c.cfg.PostgresURL, func(conn *pgx.Conn) error {
-		s := slotStatus{Slot: c.cfg.Outbox.Slot}
-		var lsn pglogrepl.LSN
-		err := conn.QueryRow(ctx, `SELECT active, COALESCE(wal_status, ''), confirmed_flush_lsn,
-				COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint, COALESCE(safe_wal_size, -1)
-			FROM pg_replication_slots WHERE slot_name = $1`, s.Slot).Scan(&s.Active, &s.WALStatus, &lsn, &s.LagBytes, &s.SafeWALSizeBytes)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-		case err != nil:
-			return fmt.Errorf("status: read slot: %w", err)
-		default:
-			s.Exists = true
-			s.ConfirmedLSN = lsn.String()
-		}
-		var rec pglogrepl.LSN
-		err = conn.QueryRow(ctx, `SELECT confirmed_lsn, confirmed_commit_time FROM ferry.cdc_slot WHERE slot_name = $1`, s.Slot).Scan(&rec, &s.LastConfirmed)
-		if err == nil {
-			s.RecordedLSN = rec.String()
-			// The reader's lag metric uses the same rule.
-			if s.LastConfirmed != nil && s.LagBytes > outbox.CaughtUpBytes {
-				s.LagSeconds = time.Since(*s.LastConfirmed).Seconds()
-			}
-		} else if !errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("status: read ferry.cdc_slot (run `cdc setup`): %w", err)
-		}
-		rows, err := conn.Query(ctx, `SELECT tenant_id, last_commit_at, events FROM ferry.cdc_tenant WHERE slot_name = $1
-			ORDER BY last_commit_at DESC, tenant_id LIMIT $2`, s.Slot, c.st.Tenants)
+		s, err := outbox.Status(ctx, conn, c.cfg.Outbox.Slot, c.st.Tenants)
 		if err != nil {
-			return fmt.Errorf("status: read ferry.cdc_tenant (run `cdc setup`): %w", err)
-		}
-		for rows.Next() {
-			var t tenantStatus
-			if err := rows.Scan(&t.TenantID, &t.LastCommitAt, &t.Events); err != nil {
-				rows.Close()
-				return fmt.Errorf("status: read ferry.cdc_tenant: %w", err)
-			}
-			s.Tenants = append(s.Tenants, t)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
 			return err
 		}
 		if c.st.JSON {

@@ -1,20 +1,10 @@
 // Command sink consumes Ferry's outbox topics and delivers each tenant's
 // events to partner APIs in order, isolating failing tenants; see
-// README.md and docs/config.md.
+// README.md and docs/config.md. It is pkg/sink's Main with the built-in
+// connector types only: build your own binary with more the same way
+// (docs/connectors.md, "Writing a Go connector").
 package main
 
-import (
-	"context"
-	"os"
-	"os/signal"
-	"syscall"
+import "github.com/ferry-cdc/ferry/pkg/sink"
 
-	"github.com/ferry-cdc/ferry/internal/sinkapp"
-)
-
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := sinkapp.Run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
-}
+func main() { sink.Main() }

@@ -14,7 +14,6 @@ import (
 	"github.com/ferry-cdc/ferry/internal/cli"
 	"github.com/ferry-cdc/ferry/internal/consume"
 	"github.com/ferry-cdc/ferry/internal/kafkaconf"
-	"github.com/ferry-cdc/ferry/pkg/connector/httpconn"
 )
 
 // Config is the sink's YAML file.
@@ -72,22 +71,6 @@ type Integration struct {
 	Connector      ConnectorConfig `yaml:"connector"`
 }
 
-// ConnectorConfig picks and configures the connector: "http" (the
-// declarative HTTP connector, pkg/connector/httpconn: its fields are
-// inline) or "webhook" (POST every event to url).
-type ConnectorConfig struct {
-	Type string `yaml:"type"`
-	URL  string `yaml:"url"`
-	// URLEnv names the environment variable holding the webhook's URL
-	// (when it carries a token).
-	URLEnv string `yaml:"url_env"`
-	// SigningSecretsEnv names environment variables holding Standard
-	// Webhooks secrets (whsec_…): a webhook's requests are signed with
-	// each (several during a rotation). Empty: unsigned.
-	SigningSecretsEnv []string `yaml:"signing_secrets_env"`
-	httpconn.Config   `yaml:",inline"`
-}
-
 // outcomeTopics is each integration's outcome topic ("" when its
 // outcomes are switched off), for the delivery log.
 func (c *Config) outcomeTopics() map[string]string {
@@ -138,7 +121,10 @@ func (c *Config) setDefaults() {
 	}
 }
 
-func (c *Config) validate() error {
+// validate returns every problem of the config at once, each with its
+// path; each integration's connector block is checked by its type's
+// factory.
+func (c *Config) validate(reg registry, getenv func(string) string) error {
 	var errs []error
 	if c.PostgresURL == "" {
 		errs = append(errs, errors.New("postgres_url: not set: use --postgres-url or FERRY_POSTGRES_URL"))
@@ -158,31 +144,8 @@ func (c *Config) validate() error {
 		}
 		seen[in.Name] = true
 		errs = append(errs, in.Validate(prefix))
-		switch in.Connector.Type {
-		case "webhook":
-			if _, err := in.connector(i); err != nil {
-				errs = append(errs, err)
-			}
-			if in.Connector.BaseURL != "" || len(in.Connector.Entities) > 0 {
-				errs = append(errs, fmt.Errorf("%s.connector: base_url and entities belong to type http, not webhook", prefix))
-			}
-			for j, name := range in.Connector.SigningSecretsEnv {
-				if name == "" {
-					errs = append(errs, fmt.Errorf("%s.connector.signing_secrets_env[%d]: empty: name an environment variable", prefix, j))
-				}
-			}
-		case "http":
-			if in.Connector.URL != "" || in.Connector.URLEnv != "" {
-				errs = append(errs, fmt.Errorf("%s.connector.url: type http takes base_url (and entities), not url or url_env", prefix))
-			}
-			if len(in.Connector.SigningSecretsEnv) > 0 {
-				errs = append(errs, fmt.Errorf("%s.connector.signing_secrets_env: only the webhook connector signs requests", prefix))
-			}
-			if _, err := httpconn.New(in.Connector.Config, prefix+".connector"); err != nil {
-				errs = append(errs, err)
-			}
-		default:
-			errs = append(errs, fmt.Errorf("%s.connector.type: %q: use http or webhook", prefix, in.Connector.Type))
+		if _, cerrs := reg.build(i, in, getenv, nil); len(cerrs) > 0 {
+			errs = append(errs, cerrs...)
 		}
 	}
 	if c.PostgresStatementTimeout < 0 {
@@ -303,9 +266,21 @@ type command struct {
 	name string
 	cfg  Config
 	f    flags
+	// reg is the connector types this binary knows; getenv the
+	// environment it was given.
+	reg    registry
+	getenv func(string) string
 }
 
 func parse(args []string, getenv func(string) string, stdout io.Writer) (*command, error) {
+	return parseWith(Options{}, args, getenv, stdout)
+}
+
+func parseWith(opts Options, args []string, getenv func(string) string, stdout io.Writer) (*command, error) {
+	reg, err := newRegistry(opts)
+	if err != nil {
+		return nil, err
+	}
 	var cfg Config
 	if err := cli.LoadYAML(cli.FindConfigPath(args, getenv), &cfg); err != nil {
 		return nil, err
@@ -351,7 +326,7 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 		name = "tenants " + words[1]
 	}
 	if name == "run" {
-		if err := cfg.validate(); err != nil {
+		if err := cfg.validate(reg, getenv); err != nil {
 			return nil, fmt.Errorf("invalid configuration:\n%w", err)
 		}
 	} else if cfg.PostgresURL == "" {
@@ -362,7 +337,7 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 			return nil, fmt.Errorf("invalid configuration:\n%w", err)
 		}
 	}
-	return &command{name: name, cfg: cfg, f: f}, nil
+	return &command{name: name, cfg: cfg, f: f, reg: reg, getenv: getenv}, nil
 }
 
 // Static membership bounds: Kafka brokers accept session timeouts in

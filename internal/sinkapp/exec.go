@@ -3,9 +3,8 @@ package sinkapp
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
-	"os"
+	"log/slog"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -22,9 +21,6 @@ import (
 	"github.com/ferry-cdc/ferry/internal/ops"
 	"github.com/ferry-cdc/ferry/internal/pgdb"
 	"github.com/ferry-cdc/ferry/internal/retry"
-	"github.com/ferry-cdc/ferry/pkg/connector"
-	"github.com/ferry-cdc/ferry/pkg/connector/httpconn"
-	"github.com/ferry-cdc/ferry/pkg/connector/webhook"
 	"github.com/ferry-cdc/ferry/pkg/mapping"
 )
 
@@ -61,7 +57,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	svc, err := c.service(dlog, pool)
+	svc, err := c.service(dlog, pool, log)
 	if err != nil {
 		return err
 	}
@@ -159,37 +155,16 @@ func (c *command) adminAccess() admin.Access {
 	return admin.Access{Token: c.cfg.AdminToken, AllowedHosts: c.cfg.AdminAllowedHosts}
 }
 
-// connector builds the integration's connector; i is its index in the
-// config, for error paths.
-func (in Integration) connector(i int) (connector.Connector, error) {
-	if in.Connector.Type == "http" {
-		return httpconn.New(in.Connector.Config, fmt.Sprintf("integrations[%d].connector", i))
-	}
-	cfg := webhook.Config{URL: in.Connector.URL, URLEnv: in.Connector.URLEnv, Timeout: in.Connector.Timeout}
-	for j, name := range in.Connector.SigningSecretsEnv {
-		v := os.Getenv(name)
-		if v == "" {
-			return nil, fmt.Errorf("integrations[%d].connector.signing_secrets_env[%d]: environment variable %s is not set", i, j, name)
-		}
-		cfg.SigningSecrets = append(cfg.SigningSecrets, v)
-	}
-	c, err := webhook.New(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("integrations[%d].connector.%w", i, err) // webhook's errors start with the key
-	}
-	return c, nil
-}
-
 // service is the operator surface over the configured integrations (their
 // connectors are built once: the rollback uses them).
 // Only run and tenants disable need them: other commands skip a connector
 // that cannot be built (its secret may not be set where operators work).
-func (c *command) service(dlog *delivery.Log, pool *pgxpool.Pool) (*ops.Service, error) {
+func (c *command) service(dlog *delivery.Log, pool *pgxpool.Pool, log *slog.Logger) (*ops.Service, error) {
 	svc := &ops.Service{Log: dlog, Pool: pool, Kafka: c.cfg.Kafka, Integrations: map[string]ops.Integration{}}
 	for i, in := range c.cfg.Integrations {
-		conn, err := in.connector(i)
-		if err != nil && (c.name == "run" || c.name == "tenants disable") {
-			return nil, err
+		conn, errs := c.reg.build(i, in, c.getenv, log)
+		if len(errs) > 0 && (c.name == "run" || c.name == "tenants disable") {
+			return nil, errors.Join(errs...)
 		}
 		svc.Integrations[in.Name] = ops.Integration{Name: in.Name, Group: in.Group, Connector: conn, ParkRecheck: in.ParkRecheck, Timeout: in.Timeout}
 	}

@@ -43,7 +43,7 @@ func (c *command) operate(ctx context.Context, stdout io.Writer) error {
 		return err
 	}
 	defer dlog.Close()
-	svc, err := c.service(dlog, pool)
+	svc, err := c.service(dlog, pool, nil)
 	if err != nil {
 		return err
 	}

@@ -12,11 +12,13 @@ import (
 // Run runs the sink command line args and returns the process exit code:
 // 0 on success, 2 for a usage or config error, 1 for a failure at run time.
 func Run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	return run(ctx, args, getenv, stdout, stderr)
+	return RunWith(ctx, Options{}, args, getenv, stdout, stderr)
 }
 
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	c, err := parse(args, getenv, stdout)
+// RunWith is Run with opts: connector types besides the built-in ones
+// (pkg/sink).
+func RunWith(ctx context.Context, opts Options, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	c, err := parseWith(opts, args, getenv, stdout)
 	if err != nil {
 		if err == errHelp {
 			return 0
@@ -29,4 +31,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return 1
 	}
 	return 0
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	return RunWith(ctx, Options{}, args, getenv, stdout, stderr)
 }

@@ -82,3 +82,14 @@ func (s *MemMappings) MarkDeleted(_ context.Context, entityType, localID string)
 	s.m[k] = m
 	return true, nil
 }
+
+// All returns every mapping, in no particular order.
+func (s *MemMappings) All() []connector.Mapping {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]connector.Mapping, 0, len(s.m))
+	for _, m := range s.m {
+		out = append(out, m)
+	}
+	return out
+}

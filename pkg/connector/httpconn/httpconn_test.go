@@ -91,6 +91,16 @@ func TestConformance(t *testing.T) {
 			ev.TenantID = tenant
 			return ev
 		},
+		Update: func(tenant string) connector.Event {
+			ev := event("e-2", "product.updated", "product", "p1", `{"name": "Desk lamp", "price": 30, "currency": "EUR"}`)
+			ev.TenantID = tenant
+			return ev
+		},
+		Delete: func(tenant string) connector.Event {
+			ev := event("e-3", "product.deleted", "product", "p1", `{}`)
+			ev.TenantID = tenant
+			return ev
+		},
 	})
 }
 
