@@ -65,6 +65,9 @@ type Source struct {
 	Topic     string
 	Partition int32
 	Offset    int64
+	// Key is the record key: the tenant's lane (tenant, or
+	// tenant/aggregate), kept with the stored copy for a redrive.
+	Key string
 }
 
 // MaxCallBytes bounds each request and response body kept in the log.
@@ -163,7 +166,14 @@ type Attempt struct {
 	// Compensating is set when the attempt is to finish undoing Steps
 	// after a rejection, not to deliver.
 	Compensating bool
-	event        connector.Event // stored with a failure or rejection
+	// Base is the attempt count when an operator last redrove the
+	// delivery (0: never), and Redriven when: retry.max_attempts counts
+	// the attempts after Base, retry.max_age runs from Redriven, and the
+	// event's own deadline no longer applies.
+	Base     int
+	Redriven time.Time
+	event    connector.Event // stored with a failure or rejection
+	laneKey  string          // stored with it, for a redrive
 }
 
 // ErrNotClaimed means the delivery is final, or another process moved it
@@ -207,7 +217,7 @@ var (
 				AND (d.holder IS NULL OR d.holder = EXCLUDED.holder OR NOT EXISTS (
 					SELECT 1 FROM ferry.sink_process p
 					WHERE p.process_id = d.holder AND p.integration = d.integration AND p.lease_until > now()))
-		RETURNING d.integration, d.event_id, d.attempts, d.state, d.steps`, args: beginArgs}
+		RETURNING d.integration, d.event_id, d.attempts, d.state, d.steps, d.attempts_base, d.redriven_at`, args: beginArgs}
 	checkpointStmt = &setStmt{name: "record step", sql: `UPDATE ferry.delivery AS d
 		SET steps = COALESCE(d.steps, '[]'::jsonb) || u.step, updated_at = now()
 		FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[]) AS u(integration, event_id, attempts, step)
@@ -220,10 +230,11 @@ var (
 	finishStmt = &setStmt{name: "finish", sql: `WITH f AS (UPDATE ferry.delivery AS d
 		SET state = u.state, last_status = u.status, reason = NULLIF(u.reason, ''), calls = u.calls,
 			next_attempt_at = u.next, event = COALESCE(u.event, d.event), updated_at = now(), holder = NULL,
+			lane_key = COALESCE(NULLIF(u.lane_key, ''), d.lane_key),
 			attempts = CASE WHEN u.state = 'waiting' THEN d.attempts - 1 ELSE d.attempts END
 		FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::int[], $6::text[], $7::jsonb[],
-			$8::timestamptz[], $9::jsonb[], $10::text[], $11::text[], $12::jsonb[])
-			AS u(integration, event_id, attempts, state, status, reason, calls, next, event, otopic, remote_id, remote_ids)
+			$8::timestamptz[], $9::jsonb[], $10::text[], $11::text[], $12::jsonb[], $13::text[])
+			AS u(integration, event_id, attempts, state, status, reason, calls, next, event, otopic, remote_id, remote_ids, lane_key)
 		WHERE d.integration = u.integration AND d.event_id = u.event_id AND d.attempts = u.attempts
 			AND d.state IN ('in_flight', 'compensating')
 		RETURNING d.*, u.otopic, u.remote_id, u.remote_ids),
@@ -257,7 +268,11 @@ func (l *Log) Begin(ctx context.Context, integration string, ev connector.Event,
 		}
 		return Attempt{}, nc
 	}
-	a := Attempt{Integration: integration, EventID: ev.ID, Number: r.n, Compensating: r.state == Compensating, event: ev}
+	a := Attempt{Integration: integration, EventID: ev.ID, Number: r.n, Compensating: r.state == Compensating, event: ev,
+		Base: r.base, laneKey: src.Key}
+	if r.redriven.Valid {
+		a.Redriven = r.redriven.Time
+	}
 	if len(r.steps) > 0 {
 		if err := json.Unmarshal(r.steps, &a.Steps); err != nil {
 			return Attempt{}, fmt.Errorf("delivery: decode steps of %s: %w", ev.ID, err)
@@ -268,9 +283,11 @@ func (l *Log) Begin(ctx context.Context, integration string, ev connector.Event,
 
 // begun is what a claimed Begin returns.
 type begun struct {
-	n     int
-	state State
-	steps []byte
+	n        int
+	state    State
+	steps    []byte
+	base     int
+	redriven pgtype.Timestamptz
 }
 
 // beginRow is a Begin's values after the key.
@@ -282,7 +299,7 @@ type beginRow struct {
 func beginOp(integration string, ev connector.Event, src Source, holder string, r *begun) *op {
 	return &op{stmt: beginStmt, key: [2]string{integration, ev.ID},
 		row: &beginRow{tenant: ev.TenantID, eventType: ev.EventType, aggregateType: ev.AggregateType, aggregateID: ev.AggregateID, holder: holder, src: src},
-		out: []any{&r.n, &r.state, &r.steps}}
+		out: []any{&r.n, &r.state, &r.steps, &r.base, &r.redriven}}
 }
 
 func beginArgs(ops []*op) []any {
@@ -411,7 +428,9 @@ func (l *Log) finishOp(a Attempt, o Outcome) (*op, error) {
 	// rejections, which operators inspect and retry; a success keeps its
 	// status code.
 	var calls, event []byte
+	laneKey := ""
 	if o.State != Succeeded {
+		laneKey = a.laneKey
 		var err error
 		if calls, err = json.Marshal(bound(o.Calls)); err != nil {
 			return nil, fmt.Errorf("delivery: encode calls: %w", err)
@@ -421,7 +440,7 @@ func (l *Log) finishOp(a Attempt, o Outcome) (*op, error) {
 		}
 	}
 	r := &finishRow{attempt: int32(a.Number), state: string(o.State), reason: o.Reason, calls: calls, event: event,
-		otopic: l.outcomes[a.Integration], remoteID: o.RemoteID}
+		otopic: l.outcomes[a.Integration], remoteID: o.RemoteID, laneKey: laneKey}
 	if len(o.RemoteIDs) > 0 {
 		var err error
 		if r.remoteIDs, err = json.Marshal(o.RemoteIDs); err != nil {
@@ -443,19 +462,20 @@ type finishRow struct {
 	next             pgtype.Timestamptz
 	otopic, remoteID string // the outcome topic ("" = none), the partner id
 	remoteIDs        []byte // named partner ids (JSON), or nil
+	laneKey          string // kept with the stored event ("" = keep)
 }
 
 func finishArgs(ops []*op) []any {
 	n := len(ops)
 	att, state, reason := make([]int32, n), make([]string, n), make([]string, n)
 	status, next, calls, event := make([]pgtype.Int4, n), make([]pgtype.Timestamptz, n), make([][]byte, n), make([][]byte, n)
-	otopic, remoteID, remoteIDs := make([]string, n), make([]string, n), make([][]byte, n)
+	otopic, remoteID, remoteIDs, laneKey := make([]string, n), make([]string, n), make([][]byte, n), make([]string, n)
 	for i, o := range ops {
 		r := o.row.(*finishRow)
 		att[i], state[i], reason[i], status[i], next[i], calls[i], event[i] = r.attempt, r.state, r.reason, r.status, r.next, r.calls, r.event
-		otopic[i], remoteID[i], remoteIDs[i] = r.otopic, r.remoteID, r.remoteIDs
+		otopic[i], remoteID[i], remoteIDs[i], laneKey[i] = r.otopic, r.remoteID, r.remoteIDs, r.laneKey
 	}
-	return []any{keyColumn(ops, 0), keyColumn(ops, 1), att, state, status, reason, calls, next, event, otopic, remoteID, remoteIDs}
+	return []any{keyColumn(ops, 0), keyColumn(ops, 1), att, state, status, reason, calls, next, event, otopic, remoteID, remoteIDs, laneKey}
 }
 
 // Skip marks a delivery skipped by an operator, with a reason, and
@@ -478,30 +498,8 @@ func (l *Log) Skip(ctx context.Context, integration, eventID, reason string) err
 		if err := l.writeOutcome(ctx, tx, integration, eventID); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, event_id, action, reason) VALUES ($1, $2, $3, 'skip', $4)`,
-			integration, tenant, eventID, reason)
-		return err
-	})
-}
-
-// retrySteps: a retry resumes after the recorded steps, unless they were
-// undone (compensated): then it starts again.
-const retrySteps = `steps = CASE WHEN state = 'compensated' THEN NULL ELSE steps END`
-
-// Retry makes a rejected delivery retryable again (an operator act).
-func (l *Log) Retry(ctx context.Context, integration, eventID string) error {
-	return pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
-		var tenant string
-		err := tx.QueryRow(ctx, `UPDATE ferry.delivery SET state = 'pending', updated_at = now(), `+retrySteps+`
-			WHERE integration = $1 AND event_id = $2 AND state IN ('rejected', 'failed', 'compensated') RETURNING tenant_id`, integration, eventID).Scan(&tenant)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("delivery: %s/%s is not rejected, failed or compensated: nothing to retry: %w", integration, eventID, ErrState)
-		}
-		if err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, event_id, action) VALUES ($1, $2, $3, 'retry')`,
-			integration, tenant, eventID)
+		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, event_id, action, reason, actor) VALUES ($1, $2, $3, 'skip', $4, $5)`,
+			integration, tenant, eventID, reason, ActorOf(ctx))
 		return err
 	})
 }
@@ -569,14 +567,14 @@ func (l *Log) Ignore(ctx context.Context, integration string, ev connector.Event
 	defer cancel()
 	// One statement writes the skipped state and its outcome.
 	_, err = l.pool.Exec(ctx, `WITH d AS (INSERT INTO ferry.delivery AS x (integration, event_id, tenant_id, event_type, aggregate_type,
-			aggregate_id, topic, kafka_partition, kafka_offset, state, reason, event)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'skipped', $10, $11) ON CONFLICT (integration, event_id) DO UPDATE
-			SET state = 'skipped', reason = $10, event = $11, updated_at = now()
+			aggregate_id, topic, kafka_partition, kafka_offset, state, reason, event, lane_key)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'skipped', $10, $11, NULLIF($13, '')) ON CONFLICT (integration, event_id) DO UPDATE
+			SET state = 'skipped', reason = $10, event = $11, updated_at = now(), lane_key = COALESCE(NULLIF($13, ''), x.lane_key)
 			WHERE x.state IN ('pending', 'failed', 'waiting', 'in_flight', 'rejected', 'compensated', 'expired')
 		RETURNING x.*)
 		INSERT INTO ferry.outcome (`+outcomeColumns+`) SELECT `+outcomeValues("d", "$12", "''", "NULL")+` FROM d WHERE $12 <> ''`,
 		integration, ev.ID, ev.TenantID, ev.EventType, ev.AggregateType, ev.AggregateID, src.Topic, src.Partition, src.Offset, reason, body,
-		l.outcomes[integration])
+		l.outcomes[integration], src.Key)
 	if err != nil {
 		return fmt.Errorf("delivery: record ignored %s: %w", ev.ID, err)
 	}
@@ -707,44 +705,38 @@ func (l *Log) Counts(ctx context.Context) ([]Count, map[string]map[string]int64,
 	return out, parked, prows.Err()
 }
 
-// RetryTenant makes every rejected or failed delivery of a tenant (or of
-// the whole integration when tenant is "") retryable; it returns how many.
-func (l *Log) RetryTenant(ctx context.Context, integration, tenant string) (int, error) {
-	var n int
-	err := pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE ferry.delivery SET state = 'pending', updated_at = now(), `+retrySteps+`
-			WHERE integration = $1 AND ($2 = '' OR tenant_id = $2) AND state IN ('rejected', 'failed', 'compensated')`, integration, tenant)
+// Pause pauses an integration (tenant "") or one tenant of it, and
+// records the act. It fails when that is paused already.
+func (l *Log) Pause(ctx context.Context, integration, tenant, reason string) error {
+	return pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `INSERT INTO ferry.pause (integration, tenant_id, reason) VALUES ($1, $2, $3)
+			ON CONFLICT (integration, tenant_id) DO NOTHING`, integration, tenant, reason)
 		if err != nil {
 			return err
 		}
-		n = int(tag.RowsAffected())
-		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, action, reason) VALUES ($1, $2, 'retry', $3)`,
-			integration, tenant, fmt.Sprintf("%d deliveries", n))
-		return err
-	})
-	if err != nil {
-		return 0, fmt.Errorf("delivery: retry %s/%s: %w", integration, tenant, err)
-	}
-	return n, nil
-}
-
-// Pause pauses an integration (tenant "") or one tenant of it, and
-// records the act.
-func (l *Log) Pause(ctx context.Context, integration, tenant, reason string) error {
-	return pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO ferry.pause (integration, tenant_id, reason) VALUES ($1, $2, $3)
-			ON CONFLICT (integration, tenant_id) DO UPDATE SET reason = $3, paused_at = now()`, integration, tenant, reason); err != nil {
-			return err
+		if tag.RowsAffected() == 0 {
+			var since time.Time
+			var why string
+			if err := tx.QueryRow(ctx, `SELECT paused_at, reason FROM ferry.pause WHERE integration = $1 AND tenant_id = $2`,
+				integration, tenant).Scan(&since, &why); err != nil {
+				return err
+			}
+			what := integration
+			if tenant != "" {
+				what += " tenant " + tenant
+			}
+			return fmt.Errorf("delivery: %s is already paused (since %s, reason %q): nothing to do: %w", what,
+				since.UTC().Format(time.RFC3339), why, ErrState)
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, action, reason) VALUES ($1, $2, 'pause', $3)`,
-			integration, tenant, reason)
+		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, action, reason, actor) VALUES ($1, $2, 'pause', $3, $4)`,
+			integration, tenant, reason, ActorOf(ctx))
 		return err
 	})
 }
 
-// Resume lifts a pause and records the act. It fails when nothing was
-// paused.
-func (l *Log) Resume(ctx context.Context, integration, tenant string) error {
+// Resume lifts a pause and records the act (reason may be ""). It
+// fails when nothing was paused.
+func (l *Log) Resume(ctx context.Context, integration, tenant, reason string) error {
 	return pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `DELETE FROM ferry.pause WHERE integration = $1 AND tenant_id = $2`, integration, tenant)
 		if err != nil {
@@ -757,7 +749,8 @@ func (l *Log) Resume(ctx context.Context, integration, tenant string) error {
 			}
 			return fmt.Errorf("delivery: %s is not paused: %w", what, ErrState)
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, action) VALUES ($1, $2, 'resume')`, integration, tenant)
+		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, action, reason, actor) VALUES ($1, $2, 'resume', $3, $4)`,
+			integration, tenant, reason, ActorOf(ctx))
 		return err
 	})
 }

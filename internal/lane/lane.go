@@ -143,6 +143,41 @@ func (s *Scheduler) AddSpilled(tp TP, items ...*Item) {
 	}
 }
 
+// Redrive appends an item an operator asked to deliver again (kept in
+// durable storage by the caller, so it does not take part in the
+// watermark) at the end of its lane, and wakes the lane if it waits
+// (backing off, parked or paused: its head is attempted again now, which
+// is what the operator's retry of a failed or parked delivery asks for).
+// Wake does the second alone, for a renewed request.
+func (s *Scheduler) Redrive(tp TP, it *Item) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	it.Spilled = true
+	l := s.partition(tp).lane(it.Key)
+	l.queue = append(l.queue, it)
+	s.wake(l)
+}
+
+// Wake makes a waiting lane of tp attempt its head item now; a lane that
+// does not wait, or does not exist, is left as it is.
+func (s *Scheduler) Wake(tp TP, key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.parts[tp]; p != nil {
+		if l := p.lanes[key]; l != nil {
+			s.wake(l)
+		}
+	}
+}
+
+// wake ends l's wait and enqueues it; s.mu is held.
+func (s *Scheduler) wake(l *lane) {
+	if l.timer != nil && l.timer.Stop() {
+		l.state, l.timer = Active, nil
+	}
+	s.enqueue(l)
+}
+
 func (s *Scheduler) partition(tp TP) *partition {
 	p := s.parts[tp]
 	if p == nil {

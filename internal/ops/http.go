@@ -28,18 +28,28 @@ var page []byte
 //	GET  /api/v1/status              []IntegrationStatus
 //	GET  /api/v1/failures            ?integration=&tenant=&state=a,b&since=1h&limit=100
 //	GET  /api/v1/tenants             ?integration=
-//	POST /api/v1/retry               {"integration", "event" | "tenant" | "all": true}
+//	POST /api/v1/retry               {"integration", "event" | "tenant", "states", "since", "all": true; "reason"}
+//	                                 → {"retrying": n, "events": [{"event_id", "tenant_id", "from"}], "order"}
 //	POST /api/v1/skip                {"integration", "event", "reason"}
 //	POST /api/v1/pause               {"integration", "tenant", "reason"}
-//	POST /api/v1/resume              {"integration", "tenant"}
+//	POST /api/v1/resume              {"integration", "tenant", "reason"}
 //	POST /api/v1/tenants/enable      {"integration", "tenant", "reason"}
 //	POST /api/v1/tenants/disable     {"integration", "tenant", "reason", "no_rollback"}
+//
+// Every state-changing call is recorded in ferry.operator_action with
+// its time, reason and actor: the admin token's name
+// (FERRY_ADMIN_TOKEN_NAME), or "admin-api (no token)" when none is set.
 //
 // Errors are {"error": "..."} with 400 (bad argument), 409 (the state does
 // not allow it), 401 (token), 403 (another site, or a foreign Host), 415
 // (not JSON) or 500.
 func (s *Service) Routes(acc admin.Access) map[string]http.Handler {
-	guard := func(h http.HandlerFunc) http.Handler { return acc.RequireToken(h) }
+	// Every act is recorded under the token's name (admin.Access.Actor).
+	guard := func(h http.HandlerFunc) http.Handler {
+		return acc.RequireToken(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h(w, r.WithContext(delivery.WithActor(r.Context(), acc.Actor(r))))
+		}))
+	}
 	routes := map[string]http.Handler{
 		"GET /{$}": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			// The page itself holds no data; its API calls carry the token.
@@ -69,8 +79,8 @@ func (s *Service) Routes(acc admin.Access) map[string]http.Handler {
 			if !decode(w, r, &req) {
 				return
 			}
-			n, err := s.Retry(r.Context(), req)
-			reply(w, map[string]int{"retrying": n}, err)
+			res, err := s.Retry(r.Context(), req)
+			reply(w, res, err)
 		}),
 		"POST /api/v1/skip": guard(func(w http.ResponseWriter, r *http.Request) {
 			var req struct{ Integration, Event, Reason string }
@@ -87,11 +97,11 @@ func (s *Service) Routes(acc admin.Access) map[string]http.Handler {
 			reply(w, map[string]string{"paused": Target(req.Integration, req.Tenant)}, s.Pause(r.Context(), req.Integration, req.Tenant, req.Reason))
 		}),
 		"POST /api/v1/resume": guard(func(w http.ResponseWriter, r *http.Request) {
-			var req struct{ Integration, Tenant string }
+			var req struct{ Integration, Tenant, Reason string }
 			if !decode(w, r, &req) {
 				return
 			}
-			reply(w, map[string]string{"resumed": Target(req.Integration, req.Tenant)}, s.Resume(r.Context(), req.Integration, req.Tenant))
+			reply(w, map[string]string{"resumed": Target(req.Integration, req.Tenant)}, s.Resume(r.Context(), req.Integration, req.Tenant, req.Reason))
 		}),
 		"POST /api/v1/tenants/enable": guard(func(w http.ResponseWriter, r *http.Request) {
 			var req struct{ Integration, Tenant, Reason string }

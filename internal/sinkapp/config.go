@@ -39,6 +39,11 @@ type Config struct {
 	LogLevel     string        `yaml:"log_level"`
 	Integrations []Integration `yaml:"integrations"`
 
+	// AdminTokenName names the token's holder in the record of operator
+	// acts made through the API (FERRY_ADMIN_TOKEN_NAME; default
+	// "admin-token").
+	AdminTokenName string `yaml:"-"`
+
 	// PostgresStatementTimeout bounds every delivery-log, parked-queue
 	// and mapping statement: sent as the connections' statement_timeout
 	// (a statement blocked by a lock or a slow server fails) and used as
@@ -225,7 +230,7 @@ type flags struct {
 	Run      runCmd      `cmd:"" default:"withargs" help:"Consume and deliver (the default command)."`
 	Status   statusCmd   `cmd:"" help:"Deliveries by integration and state, and parked queue depth per tenant."`
 	Failures failuresCmd `cmd:"" help:"Failed and rejected deliveries: status code, reason, attempts, and the partner calls."`
-	Retry    retryCmd    `cmd:"" help:"Make a rejected or failed delivery retryable: one event, a tenant's, or all of an integration's."`
+	Retry    retryCmd    `cmd:"" help:"Deliver again from the stored copy: one event, or in bulk (--tenant, --state, --since, --all). It goes through its tenant's lane AFTER the events already delivered."`
 	Skip     skipCmd     `cmd:"" help:"Skip a delivery (its lane moves on); a reason is required and recorded."`
 	Pause    pauseCmd    `cmd:"" help:"Pause an integration, or one tenant of it: its lanes wait without calling the partner. Survives restarts."`
 	Resume   resumeCmd   `cmd:"" help:"Resume a paused integration or tenant."`
@@ -266,6 +271,7 @@ type pauseCmd struct {
 type resumeCmd struct {
 	Integration string `help:"The integration." required:""`
 	Tenant      string `help:"Only this tenant (default: the whole integration)."`
+	Reason      string `help:"Why (recorded)."`
 }
 
 type runCmd struct{}
@@ -285,10 +291,14 @@ type failuresCmd struct {
 }
 
 type retryCmd struct {
-	Integration string `help:"The integration." required:""`
-	Event       string `help:"One event id." xor:"what" required:""`
-	Tenant      string `help:"Every rejected or failed delivery of this tenant." xor:"what" required:""`
-	All         bool   `help:"Every rejected or failed delivery of the integration." xor:"what" required:""`
+	Integration string        `help:"The integration." required:""`
+	Event       string        `help:"One event id (rejected, failed, expired, skipped, compensated, compensation_failed or compensating)."`
+	Tenant      string        `help:"Bulk: only this tenant's deliveries."`
+	State       []string      `help:"Bulk: these states (default rejected,failed,expired,compensated,compensation_failed)." enum:"rejected,failed,expired,skipped,compensated,compensation_failed,compensating" sep:","`
+	Since       string        `help:"Bulk: only deliveries updated since then: a duration back (1h) or an RFC 3339 time." placeholder:"TIME"`
+	All         bool          `help:"Bulk: every delivery of the integration in the default states."`
+	Reason      string        `help:"Why (recorded with your OS user in ferry.operator_action)."`
+	Wait        time.Duration `help:"How long to wait for the running sink to deliver them again, reporting their states (0: do not wait)." default:"10s"`
 }
 
 type skipCmd struct {
@@ -344,6 +354,7 @@ func parse(args []string, getenv func(string) string, stdout io.Writer) (*comman
 		cfg.SessionTimeout = *f.SessionTimeout
 	}
 	cfg.AdminToken = getenv("FERRY_ADMIN_TOKEN")
+	cfg.AdminTokenName = getenv("FERRY_ADMIN_TOKEN_NAME")
 	cfg.setDefaults()
 	words := strings.Fields(kctx.Command())
 	name := words[0]

@@ -156,7 +156,7 @@ func boundStatements(cc *pgx.ConnConfig, d time.Duration) {
 }
 
 func (c *command) adminAccess() admin.Access {
-	return admin.Access{Token: c.cfg.AdminToken, AllowedHosts: c.cfg.AdminAllowedHosts}
+	return admin.Access{Token: c.cfg.AdminToken, TokenName: c.cfg.AdminTokenName, AllowedHosts: c.cfg.AdminAllowedHosts}
 }
 
 // connector builds the integration's connector; i is its index in the

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"os/user"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -47,23 +49,15 @@ func (c *command) operate(ctx context.Context, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Every act is recorded under the OS user who ran the command.
+	ctx = delivery.WithActor(ctx, osUser())
 	switch c.name {
 	case "status":
 		return status(ctx, svc, c.f.Status, stdout)
 	case "failures":
 		return failures(ctx, svc, c.f.Failures, stdout)
 	case "retry":
-		r := c.f.Retry
-		n, err := svc.Retry(ctx, ops.RetryRequest{Integration: r.Integration, Event: r.Event, Tenant: r.Tenant, All: r.All})
-		if err != nil {
-			return err
-		}
-		what := fmt.Sprintf("%d deliveries of %s", n, ops.Target(r.Integration, r.Tenant))
-		if r.Event != "" {
-			what = r.Integration + "/" + r.Event
-		}
-		fmt.Fprintf(stdout, "retrying %s\n", what)
-		return nil
+		return redrive(ctx, svc, c.f.Retry, stdout)
 	case "skip":
 		s := c.f.Skip
 		if err := svc.Skip(ctx, s.Integration, s.Event, s.Reason); err != nil {
@@ -80,7 +74,7 @@ func (c *command) operate(ctx context.Context, stdout io.Writer) error {
 		return nil
 	case "resume":
 		r := c.f.Resume
-		if err := svc.Resume(ctx, r.Integration, r.Tenant); err != nil {
+		if err := svc.Resume(ctx, r.Integration, r.Tenant, r.Reason); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "resumed %s\n", ops.Target(r.Integration, r.Tenant))
@@ -89,6 +83,47 @@ func (c *command) operate(ctx context.Context, stdout io.Writer) error {
 		return c.tenants(ctx, svc, stdout)
 	}
 	return fmt.Errorf("unknown command %q", c.name)
+}
+
+// osUser names who runs the CLI, for the record of operator acts.
+func osUser() string {
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		return "os:" + u.Username
+	}
+	if u := os.Getenv("USER"); u != "" {
+		return "os:" + u
+	}
+	return fmt.Sprintf("os:uid %d", os.Getuid())
+}
+
+// redrive redrives, prints what it took and where it goes in the
+// tenant's order, and waits (up to --wait) for the running sink to
+// deliver it, printing each one's state then.
+func redrive(ctx context.Context, svc *ops.Service, r retryCmd, stdout io.Writer) error {
+	res, err := svc.Retry(ctx, ops.RetryRequest{Integration: r.Integration, Event: r.Event, Tenant: r.Tenant, All: r.All,
+		States: r.State, Since: r.Since, Reason: r.Reason})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "retrying %d deliveries of %s: %s\n", res.Count, ops.Target(r.Integration, r.Tenant), ops.RedriveOrder)
+	if r.Wait <= 0 {
+		for _, e := range res.Events {
+			fmt.Fprintf(stdout, "  %s (tenant %s, was %s): queued\n", e.EventID, e.TenantID, e.From)
+		}
+		return nil
+	}
+	states, open, err := svc.WaitRedriven(ctx, r.Integration, res.Events, r.Wait)
+	if err != nil {
+		return err
+	}
+	for _, e := range res.Events {
+		fmt.Fprintf(stdout, "  %s (tenant %s, was %s): now %s\n", e.EventID, e.TenantID, e.From, orDash(string(states[e.EventID])))
+	}
+	if open > 0 {
+		fmt.Fprintf(stdout, "%d not delivered yet after %s: no running sink of %s has acted on them yet (they go when one owns their partition and its lane gets there; see sink status)\n",
+			open, r.Wait, r.Integration)
+	}
+	return nil
 }
 
 func status(ctx context.Context, svc *ops.Service, cmd statusCmd, stdout io.Writer) error {
