@@ -472,6 +472,15 @@ func (s *Service) Disable(ctx context.Context, integration, tenant, reason strin
 	if rollback && (!ok || in.Connector == nil) {
 		return consume.RollbackResult{}, bad("disable: integration %q is not in the --config file: the rollback needs its connector (or pass --no-rollback)", integration)
 	}
+	if !rollback {
+		off, err := s.Log.Disabled(ctx, integration)
+		if err != nil {
+			return consume.RollbackResult{}, &NotSwitched{Err: err}
+		}
+		if off[tenant] {
+			return consume.RollbackResult{}, &InputError{Status: 409, Msg: fmt.Sprintf("disable: %s tenant %s is already disabled: nothing to do", integration, tenant)}
+		}
+	}
 	if _, err := s.Log.SetTenant(ctx, integration, tenant, false, reason); err != nil {
 		return consume.RollbackResult{}, &NotSwitched{Err: err}
 	}
