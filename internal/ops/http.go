@@ -26,13 +26,16 @@ var page []byte
 //
 //	GET  /                           the read-only web page
 //	GET  /api/v1/status              []IntegrationStatus
-//	GET  /api/v1/failures            ?integration=&tenant=&state=a,b&since=1h&limit=100
+//	GET  /api/v1/failures            ?integration=&tenant=&state=a,b&since=1h&limit=100&cursor=&history=1
+//	                                 (newest problem first; a further page's cursor in the
+//	                                 Next-Cursor header and a Link rel="next")
 //	GET  /api/v1/tenants             ?integration=
 //	POST /api/v1/retry               {"integration", "event" | "tenant", "states", "since", "all": true; "reason"}
 //	                                 → {"retrying": n, "events": [{"event_id", "tenant_id", "from"}], "order"}
 //	POST /api/v1/skip                {"integration", "event", "reason"}
 //	POST /api/v1/pause               {"integration", "tenant", "reason"}
 //	POST /api/v1/resume              {"integration", "tenant", "reason"}
+//	POST /api/v1/prune               {"older_than": "720h"} → {"deliveries": n, "attempts": n}
 //	POST /api/v1/tenants/enable      {"integration", "tenant", "reason"}
 //	POST /api/v1/tenants/disable     {"integration", "tenant", "reason", "no_rollback"}
 //
@@ -67,7 +70,15 @@ func (s *Service) Routes(acc admin.Access) map[string]http.Handler {
 				reply(w, nil, err)
 				return
 			}
-			rows, err := s.Failures(r.Context(), f)
+			rows, next, err := s.Failures(r.Context(), f)
+			if next != "" {
+				// The body stays the array it always was; the next page's
+				// cursor goes in headers (RFC 8288 Link, as GitHub's API).
+				q := r.URL.Query()
+				q.Set("cursor", next)
+				w.Header().Set("Next-Cursor", next)
+				w.Header().Set("Link", "<"+r.URL.Path+"?"+q.Encode()+`>; rel="next"`)
+			}
 			reply(w, rows, err)
 		}),
 		"GET /api/v1/tenants": guard(func(w http.ResponseWriter, r *http.Request) {
@@ -102,6 +113,21 @@ func (s *Service) Routes(acc admin.Access) map[string]http.Handler {
 				return
 			}
 			reply(w, map[string]string{"resumed": Target(req.Integration, req.Tenant)}, s.Resume(r.Context(), req.Integration, req.Tenant, req.Reason))
+		}),
+		"POST /api/v1/prune": guard(func(w http.ResponseWriter, r *http.Request) {
+			var req struct {
+				OlderThan string `json:"older_than"`
+			}
+			if !decode(w, r, &req) {
+				return
+			}
+			d, err := time.ParseDuration(req.OlderThan)
+			if err != nil {
+				reply(w, nil, bad("older_than=%q: give a duration such as 720h", req.OlderThan))
+				return
+			}
+			res, err := s.Prune(r.Context(), d)
+			reply(w, res, err)
 		}),
 		"POST /api/v1/tenants/enable": guard(func(w http.ResponseWriter, r *http.Request) {
 			var req struct{ Integration, Tenant, Reason string }
@@ -138,7 +164,8 @@ func Target(integration, tenant string) string {
 
 func filter(r *http.Request) (delivery.Filter, error) {
 	q := r.URL.Query()
-	f := delivery.Filter{Integration: q.Get("integration"), TenantID: q.Get("tenant"), Limit: 100}
+	f := delivery.Filter{Integration: q.Get("integration"), TenantID: q.Get("tenant"), Limit: 100, Cursor: q.Get("cursor"),
+		History: q.Get("history") == "1" || q.Get("history") == "true"}
 	if v := q.Get("state"); v != "" {
 		for _, st := range strings.Split(v, ",") {
 			f.States = append(f.States, delivery.State(strings.TrimSpace(st)))

@@ -229,24 +229,28 @@ func (s *Service) lag(ctx context.Context, byName map[string]*IntegrationStatus,
 	}
 }
 
-// Failures lists problem deliveries.
-func (s *Service) Failures(ctx context.Context, f delivery.Filter) ([]delivery.Failure, error) {
+// Failures lists problem deliveries, one page at a time (next is the
+// cursor of the following page, "" at the end).
+func (s *Service) Failures(ctx context.Context, f delivery.Filter) ([]delivery.Failure, string, error) {
 	for _, st := range f.States {
 		switch st {
 		case delivery.Pending, delivery.InFlight, delivery.Succeeded, delivery.Failed, delivery.Rejected, delivery.Waiting,
-			delivery.Skipped, delivery.Compensating, delivery.Compensated:
+			delivery.Skipped, delivery.Compensating, delivery.Compensated, delivery.Expired, delivery.CompensationFailed:
 		default:
-			return nil, bad("unknown state %q: use pending, in_flight, succeeded, failed, rejected, waiting, skipped, compensating or compensated", st)
+			return nil, "", bad("unknown state %q: use pending, in_flight, succeeded, failed, rejected, waiting, skipped, compensating, compensated, expired or compensation_failed", st)
 		}
 	}
 	if f.Limit < 0 || f.Limit > 10000 {
-		return nil, bad("limit %d: give 1 to 10000", f.Limit)
+		return nil, "", bad("limit %d: give 1 to 10000", f.Limit)
 	}
-	rows, err := s.Log.Failures(ctx, f)
+	rows, next, err := s.Log.Failures(ctx, f)
+	if errors.Is(err, delivery.ErrCursor) {
+		return nil, "", bad("cursor %q: %v", f.Cursor, err)
+	}
 	if rows == nil && err == nil {
 		rows = []delivery.Failure{}
 	}
-	return rows, err
+	return rows, next, err
 }
 
 // RetryRequest selects what to redrive: one event, or a bulk selection
@@ -374,6 +378,15 @@ func (s *Service) WaitRedriven(ctx context.Context, integration string, took []d
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// Prune removes finished deliveries (and their kept attempts) last
+// updated longer than olderThan ago; never an unfinished one.
+func (s *Service) Prune(ctx context.Context, olderThan time.Duration) (delivery.Pruned, error) {
+	if olderThan <= 0 {
+		return delivery.Pruned{}, bad("prune: give older_than, a duration such as 720h (30 days)")
+	}
+	return s.Log.Prune(ctx, time.Now().Add(-olderThan))
 }
 
 // Skip skips one delivery, with a reason.

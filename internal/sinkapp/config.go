@@ -44,6 +44,12 @@ type Config struct {
 	// "admin-token").
 	AdminTokenName string `yaml:"-"`
 
+	// AttemptsKept is how many attempts of each delivery the log keeps
+	// in ferry.delivery_attempt, at each end: the first N and the last N
+	// (request, status, bounded response, error, duration). Default 5;
+	// 0 means the default.
+	AttemptsKept int `yaml:"attempts_kept"`
+
 	// PostgresStatementTimeout bounds every delivery-log, parked-queue
 	// and mapping statement: sent as the connections' statement_timeout
 	// (a statement blocked by a lock or a slow server fails) and used as
@@ -190,6 +196,9 @@ func (c *Config) validate() error {
 			errs = append(errs, fmt.Errorf("%s.connector.type: %q: use http or webhook", prefix, in.Connector.Type))
 		}
 	}
+	if c.AttemptsKept < 0 {
+		errs = append(errs, fmt.Errorf("attempts_kept: %d: give 1 or more (the first and last N attempts of each delivery are kept; default 5)", c.AttemptsKept))
+	}
 	if c.PostgresStatementTimeout < 0 {
 		errs = append(errs, fmt.Errorf("postgres_statement_timeout: %s: must be positive (e.g. 10s)", c.PostgresStatementTimeout))
 	}
@@ -235,6 +244,7 @@ type flags struct {
 	Pause    pauseCmd    `cmd:"" help:"Pause an integration, or one tenant of it: its lanes wait without calling the partner. Survives restarts."`
 	Resume   resumeCmd   `cmd:"" help:"Resume a paused integration or tenant."`
 	Tenants  tenantsCmd  `cmd:"" help:"List tenants, or switch one on (resync it at the partner) or off (roll it back)."`
+	Prune    pruneCmd    `cmd:"" help:"Remove finished deliveries (and their kept attempts) last updated before --older-than; never an unfinished one."`
 }
 
 type tenantsCmd struct {
@@ -285,8 +295,9 @@ type failuresCmd struct {
 	Tenant      string        `help:"Only this tenant."`
 	State       []string      `help:"States to list (default failed,rejected)." enum:"failed,rejected,expired,compensating,compensated,compensation_failed,waiting,in_flight,pending,skipped,succeeded" sep:","`
 	Since       time.Duration `help:"Only deliveries updated within this long (e.g. 1h)."`
-	Limit       int           `help:"At most this many rows." default:"100"`
-	Calls       bool          `help:"Show the partner calls (request and response, bounded)."`
+	Limit       int           `help:"At most this many rows (a page)." default:"100"`
+	Cursor      string        `help:"Continue after the previous page (the cursor it printed)."`
+	Calls       bool          `help:"Show every kept attempt with its partner calls (request and response, bounded), status, error and duration."`
 	JSON        bool          `help:"Print JSON."`
 }
 
@@ -299,6 +310,10 @@ type retryCmd struct {
 	All         bool          `help:"Bulk: every delivery of the integration in the default states."`
 	Reason      string        `help:"Why (recorded with your OS user in ferry.operator_action)."`
 	Wait        time.Duration `help:"How long to wait for the running sink to deliver them again, reporting their states (0: do not wait)." default:"10s"`
+}
+
+type pruneCmd struct {
+	OlderThan time.Duration `help:"Remove finished deliveries last updated longer ago than this (e.g. 720h). Keep it above the topics' retention: the log is what deduplicates a replayed event." required:"" name:"older-than"`
 }
 
 type skipCmd struct {

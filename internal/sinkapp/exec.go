@@ -30,7 +30,7 @@ import (
 
 func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	if c.name != "run" {
-		return cli.Print(stdout, func(w io.Writer) error { return c.operate(ctx, w) })
+		return cli.Print(stdout, func(w io.Writer) error { return c.operate(ctx, w, stderr) })
 	}
 	log, err := cli.Logger(stderr, c.cfg.LogFormat, c.cfg.LogLevel)
 	if err != nil {
@@ -50,7 +50,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 		return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
 	}
 	defer pool.Close()
-	dlog, err := delivery.New(pool, delivery.Options{StatementTimeout: c.cfg.PostgresStatementTimeout, Holder: consume.ProcessID,
+	dlog, err := delivery.New(pool, delivery.Options{StatementTimeout: c.cfg.PostgresStatementTimeout, Holder: consume.ProcessID, AttemptsKept: c.cfg.AttemptsKept,
 		Outcomes: c.cfg.outcomeTopics()})
 	if err != nil {
 		return err

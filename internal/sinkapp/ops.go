@@ -17,11 +17,12 @@ import (
 	"github.com/ferry-cdc/ferry/internal/delivery"
 	"github.com/ferry-cdc/ferry/internal/ops"
 	"github.com/ferry-cdc/ferry/internal/pgdb"
+	"github.com/ferry-cdc/ferry/pkg/connector"
 )
 
 // operate runs an operator command through the same service the admin
 // API uses.
-func (c *command) operate(ctx context.Context, stdout io.Writer) error {
+func (c *command) operate(ctx context.Context, stdout, stderr io.Writer) error {
 	pool, err := pgxpool.New(ctx, c.cfg.PostgresURL)
 	if err != nil {
 		return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
@@ -55,7 +56,7 @@ func (c *command) operate(ctx context.Context, stdout io.Writer) error {
 	case "status":
 		return status(ctx, svc, c.f.Status, stdout)
 	case "failures":
-		return failures(ctx, svc, c.f.Failures, stdout)
+		return failures(ctx, svc, c.f.Failures, stdout, stderr)
 	case "retry":
 		return redrive(ctx, svc, c.f.Retry, stdout)
 	case "skip":
@@ -78,6 +79,18 @@ func (c *command) operate(ctx context.Context, stdout io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(stdout, "resumed %s\n", ops.Target(r.Integration, r.Tenant))
+		return nil
+	case "prune":
+		res, err := svc.Prune(ctx, c.f.Prune.OlderThan)
+		if err != nil {
+			return err
+		}
+		if res.Deliveries == 0 {
+			fmt.Fprintf(stdout, "nothing to prune: no finished delivery was last updated more than %s ago\n", c.f.Prune.OlderThan)
+			return nil
+		}
+		fmt.Fprintf(stdout, "pruned %d finished deliveries and %d kept attempts last updated more than %s ago (unfinished deliveries are never pruned)\n",
+			res.Deliveries, res.Attempts, c.f.Prune.OlderThan)
 		return nil
 	case "tenants list", "tenants enable", "tenants disable":
 		return c.tenants(ctx, svc, stdout)
@@ -177,41 +190,76 @@ func counts[N int | int64](m map[string]N) string {
 	return orDash(strings.Join(out, " "))
 }
 
-func failures(ctx context.Context, svc *ops.Service, cmd failuresCmd, stdout io.Writer) error {
-	f := delivery.Filter{Integration: cmd.Integration, TenantID: cmd.Tenant, Limit: cmd.Limit}
+// failures prints a page of problem deliveries; the next page's cursor
+// follows the table ("more: --cursor …"), or goes to stderr with
+// --json (stdout stays one JSON array).
+func failures(ctx context.Context, svc *ops.Service, cmd failuresCmd, stdout, stderr io.Writer) error {
+	f := delivery.Filter{Integration: cmd.Integration, TenantID: cmd.Tenant, Limit: cmd.Limit, Cursor: cmd.Cursor, History: cmd.Calls}
 	for _, s := range cmd.State {
 		f.States = append(f.States, delivery.State(s))
 	}
 	if cmd.Since > 0 {
 		f.Since = time.Now().Add(-cmd.Since)
 	}
-	rows, err := svc.Failures(ctx, f)
+	rows, next, err := svc.Failures(ctx, f)
 	if err != nil {
 		return err
 	}
 	if cmd.JSON {
+		if next != "" {
+			fmt.Fprintf(stderr, "more: --cursor %s\n", next)
+		}
 		return writeJSON(stdout, rows)
 	}
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "UPDATED\tINTEGRATION\tTENANT\tEVENT\tTYPE\tSTATE\tATTEMPTS\tSTATUS\tREASON")
+	fmt.Fprintln(w, "PROBLEM AT\tINTEGRATION\tTENANT\tEVENT\tTYPE\tSTATE\tATTEMPTS\tSTATUS\tREASON")
 	for _, r := range rows {
-		status := "-"
-		if r.LastStatus != nil {
-			status = fmt.Sprint(*r.LastStatus)
-		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.UpdatedAt.UTC().Format(time.RFC3339), r.Integration, r.TenantID,
-			r.EventID, r.EventType, r.State, r.Attempts, status, oneLine(r.Reason, 80))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.ProblemAt.UTC().Format(time.RFC3339), r.Integration, r.TenantID,
+			r.EventID, r.EventType, r.State, r.Attempts, statusText(r.LastStatus), oneLine(r.Reason, 80))
 		if cmd.Calls {
 			for _, st := range r.Steps {
 				fmt.Fprintf(w, "\t\t\t\tstep %s done\t\t\t\tpartner id: %s\n", st.Name, orDash(st.RemoteID))
 			}
-			for _, call := range r.Calls {
-				fmt.Fprintf(w, "\t\t\t\t%s %s -> %d\t\t\t\trequest: %s | response: %s\n", call.Method, call.URL, call.Status,
-					oneLine(call.RequestBody, 120), oneLine(call.ResponseBody, 120))
+			// Every kept attempt with its calls; the delivery's own last
+			// calls when none is kept (a delivery written before 0011).
+			for i, a := range r.History {
+				if i > 0 && r.History[i-1].Attempt != a.Attempt-1 {
+					fmt.Fprintf(w, "\t\t\t\t… attempts %d-%d not kept\t\t\t\t\n", r.History[i-1].Attempt+1, a.Attempt-1)
+				}
+				dur := "-"
+				if a.DurationMS != nil {
+					dur = fmt.Sprintf("%.0fms", *a.DurationMS)
+				}
+				fmt.Fprintf(w, "\t\t\t\tattempt %d %s\t\t\t%s\t%s at %s, %s\n", a.Attempt, a.State, statusText(a.Status), oneLine(a.Reason, 80),
+					a.FinishedAt.UTC().Format(time.RFC3339), dur)
+				printCalls(w, a.Calls)
+			}
+			if len(r.History) == 0 {
+				printCalls(w, r.Calls)
 			}
 		}
 	}
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if next != "" {
+		fmt.Fprintf(stdout, "more: --cursor %s\n", next)
+	}
+	return nil
+}
+
+func statusText(s *int) string {
+	if s == nil {
+		return "-"
+	}
+	return fmt.Sprint(*s)
+}
+
+func printCalls(w io.Writer, calls []connector.Call) {
+	for _, call := range calls {
+		fmt.Fprintf(w, "\t\t\t\t  %s %s -> %d\t\t\t\trequest: %s | response: %s\n", call.Method, call.URL, call.Status,
+			oneLine(call.RequestBody, 120), oneLine(call.ResponseBody, 120))
+	}
 }
 
 func oneLine(s string, n int) string {

@@ -129,6 +129,17 @@ func TestEveryOperatorCommandHasAnEffectOrSaysNothingToDo(t *testing.T) {
 			acted("resume")
 			nothing("not paused", "resume", "--integration", "shop", "--tenant", "globex")
 		}},
+		{"prune", func() {
+			ok("nothing to prune", "prune", "--older-than", "1h")
+			if _, err := e.conn.Exec(context.Background(), `UPDATE ferry.delivery SET updated_at = now() - interval '2 hours' WHERE event_id = 'globex-1'`); err != nil {
+				t.Fatal(err)
+			}
+			ok("pruned 1 finished deliveries", "prune", "--older-than", "1h")
+			if s := e.state("globex-1"); s != "none" {
+				t.Fatalf("globex-1 after prune: %s", s)
+			}
+			acted("prune")
+		}},
 		{"tenants list", func() { ok("globex", "tenants", "list", "--integration", "shop") }},
 		{"tenants disable", func() {
 			ok("disabled shop tenant globex", "tenants", "disable", "--integration", "shop", "--tenant", "globex", "--no-rollback")
@@ -163,7 +174,7 @@ func TestEveryOperatorCommandHasAnEffectOrSaysNothingToDo(t *testing.T) {
 			t.Errorf("operator command %q is not checked for its effect here", name)
 		}
 	}
-	if acts != 6 {
+	if acts != 7 {
 		t.Fatalf("%d acts checked", acts)
 	}
 }

@@ -37,3 +37,33 @@ ALTER TABLE ferry.delivery ADD COLUMN lane_key text,
 -- name (API).
 ALTER TABLE ferry.operator_action ADD COLUMN actor text NOT NULL DEFAULT '';
 CREATE INDEX operator_action_at ON ferry.operator_action (at);
+
+-- Every attempt kept (issue 13 item 4): each attempt's outcome, status,
+-- reason, partner calls (bodies bounded as in ferry.delivery.calls) and
+-- duration (started_at: the claim; finished_at: the recorded outcome),
+-- written with the outcome in the same statement. Bounded per delivery:
+-- the first and the last N attempts (attempts_kept, default 5). A
+-- delivery that succeeds at its first attempt writes none (its status
+-- and times are in ferry.delivery): the hot path stays one row.
+CREATE TABLE ferry.delivery_attempt (
+    integration text        NOT NULL,
+    event_id    text        NOT NULL,
+    attempt     int         NOT NULL,
+    state       text        NOT NULL,
+    status      int,
+    reason      text        NOT NULL DEFAULT '',
+    calls       jsonb,
+    started_at  timestamptz,
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (integration, event_id, attempt)
+);
+
+-- When the delivery last had a problem (any outcome but success, a skip,
+-- a redrive); NULL for a delivery that only ever succeeded. The failure
+-- listings read this partial index newest first and page through it by
+-- key (problem_at, integration, event_id). problem_at never changes on
+-- the hot path (in_flight → succeeded at the first attempt), so that
+-- update stays HOT (see 0002_sink.sql).
+ALTER TABLE ferry.delivery ADD COLUMN problem_at timestamptz;
+UPDATE ferry.delivery SET problem_at = updated_at WHERE state NOT IN ('succeeded', 'in_flight');
+CREATE INDEX delivery_problem ON ferry.delivery (problem_at DESC, integration DESC, event_id DESC) WHERE problem_at IS NOT NULL;
