@@ -251,7 +251,7 @@ func TestWebPageInChromium(t *testing.T) {
 		return out
 	}
 	dom := string(browser("--dump-dom"))
-	for _, want := range []string{`data-loaded="true"`, "acme", "globex", "acme-1", "rejected", "sku unknown", "closed", e.topic} {
+	for _, want := range []string{`data-loaded="true"`, "acme", "globex", "acme-1", "rejected", "sku unknown", "closed", e.topic, "#1 rejected 422"} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("the rendered page lacks %q", want)
 		}
