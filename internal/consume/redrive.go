@@ -2,12 +2,14 @@ package consume
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ferry-cdc/ferry/internal/delivery"
 	"github.com/ferry-cdc/ferry/internal/lane"
+	"github.com/ferry-cdc/ferry/pkg/connector"
 )
 
 // Redrive: an operator's retry files a request in the delivery log
@@ -106,7 +108,7 @@ func (e *Engine) deliverRedrive(ctx context.Context, tp lane.TP, it *lane.Item, 
 		// logs; its commit time is not kept (a redrive's retry.max_age
 		// runs from the redrive).
 		rec := &kgo.Record{Topic: src.Topic, Partition: src.Partition, Offset: src.Offset, Key: []byte(it.Key)}
-		out = e.deliverEvent(ctx, tp, rec, ev, "", "")
+		out = e.deliverEvent(ctx, tp, rec, ev, "", unusable(ev))
 	} else {
 		e.log.Warn("redrive request without a stored copy of its event; closed", "event_id", ref.eventID)
 	}
@@ -128,4 +130,17 @@ func redriveBudget(att delivery.Attempt, failed int, committed time.Time) (int, 
 		return failed, committed, false
 	}
 	return failed - att.Base, att.Redriven, true
+}
+
+// unusable says why a stored copy cannot be sent ("" when it can): the
+// copy of a record rejected as bad input (no tenant, a payload that is
+// not JSON) is rejected again, never sent without its payload.
+func unusable(ev connector.Event) string {
+	switch p := strings.TrimSpace(string(ev.Payload)); {
+	case ev.TenantID == "":
+		return "the stored copy has no tenant"
+	case p == "" || p == "null":
+		return "the stored copy has no payload (the record's payload was not JSON)"
+	}
+	return ""
 }
