@@ -186,3 +186,35 @@ func TestRedriveAppendsAndWakesTheLane(t *testing.T) {
 	s.Wake(tp, "a")
 	waitFor(t, "woken", func() bool { c, _ := s.Committable(tp); return c == 4 })
 }
+
+// A blocked lane spills its queued records, never a redriven item (the
+// caller keeps those itself; its spill function knows only records).
+func TestRedrivenItemsAreNeverSpilled(t *testing.T) {
+	var spilled atomic.Int64
+	blocked := atomic.Bool{}
+	blocked.Store(true)
+	s := New(1, func(_ context.Context, _ TP, it *Item) Outcome {
+		if blocked.Load() {
+			return Outcome{Verdict: Backoff, Delay: 5 * time.Millisecond}
+		}
+		return Outcome{Verdict: Done}
+	})
+	s.SetSpill(0, func(_ TP, items []*Item) ([]*Item, error) {
+		refs := make([]*Item, len(items))
+		for i, it := range items {
+			if it.Redriven {
+				t.Errorf("a redriven item was spilled: %+v", it)
+			}
+			spilled.Add(1)
+			refs[i] = &Item{Key: it.Key, Offset: it.Offset, Value: it.Value}
+		}
+		return refs, nil
+	})
+	run(t, s)
+	tp := TP{"t", 0}
+	s.Redrive(tp, &Item{Key: "a", Offset: -1, Value: "redriven"})
+	s.Add(tp, &Item{Key: "a", Offset: 0, Value: "a0"}, &Item{Key: "a", Offset: 1, Value: "a1"})
+	waitFor(t, "the records spilled", func() bool { return spilled.Load() == 2 })
+	blocked.Store(false)
+	waitFor(t, "the lane drained", func() bool { return s.LaneCounts()[BackingOff] == 0 && s.Buffered(tp) == 0 })
+}
