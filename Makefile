@@ -29,6 +29,7 @@ deps:
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/orderservice ./examples/orderservice
 
 compose-check: deps
 	docker-compose -f docker-compose.yml config -q

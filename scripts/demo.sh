@@ -4,8 +4,12 @@
 # simulator and sink. It writes events for several tenants into the outbox,
 # in mixed transactions; reads them back per tenant with kcat, in order;
 # and shows what reached the partner per tenant, in order — including a
-# tenant whose partner calls fail for a while and then catch up. Everything
-# is stopped and removed on exit.
+# tenant whose partner calls fail for a while and then catch up. Then it
+# closes the loop: an order service (examples/orderservice) writes orders
+# and their order.placed events in one transaction, a payment partner
+# authorizes or declines them, and the order service consumes the outcome
+# records (ferry.outcomes) and moves each order to paid or declined.
+# Everything is stopped and removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KAFKA_PORT=${KAFKA_PORT:-9092}
@@ -41,7 +45,7 @@ wait_for "PostgreSQL" test -s "$DEMO/pg.url"
 PG=$(cat "$DEMO/pg.url")
 
 echo "== starting the dev broker on $BROKER"
-start devbroker bin/devbroker --port "$KAFKA_PORT" --data-dir "$DEMO/kafka"
+start devbroker bin/devbroker --port "$KAFKA_PORT" --data-dir "$DEMO/kafka" --topics outbox.product,outbox.order,ferry.outcomes
 wait_for "the broker" kcat -b "$BROKER" -L
 
 echo "== starting cdc"
@@ -53,8 +57,8 @@ start partnersim bin/partnersim -addr "$PARTNER_ADDR"
 wait_for "the partner simulator" curl -sf "http://$PARTNER_ADDR/healthz"
 curl -sf -X POST "http://$PARTNER_ADDR/_sim/rules" -d '{"tenant":"globex","status":503,"reason":"globex backend down","times":6}'
 
-echo "== starting sink (integration 'shop': the declarative HTTP connector, items at the partner)"
-export DEMO_PARTNER_TOKEN=demo-secret
+echo "== starting sink (integration 'shop': the declarative HTTP connector, items at the partner; 'payments': order authorizations)"
+export DEMO_PARTNER_TOKEN=demo-secret PAYMENTS_API_KEY=demo-payments-key
 cat > "$DEMO/sink.yaml" <<YAML
 postgres_url: $PG
 kafka:
@@ -77,6 +81,33 @@ integrations:
           create: {path: /v1/items, body: '{"external_id": {{.local_id}}, "product": {{.payload}}}', id: \$.id}
           update: {path: "/v1/items/{{.remote_id}}", body: '{"external_id": {{.local_id}}, "product": {{.payload}}}'}
           delete: {path: "/v1/items/{{.remote_id}}"}
+  # examples/payments.yaml: each placed order is authorized once; a
+  # declined card is final for that order (on_reject: skip), and every
+  # final state goes to ferry.outcomes (the default) for the order service.
+  - name: payments
+    topics: [outbox.order]
+    event_types: ["order.placed", "order.cancelled"]
+    on_reject: skip
+    retry: {initial: 200ms, max: 2s}
+    connector:
+      type: http
+      base_url: http://$PARTNER_ADDR
+      timeout: 5s
+      auth: {type: header, header: X-Api-Key, value_env: PAYMENTS_API_KEY}
+      reject_statuses: [400, 402, 409, 422]
+      operations: {order.placed: create, order.cancelled: delete}
+      no_upsert: true
+      entities:
+        order:
+          create:
+            path: /v1/authorizations
+            body: '{"external_id": {{.local_id}}, "amount": {{.payload.total}}, "currency": {{.payload.currency}}, "card": {{.payload.card}}}'
+            id: \$.id
+          update:
+            path: "/v1/authorizations/{{.remote_id}}"
+            body: '{"amount": {{.payload.total}}}'
+          delete:
+            path: "/v1/authorizations/{{.remote_id}}"
 YAML
 start sink bin/sink run --config "$DEMO/sink.yaml"
 wait_for "sink" curl -sf "http://$SINK_ADMIN_ADDR/readyz"
@@ -126,6 +157,30 @@ bin/sink tenants disable --integration shop --tenant initech --reason "demo" --c
 bin/sink tenants enable --integration shop --tenant initech --reason "demo" --config "$DEMO/sink.yaml"
 wait_for "initech's item back at the partner" bash -c "curl -sf 'http://$PARTNER_ADDR/_sim/objects?entity=items' | grep -q tps-1"
 bin/sink tenants --config "$DEMO/sink.yaml"
+
+echo "== closing the loop: the order service consumes ferry.outcomes and moves orders to paid or declined"
+start orderservice bin/orderservice --brokers "$BROKER" --postgres-url "$PG" --integration payments
+wait_for "the orders table" psql -q "$PG" -c "SELECT 1 FROM orders"
+curl -sf -X POST "http://$PARTNER_ADDR/_sim/rules" -d '{"entity":"authorizations","body_contains":"4000000000000002","status":402,"reason":"card declined"}'
+psql -q "$PG" <<'SQL'
+-- The application writes the order and its event in one transaction.
+BEGIN;
+INSERT INTO orders (tenant_id, id, total) VALUES ('acme', 'o-1', 42.50);
+INSERT INTO outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload) VALUES
+  ('acme', 'order', 'o-1', 'order.placed', '{"total": 42.50, "currency": "EUR", "card": "4242424242424242"}');
+COMMIT;
+BEGIN;
+INSERT INTO orders (tenant_id, id, total) VALUES ('acme', 'o-2', 990.00), ('globex', 'o-7', 12.00);
+INSERT INTO outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload) VALUES
+  ('acme',   'order', 'o-2', 'order.placed', '{"total": 990.00, "currency": "EUR", "card": "4000000000000002"}'),
+  ('globex', 'order', 'o-7', 'order.placed', '{"total": 12.00, "currency": "USD", "card": "5555555555554444"}');
+COMMIT;
+SQL
+wait_for "every order paid or declined" bash -c "[ \$(psql -tAq '$PG' -c \"SELECT count(*) FROM orders WHERE status <> 'authorizing'\") -eq 3 ]"
+sed 's/^/   /' "$DEMO/orderservice.log"
+psql -q "$PG" -c "SELECT tenant_id, id, total, status, payment_id, reason FROM orders ORDER BY tenant_id, id"
+echo "-- the outcome records, as kcat reads them (key, headers, value)"
+kcat -b "$BROKER" -C -t ferry.outcomes -o beginning -e -q -f '%k\t%h\t%s\n' | grep '"integration":"payments"' | sed 's/^/   /'
 
 echo "== delivery log (ferry.delivery)"
 psql -q "$PG" -c "SELECT tenant_id, event_type, state, attempts, last_status, left(coalesce(reason, ''), 60) AS reason FROM ferry.delivery ORDER BY tenant_id, created_at"

@@ -24,6 +24,10 @@ type Access struct {
 	// /metrics or the sink's page, which holds no data). Read from
 	// FERRY_ADMIN_TOKEN; required when the address is not loopback.
 	Token string
+	// TokenName names the token's holder in the record of each act
+	// made with it (ferry.operator_action.actor). Read from
+	// FERRY_ADMIN_TOKEN_NAME; "" = "admin-token".
+	TokenName string
 	// AllowedHosts are the host names (no port) requests may address
 	// the server by, besides IP literals, "localhost" and the host of
 	// the bind address: the names a proxy or a DNS entry gives it
@@ -44,6 +48,20 @@ func (a Access) RequireToken(h http.Handler) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// Actor names who makes a request that passed RequireToken, for the
+// record of operator acts: "token:<TokenName>", or, with no token set,
+// "admin-api (no token) from <remote address>".
+func (a Access) Actor(r *http.Request) string {
+	if a.Token == "" {
+		return "admin-api (no token) from " + r.RemoteAddr
+	}
+	name := a.TokenName
+	if name == "" {
+		name = "admin-token"
+	}
+	return "token:" + name
 }
 
 // guard wraps the whole server: the Host, browser-origin and content

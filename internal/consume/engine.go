@@ -59,6 +59,9 @@ type Engine struct {
 	// loaded: they stay paused (whatever the back-pressure says) until
 	// loadLoop loads them. The value tells one assignment from the next.
 	unloaded map[lane.TP]*struct{}
+	// redriving are the operator's redrive requests this engine holds in
+	// its lanes, by request (redrive.go); under commitMu.
+	redriving map[int64]redriveQueued
 
 	finished atomic.Int64 // deliveries finished, for the live report
 
@@ -80,6 +83,7 @@ func New(cfg Config, kafka kafkaconf.Config, conn connector.Connector, dlog *del
 		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, unloaded: map[lane.TP]*struct{}{}, calls: make(chan *callJob),
 		dbCheck: make(chan struct{}, 1), dbErrLog: rate.Sometimes{Interval: 5 * time.Second}}
 	e.prober, _ = conn.(connector.Prober)
+	e.redriving = map[int64]redriveQueued{}
 	if cfg.RateLimit > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit/10)))
 	}
@@ -187,6 +191,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	g.Go(func() error { return e.reportLoop(gctx) })
 	g.Go(func() error { return e.watchDB(gctx) })
 	g.Go(func() error { return e.loadLoop(gctx) })
+	g.Go(func() error { return e.redriveLoop(gctx) })
 	g.Go(func() error { return e.watchKafka(gctx) })
 	if e.prober != nil {
 		g.Go(func() error { return e.probeLoop(gctx) })
@@ -366,6 +371,7 @@ func (e *Engine) release(ctx context.Context, cl *kgo.Client, parts map[string][
 	final := e.sched.Revoke(wctx, tps)
 	e.commitMu.Lock()
 	defer e.commitMu.Unlock()
+	e.forgetRedrives(tps)
 	for _, tp := range tps {
 		delete(e.owned, tp)
 		delete(e.paused, tp)
@@ -399,6 +405,9 @@ func (e *Engine) deliverItem(ctx context.Context, tp lane.TP, it *lane.Item) lan
 		// The delivery log is down: nothing is attempted, so no attempt
 		// is counted and the partner is not called.
 		return lane.Outcome{Verdict: lane.Backoff, Delay: time.Second}
+	}
+	if ref, ok := it.Value.(redriveRef); ok {
+		return e.deliverRedrive(ctx, tp, it, ref)
 	}
 	ref, parked := it.Value.(parkedRef)
 	if !parked {
@@ -478,8 +487,14 @@ func (e *Engine) isDisabled(tenant string) bool {
 
 // deliver runs one record through the delivery log and the connector.
 func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.Outcome {
-	src := delivery.Source{Topic: tp.Topic, Partition: tp.Partition, Offset: rec.Offset}
 	ev, resync, bad := decode(rec)
+	return e.deliverEvent(ctx, tp, rec, ev, resync, bad)
+}
+
+// deliverEvent runs a decoded event (of rec, or a redrive's stored copy)
+// through the delivery log and the connector.
+func (e *Engine) deliverEvent(ctx context.Context, tp lane.TP, rec *kgo.Record, ev connector.Event, resync, bad string) lane.Outcome {
+	src := delivery.Source{Topic: tp.Topic, Partition: tp.Partition, Offset: rec.Offset, Key: string(rec.Key)}
 	if resync != "" && resync != e.cfg.Name {
 		return lane.Outcome{Verdict: lane.Done} // another integration's resync
 	}
@@ -550,7 +565,7 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	var derr error
 	expired := ""
 	if !att.Compensating {
-		expired = e.expiry(ev, rec, att.Number-1)
+		expired = e.expiry(ev, rec, att, att.Number-1)
 	}
 	switch {
 	case expired != "":
@@ -576,7 +591,7 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	case errors.As(derr, &unh) && e.cfg.OnUnhandled == OnRejectSkip:
 		o.State = delivery.Skipped
 	case o.State == delivery.Failed:
-		if why := e.expiry(ev, rec, att.Number); why != "" {
+		if why := e.expiry(ev, rec, att, att.Number); why != "" {
 			o.State, o.Reason = delivery.Expired, why+"; last failure: "+o.Reason
 		}
 	}
@@ -870,17 +885,26 @@ const (
 // expiry says why a delivery is given up after failed attempts (""
 // while it may go on): retry.max_attempts, retry.max_age (from the
 // event's commit time, the record's timestamp cdc sets), or the event's
-// own deadline (deliver_by or expires_at header).
-func (e *Engine) expiry(ev connector.Event, rec *kgo.Record, failed int) string {
+// own deadline (deliver_by or expires_at header). After an operator's
+// redrive, attempts and age count from the redrive, and the event's own
+// deadline no longer applies: the operator chose to deliver it late.
+func (e *Engine) expiry(ev connector.Event, rec *kgo.Record, att delivery.Attempt, failed int) string {
+	failed, from, redriven := redriveBudget(att, failed, rec.Timestamp)
 	if m := e.cfg.Retry.MaxAttempts; m > 0 && failed >= m {
 		return fmt.Sprintf("expired: gave up after %d failed attempts (retry.max_attempts)", failed)
 	}
 	now := time.Now()
-	if m := e.cfg.Retry.MaxAge; m > 0 && !rec.Timestamp.IsZero() && now.Sub(rec.Timestamp) > m {
+	if m := e.cfg.Retry.MaxAge; m > 0 && !from.IsZero() && now.Sub(from) > m {
+		if redriven {
+			return fmt.Sprintf("expired: %s since the operator's redrive, past retry.max_age %s", now.Sub(from).Round(time.Millisecond), m)
+		}
 		return fmt.Sprintf("expired: the event is %s old, past retry.max_age %s (committed %s)",
-			now.Sub(rec.Timestamp).Round(time.Millisecond), m, rec.Timestamp.UTC().Format(time.RFC3339Nano))
+			now.Sub(from).Round(time.Millisecond), m, from.UTC().Format(time.RFC3339Nano))
 	}
 	for _, h := range []string{HeaderDeliverBy, HeaderExpiresAt} {
+		if redriven {
+			break
+		}
 		v := ev.Headers[h]
 		if v == "" {
 			continue

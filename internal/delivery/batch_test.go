@@ -33,9 +33,9 @@ func TestBatchWritesEachKindAsOneStatement(t *testing.T) {
 	rs := make([]begun, 6)
 	var begins []*op
 	for i := 1; i <= 5; i++ {
-		begins = append(begins, beginOp("shop", event(i), Source{"outbox.product", 0, int64(i)}, "", &rs[i]))
+		begins = append(begins, beginOp("shop", event(i), Source{Topic: "outbox.product", Offset: int64(i)}, "", &rs[i]))
 	}
-	again := beginOp("shop", event(1), Source{"outbox.product", 0, 1}, "", &rs[0]) // the same delivery twice
+	again := beginOp("shop", event(1), Source{Topic: "outbox.product", Offset: 1}, "", &rs[0]) // the same delivery twice
 	if gs := groups(append(begins, again)); len(gs) != 2 || len(gs[0].ops) != 5 || len(gs[1].ops) != 1 {
 		t.Fatalf("6 begins, one of them twice, make %d statements, want 2 (5 + 1)", len(gs))
 	}

@@ -67,7 +67,7 @@ func TestBeginTakesOverOnlyFromAGoneHolder(t *testing.T) {
 					topic, kafka_partition, kafka_offset, state, attempts, holder) VALUES ('shop', $1, 'acme', 'product.created', 'product', 'p1',
 					'outbox.product', 0, 1, $2, 1, $3)`, e.ID, tc.state, holder)
 			}
-			a, err := l.Begin(ctx, "shop", e, Source{"outbox.product", 0, 1})
+			a, err := l.Begin(ctx, "shop", e, Source{Topic: "outbox.product", Offset: 1})
 			var nc *ErrNotClaimed
 			switch {
 			case tc.claim && err != nil:

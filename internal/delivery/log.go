@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,6 +66,9 @@ type Source struct {
 	Topic     string
 	Partition int32
 	Offset    int64
+	// Key is the record key: the tenant's lane (tenant, or
+	// tenant/aggregate), kept with the stored copy for a redrive.
+	Key string
 }
 
 // MaxCallBytes bounds each request and response body kept in the log.
@@ -77,6 +81,7 @@ type Log struct {
 	timeout  time.Duration
 	holder   string
 	outcomes map[string]string
+	keep     int
 }
 
 // Options configure a Log.
@@ -97,7 +102,14 @@ type Options struct {
 	// (outcome.go); an integration that is absent, or maps to "", writes
 	// none. Operator commands need it too: a skip is a final state.
 	Outcomes map[string]string
+	// AttemptsKept is how many attempts of each delivery are kept in
+	// ferry.delivery_attempt at each end: the first N and the last N
+	// (0: DefaultAttemptsKept).
+	AttemptsKept int
 }
+
+// DefaultAttemptsKept is Options.AttemptsKept's default.
+const DefaultAttemptsKept = 5
 
 // New returns a Log on pool (migrations applied). The log's hot writes
 // run on two connections of their own, to the same database (see
@@ -106,12 +118,19 @@ func New(pool *pgxpool.Pool, opts Options) (*Log, error) {
 	if opts.StatementTimeout < 0 {
 		return nil, fmt.Errorf("delivery: statement timeout %s is negative", opts.StatementTimeout)
 	}
+	if opts.AttemptsKept < 0 {
+		return nil, fmt.Errorf("delivery: attempts kept %d is negative", opts.AttemptsKept)
+	}
 	wp, err := writePool(pool)
 	if err != nil {
 		return nil, fmt.Errorf("delivery: connections for the log's writes: %w", err)
 	}
+	keep := opts.AttemptsKept
+	if keep == 0 {
+		keep = DefaultAttemptsKept
+	}
 	return &Log{pool: pool, b: newBatcher(wp, opts.StatementTimeout), timeout: opts.StatementTimeout, holder: opts.Holder,
-		outcomes: opts.Outcomes}, nil
+		outcomes: opts.Outcomes, keep: keep}, nil
 }
 
 // Bound returns ctx limited to the log's statement timeout (ctx itself,
@@ -163,7 +182,14 @@ type Attempt struct {
 	// Compensating is set when the attempt is to finish undoing Steps
 	// after a rejection, not to deliver.
 	Compensating bool
-	event        connector.Event // stored with a failure or rejection
+	// Base is the attempt count when an operator last redrove the
+	// delivery (0: never), and Redriven when: retry.max_attempts counts
+	// the attempts after Base, retry.max_age runs from Redriven, and the
+	// event's own deadline no longer applies.
+	Base     int
+	Redriven time.Time
+	event    connector.Event // stored with a failure or rejection
+	laneKey  string          // stored with it, for a redrive
 }
 
 // ErrNotClaimed means the delivery is final, or another process moved it
@@ -207,7 +233,7 @@ var (
 				AND (d.holder IS NULL OR d.holder = EXCLUDED.holder OR NOT EXISTS (
 					SELECT 1 FROM ferry.sink_process p
 					WHERE p.process_id = d.holder AND p.integration = d.integration AND p.lease_until > now()))
-		RETURNING d.integration, d.event_id, d.attempts, d.state, d.steps`, args: beginArgs}
+		RETURNING d.integration, d.event_id, d.attempts, d.state, d.steps, d.attempts_base, d.redriven_at`, args: beginArgs}
 	checkpointStmt = &setStmt{name: "record step", sql: `UPDATE ferry.delivery AS d
 		SET steps = COALESCE(d.steps, '[]'::jsonb) || u.step, updated_at = now()
 		FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[]) AS u(integration, event_id, attempts, step)
@@ -220,16 +246,26 @@ var (
 	finishStmt = &setStmt{name: "finish", sql: `WITH f AS (UPDATE ferry.delivery AS d
 		SET state = u.state, last_status = u.status, reason = NULLIF(u.reason, ''), calls = u.calls,
 			next_attempt_at = u.next, event = COALESCE(u.event, d.event), updated_at = now(), holder = NULL,
+			lane_key = COALESCE(NULLIF(u.lane_key, ''), d.lane_key),
+			problem_at = CASE WHEN u.state = 'succeeded' THEN d.problem_at ELSE now() END,
 			attempts = CASE WHEN u.state = 'waiting' THEN d.attempts - 1 ELSE d.attempts END
 		FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::int[], $6::text[], $7::jsonb[],
-			$8::timestamptz[], $9::jsonb[], $10::text[], $11::text[], $12::jsonb[])
-			AS u(integration, event_id, attempts, state, status, reason, calls, next, event, otopic, remote_id, remote_ids)
+			$8::timestamptz[], $9::jsonb[], $10::text[], $11::text[], $12::jsonb[], $13::text[], $14::int[])
+			AS u(integration, event_id, attempts, state, status, reason, calls, next, event, otopic, remote_id, remote_ids, lane_key, keep)
 		WHERE d.integration = u.integration AND d.event_id = u.event_id AND d.attempts = u.attempts
 			AND d.state IN ('in_flight', 'compensating')
-		RETURNING d.*, u.otopic, u.remote_id, u.remote_ids),
+		RETURNING d.*, u.otopic, u.remote_id, u.remote_ids, u.keep),
 	o AS (INSERT INTO ferry.outcome (` + outcomeColumns + `)
 		SELECT ` + outcomeValues("f", "f.otopic", "f.remote_id", "f.remote_ids") + ` FROM f
-		WHERE f.otopic <> '' AND f.state IN ` + finalStates + `)
+		WHERE f.otopic <> '' AND f.state IN ` + finalStates + `),
+	-- Every attempt but a first-attempt success, the first and last
+	-- keep of them (0011_redrive.sql).
+	a AS (INSERT INTO ferry.delivery_attempt (integration, event_id, attempt, state, status, reason, calls, started_at)
+		SELECT f.integration, f.event_id, f.attempts, f.state, f.last_status, COALESCE(f.reason, ''), f.calls, f.last_attempt_at FROM f
+		WHERE f.state <> 'waiting' AND (f.state <> 'succeeded' OR f.attempts > 1)
+		ON CONFLICT (integration, event_id, attempt) DO NOTHING),
+	t AS (DELETE FROM ferry.delivery_attempt AS x USING f
+		WHERE f.attempts > 2 * f.keep AND x.integration = f.integration AND x.event_id = f.event_id AND x.attempt = f.attempts - f.keep)
 	SELECT integration, event_id FROM f`, args: finishArgs}
 )
 
@@ -257,7 +293,11 @@ func (l *Log) Begin(ctx context.Context, integration string, ev connector.Event,
 		}
 		return Attempt{}, nc
 	}
-	a := Attempt{Integration: integration, EventID: ev.ID, Number: r.n, Compensating: r.state == Compensating, event: ev}
+	a := Attempt{Integration: integration, EventID: ev.ID, Number: r.n, Compensating: r.state == Compensating, event: ev,
+		Base: r.base, laneKey: src.Key}
+	if r.redriven.Valid {
+		a.Redriven = r.redriven.Time
+	}
 	if len(r.steps) > 0 {
 		if err := json.Unmarshal(r.steps, &a.Steps); err != nil {
 			return Attempt{}, fmt.Errorf("delivery: decode steps of %s: %w", ev.ID, err)
@@ -268,9 +308,11 @@ func (l *Log) Begin(ctx context.Context, integration string, ev connector.Event,
 
 // begun is what a claimed Begin returns.
 type begun struct {
-	n     int
-	state State
-	steps []byte
+	n        int
+	state    State
+	steps    []byte
+	base     int
+	redriven pgtype.Timestamptz
 }
 
 // beginRow is a Begin's values after the key.
@@ -282,7 +324,7 @@ type beginRow struct {
 func beginOp(integration string, ev connector.Event, src Source, holder string, r *begun) *op {
 	return &op{stmt: beginStmt, key: [2]string{integration, ev.ID},
 		row: &beginRow{tenant: ev.TenantID, eventType: ev.EventType, aggregateType: ev.AggregateType, aggregateID: ev.AggregateID, holder: holder, src: src},
-		out: []any{&r.n, &r.state, &r.steps}}
+		out: []any{&r.n, &r.state, &r.steps, &r.base, &r.redriven}}
 }
 
 func beginArgs(ops []*op) []any {
@@ -411,17 +453,24 @@ func (l *Log) finishOp(a Attempt, o Outcome) (*op, error) {
 	// rejections, which operators inspect and retry; a success keeps its
 	// status code.
 	var calls, event []byte
-	if o.State != Succeeded {
+	laneKey := ""
+	if o.State != Succeeded || a.Number > 1 {
+		// (A success after earlier attempts keeps its calls too: its
+		// attempt row holds them.)
 		var err error
 		if calls, err = json.Marshal(bound(o.Calls)); err != nil {
 			return nil, fmt.Errorf("delivery: encode calls: %w", err)
 		}
+	}
+	if o.State != Succeeded {
+		laneKey = a.laneKey
+		var err error
 		if event, err = json.Marshal(a.event); err != nil {
 			return nil, fmt.Errorf("delivery: encode event %s: %w", a.EventID, err)
 		}
 	}
 	r := &finishRow{attempt: int32(a.Number), state: string(o.State), reason: o.Reason, calls: calls, event: event,
-		otopic: l.outcomes[a.Integration], remoteID: o.RemoteID}
+		otopic: l.outcomes[a.Integration], remoteID: o.RemoteID, laneKey: laneKey, keep: int32(l.keep)}
 	if len(o.RemoteIDs) > 0 {
 		var err error
 		if r.remoteIDs, err = json.Marshal(o.RemoteIDs); err != nil {
@@ -443,19 +492,22 @@ type finishRow struct {
 	next             pgtype.Timestamptz
 	otopic, remoteID string // the outcome topic ("" = none), the partner id
 	remoteIDs        []byte // named partner ids (JSON), or nil
+	laneKey          string // kept with the stored event ("" = keep)
+	keep             int32  // attempts kept at each end (Options.AttemptsKept)
 }
 
 func finishArgs(ops []*op) []any {
 	n := len(ops)
 	att, state, reason := make([]int32, n), make([]string, n), make([]string, n)
 	status, next, calls, event := make([]pgtype.Int4, n), make([]pgtype.Timestamptz, n), make([][]byte, n), make([][]byte, n)
-	otopic, remoteID, remoteIDs := make([]string, n), make([]string, n), make([][]byte, n)
+	otopic, remoteID, remoteIDs, laneKey := make([]string, n), make([]string, n), make([][]byte, n), make([]string, n)
+	keep := make([]int32, n)
 	for i, o := range ops {
 		r := o.row.(*finishRow)
 		att[i], state[i], reason[i], status[i], next[i], calls[i], event[i] = r.attempt, r.state, r.reason, r.status, r.next, r.calls, r.event
-		otopic[i], remoteID[i], remoteIDs[i] = r.otopic, r.remoteID, r.remoteIDs
+		otopic[i], remoteID[i], remoteIDs[i], laneKey[i], keep[i] = r.otopic, r.remoteID, r.remoteIDs, r.laneKey, r.keep
 	}
-	return []any{keyColumn(ops, 0), keyColumn(ops, 1), att, state, status, reason, calls, next, event, otopic, remoteID, remoteIDs}
+	return []any{keyColumn(ops, 0), keyColumn(ops, 1), att, state, status, reason, calls, next, event, otopic, remoteID, remoteIDs, laneKey, keep}
 }
 
 // Skip marks a delivery skipped by an operator, with a reason, and
@@ -466,7 +518,7 @@ func (l *Log) Skip(ctx context.Context, integration, eventID, reason string) err
 	}
 	return pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
 		var tenant string
-		err := tx.QueryRow(ctx, `UPDATE ferry.delivery SET state = 'skipped', reason = $3, updated_at = now()
+		err := tx.QueryRow(ctx, `UPDATE ferry.delivery SET state = 'skipped', reason = $3, updated_at = now(), problem_at = now()
 			WHERE integration = $1 AND event_id = $2 AND state IN ('rejected', 'failed', 'pending', 'waiting', 'compensating', 'expired', 'compensation_failed') RETURNING tenant_id`,
 			integration, eventID, "skipped by operator: "+reason).Scan(&tenant)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -478,30 +530,8 @@ func (l *Log) Skip(ctx context.Context, integration, eventID, reason string) err
 		if err := l.writeOutcome(ctx, tx, integration, eventID); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, event_id, action, reason) VALUES ($1, $2, $3, 'skip', $4)`,
-			integration, tenant, eventID, reason)
-		return err
-	})
-}
-
-// retrySteps: a retry resumes after the recorded steps, unless they were
-// undone (compensated): then it starts again.
-const retrySteps = `steps = CASE WHEN state = 'compensated' THEN NULL ELSE steps END`
-
-// Retry makes a rejected delivery retryable again (an operator act).
-func (l *Log) Retry(ctx context.Context, integration, eventID string) error {
-	return pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
-		var tenant string
-		err := tx.QueryRow(ctx, `UPDATE ferry.delivery SET state = 'pending', updated_at = now(), `+retrySteps+`
-			WHERE integration = $1 AND event_id = $2 AND state IN ('rejected', 'failed', 'compensated') RETURNING tenant_id`, integration, eventID).Scan(&tenant)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("delivery: %s/%s is not rejected, failed or compensated: nothing to retry: %w", integration, eventID, ErrState)
-		}
-		if err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, event_id, action) VALUES ($1, $2, $3, 'retry')`,
-			integration, tenant, eventID)
+		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, event_id, action, reason, actor) VALUES ($1, $2, $3, 'skip', $4, $5)`,
+			integration, tenant, eventID, reason, ActorOf(ctx))
 		return err
 	})
 }
@@ -569,14 +599,14 @@ func (l *Log) Ignore(ctx context.Context, integration string, ev connector.Event
 	defer cancel()
 	// One statement writes the skipped state and its outcome.
 	_, err = l.pool.Exec(ctx, `WITH d AS (INSERT INTO ferry.delivery AS x (integration, event_id, tenant_id, event_type, aggregate_type,
-			aggregate_id, topic, kafka_partition, kafka_offset, state, reason, event)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'skipped', $10, $11) ON CONFLICT (integration, event_id) DO UPDATE
-			SET state = 'skipped', reason = $10, event = $11, updated_at = now()
+			aggregate_id, topic, kafka_partition, kafka_offset, state, reason, event, lane_key, problem_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'skipped', $10, $11, NULLIF($13, ''), now()) ON CONFLICT (integration, event_id) DO UPDATE
+			SET state = 'skipped', reason = $10, event = $11, updated_at = now(), lane_key = COALESCE(NULLIF($13, ''), x.lane_key), problem_at = now()
 			WHERE x.state IN ('pending', 'failed', 'waiting', 'in_flight', 'rejected', 'compensated', 'expired')
 		RETURNING x.*)
 		INSERT INTO ferry.outcome (`+outcomeColumns+`) SELECT `+outcomeValues("d", "$12", "''", "NULL")+` FROM d WHERE $12 <> ''`,
 		integration, ev.ID, ev.TenantID, ev.EventType, ev.AggregateType, ev.AggregateID, src.Topic, src.Partition, src.Offset, reason, body,
-		l.outcomes[integration])
+		l.outcomes[integration], src.Key)
 	if err != nil {
 		return fmt.Errorf("delivery: record ignored %s: %w", ev.ID, err)
 	}
@@ -591,8 +621,13 @@ type Filter struct {
 	Integration string    // "" = all
 	TenantID    string    // "" = all
 	States      []State   // empty = failed, rejected, waiting, compensating, compensated, expired, compensation_failed
-	Since       time.Time // zero = any time
+	Since       time.Time // zero = any time; else a problem at or after
 	Limit       int       // 0 = 100
+	// Cursor continues a listing where the previous page ended (its
+	// Next); "" starts at the newest.
+	Cursor string
+	// History loads every kept attempt of each delivery (Failure.History).
+	History bool
 }
 
 // Failure is one problem delivery, for operators.
@@ -612,10 +647,61 @@ type Failure struct {
 	Partition int32            `json:"partition"`
 	Offset    int64            `json:"offset"`
 	UpdatedAt time.Time        `json:"updated_at"`
+	// ProblemAt is when it last had a problem: the listing's order.
+	ProblemAt time.Time `json:"problem_at"`
+	// History is every kept attempt, oldest first (Filter.History).
+	History []AttemptRecord `json:"history,omitempty"`
 }
 
-// Failures lists problem deliveries, newest first.
-func (l *Log) Failures(ctx context.Context, f Filter) ([]Failure, error) {
+// AttemptRecord is one kept attempt of a delivery.
+type AttemptRecord struct {
+	Attempt    int              `json:"attempt"`
+	State      State            `json:"state"`
+	Status     *int             `json:"status"`
+	Reason     string           `json:"reason"`
+	Calls      []connector.Call `json:"calls,omitempty"`
+	StartedAt  *time.Time       `json:"started_at"`
+	FinishedAt time.Time        `json:"finished_at"`
+	// DurationMS is from the claim to the recorded outcome.
+	DurationMS *float64 `json:"duration_ms"`
+}
+
+// cursor is a page boundary of the failure listing: the last row's key
+// in the listing's order (delivery_problem index).
+type cursor struct {
+	At          time.Time `json:"t"`
+	Integration string    `json:"i"`
+	EventID     string    `json:"e"`
+}
+
+// ErrCursor means a cursor that no listing gave.
+var ErrCursor = errors.New("not a cursor this listing gave (pass the next_cursor of the previous page)")
+
+func decodeCursor(c string) (*cursor, error) {
+	if c == "" {
+		return nil, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return nil, ErrCursor
+	}
+	var k cursor
+	if err := json.Unmarshal(b, &k); err != nil || k.At.IsZero() {
+		return nil, ErrCursor
+	}
+	return &k, nil
+}
+
+func (k cursor) encode() string {
+	b, _ := json.Marshal(k) // a struct of strings and a time: cannot fail
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// Failures lists problem deliveries, the most recent problem first, one
+// page at a time: next is the cursor of the following page ("" at the
+// end). It reads the delivery_problem index (migration 0011) and stops
+// after Limit rows, whatever the log's size.
+func (l *Log) Failures(ctx context.Context, f Filter) (rows []Failure, next string, err error) {
 	states := f.States
 	if len(states) == 0 {
 		states = []State{Failed, Rejected, Waiting, Compensating, Compensated, Expired, CompensationFailed}
@@ -627,37 +713,94 @@ func (l *Log) Failures(ctx context.Context, f Filter) ([]Failure, error) {
 	if !f.Since.IsZero() {
 		since = &f.Since
 	}
-	rows, err := l.pool.Query(ctx, `SELECT integration, event_id, tenant_id, event_type, state, attempts, last_status,
-			COALESCE(reason, ''), calls, steps, topic, kafka_partition, kafka_offset, updated_at
-		FROM ferry.delivery
-		WHERE ($1 = '' OR integration = $1) AND ($2 = '' OR tenant_id = $2) AND state = ANY($3)
-			AND ($4::timestamptz IS NULL OR updated_at >= $4)
-		ORDER BY updated_at DESC LIMIT $5`, f.Integration, f.TenantID, states, since, f.Limit)
+	after, err := decodeCursor(f.Cursor)
 	if err != nil {
-		return nil, fmt.Errorf("delivery: list failures: %w", err)
+		return nil, "", err
 	}
-	defer rows.Close()
-	var out []Failure
-	for rows.Next() {
+	var at *time.Time
+	var ain, aev string
+	if after != nil {
+		at, ain, aev = &after.At, after.Integration, after.EventID
+	}
+	q, err := l.pool.Query(ctx, `SELECT integration, event_id, tenant_id, event_type, state, attempts, last_status,
+			COALESCE(reason, ''), calls, steps, topic, kafka_partition, kafka_offset, updated_at, problem_at
+		FROM ferry.delivery
+		WHERE problem_at IS NOT NULL AND ($1 = '' OR integration = $1) AND ($2 = '' OR tenant_id = $2) AND state = ANY($3)
+			AND ($4::timestamptz IS NULL OR problem_at >= $4)
+			AND ($6::timestamptz IS NULL OR (problem_at, integration, event_id) < ($6, $7, $8))
+		ORDER BY problem_at DESC, integration DESC, event_id DESC LIMIT $5`, f.Integration, f.TenantID, states, since, f.Limit+1, at, ain, aev)
+	if err != nil {
+		return nil, "", fmt.Errorf("delivery: list failures: %w", err)
+	}
+	defer q.Close()
+	for q.Next() {
 		var x Failure
 		var calls, steps []byte
-		if err := rows.Scan(&x.Integration, &x.EventID, &x.TenantID, &x.EventType, &x.State, &x.Attempts, &x.LastStatus,
-			&x.Reason, &calls, &steps, &x.Topic, &x.Partition, &x.Offset, &x.UpdatedAt); err != nil {
-			return nil, fmt.Errorf("delivery: read failures: %w", err)
+		if err := q.Scan(&x.Integration, &x.EventID, &x.TenantID, &x.EventType, &x.State, &x.Attempts, &x.LastStatus,
+			&x.Reason, &calls, &steps, &x.Topic, &x.Partition, &x.Offset, &x.UpdatedAt, &x.ProblemAt); err != nil {
+			return nil, "", fmt.Errorf("delivery: read failures: %w", err)
 		}
 		if len(steps) > 0 {
 			if err := json.Unmarshal(steps, &x.Steps); err != nil {
-				return nil, fmt.Errorf("delivery: decode steps of %s: %w", x.EventID, err)
+				return nil, "", fmt.Errorf("delivery: decode steps of %s: %w", x.EventID, err)
 			}
 		}
 		if len(calls) > 0 {
 			if err := json.Unmarshal(calls, &x.Calls); err != nil {
-				return nil, fmt.Errorf("delivery: decode calls of %s: %w", x.EventID, err)
+				return nil, "", fmt.Errorf("delivery: decode calls of %s: %w", x.EventID, err)
 			}
 		}
-		out = append(out, x)
+		rows = append(rows, x)
 	}
-	return out, rows.Err()
+	if err := q.Err(); err != nil {
+		return nil, "", fmt.Errorf("delivery: list failures: %w", err)
+	}
+	if len(rows) > f.Limit {
+		rows = rows[:f.Limit]
+		last := rows[len(rows)-1]
+		next = cursor{At: last.ProblemAt, Integration: last.Integration, EventID: last.EventID}.encode()
+	}
+	if f.History && len(rows) > 0 {
+		if err := l.history(ctx, rows); err != nil {
+			return nil, "", err
+		}
+	}
+	return rows, next, nil
+}
+
+// history loads the kept attempts of rows.
+func (l *Log) history(ctx context.Context, rows []Failure) error {
+	ins, ids := make([]string, len(rows)), make([]string, len(rows))
+	at := make(map[[2]string]int, len(rows))
+	for i, r := range rows {
+		ins[i], ids[i] = r.Integration, r.EventID
+		at[[2]string{r.Integration, r.EventID}] = i
+	}
+	q, err := l.pool.Query(ctx, `SELECT a.integration, a.event_id, a.attempt, a.state, a.status, a.reason, a.calls, a.started_at, a.finished_at,
+			EXTRACT(epoch FROM a.finished_at - a.started_at) * 1000
+		FROM unnest($1::text[], $2::text[]) AS k(integration, event_id)
+		JOIN ferry.delivery_attempt a ON a.integration = k.integration AND a.event_id = k.event_id
+		ORDER BY a.integration, a.event_id, a.attempt`, ins, ids)
+	if err != nil {
+		return fmt.Errorf("delivery: read attempts: %w", err)
+	}
+	defer q.Close()
+	for q.Next() {
+		var in, id string
+		var a AttemptRecord
+		var calls []byte
+		if err := q.Scan(&in, &id, &a.Attempt, &a.State, &a.Status, &a.Reason, &calls, &a.StartedAt, &a.FinishedAt, &a.DurationMS); err != nil {
+			return fmt.Errorf("delivery: read attempts: %w", err)
+		}
+		if len(calls) > 0 {
+			if err := json.Unmarshal(calls, &a.Calls); err != nil {
+				return fmt.Errorf("delivery: decode calls of %s attempt %d: %w", id, a.Attempt, err)
+			}
+		}
+		i := at[[2]string{in, id}]
+		rows[i].History = append(rows[i].History, a)
+	}
+	return q.Err()
 }
 
 // Count is the number of deliveries in one state, per integration.
@@ -707,44 +850,38 @@ func (l *Log) Counts(ctx context.Context) ([]Count, map[string]map[string]int64,
 	return out, parked, prows.Err()
 }
 
-// RetryTenant makes every rejected or failed delivery of a tenant (or of
-// the whole integration when tenant is "") retryable; it returns how many.
-func (l *Log) RetryTenant(ctx context.Context, integration, tenant string) (int, error) {
-	var n int
-	err := pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE ferry.delivery SET state = 'pending', updated_at = now(), `+retrySteps+`
-			WHERE integration = $1 AND ($2 = '' OR tenant_id = $2) AND state IN ('rejected', 'failed', 'compensated')`, integration, tenant)
+// Pause pauses an integration (tenant "") or one tenant of it, and
+// records the act. It fails when that is paused already.
+func (l *Log) Pause(ctx context.Context, integration, tenant, reason string) error {
+	return pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `INSERT INTO ferry.pause (integration, tenant_id, reason) VALUES ($1, $2, $3)
+			ON CONFLICT (integration, tenant_id) DO NOTHING`, integration, tenant, reason)
 		if err != nil {
 			return err
 		}
-		n = int(tag.RowsAffected())
-		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, action, reason) VALUES ($1, $2, 'retry', $3)`,
-			integration, tenant, fmt.Sprintf("%d deliveries", n))
-		return err
-	})
-	if err != nil {
-		return 0, fmt.Errorf("delivery: retry %s/%s: %w", integration, tenant, err)
-	}
-	return n, nil
-}
-
-// Pause pauses an integration (tenant "") or one tenant of it, and
-// records the act.
-func (l *Log) Pause(ctx context.Context, integration, tenant, reason string) error {
-	return pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO ferry.pause (integration, tenant_id, reason) VALUES ($1, $2, $3)
-			ON CONFLICT (integration, tenant_id) DO UPDATE SET reason = $3, paused_at = now()`, integration, tenant, reason); err != nil {
-			return err
+		if tag.RowsAffected() == 0 {
+			var since time.Time
+			var why string
+			if err := tx.QueryRow(ctx, `SELECT paused_at, reason FROM ferry.pause WHERE integration = $1 AND tenant_id = $2`,
+				integration, tenant).Scan(&since, &why); err != nil {
+				return err
+			}
+			what := integration
+			if tenant != "" {
+				what += " tenant " + tenant
+			}
+			return fmt.Errorf("delivery: %s is already paused (since %s, reason %q): nothing to do: %w", what,
+				since.UTC().Format(time.RFC3339), why, ErrState)
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, action, reason) VALUES ($1, $2, 'pause', $3)`,
-			integration, tenant, reason)
+		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, action, reason, actor) VALUES ($1, $2, 'pause', $3, $4)`,
+			integration, tenant, reason, ActorOf(ctx))
 		return err
 	})
 }
 
-// Resume lifts a pause and records the act. It fails when nothing was
-// paused.
-func (l *Log) Resume(ctx context.Context, integration, tenant string) error {
+// Resume lifts a pause and records the act (reason may be ""). It
+// fails when nothing was paused.
+func (l *Log) Resume(ctx context.Context, integration, tenant, reason string) error {
 	return pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `DELETE FROM ferry.pause WHERE integration = $1 AND tenant_id = $2`, integration, tenant)
 		if err != nil {
@@ -757,7 +894,8 @@ func (l *Log) Resume(ctx context.Context, integration, tenant string) error {
 			}
 			return fmt.Errorf("delivery: %s is not paused: %w", what, ErrState)
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, action) VALUES ($1, $2, 'resume')`, integration, tenant)
+		_, err = tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, action, reason, actor) VALUES ($1, $2, 'resume', $3, $4)`,
+			integration, tenant, reason, ActorOf(ctx))
 		return err
 	})
 }

@@ -46,7 +46,7 @@ var ev = connector.Event{ID: "e1", TenantID: "acme", EventType: "product.created
 
 func TestRedeliveryOfSucceededIsNotClaimed(t *testing.T) {
 	l, ctx := newLog(t), context.Background()
-	a, err := l.Begin(ctx, "shop", ev, Source{"outbox.product", 0, 7})
+	a, err := l.Begin(ctx, "shop", ev, Source{Topic: "outbox.product", Offset: 7})
 	if err != nil || a.Number != 1 {
 		t.Fatalf("Begin = %+v, %v", a, err)
 	}
@@ -88,8 +88,9 @@ func TestFinishIsFencedByAttempt(t *testing.T) {
 	if r, err := l.Get(ctx, "shop", "e1"); err != nil || len(r.Calls) != 1 || len(r.Calls[0].RequestBody) > MaxCallBytes+20 || r.Calls[0].Status != 422 {
 		t.Fatalf("rejected record %+v %v", r, err)
 	}
-	if err := l.Retry(ctx, "shop", "e1"); err != nil {
-		t.Fatal(err)
+	if took, err := l.Redrive(WithActor(ctx, "os:tester"), Selection{Integration: "shop", EventID: "e1"}, "fixed the sku"); err != nil ||
+		len(took) != 1 || took[0].From != Rejected {
+		t.Fatalf("redrive: %+v %v", took, err)
 	}
 	third, err := l.Begin(ctx, "shop", ev, Source{})
 	if err != nil || third.Number != 3 {

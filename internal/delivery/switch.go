@@ -30,8 +30,8 @@ func (l *Log) SetTenant(ctx context.Context, integration, tenant string, enabled
 				return err
 			}
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, action, reason) VALUES ($1, $2, $3, $4)`,
-			integration, tenant, action, reason)
+		_, err := tx.Exec(ctx, `INSERT INTO ferry.operator_action (integration, tenant_id, action, reason, actor) VALUES ($1, $2, $3, $4, $5)`,
+			integration, tenant, action, reason, ActorOf(ctx))
 		return err
 	})
 	if err != nil {

@@ -22,6 +22,10 @@ type Item struct {
 	// Spilled items live in durable storage: their offsets no longer hold
 	// back the partition's watermark.
 	Spilled bool
+	// Redriven items are an operator's redrive (Redrive): not a record
+	// of the partition, so not an offset of its watermark, and never
+	// spilled (the caller keeps them durably itself).
+	Redriven bool
 }
 
 // SpillFunc stores a blocked lane's items durably, in order, and returns a
@@ -143,6 +147,41 @@ func (s *Scheduler) AddSpilled(tp TP, items ...*Item) {
 	}
 }
 
+// Redrive appends an item an operator asked to deliver again (kept in
+// durable storage by the caller; marked Redriven, so it takes no part in
+// the watermark and is never spilled) at the end of its lane, and wakes the lane if it waits
+// (backing off, parked or paused: its head is attempted again now, which
+// is what the operator's retry of a failed or parked delivery asks for).
+// Wake does the second alone, for a renewed request.
+func (s *Scheduler) Redrive(tp TP, it *Item) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	it.Redriven = true
+	l := s.partition(tp).lane(it.Key)
+	l.queue = append(l.queue, it)
+	s.wake(l)
+}
+
+// Wake makes a waiting lane of tp attempt its head item now; a lane that
+// does not wait, or does not exist, is left as it is.
+func (s *Scheduler) Wake(tp TP, key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.parts[tp]; p != nil {
+		if l := p.lanes[key]; l != nil {
+			s.wake(l)
+		}
+	}
+}
+
+// wake ends l's wait and enqueues it; s.mu is held.
+func (s *Scheduler) wake(l *lane) {
+	if l.timer != nil && l.timer.Stop() {
+		l.state, l.timer = Active, nil
+	}
+	s.enqueue(l)
+}
+
 func (s *Scheduler) partition(tp TP) *partition {
 	p := s.parts[tp]
 	if p == nil {
@@ -262,7 +301,7 @@ func (s *Scheduler) work(ctx context.Context) {
 		case Done:
 			l.queue[0] = nil
 			l.queue = l.queue[1:]
-			if !it.Spilled {
+			if !it.Spilled && !it.Redriven {
 				l.p.finish(it.Offset)
 			}
 			l.blockedSince = time.Time{}
@@ -290,7 +329,7 @@ func (s *Scheduler) work(ctx context.Context) {
 func (s *Scheduler) spillLane(l *lane) {
 	var items []*Item
 	for _, it := range l.queue {
-		if !it.Spilled {
+		if !it.Spilled && !it.Redriven {
 			items = append(items, it)
 		}
 	}

@@ -134,3 +134,87 @@ func TestRevokeWaitsForInFlightAndReturnsWatermark(t *testing.T) {
 		t.Fatal("revoked partition still tracked")
 	}
 }
+
+// A redriven item goes to the end of its lane and wakes the lane at once
+// (a parked head is attempted again without waiting out its delay); it
+// never holds back the watermark. Wake alone wakes a waiting lane; a
+// lane that does not exist is left alone.
+func TestRedriveAppendsAndWakesTheLane(t *testing.T) {
+	var mu sync.Mutex
+	var order []string
+	parkHead := atomic.Bool{}
+	parkHead.Store(true)
+	s := New(2, func(_ context.Context, _ TP, it *Item) Outcome {
+		name := fmt.Sprint(it.Value)
+		if name == "a0" && parkHead.Load() {
+			return Outcome{Verdict: Park, Delay: time.Hour}
+		}
+		mu.Lock()
+		order = append(order, name)
+		mu.Unlock()
+		return Outcome{Verdict: Done}
+	})
+	run(t, s)
+	tp := TP{"t", 0}
+	s.Add(tp, &Item{Key: "a", Offset: 0, Value: "a0"}, &Item{Key: "a", Offset: 1, Value: "a1"}, &Item{Key: "b", Offset: 2, Value: "b2"})
+	waitFor(t, "a parked, b delivered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		c, _ := s.Committable(tp)
+		return s.LaneCounts()[Parked] == 1 && c == 0 && len(order) == 1
+	})
+	s.Wake(TP{"t", 9}, "nobody") // no such partition: nothing happens
+	parkHead.Store(false)        // the operator's retry made it deliverable
+	s.Redrive(tp, &Item{Key: "a", Offset: -1, Value: "redriven"})
+	waitFor(t, "the parked lane woken and drained", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(order) == 4
+	})
+	if got := fmt.Sprint(order); got != "[b2 a0 a1 redriven]" {
+		t.Fatalf("delivery order %s, want [b2 a0 a1 redriven]", got)
+	}
+	if c, _ := s.Committable(tp); c != 3 {
+		t.Fatalf("watermark %d, want 3 (the redriven item is not an offset)", c)
+	}
+
+	// Wake alone ends a wait.
+	parkHead.Store(true)
+	s.Add(tp, &Item{Key: "a", Offset: 3, Value: "a0"})
+	waitFor(t, "parked again", func() bool { return s.LaneCounts()[Parked] == 1 })
+	parkHead.Store(false)
+	s.Wake(tp, "a")
+	waitFor(t, "woken", func() bool { c, _ := s.Committable(tp); return c == 4 })
+}
+
+// A blocked lane spills its queued records, never a redriven item (the
+// caller keeps those itself; its spill function knows only records).
+func TestRedrivenItemsAreNeverSpilled(t *testing.T) {
+	var spilled atomic.Int64
+	blocked := atomic.Bool{}
+	blocked.Store(true)
+	s := New(1, func(_ context.Context, _ TP, it *Item) Outcome {
+		if blocked.Load() {
+			return Outcome{Verdict: Backoff, Delay: 5 * time.Millisecond}
+		}
+		return Outcome{Verdict: Done}
+	})
+	s.SetSpill(0, func(_ TP, items []*Item) ([]*Item, error) {
+		refs := make([]*Item, len(items))
+		for i, it := range items {
+			if it.Redriven {
+				t.Errorf("a redriven item was spilled: %+v", it)
+			}
+			spilled.Add(1)
+			refs[i] = &Item{Key: it.Key, Offset: it.Offset, Value: it.Value}
+		}
+		return refs, nil
+	})
+	run(t, s)
+	tp := TP{"t", 0}
+	s.Redrive(tp, &Item{Key: "a", Offset: -1, Value: "redriven"})
+	s.Add(tp, &Item{Key: "a", Offset: 0, Value: "a0"}, &Item{Key: "a", Offset: 1, Value: "a1"})
+	waitFor(t, "the records spilled", func() bool { return spilled.Load() == 2 })
+	blocked.Store(false)
+	waitFor(t, "the lane drained", func() bool { return s.LaneCounts()[BackingOff] == 0 && s.Buffered(tp) == 0 })
+}

@@ -26,20 +26,33 @@ var page []byte
 //
 //	GET  /                           the read-only web page
 //	GET  /api/v1/status              []IntegrationStatus
-//	GET  /api/v1/failures            ?integration=&tenant=&state=a,b&since=1h&limit=100
+//	GET  /api/v1/failures            ?integration=&tenant=&state=a,b&since=1h&limit=100&cursor=&history=1
+//	                                 (newest problem first; a further page's cursor in the
+//	                                 Next-Cursor header and a Link rel="next")
 //	GET  /api/v1/tenants             ?integration=
-//	POST /api/v1/retry               {"integration", "event" | "tenant" | "all": true}
+//	POST /api/v1/retry               {"integration", "event" | "tenant", "states", "since", "all": true; "reason"}
+//	                                 → {"retrying": n, "events": [{"event_id", "tenant_id", "from"}], "order"}
 //	POST /api/v1/skip                {"integration", "event", "reason"}
 //	POST /api/v1/pause               {"integration", "tenant", "reason"}
-//	POST /api/v1/resume              {"integration", "tenant"}
+//	POST /api/v1/resume              {"integration", "tenant", "reason"}
+//	POST /api/v1/prune               {"older_than": "720h"} → {"deliveries": n, "attempts": n}
 //	POST /api/v1/tenants/enable      {"integration", "tenant", "reason"}
 //	POST /api/v1/tenants/disable     {"integration", "tenant", "reason", "no_rollback"}
+//
+// Every state-changing call is recorded in ferry.operator_action with
+// its time, reason and actor: the admin token's name
+// (FERRY_ADMIN_TOKEN_NAME), or "admin-api (no token)" when none is set.
 //
 // Errors are {"error": "..."} with 400 (bad argument), 409 (the state does
 // not allow it), 401 (token), 403 (another site, or a foreign Host), 415
 // (not JSON) or 500.
 func (s *Service) Routes(acc admin.Access) map[string]http.Handler {
-	guard := func(h http.HandlerFunc) http.Handler { return acc.RequireToken(h) }
+	// Every act is recorded under the token's name (admin.Access.Actor).
+	guard := func(h http.HandlerFunc) http.Handler {
+		return acc.RequireToken(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h(w, r.WithContext(delivery.WithActor(r.Context(), acc.Actor(r))))
+		}))
+	}
 	routes := map[string]http.Handler{
 		"GET /{$}": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			// The page itself holds no data; its API calls carry the token.
@@ -57,7 +70,15 @@ func (s *Service) Routes(acc admin.Access) map[string]http.Handler {
 				reply(w, nil, err)
 				return
 			}
-			rows, err := s.Failures(r.Context(), f)
+			rows, next, err := s.Failures(r.Context(), f)
+			if next != "" {
+				// The body stays the array it always was; the next page's
+				// cursor goes in headers (RFC 8288 Link, as GitHub's API).
+				q := r.URL.Query()
+				q.Set("cursor", next)
+				w.Header().Set("Next-Cursor", next)
+				w.Header().Set("Link", "<"+r.URL.Path+"?"+q.Encode()+`>; rel="next"`)
+			}
 			reply(w, rows, err)
 		}),
 		"GET /api/v1/tenants": guard(func(w http.ResponseWriter, r *http.Request) {
@@ -69,8 +90,8 @@ func (s *Service) Routes(acc admin.Access) map[string]http.Handler {
 			if !decode(w, r, &req) {
 				return
 			}
-			n, err := s.Retry(r.Context(), req)
-			reply(w, map[string]int{"retrying": n}, err)
+			res, err := s.Retry(r.Context(), req)
+			reply(w, res, err)
 		}),
 		"POST /api/v1/skip": guard(func(w http.ResponseWriter, r *http.Request) {
 			var req struct{ Integration, Event, Reason string }
@@ -87,11 +108,26 @@ func (s *Service) Routes(acc admin.Access) map[string]http.Handler {
 			reply(w, map[string]string{"paused": Target(req.Integration, req.Tenant)}, s.Pause(r.Context(), req.Integration, req.Tenant, req.Reason))
 		}),
 		"POST /api/v1/resume": guard(func(w http.ResponseWriter, r *http.Request) {
-			var req struct{ Integration, Tenant string }
+			var req struct{ Integration, Tenant, Reason string }
 			if !decode(w, r, &req) {
 				return
 			}
-			reply(w, map[string]string{"resumed": Target(req.Integration, req.Tenant)}, s.Resume(r.Context(), req.Integration, req.Tenant))
+			reply(w, map[string]string{"resumed": Target(req.Integration, req.Tenant)}, s.Resume(r.Context(), req.Integration, req.Tenant, req.Reason))
+		}),
+		"POST /api/v1/prune": guard(func(w http.ResponseWriter, r *http.Request) {
+			var req struct {
+				OlderThan string `json:"older_than"`
+			}
+			if !decode(w, r, &req) {
+				return
+			}
+			d, err := time.ParseDuration(req.OlderThan)
+			if err != nil {
+				reply(w, nil, bad("older_than=%q: give a duration such as 720h", req.OlderThan))
+				return
+			}
+			res, err := s.Prune(r.Context(), d)
+			reply(w, res, err)
 		}),
 		"POST /api/v1/tenants/enable": guard(func(w http.ResponseWriter, r *http.Request) {
 			var req struct{ Integration, Tenant, Reason string }
@@ -128,7 +164,8 @@ func Target(integration, tenant string) string {
 
 func filter(r *http.Request) (delivery.Filter, error) {
 	q := r.URL.Query()
-	f := delivery.Filter{Integration: q.Get("integration"), TenantID: q.Get("tenant"), Limit: 100}
+	f := delivery.Filter{Integration: q.Get("integration"), TenantID: q.Get("tenant"), Limit: 100, Cursor: q.Get("cursor"),
+		History: q.Get("history") == "1" || q.Get("history") == "true"}
 	if v := q.Get("state"); v != "" {
 		for _, st := range strings.Split(v, ",") {
 			f.States = append(f.States, delivery.State(strings.TrimSpace(st)))

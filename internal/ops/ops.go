@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -228,57 +229,164 @@ func (s *Service) lag(ctx context.Context, byName map[string]*IntegrationStatus,
 	}
 }
 
-// Failures lists problem deliveries.
-func (s *Service) Failures(ctx context.Context, f delivery.Filter) ([]delivery.Failure, error) {
+// Failures lists problem deliveries, one page at a time (next is the
+// cursor of the following page, "" at the end).
+func (s *Service) Failures(ctx context.Context, f delivery.Filter) ([]delivery.Failure, string, error) {
 	for _, st := range f.States {
 		switch st {
 		case delivery.Pending, delivery.InFlight, delivery.Succeeded, delivery.Failed, delivery.Rejected, delivery.Waiting,
-			delivery.Skipped, delivery.Compensating, delivery.Compensated:
+			delivery.Skipped, delivery.Compensating, delivery.Compensated, delivery.Expired, delivery.CompensationFailed:
 		default:
-			return nil, bad("unknown state %q: use pending, in_flight, succeeded, failed, rejected, waiting, skipped, compensating or compensated", st)
+			return nil, "", bad("unknown state %q: use pending, in_flight, succeeded, failed, rejected, waiting, skipped, compensating, compensated, expired or compensation_failed", st)
 		}
 	}
 	if f.Limit < 0 || f.Limit > 10000 {
-		return nil, bad("limit %d: give 1 to 10000", f.Limit)
+		return nil, "", bad("limit %d: give 1 to 10000", f.Limit)
 	}
-	rows, err := s.Log.Failures(ctx, f)
+	rows, next, err := s.Log.Failures(ctx, f)
+	if errors.Is(err, delivery.ErrCursor) {
+		return nil, "", bad("cursor %q: %v", f.Cursor, err)
+	}
 	if rows == nil && err == nil {
 		rows = []delivery.Failure{}
 	}
-	return rows, err
+	return rows, next, err
 }
 
-// RetryRequest selects what to retry: one event, a tenant's deliveries, or
-// all of an integration's.
+// RetryRequest selects what to redrive: one event, or a bulk selection
+// of an integration's deliveries (tenant, states, since; All for no
+// filter but the default states).
 type RetryRequest struct {
-	Integration string `json:"integration"`
-	Event       string `json:"event"`
-	Tenant      string `json:"tenant"`
-	All         bool   `json:"all"`
+	Integration string   `json:"integration"`
+	Event       string   `json:"event"`
+	Tenant      string   `json:"tenant"`
+	All         bool     `json:"all"`
+	States      []string `json:"states"`
+	// Since is how far back (a duration such as 1h) or from when (an
+	// RFC 3339 time) the deliveries were last updated.
+	Since  string `json:"since"`
+	Reason string `json:"reason"`
 }
 
-// Retry makes rejected, failed or compensated deliveries retryable; it
-// returns how many.
-func (s *Service) Retry(ctx context.Context, r RetryRequest) (int, error) {
+// RedriveOrder says where a redriven delivery goes in its tenant's
+// order: the CLI prints it and the API returns it, so the operator sees
+// the choice made.
+const RedriveOrder = "each is delivered again from its stored copy through its tenant's lane, AFTER the events that lane has " +
+	"already delivered, not at its original place in the tenant's order (that is the operator's choice); " +
+	"a lane still parked or backing off on it delivers it in place, at once"
+
+// RetryResult is what a retry took.
+type RetryResult struct {
+	Count  int                 `json:"retrying"`
+	Events []delivery.Redriven `json:"events"`
+	Order  string              `json:"order"`
+}
+
+// Retry redrives the selected deliveries (delivery.Log.Redrive): it
+// fails with a 409 when nothing matches.
+func (s *Service) Retry(ctx context.Context, r RetryRequest) (RetryResult, error) {
 	if r.Integration == "" {
-		return 0, bad("retry: integration is required")
+		return RetryResult{}, bad("retry: integration is required")
 	}
-	n := 0
-	for _, set := range []bool{r.Event != "", r.Tenant != "", r.All} {
-		if set {
-			n++
-		}
+	sel := delivery.Selection{Integration: r.Integration, EventID: r.Event, TenantID: r.Tenant}
+	bulk := r.Tenant != "" || r.All || len(r.States) > 0 || r.Since != ""
+	switch {
+	case r.Event != "" && bulk:
+		return RetryResult{}, bad("retry: give either one event, or a selection (tenant, states, since, all), not both")
+	case r.Event == "" && !bulk:
+		return RetryResult{}, bad("retry: give exactly one of event, or a selection: tenant, states, since, or all")
 	}
-	if n != 1 {
-		return 0, bad("retry: give exactly one of event, tenant or all")
-	}
+	allowed := delivery.BulkRetryable
 	if r.Event != "" {
-		if err := s.Log.Retry(ctx, r.Integration, r.Event); err != nil {
-			return 0, conflict(err)
-		}
-		return 1, nil
+		allowed = delivery.Retryable
 	}
-	return s.Log.RetryTenant(ctx, r.Integration, r.Tenant)
+	for _, st := range r.States {
+		if !slices.Contains(delivery.Retryable, delivery.State(st)) {
+			return RetryResult{}, bad("retry: state %q cannot be retried: use %v", st, delivery.Retryable)
+		}
+		sel.States = append(sel.States, delivery.State(st))
+	}
+	if r.Since != "" {
+		t, err := parseSince(r.Since, time.Now())
+		if err != nil {
+			return RetryResult{}, bad("retry: %v", err)
+		}
+		sel.Since = t
+	}
+	took, err := s.Log.Redrive(ctx, sel, r.Reason)
+	if err != nil {
+		return RetryResult{}, conflict(err)
+	}
+	if len(took) == 0 {
+		states := sel.States
+		if len(states) == 0 {
+			states = allowed
+		}
+		return RetryResult{}, &InputError{Status: 409, Msg: fmt.Sprintf("retry: no delivery of %s is %v with a stored copy%s: nothing to retry",
+			Target(r.Integration, r.Tenant), states, sinceText(sel.Since))}
+	}
+	return RetryResult{Count: len(took), Events: took, Order: RedriveOrder}, nil
+}
+
+func sinceText(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return " updated since " + t.UTC().Format(time.RFC3339)
+}
+
+// parseSince reads a duration back from now (1h, 15m) or an RFC 3339
+// time.
+func parseSince(v string, now time.Time) (time.Time, error) {
+	if d, err := time.ParseDuration(v); err == nil && d > 0 {
+		return now.Add(-d), nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("since %q: give a duration such as 1h or an RFC 3339 time such as 2026-12-01T10:00:00Z", v)
+}
+
+// WaitRedriven waits up to wait for the running sinks to act on the
+// redriven events, and returns each one's state then and how many
+// they have not acted on yet: still pending or in flight (or, for one
+// that was compensating, still compensating).
+func (s *Service) WaitRedriven(ctx context.Context, integration string, took []delivery.Redriven, wait time.Duration) (map[string]delivery.State, int, error) {
+	ids := make([]string, len(took))
+	for i, r := range took {
+		ids[i] = r.EventID
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		states, err := s.Log.States(ctx, integration, ids)
+		if err != nil {
+			return nil, 0, err
+		}
+		waiting := 0
+		for _, r := range took {
+			st := states[r.EventID]
+			if st == delivery.Pending || st == delivery.InFlight || (r.From == delivery.Compensating && st == delivery.Compensating) {
+				waiting++
+			}
+		}
+		if waiting == 0 || !time.Now().Before(deadline) {
+			return states, waiting, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Prune removes finished deliveries (and their kept attempts) last
+// updated longer than olderThan ago; never an unfinished one.
+func (s *Service) Prune(ctx context.Context, olderThan time.Duration) (delivery.Pruned, error) {
+	if olderThan <= 0 {
+		return delivery.Pruned{}, bad("prune: give older_than, a duration such as 720h (30 days)")
+	}
+	return s.Log.Prune(ctx, time.Now().Add(-olderThan))
 }
 
 // Skip skips one delivery, with a reason.
@@ -300,15 +408,18 @@ func (s *Service) Pause(ctx context.Context, integration, tenant, reason string)
 	if integration == "" {
 		return bad("pause: integration is required")
 	}
-	return s.Log.Pause(ctx, integration, tenant, reason)
+	if err := s.Log.Pause(ctx, integration, tenant, reason); err != nil {
+		return conflict(err)
+	}
+	return nil
 }
 
 // Resume lifts a pause.
-func (s *Service) Resume(ctx context.Context, integration, tenant string) error {
+func (s *Service) Resume(ctx context.Context, integration, tenant, reason string) error {
 	if integration == "" {
 		return bad("resume: integration is required")
 	}
-	if err := s.Log.Resume(ctx, integration, tenant); err != nil {
+	if err := s.Log.Resume(ctx, integration, tenant, reason); err != nil {
 		return conflict(err)
 	}
 	return nil
@@ -373,6 +484,15 @@ func (s *Service) Disable(ctx context.Context, integration, tenant, reason strin
 	in, ok := s.Integrations[integration]
 	if rollback && (!ok || in.Connector == nil) {
 		return consume.RollbackResult{}, bad("disable: integration %q is not in the --config file: the rollback needs its connector (or pass --no-rollback)", integration)
+	}
+	if !rollback {
+		off, err := s.Log.Disabled(ctx, integration)
+		if err != nil {
+			return consume.RollbackResult{}, &NotSwitched{Err: err}
+		}
+		if off[tenant] {
+			return consume.RollbackResult{}, &InputError{Status: 409, Msg: fmt.Sprintf("disable: %s tenant %s is already disabled: nothing to do", integration, tenant)}
+		}
 	}
 	if _, err := s.Log.SetTenant(ctx, integration, tenant, false, reason); err != nil {
 		return consume.RollbackResult{}, &NotSwitched{Err: err}

@@ -67,7 +67,7 @@ func TestAdminAPI(t *testing.T) {
 	e.produce("initech", "initech-1", "product.updated", `{"n":1}`)
 	addr := freeAddr(t)
 	const token = "s3cret"
-	e.vars = map[string]string{"FERRY_ADMIN_TOKEN": token}
+	e.vars = map[string]string{"FERRY_ADMIN_TOKEN": token, "FERRY_ADMIN_TOKEN_NAME": "oncall-bot"}
 	e.start("--config", e.config("    retry: {initial: 1h, max: 1h}\n"), "--admin-addr", addr)
 	waitFor(t, time.Minute, "the rejection and the failure", func() bool {
 		return e.state("acme-1") == "rejected" && e.state("initech-1") == "failed" && e.state("globex-1") == "succeeded"
@@ -156,6 +156,9 @@ func TestAdminAPI(t *testing.T) {
 	if code := api(t, addr, token, "POST", "/api/v1/pause", `{"integration":"shop","tenant":"globex","reason":"migration"}`, &ok); code != 200 {
 		t.Fatalf("pause: %d", code)
 	}
+	if code := api(t, addr, token, "POST", "/api/v1/pause", `{"integration":"shop","tenant":"globex","reason":"again"}`, &ae); code != 409 || !strings.Contains(ae.Error, "already paused") {
+		t.Fatalf("pause of a paused tenant: %d %+v", code, ae)
+	}
 	if code := api(t, addr, token, "POST", "/api/v1/tenants/disable", `{"integration":"shop","tenant":"initech","no_rollback":true}`, &ok); code != 200 {
 		t.Fatalf("disable: %d %v", code, ok)
 	}
@@ -183,6 +186,12 @@ func TestAdminAPI(t *testing.T) {
 	}
 	if code := api(t, addr, token, "POST", "/api/v1/resume", `{"integration":"shop","tenant":"globex"}`, &ok); code != 200 {
 		t.Fatalf("resume: %d", code)
+	}
+	// Every act names the token's holder.
+	var acts, byBot int
+	if err := e.conn.QueryRow(context.Background(), `SELECT count(*), count(*) FILTER (WHERE actor = 'token:oncall-bot') FROM ferry.operator_action`).
+		Scan(&acts, &byBot); err != nil || acts != 6 || byBot != acts {
+		t.Fatalf("operator acts: %d, %d by token:oncall-bot (%v); want skip, retry, pause, disable, enable, resume", acts, byBot, err)
 	}
 	// The CLI sees the same live state (and Kafka lag with --brokers).
 	code, out, errOut := e.runCmd("status", "--brokers", strings.Join(e.kafka.Addrs, ","))
@@ -242,7 +251,7 @@ func TestWebPageInChromium(t *testing.T) {
 		return out
 	}
 	dom := string(browser("--dump-dom"))
-	for _, want := range []string{`data-loaded="true"`, "acme", "globex", "acme-1", "rejected", "sku unknown", "closed", e.topic} {
+	for _, want := range []string{`data-loaded="true"`, "acme", "globex", "acme-1", "rejected", "sku unknown", "closed", e.topic, "#1 rejected 422"} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("the rendered page lacks %q", want)
 		}

@@ -38,6 +38,17 @@ type Config struct {
 	LogLevel     string        `yaml:"log_level"`
 	Integrations []Integration `yaml:"integrations"`
 
+	// AdminTokenName names the token's holder in the record of operator
+	// acts made through the API (FERRY_ADMIN_TOKEN_NAME; default
+	// "admin-token").
+	AdminTokenName string `yaml:"-"`
+
+	// AttemptsKept is how many attempts of each delivery the log keeps
+	// in ferry.delivery_attempt, at each end: the first N and the last N
+	// (request, status, bounded response, error, duration). Default 5;
+	// 0 means the default.
+	AttemptsKept int `yaml:"attempts_kept"`
+
 	// PostgresStatementTimeout bounds every delivery-log, parked-queue
 	// and mapping statement: sent as the connections' statement_timeout
 	// (a statement blocked by a lock or a slow server fails) and used as
@@ -148,6 +159,9 @@ func (c *Config) validate(reg registry, getenv func(string) string) error {
 			errs = append(errs, cerrs...)
 		}
 	}
+	if c.AttemptsKept < 0 {
+		errs = append(errs, fmt.Errorf("attempts_kept: %d: give 1 or more (the first and last N attempts of each delivery are kept; default 5)", c.AttemptsKept))
+	}
 	if c.PostgresStatementTimeout < 0 {
 		errs = append(errs, fmt.Errorf("postgres_statement_timeout: %s: must be positive (e.g. 10s)", c.PostgresStatementTimeout))
 	}
@@ -188,11 +202,12 @@ type flags struct {
 	Run      runCmd      `cmd:"" default:"withargs" help:"Consume and deliver (the default command)."`
 	Status   statusCmd   `cmd:"" help:"Deliveries by integration and state, and parked queue depth per tenant."`
 	Failures failuresCmd `cmd:"" help:"Failed and rejected deliveries: status code, reason, attempts, and the partner calls."`
-	Retry    retryCmd    `cmd:"" help:"Make a rejected or failed delivery retryable: one event, a tenant's, or all of an integration's."`
+	Retry    retryCmd    `cmd:"" help:"Deliver again from the stored copy: one event, or in bulk (--tenant, --state, --since, --all). It goes through its tenant's lane AFTER the events already delivered."`
 	Skip     skipCmd     `cmd:"" help:"Skip a delivery (its lane moves on); a reason is required and recorded."`
 	Pause    pauseCmd    `cmd:"" help:"Pause an integration, or one tenant of it: its lanes wait without calling the partner. Survives restarts."`
 	Resume   resumeCmd   `cmd:"" help:"Resume a paused integration or tenant."`
 	Tenants  tenantsCmd  `cmd:"" help:"List tenants, or switch one on (resync it at the partner) or off (roll it back)."`
+	Prune    pruneCmd    `cmd:"" help:"Remove finished deliveries (and their kept attempts) last updated before --older-than; never an unfinished one."`
 }
 
 type tenantsCmd struct {
@@ -229,6 +244,7 @@ type pauseCmd struct {
 type resumeCmd struct {
 	Integration string `help:"The integration." required:""`
 	Tenant      string `help:"Only this tenant (default: the whole integration)."`
+	Reason      string `help:"Why (recorded)."`
 }
 
 type runCmd struct{}
@@ -242,16 +258,25 @@ type failuresCmd struct {
 	Tenant      string        `help:"Only this tenant."`
 	State       []string      `help:"States to list (default failed,rejected)." enum:"failed,rejected,expired,compensating,compensated,compensation_failed,waiting,in_flight,pending,skipped,succeeded" sep:","`
 	Since       time.Duration `help:"Only deliveries updated within this long (e.g. 1h)."`
-	Limit       int           `help:"At most this many rows." default:"100"`
-	Calls       bool          `help:"Show the partner calls (request and response, bounded)."`
+	Limit       int           `help:"At most this many rows (a page)." default:"100"`
+	Cursor      string        `help:"Continue after the previous page (the cursor it printed)."`
+	Calls       bool          `help:"Show every kept attempt with its partner calls (request and response, bounded), status, error and duration."`
 	JSON        bool          `help:"Print JSON."`
 }
 
 type retryCmd struct {
-	Integration string `help:"The integration." required:""`
-	Event       string `help:"One event id." xor:"what" required:""`
-	Tenant      string `help:"Every rejected or failed delivery of this tenant." xor:"what" required:""`
-	All         bool   `help:"Every rejected or failed delivery of the integration." xor:"what" required:""`
+	Integration string        `help:"The integration." required:""`
+	Event       string        `help:"One event id (rejected, failed, expired, skipped, compensated, compensation_failed or compensating)."`
+	Tenant      string        `help:"Bulk: only this tenant's deliveries."`
+	State       []string      `help:"Bulk: these states (default rejected,failed,expired,compensated,compensation_failed)." enum:"rejected,failed,expired,skipped,compensated,compensation_failed,compensating" sep:","`
+	Since       string        `help:"Bulk: only deliveries updated since then: a duration back (1h) or an RFC 3339 time." placeholder:"TIME"`
+	All         bool          `help:"Bulk: every delivery of the integration in the default states."`
+	Reason      string        `help:"Why (recorded with your OS user in ferry.operator_action)."`
+	Wait        time.Duration `help:"How long to wait for the running sink to deliver them again, reporting their states (0: do not wait)." default:"10s"`
+}
+
+type pruneCmd struct {
+	OlderThan time.Duration `help:"Remove finished deliveries last updated longer ago than this (e.g. 720h). Keep it above the topics' retention: the log is what deduplicates a replayed event." required:"" name:"older-than"`
 }
 
 type skipCmd struct {
@@ -319,6 +344,7 @@ func parseWith(opts Options, args []string, getenv func(string) string, stdout i
 		cfg.SessionTimeout = *f.SessionTimeout
 	}
 	cfg.AdminToken = getenv("FERRY_ADMIN_TOKEN")
+	cfg.AdminTokenName = getenv("FERRY_ADMIN_TOKEN_NAME")
 	cfg.setDefaults()
 	words := strings.Fields(kctx.Command())
 	name := words[0]

@@ -26,7 +26,7 @@ import (
 
 func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	if c.name != "run" {
-		return cli.Print(stdout, func(w io.Writer) error { return c.operate(ctx, w) })
+		return cli.Print(stdout, func(w io.Writer) error { return c.operate(ctx, w, stderr) })
 	}
 	log, err := cli.Logger(stderr, c.cfg.LogFormat, c.cfg.LogLevel)
 	if err != nil {
@@ -46,7 +46,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 		return pgdb.Explain("postgres", c.cfg.PostgresURL, err)
 	}
 	defer pool.Close()
-	dlog, err := delivery.New(pool, delivery.Options{StatementTimeout: c.cfg.PostgresStatementTimeout, Holder: consume.ProcessID,
+	dlog, err := delivery.New(pool, delivery.Options{StatementTimeout: c.cfg.PostgresStatementTimeout, Holder: consume.ProcessID, AttemptsKept: c.cfg.AttemptsKept,
 		Outcomes: c.cfg.outcomeTopics()})
 	if err != nil {
 		return err
@@ -152,7 +152,7 @@ func boundStatements(cc *pgx.ConnConfig, d time.Duration) {
 }
 
 func (c *command) adminAccess() admin.Access {
-	return admin.Access{Token: c.cfg.AdminToken, AllowedHosts: c.cfg.AdminAllowedHosts}
+	return admin.Access{Token: c.cfg.AdminToken, TokenName: c.cfg.AdminTokenName, AllowedHosts: c.cfg.AdminAllowedHosts}
 }
 
 // service is the operator surface over the configured integrations (their

@@ -96,7 +96,8 @@ func (e *env) config(extra string) string {
 	// Defaults the test may override (the strict YAML loader rejects a
 	// key given twice).
 	defaults := ""
-	for key, line := range map[string]string{"commit_interval:": "    commit_interval: 100ms\n", "retry:": "    retry: {initial: 50ms, max: 500ms}\n"} {
+	for key, line := range map[string]string{"commit_interval:": "    commit_interval: 100ms\n", "retry:": "    retry: {initial: 50ms, max: 500ms}\n",
+		"park_recheck:": "    park_recheck: 100ms\n"} {
 		if !strings.Contains(extra, key) {
 			defaults += line
 		}
@@ -111,7 +112,6 @@ integrations:
     topics: [%s]
     workers: 16
 %s
-    park_recheck: 100ms
     connector:
       type: webhook
       url: %s/v1/events
