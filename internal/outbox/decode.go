@@ -43,8 +43,11 @@ type relation struct {
 	payloadIsJSON, headersIsJSON                            bool
 }
 
-// Decoder turns pgoutput messages into outbox transactions. It is not
-// safe for concurrent use; the reader owns it.
+// Decoder turns pgoutput messages into outbox transactions, one message
+// at a time: a transaction's events come out as they are decoded, not
+// held until its Commit (with protocol 1 every transaction decoded has
+// committed already). It is not safe for concurrent use; the reader owns
+// it.
 type Decoder struct {
 	table         string // "schema.name"
 	cols          Columns
@@ -65,57 +68,80 @@ func NewDecoder(table string, cols Columns, messagePrefix string) *Decoder {
 // InTx reports whether a transaction has begun and not yet committed.
 func (d *Decoder) InTx() bool { return d.tx != nil }
 
-// Decode consumes one pgoutput message. It returns the transaction when
-// msg is its Commit, and a non-transactional logical message (for
-// heartbeats) when msg is one; otherwise both are nil.
-func (d *Decoder) Decode(msg pglogrepl.Message) (*Tx, *pglogrepl.LogicalDecodingMessage, error) {
+// Step is what one pgoutput message meant for the outbox: at most one
+// field is set; none for messages that carry no outbox event (Relation,
+// another table's rows, another prefix's messages, Type, Origin).
+type Step struct {
+	// Begin is a transaction that began: Xid, CommitLSN, CommitLSNText
+	// and CommitTime are set (pgoutput's Begin carries the commit's LSN
+	// and time), EndLSN and Events are not.
+	Begin *Tx
+	// Event is an outbox event of the transaction begun, in the order
+	// written.
+	Event *Event
+	// Commit is the transaction begun (the same *Tx as Begin), now with
+	// its EndLSN: every one of its events came before it.
+	Commit *Tx
+	// Message is a non-transactional logical message (heartbeats), its
+	// content copied.
+	Message *pglogrepl.LogicalDecodingMessage
+}
+
+// Decode consumes one pgoutput message.
+func (d *Decoder) Decode(msg pglogrepl.Message) (Step, error) {
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
 		d.relations[m.RelationID] = d.relation(m)
 	case *pglogrepl.BeginMessage:
 		if d.tx != nil {
-			return nil, nil, fmt.Errorf("decode: Begin of xid %d inside xid %d", m.Xid, d.tx.Xid)
+			return Step{}, fmt.Errorf("decode: Begin of xid %d inside xid %d", m.Xid, d.tx.Xid)
 		}
-		d.tx = &Tx{Xid: m.Xid, CommitTime: m.CommitTime}
+		d.tx = &Tx{Xid: m.Xid, CommitLSN: m.FinalLSN, CommitTime: m.CommitTime}
+		if m.FinalLSN != 0 {
+			d.tx.CommitLSNText = m.FinalLSN.String()
+		}
+		return Step{Begin: d.tx}, nil
 	case *pglogrepl.InsertMessage:
 		rel, ok := d.relations[m.RelationID]
 		if !ok {
-			return nil, nil, fmt.Errorf("decode: Insert for relation %d before its Relation message", m.RelationID)
+			return Step{}, fmt.Errorf("decode: Insert for relation %d before its Relation message", m.RelationID)
 		}
 		if !rel.outbox {
-			return nil, nil, nil
+			return Step{}, nil
 		}
 		if d.tx == nil {
-			return nil, nil, fmt.Errorf("decode: Insert outside a transaction")
+			return Step{}, fmt.Errorf("decode: Insert outside a transaction")
 		}
-		d.tx.Events = append(d.tx.Events, rel.event(m.Tuple))
+		return Step{Event: rel.event(m.Tuple)}, nil
 	case *pglogrepl.LogicalDecodingMessage:
 		if !m.Transactional {
 			// Content aliases the receive buffer: copy before keeping it.
 			c := *m
 			c.Content = append([]byte(nil), m.Content...)
-			return nil, &c, nil
+			return Step{Message: &c}, nil
 		}
 		if m.Prefix != d.messagePrefix {
-			return nil, nil, nil
+			return Step{}, nil
 		}
 		if d.tx == nil {
-			return nil, nil, fmt.Errorf("decode: transactional message outside a transaction")
+			return Step{}, fmt.Errorf("decode: transactional message outside a transaction")
 		}
-		d.tx.Events = append(d.tx.Events, messageEvent(m.Content))
+		return Step{Event: messageEvent(m.Content)}, nil
 	case *pglogrepl.CommitMessage:
 		if d.tx == nil {
-			return nil, nil, fmt.Errorf("decode: Commit without Begin")
+			return Step{}, fmt.Errorf("decode: Commit without Begin")
 		}
 		tx := d.tx
 		d.tx = nil
-		tx.CommitLSN, tx.EndLSN, tx.CommitTime = m.CommitLSN, m.TransactionEndLSN, m.CommitTime
-		tx.CommitLSNText = m.CommitLSN.String()
-		return tx, nil, nil
+		if m.CommitLSN != tx.CommitLSN {
+			return Step{}, fmt.Errorf("decode: Commit at %s of xid %d that began with commit LSN %s", m.CommitLSN, tx.Xid, tx.CommitLSN)
+		}
+		tx.EndLSN, tx.CommitTime = m.TransactionEndLSN, m.CommitTime
+		return Step{Commit: tx}, nil
 	}
 	// Type, Origin, Update, Delete, Truncate: not outbox events (the
 	// publication is insert-only; others may share the slot's database).
-	return nil, nil, nil
+	return Step{}, nil
 }
 
 func (d *Decoder) relation(m *pglogrepl.RelationMessage) *relation {
@@ -149,14 +175,14 @@ func (d *Decoder) relation(m *pglogrepl.RelationMessage) *relation {
 	return r
 }
 
-func (r *relation) event(t *pglogrepl.TupleData) Event {
+func (r *relation) event(t *pglogrepl.TupleData) *Event {
 	col := func(i int) []byte {
 		if i < 0 || i >= len(t.Columns) || t.Columns[i].DataType != pglogrepl.TupleDataTypeText {
 			return nil
 		}
 		return t.Columns[i].Data // already a copy, safe to keep
 	}
-	e := Event{
+	e := &Event{
 		ID:            string(col(r.id)),
 		TenantID:      string(col(r.tenant)),
 		AggregateType: string(col(r.aggType)),
@@ -166,7 +192,7 @@ func (r *relation) event(t *pglogrepl.TupleData) Event {
 		Headers:       col(r.hdrs),
 		CreatedAt:     string(col(r.crAt)),
 	}
-	e.Invalid = validate(&e, !r.payloadIsJSON, !r.headersIsJSON)
+	e.Invalid = validate(e, !r.payloadIsJSON, !r.headersIsJSON)
 	return e
 }
 
@@ -181,14 +207,14 @@ type message struct {
 	Headers       json.RawMessage `json:"headers"`
 }
 
-func messageEvent(content []byte) Event {
+func messageEvent(content []byte) *Event {
 	var m message
 	if err := json.Unmarshal(content, &m); err != nil {
 		// Keep the raw content so the dead-letter record carries it.
-		return Event{Payload: append([]byte(nil), content...),
+		return &Event{Payload: append([]byte(nil), content...),
 			Invalid: fmt.Sprintf("outbox message is not a JSON object with id, tenant_id, aggregate_type, aggregate_id, event_type, payload: %v", err)}
 	}
-	e := Event{ID: m.ID, TenantID: m.TenantID, AggregateType: m.AggregateType, AggregateID: m.AggregateID,
+	e := &Event{ID: m.ID, TenantID: m.TenantID, AggregateType: m.AggregateType, AggregateID: m.AggregateID,
 		EventType: m.EventType, Payload: m.Payload}
 	if len(m.Headers) > 0 && string(m.Headers) != "null" {
 		e.Headers = m.Headers
@@ -196,7 +222,7 @@ func messageEvent(content []byte) Event {
 	if string(e.Payload) == "null" {
 		e.Payload = nil
 	}
-	e.Invalid = validate(&e, false, false)
+	e.Invalid = validate(e, false, false)
 	return e
 }
 
