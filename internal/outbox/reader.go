@@ -431,11 +431,7 @@ func (r *Reader) stream(ctx context.Context, repl *pgconn.PgConn, lockConn *pgx.
 // end LSN at its Commit; the watermark passes it only after that and
 // after Kafka acknowledged every one of its records.
 func (r *Reader) handle(ctx context.Context, dec *Decoder, tracker *lsnack.Tracker, cur **lsnack.Pending, xld pglogrepl.XLogData, sess Session) error {
-	m, err := Parse(xld.WALData)
-	if err != nil {
-		return fmt.Errorf("replication stream: parse pgoutput at %s: %w", xld.WALStart, err)
-	}
-	st, err := dec.Decode(m)
+	st, err := dec.DecodeWAL(xld.WALData)
 	if err != nil {
 		return fmt.Errorf("replication stream at %s: %w", xld.WALStart, err)
 	}
