@@ -18,6 +18,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/http"
@@ -36,6 +37,10 @@ import (
 	"github.com/ferry-cdc/ferry/bench/benchutil"
 	"github.com/ferry-cdc/ferry/internal/pgtest"
 )
+
+// cdcProfile, when set, is where the first drain writes a CPU profile of
+// cdc (its admin API's /debug/pprof/profile).
+var cdcProfile string
 
 type result struct {
 	shape      string
@@ -60,6 +65,7 @@ func main() {
 	bin := flag.String("bin", "bin", "folder with the cdc and devbroker binaries (make build)")
 	tenants := flag.String("tenants", "50,1000", "comma-separated tenant counts; every shape runs with each")
 	bigTx := flag.Int("big-tx", 1_000_000, "rows of the single-transaction run (0 skips it)")
+	flag.StringVar(&cdcProfile, "cdc-profile", "", "write a 5-second CPU profile of cdc, taken during the first drain, to this file")
 	only := flag.String("only", "", `run one part only, without writing a report: "bigtx" (the single large transaction), "1000" or "single" (one drain shape, with -tenants), "latency"`)
 	flag.Parse()
 	ctx := context.Background()
@@ -438,6 +444,10 @@ func cdcDrain(bin, url, slot string, rows int) (float64, float64, error) {
 		n := benchutil.Metric(admin, `ferry_cdc_events_total{outcome="published"}`)
 		if n > 0 && first.IsZero() {
 			first, n0 = time.Now(), n
+			if cdcProfile != "" {
+				go profile(admin, cdcProfile)
+				cdcProfile = ""
+			}
 		}
 		if n >= float64(rows) {
 			return (n - n0) / time.Since(first).Seconds(), benchutil.PeakRSS(cdc.Process.Pid), nil
@@ -480,6 +490,26 @@ func cdcDrainWhole(bin, url, slot string, rows int) (float64, float64, error) {
 			return 0, 0, fmt.Errorf("cdc did not publish the %d-row transaction in 10 minutes", rows)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// profile saves a 5-second CPU profile of the cdc whose admin API is at
+// admin.
+func profile(admin, file string) {
+	resp, err := http.Get("http://" + admin + "/debug/pprof/profile?seconds=5")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cdcbench: profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cdcbench: profile:", err)
+		return
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		fmt.Fprintln(os.Stderr, "cdcbench: profile:", err)
 	}
 }
 
