@@ -301,16 +301,12 @@ func (s *Session) produce(ctx context.Context, rec *kgo.Record, done func(*kgo.R
 		return err
 	}
 	s.wg.Add(1)
-	finish := func(r *kgo.Record, err error) {
-		// done first: a dead-letter record it produces is counted
-		// before this one is released, so Close's wait cannot end early.
-		done(r, err)
-		s.bytes.Release(size)
-		s.sem.Release(1)
-		s.wg.Done()
-	}
+	// done runs before the record's room is released: a dead-letter
+	// record it produces is counted before this one is released, so
+	// Close's wait cannot end early.
 	if err := s.Err(); err != nil {
-		finish(rec, fmt.Errorf("not sent: %w", err))
+		done(rec, fmt.Errorf("not sent: %w", err))
+		s.release(size)
 		return nil
 	}
 	s.cl.Produce(s.ctx, rec, func(r *kgo.Record, err error) {
@@ -319,9 +315,18 @@ func (s *Session) produce(ctx context.Context, rec *kgo.Record, done func(*kgo.R
 			// later record of this session can be produced.
 			s.fail(err)
 		}
-		finish(r, err)
+		done(r, err)
+		s.release(size)
 	})
 	return nil
+}
+
+// release gives back the room of a record produce took, once its
+// callback ran.
+func (s *Session) release(size int64) {
+	s.bytes.Release(size)
+	s.sem.Release(1)
+	s.wg.Done()
 }
 
 // produceNow is produce for a promise callback: it does not wait for
