@@ -8,7 +8,9 @@
 // taking turns with cdc at going first) and the server-side decoding
 // ceiling (pg_logical_slot_peek_binary_changes with pgoutput, timed inside
 // Postgres, no client); its commit-to-Kafka-ack latency at a steady rate;
-// and its peak RSS. It writes a Markdown report.
+// its peak RSS; and one transaction of 1,000,000 rows (-big-tx), which cdc
+// streams as it is decoded, to show that its memory stays flat. It writes
+// a Markdown report.
 package main
 
 import (
@@ -16,6 +18,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/http"
@@ -34,6 +37,10 @@ import (
 	"github.com/ferry-cdc/ferry/bench/benchutil"
 	"github.com/ferry-cdc/ferry/internal/pgtest"
 )
+
+// cdcProfile, when set, is where the first drain writes a CPU profile of
+// cdc (its admin API's /debug/pprof/profile).
+var cdcProfile string
 
 type result struct {
 	shape      string
@@ -57,6 +64,9 @@ func main() {
 	out := flag.String("out", "", "write the Markdown report here (default stdout only)")
 	bin := flag.String("bin", "bin", "folder with the cdc and devbroker binaries (make build)")
 	tenants := flag.String("tenants", "50,1000", "comma-separated tenant counts; every shape runs with each")
+	bigTx := flag.Int("big-tx", 1_000_000, "rows of the single-transaction run (0 skips it)")
+	flag.StringVar(&cdcProfile, "cdc-profile", "", "write a 5-second CPU profile of cdc, taken during the first drain, to this file")
+	only := flag.String("only", "", `run one part only, without writing a report: "bigtx" (the single large transaction), "1000" or "single" (one drain shape, with -tenants), "latency"`)
 	flag.Parse()
 	ctx := context.Background()
 	var counts []int
@@ -68,18 +78,110 @@ func main() {
 		}
 		counts = append(counts, n)
 	}
-	if err := runBench(ctx, *rows, *repeat, counts, *rate, *latDur, *out, *bin); err != nil {
+	if *only != "" {
+		if err := runOnly(ctx, *only, *rows, *repeat, counts, *bigTx, *rate, *latDur, *bin); err != nil {
+			fmt.Fprintln(os.Stderr, "cdcbench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := runBench(ctx, *rows, *repeat, counts, *bigTx, *rate, *latDur, *out, *bin); err != nil {
 		fmt.Fprintln(os.Stderr, "cdcbench:", err)
 		os.Exit(1)
 	}
 }
 
-func runBench(ctx context.Context, rows, repeat int, tenants []int, rate int, latDur time.Duration, out, bin string) error {
-	cl, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{
+func startPostgres(ctx context.Context) (*pgtest.Cluster, error) {
+	return pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{
 		// Commits wake the walsender at once (synchronous_commit=off
 		// delays changes up to wal_writer_delay); fsync stays off.
 		"synchronous_commit": "on", "shared_buffers": "512MB", "max_wal_size": "8GB", "checkpoint_timeout": "30min",
 	}})
+}
+
+// runOnly runs one part of the benchmark and prints its figures.
+func runOnly(ctx context.Context, only string, rows, repeat int, tenants []int, bigTx, rate int, latDur time.Duration, bin string) error {
+	cl, err := startPostgres(ctx)
+	if err != nil {
+		return err
+	}
+	defer cl.Stop()
+	switch only {
+	case "bigtx":
+		b, err := bigTransaction(ctx, cl, bin, bigTx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "one %d-row transaction: insert %.1f s, cdc %.0f events/s (from process start), peak RSS %.1f MiB\n", b.rows, b.insertSecs, b.rate, b.peakRSSMiB)
+	case "1000", "single":
+		shape := "1000-row transactions"
+		if only == "single" {
+			shape = "single-row transactions"
+		}
+		for _, n := range tenants {
+			r, err := drain(ctx, cl, bin, shape, n, rows, repeat)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "%s, %d tenants: ceiling %.0f/s, pg_recvlogical %.0f/s, cdc %.0f/s (%.2fx pg_recvlogical, %.2f of the ceiling), peak RSS %.1f MiB\n",
+				shape, n, r.ceilRate, r.refRate, r.cdcRate, r.cdcRate/r.refRate, r.cdcRate/r.ceilRate, r.peakRSSMiB)
+		}
+	case "latency":
+		p50, p99, n, rss, err := latency(ctx, cl, bin, rate, latDur)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "latency at %d/s: p50 %.2f ms, p99 %.2f ms over %d transactions, peak RSS %.1f MiB\n", rate, p50*1000, p99*1000, n, rss)
+	default:
+		return fmt.Errorf("-only %q: use bigtx, 1000, single or latency", only)
+	}
+	return nil
+}
+
+// bigResult is the single large transaction's run.
+type bigResult struct {
+	rows       int
+	insertSecs float64
+	rate       float64 // events/s from cdc's start to its last acknowledgement
+	peakRSSMiB float64
+}
+
+// bigTransaction writes rows outbox rows (headers filled, 50 tenants) in
+// one transaction and drains it with cdc on a fresh broker: cdc streams
+// the transaction's records as it decodes them, so its peak RSS is
+// bounded by the records in flight, not by the transaction.
+func bigTransaction(ctx context.Context, cl *pgtest.Cluster, bin string, rows int) (bigResult, error) {
+	r := bigResult{rows: rows}
+	const name = "bench_bigtx"
+	url, err := newDB(ctx, cl, bin, name)
+	if err != nil {
+		return r, err
+	}
+	defer func() {
+		if err := pgtest.DropDatabase(ctx, cl.URL, name); err != nil {
+			fmt.Fprintln(os.Stderr, "cdcbench: drop", name+":", err)
+		}
+	}()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return r, err
+	}
+	defer conn.Close(ctx)
+	t0 := time.Now()
+	if _, err := conn.Exec(ctx, `INSERT INTO outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload, headers)
+		SELECT `+rowExpr(50)+` FROM generate_series(0, $1::int - 1) g`, rows); err != nil {
+		return r, fmt.Errorf("fill: %w", err)
+	}
+	r.insertSecs = time.Since(t0).Seconds()
+	if _, err := conn.Exec(ctx, `CHECKPOINT`); err != nil {
+		return r, err
+	}
+	r.rate, r.peakRSSMiB, err = cdcDrainWhole(bin, url, name, rows)
+	return r, err
+}
+
+func runBench(ctx context.Context, rows, repeat int, tenants []int, bigTx, rate int, latDur time.Duration, out, bin string) error {
+	cl, err := startPostgres(ctx)
 	if err != nil {
 		return err
 	}
@@ -96,12 +198,21 @@ func runBench(ctx context.Context, rows, repeat int, tenants []int, rate int, la
 				shape, n, r.ceilRate, r.refRate, r.cdcRate, r.cdcRate/r.refRate, r.cdcRate/r.ceilRate, r.peakRSSMiB)
 		}
 	}
+	var big *bigResult
+	if bigTx > 0 {
+		b, err := bigTransaction(ctx, cl, bin, bigTx)
+		if err != nil {
+			return fmt.Errorf("one %d-row transaction: %w", bigTx, err)
+		}
+		fmt.Fprintf(os.Stderr, "one %d-row transaction: cdc %.0f events/s, peak RSS %.1f MiB\n", b.rows, b.rate, b.peakRSSMiB)
+		big = &b
+	}
 	p50, p99, n, rss, err := latency(ctx, cl, bin, rate, latDur)
 	if err != nil {
 		return fmt.Errorf("latency: %w", err)
 	}
 	fmt.Fprintf(os.Stderr, "latency at %d/s: p50 %.2f ms, p99 %.2f ms over %d transactions\n", rate, p50*1000, p99*1000, n)
-	report := render(results, rate, latDur, p50, p99, n, rss)
+	report := render(results, big, rate, latDur, p50, p99, n, rss)
 	fmt.Print(report)
 	if out != "" {
 		return os.WriteFile(out, []byte(report), 0o644)
@@ -136,10 +247,7 @@ func fill(ctx context.Context, url, shape string, tenants, rows int) error {
 		return err
 	}
 	defer conn.Close(ctx)
-	row := `'tenant-' || (g % ` + strconv.Itoa(tenants) + `), (ARRAY['product','order'])[g % 2 + 1], 'sku-' || g, 'product.updated',
-		jsonb_build_object('sku', 'sku-' || g, 'name', 'Product number ' || g, 'description', repeat('lorem ipsum ', 20),
-			'price', g % 997, 'currency', 'EUR', 'tags', jsonb_build_array('a', 'b', 'c')),
-		jsonb_build_object('traceparent', '00-' || md5(g::text) || '-' || left(md5('s' || g), 16) || '-01', 'tracestate', 'ferry=bench')`
+	row := rowExpr(tenants)
 	if shape == "1000-row transactions" {
 		for start := 0; start < rows; start += 1000 {
 			if _, err := conn.Exec(ctx, `INSERT INTO outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload, headers)
@@ -184,6 +292,14 @@ func fill(ctx context.Context, url, shape string, tenants, rows int) error {
 	wg.Wait()
 	close(errs)
 	return <-errs
+}
+
+// rowExpr is the select list of one outbox row numbered g.
+func rowExpr(tenants int) string {
+	return `'tenant-' || (g % ` + strconv.Itoa(tenants) + `), (ARRAY['product','order'])[g % 2 + 1], 'sku-' || g, 'product.updated',
+		jsonb_build_object('sku', 'sku-' || g, 'name', 'Product number ' || g, 'description', repeat('lorem ipsum ', 20),
+			'price', g % 997, 'currency', 'EUR', 'tags', jsonb_build_array('a', 'b', 'c')),
+		jsonb_build_object('traceparent', '00-' || md5(g::text) || '-' || left(md5('s' || g), 16) || '-01', 'tracestate', 'ferry=bench')`
 }
 
 func drain(ctx context.Context, cl *pgtest.Cluster, bin, shape string, tenants, rows, repeat int) (result, error) {
@@ -328,6 +444,10 @@ func cdcDrain(bin, url, slot string, rows int) (float64, float64, error) {
 		n := benchutil.Metric(admin, `ferry_cdc_events_total{outcome="published"}`)
 		if n > 0 && first.IsZero() {
 			first, n0 = time.Now(), n
+			if cdcProfile != "" {
+				go profile(admin, cdcProfile)
+				cdcProfile = ""
+			}
 		}
 		if n >= float64(rows) {
 			return (n - n0) / time.Since(first).Seconds(), benchutil.PeakRSS(cdc.Process.Pid), nil
@@ -336,6 +456,60 @@ func cdcDrain(bin, url, slot string, rows int) (float64, float64, error) {
 			return 0, 0, fmt.Errorf("cdc published %.0f of %d in 10 minutes", n, rows)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// cdcDrainWhole is cdcDrain for a backlog of one transaction, whose
+// events are counted as published all at once when it is acknowledged:
+// the rate runs from cdc's start to that moment.
+func cdcDrainWhole(bin, url, slot string, rows int) (float64, float64, error) {
+	dir, err := os.MkdirTemp("", "cdcbench-broker-")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer os.RemoveAll(dir)
+	broker, brokerAddr, err := startBroker(bin, "--data-dir", dir, "--partitions", "8")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer stop(broker)
+	admin := benchutil.FreeAddr()
+	cdc := exec.Command(bin+"/cdc", "run", "--postgres-url", url, "--brokers", brokerAddr, "--admin-addr", admin, "--log-level", "warn", "--slot", slot)
+	cdc.Stderr = os.Stderr
+	start := time.Now()
+	if err := cdc.Start(); err != nil {
+		return 0, 0, err
+	}
+	defer stop(cdc)
+	deadline := start.Add(10 * time.Minute)
+	for {
+		if n := benchutil.Metric(admin, `ferry_cdc_events_total{outcome="published"}`); n >= float64(rows) {
+			return n / time.Since(start).Seconds(), benchutil.PeakRSS(cdc.Process.Pid), nil
+		}
+		if time.Now().After(deadline) {
+			return 0, 0, fmt.Errorf("cdc did not publish the %d-row transaction in 10 minutes", rows)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// profile saves a 5-second CPU profile of the cdc whose admin API is at
+// admin.
+func profile(admin, file string) {
+	resp, err := http.Get("http://" + admin + "/debug/pprof/profile?seconds=5")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cdcbench: profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cdcbench: profile:", err)
+		return
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		fmt.Fprintln(os.Stderr, "cdcbench: profile:", err)
 	}
 }
 
@@ -463,7 +637,7 @@ func quantile(bs []bucket, count, q float64) float64 {
 	return prevLE
 }
 
-func render(rs []result, rate int, dur time.Duration, p50, p99 float64, n int, latRSS float64) string {
+func render(rs []result, big *bigResult, rate int, dur time.Duration, p50, p99 float64, n int, latRSS float64) string {
 	var b strings.Builder
 	host, _ := os.Hostname()
 	fmt.Fprintf(&b, "# Benchmarks\n\nMade by `make bench` (`go run ./bench/cdcbench -out docs/benchmarks.md`) on %s, %s, %d CPUs, %s, host %s.\n",
@@ -497,6 +671,21 @@ is listed.
 		fmt.Fprintf(&b, "| %s | %d | %d | %.1f s | %.0f rows/s | %.0f events/s | %.0f events/s | %.2f | %.2f | %.1f MiB | %s; %s; %s |\n",
 			r.shape, r.tenants, r.rows, r.insertSecs, r.ceilRate, r.refRate, r.cdcRate, r.cdcRate/r.refRate, r.cdcRate/r.ceilRate, r.peakRSSMiB,
 			benchutil.List(r.ceilRuns), benchutil.List(r.refRuns), benchutil.List(r.cdcRuns))
+	}
+	if big != nil {
+		fmt.Fprintf(&b, `
+## One large transaction (cdc)
+
+One transaction of %d rows (same rows, 50 tenants), inserted in %.1f s,
+drained by cdc on a fresh broker: cdc publishes a transaction's records as
+it decodes them and confirms the slot once all are acknowledged, so its
+memory is bounded by the records in flight (max_buffered_records,
+max_buffered_bytes), not by the transaction.
+
+| rows | cdc (from process start to the transaction's ack) | cdc peak RSS | target |
+|---|---|---|---|
+| %d | %.0f events/s | %.1f MiB | ≤ 100 MiB |
+`, big.rows, big.insertSecs, big.rows, big.rate, big.peakRSSMiB)
 	}
 	fmt.Fprintf(&b, `
 ## Commit-to-Kafka-ack latency (cdc)

@@ -101,6 +101,7 @@ type flags struct {
 	Heartbeat   *time.Duration  `help:"Heartbeat interval (default 10s; negative disables)." env:"FERRY_HEARTBEAT_INTERVAL" name:"heartbeat-interval"`
 	StatusEvery *time.Duration  `help:"How often the confirmed position is sent to the slot (default 1s)." env:"FERRY_STATUS_INTERVAL" name:"status-interval"`
 	MaxBuffered *int            `help:"Records in flight to Kafka before the reader waits (default 20000)." env:"FERRY_MAX_BUFFERED_RECORDS" name:"max-buffered-records"`
+	MaxBytes    *int64          `help:"Bytes (key, value, headers) in flight to Kafka before the reader waits (default 33554432)." env:"FERRY_MAX_BUFFERED_BYTES" name:"max-buffered-bytes"`
 	MaxRecord   *int            `help:"Largest record (and produce batch) in bytes; at most the broker's message.max.bytes (default 1000000)." env:"FERRY_MAX_RECORD_BYTES" name:"max-record-bytes"`
 	ReconnMax   *time.Duration  `help:"Longest wait between reconnect attempts after Postgres or Kafka went away (default 30s)." env:"FERRY_RECONNECT_MAX" name:"reconnect-max"`
 	Recover     bool            `help:"If the slot was dropped, recreated or invalidated, create a new one and backfill rows since the last confirmed commit (duplicates possible) instead of refusing to start." env:"FERRY_RECOVER_LOST_SLOT" name:"recover-lost-slot"`
@@ -213,6 +214,9 @@ func (f *flags) apply(cfg *Config) {
 	}
 	if f.MaxBuffered != nil {
 		cfg.Kafka.MaxBufferedRecords = *f.MaxBuffered
+	}
+	if f.MaxBytes != nil {
+		cfg.Kafka.MaxBufferedBytes = *f.MaxBytes
 	}
 	if f.MaxRecord != nil {
 		cfg.Kafka.MaxRecordBytes = *f.MaxRecord

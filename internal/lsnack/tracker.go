@@ -31,6 +31,10 @@ func New(start pglogrepl.LSN) *Tracker {
 }
 
 // Add registers a transaction, in commit order, whose end LSN is end.
+// end may be zero for a transaction still being received (its records
+// are published as they are decoded): End sets it once its Commit
+// arrives, and must run before Done(p, nil). A failure may be reported
+// for p (Done with an error) before that.
 func (t *Tracker) Add(end pglogrepl.LSN, commitTime time.Time) *Pending {
 	p := &Pending{end: end, commitTime: commitTime}
 	t.mu.Lock()
@@ -38,6 +42,13 @@ func (t *Tracker) Add(end pglogrepl.LSN, commitTime time.Time) *Pending {
 	t.inFlight++
 	t.mu.Unlock()
 	return p
+}
+
+// End sets the end LSN of p, added with none while it was received.
+func (t *Tracker) End(p *Pending, end pglogrepl.LSN) {
+	t.mu.Lock()
+	p.end = end
+	t.mu.Unlock()
 }
 
 // Done marks p acknowledged (err nil) or failed. A failure is kept and

@@ -95,3 +95,32 @@ func TestConcurrentCompletionNeverSkips(t *testing.T) {
 		t.Fatalf("final watermark %d in flight %d", lsn, inflight)
 	}
 }
+
+// A transaction added at its Begin (end unknown, records already in
+// flight) holds the watermark until its end is set and it is done; a
+// failure before its end is known is kept.
+func TestTransactionAddedBeforeItsEndIsKnown(t *testing.T) {
+	tr := New(100)
+	a := tr.Add(110, time.Time{})
+	b := tr.Add(0, time.Time{}) // being received
+	tr.Done(a, nil)
+	if lsn, _, n := tr.Acked(); lsn != 110 || n != 1 {
+		t.Fatalf("watermark %v, in flight %d; want 110, 1", lsn, n)
+	}
+	if tr.Advance(500) {
+		t.Fatal("advanced past a transaction still being received")
+	}
+	tr.End(b, 150)
+	tr.Done(b, nil)
+	if lsn, _, n := tr.Acked(); lsn != 150 || n != 0 {
+		t.Fatalf("watermark %v, in flight %d; want 150, 0", lsn, n)
+	}
+
+	c := tr.Add(0, time.Time{})
+	boom := errors.New("boom")
+	tr.Done(c, boom) // a record failed before the Commit arrived
+	tr.End(c, 170)
+	if lsn, _, _ := tr.Acked(); lsn != 150 || !errors.Is(tr.Err(), boom) {
+		t.Fatalf("watermark %v, err %v; want 150 and boom", lsn, tr.Err())
+	}
+}

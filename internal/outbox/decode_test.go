@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -37,38 +38,51 @@ func TestDecodeTransaction(t *testing.T) {
 	commit := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 	steps := []pglogrepl.Message{
 		outboxRelation(),
-		&pglogrepl.BeginMessage{Xid: 42, FinalLSN: 0x100},
+		&pglogrepl.BeginMessage{Xid: 42, FinalLSN: 0x100, CommitTime: commit},
 		insert("1", "e1", "acme", "product", "p1", "product.created", `{"a": 1}`, "<null>", "2026-11-23 12:00:00+00"),
 		insert("2", "e2", "<null>", "product", "p1", "product.updated", `{"a": 2}`, "<null>", "2026-11-23 12:00:00+00"),
 		&pglogrepl.LogicalDecodingMessage{Transactional: true, Prefix: "ferry.outbox", Content: []byte(`{"id":"m1","tenant_id":"acme","aggregate_type":"order","aggregate_id":"o1","event_type":"order.placed","payload":{"t":1}}`)},
 		&pglogrepl.LogicalDecodingMessage{Transactional: true, Prefix: "other.app", Content: []byte(`ignored`)},
 		&pglogrepl.LogicalDecodingMessage{Transactional: true, Prefix: "ferry.outbox", Content: []byte(`not json`)},
 	}
+	var begun *Tx
+	var events []*Event
 	for _, m := range steps {
-		tx, lm, err := d.Decode(m)
-		if err != nil || tx != nil || lm != nil {
-			t.Fatalf("Decode(%T) = %v, %v, %v before commit", m, tx, lm, err)
+		st, err := d.Decode(m)
+		if err != nil || st.Commit != nil || st.Message != nil {
+			t.Fatalf("Decode(%T) = %+v, %v before commit", m, st, err)
+		}
+		if st.Begin != nil {
+			begun = st.Begin
+		}
+		if st.Event != nil {
+			// Streamed: each event comes out as it is decoded, not at
+			// the Commit.
+			events = append(events, st.Event)
 		}
 	}
 	if !d.InTx() {
 		t.Fatal("InTx false inside a transaction")
 	}
-	tx, _, err := d.Decode(&pglogrepl.CommitMessage{CommitLSN: 0x100, TransactionEndLSN: 0x130, CommitTime: commit})
-	if err != nil || tx == nil {
-		t.Fatalf("commit: %v %v", tx, err)
+	if begun == nil || begun.Xid != 42 || begun.CommitLSN != 0x100 || begun.CommitLSNText != "0/100" {
+		t.Fatalf("Begin = %+v; want xid 42 and the commit LSN from Begin's final LSN", begun)
 	}
-	if tx.EndLSN != 0x130 || tx.CommitLSN != 0x100 || tx.Xid != 42 || len(tx.Events) != 4 {
-		t.Fatalf("tx = %+v", tx)
+	st, err := d.Decode(&pglogrepl.CommitMessage{CommitLSN: 0x100, TransactionEndLSN: 0x130, CommitTime: commit})
+	if err != nil || st.Commit != begun {
+		t.Fatalf("commit: %+v %v", st, err)
+	}
+	if tx := st.Commit; tx.EndLSN != 0x130 || tx.CommitLSN != 0x100 || tx.Xid != 42 || len(events) != 4 || !tx.CommitTime.Equal(commit) {
+		t.Fatalf("tx = %+v, %d events", tx, len(events))
 	}
 	want := []struct{ id, tenant, invalid string }{{"e1", "acme", ""}, {"e2", "", "missing tenant_id"}, {"m1", "acme", ""}, {"", "", "not a JSON object"}}
 	for i, w := range want {
-		e := tx.Events[i]
+		e := events[i]
 		if e.ID != w.id || e.TenantID != w.tenant || !strings.Contains(e.Invalid, w.invalid) || (w.invalid == "") != (e.Invalid == "") {
 			t.Errorf("event %d = %+v, want id %q tenant %q invalid ~%q", i, e, w.id, w.tenant, w.invalid)
 		}
 	}
-	if string(tx.Events[2].Payload) != `{"t":1}` {
-		t.Errorf("message payload %s", tx.Events[2].Payload)
+	if string(events[2].Payload) != `{"t":1}` {
+		t.Errorf("message payload %s", events[2].Payload)
 	}
 }
 
@@ -77,13 +91,13 @@ func TestDecodeIgnoresOtherTables(t *testing.T) {
 	rel := outboxRelation()
 	rel.RelationName = "orders"
 	for _, m := range []pglogrepl.Message{rel, &pglogrepl.BeginMessage{Xid: 1}, insert("x")} {
-		if _, _, err := d.Decode(m); err != nil {
-			t.Fatal(err)
+		if st, err := d.Decode(m); err != nil || st.Event != nil {
+			t.Fatal(st, err)
 		}
 	}
-	tx, _, err := d.Decode(&pglogrepl.CommitMessage{TransactionEndLSN: 5})
-	if err != nil || len(tx.Events) != 0 {
-		t.Fatalf("tx %+v err %v: want an empty transaction (still confirmed in order)", tx, err)
+	st, err := d.Decode(&pglogrepl.CommitMessage{TransactionEndLSN: 5})
+	if err != nil || st.Commit == nil || st.Commit.EndLSN != 5 {
+		t.Fatalf("step %+v err %v: want an empty transaction (still confirmed in order)", st, err)
 	}
 }
 
@@ -92,11 +106,12 @@ func TestDecodeProtocolErrors(t *testing.T) {
 		"insert before relation": {&pglogrepl.BeginMessage{}, &pglogrepl.InsertMessage{RelationID: 9, Tuple: &pglogrepl.TupleData{}}},
 		"commit without begin":   {&pglogrepl.CommitMessage{}},
 		"nested begin":           {&pglogrepl.BeginMessage{}, &pglogrepl.BeginMessage{}},
+		"commit of another LSN":  {&pglogrepl.BeginMessage{FinalLSN: 0x100}, &pglogrepl.CommitMessage{CommitLSN: 0x200}},
 	} {
 		d := NewDecoder("outbox", DefaultColumns(), "ferry.outbox")
 		var err error
 		for _, m := range msgs {
-			if _, _, err = d.Decode(m); err != nil {
+			if _, err = d.Decode(m); err != nil {
 				break
 			}
 		}
@@ -109,7 +124,8 @@ func TestDecodeProtocolErrors(t *testing.T) {
 func TestNonTransactionalMessageIsCopied(t *testing.T) {
 	d := NewDecoder("outbox", DefaultColumns(), "ferry.outbox")
 	buf := []byte("slot:1")
-	_, lm, err := d.Decode(&pglogrepl.LogicalDecodingMessage{Prefix: HeartbeatPrefix, Content: buf})
+	st, err := d.Decode(&pglogrepl.LogicalDecodingMessage{Prefix: HeartbeatPrefix, Content: buf})
+	lm := st.Message
 	if err != nil || lm == nil {
 		t.Fatal(lm, err)
 	}
@@ -127,14 +143,14 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte("I\x00\x00\x00\x07N\x00\x01t\x00\x00\x00\x01x"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d := NewDecoder("outbox", DefaultColumns(), "ferry.outbox")
-		if _, _, err := d.Decode(outboxRelation()); err != nil {
+		if _, err := d.Decode(outboxRelation()); err != nil {
 			t.Fatal(err)
 		}
 		m, err := Parse(data)
 		if err != nil {
 			return
 		}
-		_, _, _ = d.Decode(m) // errors are fine; panics are not
+		_, _ = d.Decode(m) // errors are fine; panics are not
 	})
 }
 
@@ -145,6 +161,59 @@ func FuzzMessageEvent(f *testing.F) {
 		e := messageEvent(data)
 		if e.Invalid == "" && (e.ID == "" || e.TenantID == "" || e.Payload == nil) {
 			t.Fatalf("accepted an event missing required fields: %+v", e)
+		}
+	})
+}
+
+// FuzzDecodeWAL: the fast path for outbox Inserts decodes exactly what
+// pglogrepl's Parse and Decode do, or leaves the message to them.
+func FuzzDecodeWAL(f *testing.F) {
+	wire := func(cols ...string) []byte {
+		b := []byte{'I', 0, 0, 0, 7, 'N', 0, byte(len(cols))}
+		for _, c := range cols {
+			switch c {
+			case "<null>":
+				b = append(b, 'n')
+			case "<toast>":
+				b = append(b, 'u')
+			default:
+				b = append(b, 't', 0, 0, byte(len(c)>>8), byte(len(c)))
+				b = append(b, c...)
+			}
+		}
+		return b
+	}
+	f.Add(wire("1", "e1", "acme", "product", "p1", "product.created", `{"a": 1}`, `{"traceparent": "x"}`, "2026-11-23 12:00:00+00"))
+	f.Add(wire("1", "e1", "<null>", "product", "p1", "product.created", `{"a": 1}`, "<null>", "2026-11-23 12:00:00+00"))
+	f.Add(wire("1", "", "acme", "product", "", "product.created", ``, "<toast>"))
+	f.Add(wire("1", "e1", "acme"))
+	f.Add(append(wire("1", "e1"), 'x'))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if len(data) == 0 || data[0] != 'I' {
+			return
+		}
+		fast, slow := NewDecoder("outbox", DefaultColumns(), "ferry.outbox"), NewDecoder("outbox", DefaultColumns(), "ferry.outbox")
+		for _, d := range []*Decoder{fast, slow} {
+			for _, m := range []pglogrepl.Message{outboxRelation(), &pglogrepl.BeginMessage{Xid: 1}} {
+				if _, err := d.Decode(m); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		// Where the fast path declines, DecodeWAL is Parse+Decode by
+		// construction (and Parse of a random length field may allocate
+		// gigabytes): compare where it decodes.
+		got, ok := fast.insert(data)
+		if !ok {
+			return
+		}
+		m, err := Parse(data)
+		if err != nil {
+			t.Fatalf("% x: fast path decoded what Parse refuses: %v", data, err)
+		}
+		want, err := slow.Decode(m)
+		if err != nil || want.Event == nil || !reflect.DeepEqual(*got.Event, *want.Event) {
+			t.Fatalf("% x: fast path %+v, Parse+Decode %+v (%v)", data, got.Event, want.Event, err)
 		}
 	})
 }

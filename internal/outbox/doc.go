@@ -2,8 +2,10 @@
 // publication (publish = 'insert') and the pgoutput replication slot;
 // streams committed transactions by logical replication (protocol 1, no
 // streaming of uncommitted rows) and decodes outbox rows and table-less
-// outbox messages (pg_logical_emit_message) into Tx values; and confirms
-// to the slot only what the LSN watermark (package lsnack) allows.
+// outbox messages (pg_logical_emit_message) one event at a time, handing
+// each on as it is decoded (a transaction is never held whole); and
+// confirms to the slot only what the LSN watermark (package lsnack)
+// allows.
 //
 // It upholds guarantee 1 (no loss): the confirmed position never passes a
 // transaction Kafka has not acknowledged, the flush position is always set

@@ -45,6 +45,12 @@ type Config struct {
 	// MaxBufferedRecords caps records sent and not yet acknowledged; the
 	// reader waits when it is reached. Default 20000.
 	MaxBufferedRecords int `yaml:"max_buffered_records"`
+	// MaxBufferedBytes caps the bytes (key, value and headers) of records
+	// sent and not yet acknowledged; the reader waits when it is reached.
+	// With MaxBufferedRecords it bounds cdc's memory whatever the size of
+	// a transaction or of its payloads (a record larger than the cap is
+	// sent alone). Default 33554432 (32 MiB).
+	MaxBufferedBytes int64 `yaml:"max_buffered_bytes"`
 	// MaxDeadLetterValueBytes is the largest payload copied into a
 	// dead-letter record; larger ones are left out (the outbox row keeps
 	// them). Default 65536.
@@ -72,6 +78,9 @@ func (c *Config) SetDefaults() {
 	if c.MaxBufferedRecords == 0 {
 		c.MaxBufferedRecords = 20000
 	}
+	if c.MaxBufferedBytes == 0 {
+		c.MaxBufferedBytes = 32 << 20
+	}
 	if c.MaxDeadLetterValueBytes == 0 {
 		c.MaxDeadLetterValueBytes = 64 << 10
 	}
@@ -94,6 +103,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxBufferedRecords < 0 {
 		errs = append(errs, errors.New("kafka.max_buffered_records: must be positive"))
+	}
+	if c.MaxBufferedBytes < 0 {
+		errs = append(errs, errors.New("kafka.max_buffered_bytes: must be positive"))
 	}
 	if c.MaxRecordBytes < 1024 || c.MaxRecordBytes > 1<<30 {
 		errs = append(errs, fmt.Errorf("kafka.max_record_bytes: %d: use a size between 1024 and 1073741824, at most the broker's message.max.bytes", c.MaxRecordBytes))
@@ -199,7 +211,7 @@ func (p *Publisher) Open(ctx context.Context) (outbox.Session, error) {
 
 // open makes a session's client and pings the brokers with it.
 func (p *Publisher) open(ctx context.Context) (*Session, error) {
-	s := &Session{p: p, sem: semaphore.NewWeighted(int64(p.cfg.MaxBufferedRecords)), batchMax: int(p.batchMax.Load())}
+	s := &Session{p: p, sem: semaphore.NewWeighted(int64(p.cfg.MaxBufferedRecords)), bytes: semaphore.NewWeighted(p.cfg.MaxBufferedBytes), batchMax: int(p.batchMax.Load())}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	cl, err := kgo.NewClient(append(p.opts, kgo.ProducerBatchMaxBytes(int32(s.batchMax)),
 		kgo.WithHooks(sessionHook{s}), kgo.WithLogger(kgoLogger{p, s}))...)
@@ -290,7 +302,9 @@ type Session struct {
 	ctx    context.Context // every record's context: cancelled only by fail
 	cancel context.CancelFunc
 	sem    *semaphore.Weighted // records handed to franz-go and not yet finished
+	bytes  *semaphore.Weighted // their bytes (recordBytes)
 	wg     sync.WaitGroup      // likewise, for Close
+	cur    *txState            // the transaction begun and not yet committed (the reader's goroutine)
 
 	mu     sync.Mutex
 	err    error       // the first failure: the latch
@@ -327,22 +341,35 @@ func (s *Session) Err() error {
 	return s.err
 }
 
+// recordBytes is what a record weighs against max_buffered_bytes: its
+// key, value and headers (capped at the limit, so that a larger record
+// is sent alone rather than never).
+func (s *Session) recordBytes(r *kgo.Record) int64 {
+	n := len(r.Key) + len(r.Value)
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return min(int64(n), s.p.cfg.MaxBufferedBytes)
+}
+
 // produce hands rec to franz-go unless the latch is set. done is called
 // exactly once.
 func (s *Session) produce(ctx context.Context, rec *kgo.Record, done func(*kgo.Record, error)) error {
 	if err := s.sem.Acquire(ctx, 1); err != nil {
 		return err
 	}
-	s.wg.Add(1)
-	finish := func(r *kgo.Record, err error) {
-		// done first: a dead-letter record it produces is counted
-		// before this one is released, so Close's wait cannot end early.
-		done(r, err)
+	size := s.recordBytes(rec)
+	if err := s.bytes.Acquire(ctx, size); err != nil {
 		s.sem.Release(1)
-		s.wg.Done()
+		return err
 	}
+	s.wg.Add(1)
+	// done runs before the record's room is released: a dead-letter
+	// record it produces is counted before this one is released, so
+	// Close's wait cannot end early.
 	if err := s.Err(); err != nil {
-		finish(rec, fmt.Errorf("not sent: %w", err))
+		done(rec, fmt.Errorf("not sent: %w", err))
+		s.release(size)
 		return nil
 	}
 	s.cl.Produce(s.ctx, rec, func(r *kgo.Record, err error) {
@@ -351,9 +378,18 @@ func (s *Session) produce(ctx context.Context, rec *kgo.Record, done func(*kgo.R
 			// later record of this session can be produced.
 			s.fail(err)
 		}
-		finish(r, err)
+		done(r, err)
+		s.release(size)
 	})
 	return nil
+}
+
+// release gives back the room of a record produce took, once its
+// callback ran.
+func (s *Session) release(size int64) {
+	s.bytes.Release(size)
+	s.sem.Release(1)
+	s.wg.Done()
 }
 
 // produceNow is produce for a promise callback: it does not wait for
@@ -385,6 +421,10 @@ const closeWait = 10 * time.Second
 // this one's callbacks.
 func (s *Session) Close() {
 	s.fail(errSessionEnded)
+	if s.cur != nil { // begun, never committed: its ack must still be called
+		s.cur.finish(fmt.Errorf("transaction at %s not received whole: %w", s.cur.tx.CommitLSN, errSessionEnded))
+		s.cur = nil
+	}
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	wait := closeWait
@@ -426,49 +466,81 @@ func (h sessionHook) OnBrokerWrite(_ kgo.BrokerMetadata, key int16, written int,
 
 var errProducerReset = errors.New("the Kafka producer ID was reset (a record failed, or the broker lost the producer's state): the session ends so that no later record can overtake an earlier one")
 
-// HandleTx starts publishing tx. ack is called exactly once, from a
-// producer goroutine: with nil when Kafka has acknowledged every record
+// HandleTx publishes a whole transaction: Begin, Publish for each of
+// tx.Events, Commit. ack is called exactly once, from a producer
+// goroutine: with nil when Kafka has acknowledged every record
 // (including dead-letter records), or with the error that stopped it. A
 // transaction with no events is acknowledged at once. It blocks while
-// max_buffered_records are in flight; ctx ends that wait (records
-// already handed over are not cancelled by ctx: Close ends them).
+// max_buffered_records or max_buffered_bytes are in flight; ctx ends
+// that wait (records already handed over are not cancelled by ctx: Close
+// ends them).
 func (s *Session) HandleTx(ctx context.Context, tx *outbox.Tx, ack func(error)) error {
-	p := s.p
-	st := &txState{s: s, tx: tx, ack: ack}
-	st.remaining.Store(int32(len(tx.Events)) + 1) // +1 until every record is handed over
+	s.Begin(tx, ack)
 	for i := range tx.Events {
-		e := &tx.Events[i]
-		reason := e.Invalid
-		var rec *kgo.Record
-		if reason == "" {
-			var err error
-			if rec, err = p.router.Record(tx, e); err != nil {
-				reason = err.Error()
-			}
-		}
-		if reason != "" {
-			if err := st.deadLetter(ctx, e, reason); err != nil {
-				st.finish(err)
-				return err
-			}
-			continue
-		}
-		if err := s.produce(ctx, rec, st.promise); err != nil {
-			st.finish(err)
+		if err := s.Publish(ctx, &tx.Events[i]); err != nil {
 			return err
 		}
 	}
-	st.finish(nil)
+	s.Commit()
 	return nil
 }
 
+// Begin starts a transaction whose events follow through Publish, as
+// the reader receives them (see outbox.Session). Only its header is
+// kept; events are held only while their records are in flight.
+func (s *Session) Begin(tx *outbox.Tx, ack func(error)) {
+	st := &txState{s: s, tx: tx, ack: ack}
+	st.remaining.Store(1) // until Commit
+	s.cur = st
+}
+
+// Publish starts publishing one event of the transaction begun. It
+// blocks while max_buffered_records or max_buffered_bytes are in flight.
+// A returned error also fails the transaction.
+func (s *Session) Publish(ctx context.Context, e *outbox.Event) error {
+	st := s.cur
+	st.remaining.Add(1)
+	st.events++
+	reason := e.Invalid
+	var rec *kgo.Record
+	if reason == "" {
+		var err error
+		if rec, err = s.p.router.Record(st.tx, e); err != nil {
+			reason = err.Error()
+		}
+	}
+	if reason != "" {
+		if err := st.deadLetter(ctx, e, reason); err != nil {
+			st.finish(err)
+			return err
+		}
+		return nil
+	}
+	if err := s.produce(ctx, rec, func(r *kgo.Record, err error) { st.promise(e, r, err) }); err != nil {
+		st.finish(err)
+		return err
+	}
+	return nil
+}
+
+// Commit ends the transaction begun: its ack follows once every record
+// is acknowledged.
+func (s *Session) Commit() {
+	st := s.cur
+	s.cur = nil
+	st.finish(nil)
+}
+
+// txState is one transaction in flight: its header, how many of its
+// records are not yet acknowledged (plus one until Commit), and its ack.
 type txState struct {
 	s         *Session
 	tx        *outbox.Tx
 	ack       func(error)
-	remaining atomic.Int32
+	remaining atomic.Int64
 	acked     atomic.Bool
-	dead      atomic.Int32
+	events    int64 // events handed over (the reader's goroutine; read after Commit)
+	dead      atomic.Int64
 }
 
 func (st *txState) finish(err error) {
@@ -480,23 +552,24 @@ func (st *txState) finish(err error) {
 	}
 	if st.remaining.Add(-1) == 0 && st.acked.CompareAndSwap(false, true) {
 		p := st.s.p
-		p.m.Events.WithLabelValues("published").Add(float64(len(st.tx.Events) - int(st.dead.Load())))
-		p.m.Events.WithLabelValues("dead_lettered").Add(float64(st.dead.Load()))
-		if p.Tenants != nil {
-			p.Tenants.observe(st.tx)
-		}
+		dead := st.dead.Load()
+		p.m.Events.WithLabelValues("published").Add(float64(st.events - dead))
+		p.m.Events.WithLabelValues("dead_lettered").Add(float64(dead))
 		st.ack(nil)
 	}
 }
 
-func (st *txState) promise(r *kgo.Record, err error) {
+// promise is the callback of e's record.
+func (st *txState) promise(e *outbox.Event, r *kgo.Record, err error) {
 	if err == nil {
+		if t := st.s.p.Tenants; t != nil {
+			t.observe(e.TenantID, st.tx.CommitTime)
+		}
 		st.finish(nil)
 		return
 	}
 	st.s.p.m.KafkaErrors.Inc()
-	e := st.event(r)
-	if e != nil && st.s.badRecord(r, err) {
+	if st.s.badRecord(r, err) { // (a dead-letter record's own failure goes to its done, not here: no second detour)
 		// On franz-go's promise goroutine: the dead-letter record must not
 		// wait for room (Produce from a promise must not block).
 		if dlErr := st.deadLetter(nil, e, fmt.Sprintf("kafka refused the record for %s: %v", r.Topic, err)); dlErr != nil {
@@ -548,19 +621,6 @@ func (st *txState) deadLetter(ctx context.Context, e *outbox.Event, reason strin
 		return nil
 	}
 	return st.s.produce(ctx, rec, done)
-}
-
-func (st *txState) event(r *kgo.Record) *outbox.Event {
-	if route.HeaderValue(r, route.HeaderError) != "" {
-		return nil // a dead-letter record itself failed: no second detour
-	}
-	id := route.HeaderValue(r, route.HeaderEventID)
-	for i := range st.tx.Events {
-		if st.tx.Events[i].ID == id {
-			return &st.tx.Events[i]
-		}
-	}
-	return nil
 }
 
 // badRecord reports whether r failed for a reason of its own, which no

@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/ferry-cdc/ferry/internal/outbox"
 )
 
 // Tenants tracks, per tenant, the commit time of its newest published
@@ -42,30 +40,26 @@ func NewTenants() *Tenants {
 	return &Tenants{m: map[string]*TenantStat{}, IdleAfter: 10 * time.Minute, now: time.Now}
 }
 
-// observe records a transaction Kafka acknowledged.
-func (t *Tenants) observe(tx *outbox.Tx) {
+// observe records one event of tenant, committed at commit, that Kafka
+// acknowledged (called from franz-go's promise goroutine). Invalid events
+// are dead-lettered, not observed.
+func (t *Tenants) observe(tenant string, commit time.Time) {
+	if tenant == "" {
+		return
+	}
 	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var last *TenantStat
-	for i := range tx.Events {
-		id := tx.Events[i].TenantID
-		if id == "" || tx.Events[i].Invalid != "" {
-			continue
-		}
-		if last == nil || last.TenantID != id {
-			last = t.m[id]
-			if last == nil {
-				last = &TenantStat{TenantID: id}
-				t.m[id] = last
-			}
-			if tx.CommitTime.After(last.LastCommitAt) {
-				last.LastCommitAt = tx.CommitTime
-			}
-			last.dirty, last.seen = true, now
-		}
-		last.Events++
+	s := t.m[tenant]
+	if s == nil {
+		s = &TenantStat{TenantID: tenant}
+		t.m[tenant] = s
 	}
+	if commit.After(s.LastCommitAt) {
+		s.LastCommitAt = commit
+	}
+	s.dirty, s.seen = true, now
+	s.Events++
 }
 
 // Snapshot returns the tenants active lately (see Tenants), newest first.

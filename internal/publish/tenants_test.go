@@ -8,7 +8,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/ferry-cdc/ferry/internal/outbox"
 	"github.com/ferry-cdc/ferry/internal/pgdb"
 	"github.com/ferry-cdc/ferry/internal/pgtest"
 )
@@ -30,12 +29,10 @@ func TestTenantsEvictIdleTenantsAndKeepTotals(t *testing.T) {
 	clock := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	tr := NewTenants()
 	tr.now = func() time.Time { return clock }
-	tx := func(tenants ...string) *outbox.Tx {
-		x := &outbox.Tx{CommitTime: clock}
+	observe := func(tenants ...string) {
 		for _, id := range tenants {
-			x.Events = append(x.Events, outbox.Event{TenantID: id})
+			tr.observe(id, clock)
 		}
-		return x
 	}
 	names := func() map[string]int64 {
 		out := map[string]int64{}
@@ -52,12 +49,12 @@ func TestTenantsEvictIdleTenantsAndKeepTotals(t *testing.T) {
 		return n
 	}
 
-	tr.observe(tx("a", "a", "b"))
+	observe("a", "a", "b")
 	if err := tr.Flush(ctx, conn, "s"); err != nil {
 		t.Fatal(err)
 	}
 	clock = clock.Add(11 * time.Minute)
-	tr.observe(tx("c"))
+	observe("c")
 	if got := names(); len(got) != 3 {
 		t.Fatalf("before the flush %v; want a, b and c", got)
 	}
@@ -71,7 +68,7 @@ func TestTenantsEvictIdleTenantsAndKeepTotals(t *testing.T) {
 		t.Fatalf("stored a=%d b=%d c=%d; want 2, 1, 1", stored("a"), stored("b"), stored("c"))
 	}
 	// a comes back: counted on top of its stored total.
-	tr.observe(tx("a"))
+	observe("a")
 	if err := tr.Flush(ctx, conn, "s"); err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +77,7 @@ func TestTenantsEvictIdleTenantsAndKeepTotals(t *testing.T) {
 	}
 	// A failed flush evicts nothing: the counts are not in the table.
 	clock = clock.Add(time.Hour)
-	tr.observe(tx("d"))
+	observe("d")
 	clock = clock.Add(time.Hour)
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
