@@ -345,11 +345,7 @@ func (s *Session) Err() error {
 // key, value and headers (capped at the limit, so that a larger record
 // is sent alone rather than never).
 func (s *Session) recordBytes(r *kgo.Record) int64 {
-	n := len(r.Key) + len(r.Value)
-	for _, h := range r.Headers {
-		n += len(h.Key) + len(h.Value)
-	}
-	return min(int64(n), s.p.cfg.MaxBufferedBytes)
+	return min(int64(recordSize(r)), s.p.cfg.MaxBufferedBytes)
 }
 
 // produce hands rec to franz-go unless the latch is set. done is called
@@ -605,7 +601,7 @@ func (st *txState) deadLetter(ctx context.Context, e *outbox.Event, reason strin
 		"lsn", st.tx.CommitLSN.String(), "topic", p.cfg.DeadLetterTopic, "reason", reason)
 	st.dead.Add(1)
 	rec := p.router.DeadLetter(p.cfg.DeadLetterTopic, st.tx, e, reason, p.cfg.MaxDeadLetterValueBytes)
-	if recordBytes(rec)+batchOverhead > st.s.batchMax {
+	if recordSize(rec)+batchOverhead > st.s.batchMax {
 		rec.Value = nil // the payload copy would not fit the broker's limit; the row still has it
 	}
 	done := func(r *kgo.Record, err error) {
@@ -630,7 +626,7 @@ func (st *txState) deadLetter(ctx context.Context, e *outbox.Event, reason strin
 // every record of the partition, innocent ones too (see promise).
 func (s *Session) badRecord(r *kgo.Record, err error) bool {
 	if errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) {
-		return recordBytes(r)+batchOverhead > s.batchMax
+		return recordSize(r)+batchOverhead > s.batchMax
 	}
 	return errors.Is(err, kerr.InvalidRecord) || errors.Is(err, kerr.InvalidTopicException) ||
 		errors.Is(err, kerr.CorruptMessage)
@@ -641,9 +637,9 @@ func (s *Session) badRecord(r *kgo.Record, err error) bool {
 // record's varints.
 const batchOverhead = 128
 
-// recordBytes is what franz-go counts as a record's size: key, value,
-// and header keys and values.
-func recordBytes(r *kgo.Record) int {
+// recordSize is about what franz-go counts as a record's size: key,
+// value, and header keys and values (and their varints).
+func recordSize(r *kgo.Record) int {
 	n := len(r.Key) + len(r.Value)
 	for _, h := range r.Headers {
 		n += len(h.Key) + len(h.Value) + 10 // and each header's varints
