@@ -62,6 +62,15 @@ type Engine struct {
 
 	finished atomic.Int64 // deliveries finished, for the live report
 
+	// budget bounds the bytes of the records the lanes hold; while it is
+	// spent, or while the integration cannot deliver anything (breaker
+	// open, integration paused), every topic's fetching is paused
+	// (hold.go). holdMu guards heldFor: why fetching is paused, "" when
+	// it is not.
+	budget  *lane.Budget
+	holdMu  sync.Mutex
+	heldFor string
+
 	// Reachability of the delivery log and of Kafka (readiness). While
 	// the log is down, lanes wait without touching it or the partner;
 	// dbCheck asks the watcher to check it (see health.go).
@@ -96,8 +105,12 @@ func New(cfg Config, kafka kafkaconf.Config, conn connector.Connector, dlog *del
 			e.m.BreakerOpen.WithLabelValues(cfg.Name).Set(open)
 		}).Build()
 	e.sched = lane.New(cfg.Workers, e.deliverItem)
+	if cfg.MaxBufferedBytes > 0 {
+		e.budget = lane.NewBudget(cfg.MaxBufferedBytes)
+		e.sched.SetBudget(e.budget)
+	}
 	if cfg.ParkAfter > 0 {
-		e.sched.SetSpill(cfg.ParkAfter, e.spill)
+		e.sched.SetSpill(cfg.ParkAfter, e.spill, e.loadPage)
 	}
 	return e
 }
@@ -120,6 +133,15 @@ func (e *Engine) Run(ctx context.Context) error {
 		// back-pressure (found by sinkbench: 2.5 s stalls at 5 s).
 		kgo.FetchMaxWait(500*time.Millisecond),
 	)
+	if e.cfg.FetchMaxBytes > 0 {
+		// A fetch buffered in the client and one in flight are not yet
+		// counted by the budget: together at most about twice this.
+		opts = append(opts, kgo.FetchMaxBytes(e.cfg.FetchMaxBytes),
+			kgo.BrokerMaxReadBytes(max(100<<20, 2*e.cfg.FetchMaxBytes)))
+	}
+	if e.cfg.FetchMaxPartitionBytes > 0 {
+		opts = append(opts, kgo.FetchMaxPartitionBytes(e.cfg.FetchMaxPartitionBytes))
+	}
 	if e.cfg.InstanceID != "" {
 		// Static membership: a restarted process takes its partitions
 		// back at once (docs/operations.md).
@@ -230,9 +252,11 @@ func (e *Engine) poll(ctx context.Context) error {
 			tp := lane.TP{Topic: ftp.Topic, Partition: ftp.Partition}
 			items := make([]*lane.Item, len(ftp.Records))
 			for i, r := range ftp.Records {
-				items[i] = &lane.Item{Key: string(r.Key), Offset: r.Offset, Value: r}
+				items[i] = &lane.Item{Key: string(r.Key), Offset: r.Offset, Value: r, Size: recordSize(r)}
 			}
-			if n := e.sched.Add(tp, items...); n >= e.cfg.MaxBufferedPerPartition {
+			n := e.sched.Add(tp, items...)
+			e.hold()
+			if n >= e.cfg.MaxBufferedPerPartition {
 				// Memory stays bounded: stop fetching this partition until
 				// its lanes drain.
 				e.cl.PauseFetchPartitions(map[string][]int32{tp.Topic: {tp.Partition}})
@@ -259,6 +283,7 @@ func (e *Engine) commitLoop(ctx context.Context) error {
 		case <-t.C:
 		}
 		e.resume()
+		e.hold()
 		if time.Since(last) < e.cfg.CommitInterval {
 			continue
 		}
@@ -334,9 +359,8 @@ func (e *Engine) assigned(ctx context.Context, _ *kgo.Client, assigned map[strin
 					"topic", topic, "partition", p, "reason", err.Error())
 				continue
 			}
-			if len(parked) > 0 {
-				e.sched.AddSpilled(tp, parked...)
-				e.log.Info("resuming parked records", "partition", p, "parked", len(parked))
+			if n := e.addParked(tp, parked); n > 0 {
+				e.log.Info("resuming parked records", "partition", p, "parked", n)
 			}
 		}
 	}
@@ -483,6 +507,11 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	if resync != "" && resync != e.cfg.Name {
 		return lane.Outcome{Verdict: lane.Done} // another integration's resync
 	}
+	if e.isPaused("") {
+		// The whole integration is paused: fetching is paused too (hold),
+		// so the lanes wait with what they hold, not parked.
+		return lane.Outcome{Verdict: lane.Pause, Delay: e.cfg.ParkRecheck, Shared: true}
+	}
 	if e.isPaused(ev.TenantID) {
 		return lane.Outcome{Verdict: lane.Pause, Delay: e.cfg.ParkRecheck}
 	}
@@ -513,8 +542,10 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	// half-open only when asked for a permit.
 	// With a Prober, the probe loop, not a real event, decides when the
 	// breaker half-opens.
-	if bad == "" && e.breaker.IsOpen() && (e.prober != nil || e.breaker.RemainingDelay() > 0) {
-		return lane.Outcome{Verdict: lane.Backoff, Delay: max(e.breaker.RemainingDelay(), 100*time.Millisecond)}
+	// Fetching is paused meanwhile (hold): the lanes wait with what they
+	// hold, and the topic's backlog stays in Kafka, not parked.
+	if bad == "" && e.breakerHolds() {
+		return lane.Outcome{Verdict: lane.Backoff, Delay: max(e.breaker.RemainingDelay(), 100*time.Millisecond), Shared: true}
 	}
 	if e.leaseAge() > leaseFresh {
 		// This process could not renew its lease lately: another one may
@@ -549,6 +580,7 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	var res connector.Result
 	var derr error
 	expired := ""
+	refused := false // by the breaker: the integration's wait, not the lane's
 	if !att.Compensating {
 		expired = e.expiry(ev, rec, att.Number-1)
 	}
@@ -563,6 +595,7 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 		e.m.BadRecords.WithLabelValues(e.cfg.Name).Inc()
 	case !e.breaker.TryAcquirePermit():
 		// Half-open with its probe already out, or opened meanwhile.
+		refused = true
 		derr = &connector.Failure{Reason: "circuit breaker open: partner calls are paused for this integration",
 			RetryAfter: max(e.breaker.RemainingDelay(), 100*time.Millisecond)}
 	default:
@@ -603,7 +636,7 @@ func (e *Engine) deliver(ctx context.Context, tp lane.TP, rec *kgo.Record) lane.
 	case delivery.Failed, delivery.Compensating:
 		e.log.Warn("delivery "+string(o.State)+"; lane backs off", append(where(ev, tp, rec), "attempt", att.Number,
 			"reason", o.Reason, "retry_at", o.NextRetry.Format(time.RFC3339Nano))...)
-		return lane.Outcome{Verdict: lane.Backoff, Delay: time.Until(o.NextRetry)}
+		return lane.Outcome{Verdict: lane.Backoff, Delay: time.Until(o.NextRetry), Shared: refused && o.State == delivery.Failed}
 	case delivery.Waiting:
 		e.log.Info("delivery waits for a parent", append(where(ev, tp, rec), "reason", o.Reason)...)
 		return lane.Outcome{Verdict: lane.Backoff, Delay: e.cfg.WaitRecheck}
