@@ -27,7 +27,7 @@ var page []byte
 //	GET  /                           the read-only web page
 //	GET  /api/v1/status              []IntegrationStatus
 //	GET  /api/v1/failures            ?integration=&tenant=&state=a,b&since=1h&limit=100
-//	GET  /api/v1/tenants             ?integration=
+//	GET  /api/v1/tenants             ?integration= &limit= &after= (header Next-Cursor)
 //	POST /api/v1/retry               {"integration", "event" | "tenant" | "all": true}
 //	POST /api/v1/skip                {"integration", "event", "reason"}
 //	POST /api/v1/pause               {"integration", "tenant", "reason"}
@@ -61,7 +61,18 @@ func (s *Service) Routes(acc admin.Access) map[string]http.Handler {
 			reply(w, rows, err)
 		}),
 		"GET /api/v1/tenants": guard(func(w http.ResponseWriter, r *http.Request) {
-			ts, err := s.Tenants(r.Context(), r.URL.Query().Get("integration"))
+			// A page (?limit=, default 1000; ?after= the previous page's
+			// Next-Cursor header), not every tenant.
+			q := r.URL.Query()
+			limit, err := atoiOr0(q.Get("limit"))
+			if err != nil {
+				reply(w, nil, bad("limit: %q is not a number", q.Get("limit")))
+				return
+			}
+			ts, next, err := s.TenantsPage(r.Context(), q.Get("integration"), q.Get("after"), limit)
+			if next != "" {
+				w.Header().Set("Next-Cursor", next)
+			}
 			reply(w, ts, err)
 		}),
 		"POST /api/v1/retry": guard(func(w http.ResponseWriter, r *http.Request) {

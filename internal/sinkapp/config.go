@@ -308,6 +308,8 @@ type tenantsCmd struct {
 
 type tenantsListCmd struct {
 	Integration string `help:"Only this integration."`
+	Limit       int    `help:"At most this many tenants (1 to 10000); the next page's cursor is printed last." default:"1000"`
+	After       string `help:"Start after this cursor (printed by the previous page)."`
 	JSON        bool   `help:"Print JSON."`
 }
 
