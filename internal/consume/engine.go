@@ -252,6 +252,7 @@ func (e *Engine) poll(ctx context.Context) error {
 			tp := lane.TP{Topic: ftp.Topic, Partition: ftp.Partition}
 			items := make([]*lane.Item, len(ftp.Records))
 			for i, r := range ftp.Records {
+				detach(r)
 				items[i] = &lane.Item{Key: string(r.Key), Offset: r.Offset, Value: r, Size: recordSize(r)}
 			}
 			n := e.sched.Add(tp, items...)

@@ -1,6 +1,10 @@
 package consume
 
-import "github.com/twmb/franz-go/pkg/kgo"
+import (
+	"strings"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
 
 // Why fetching is held (Engine.heldFor).
 const (
@@ -72,4 +76,31 @@ func recordSize(r *kgo.Record) int64 {
 		n += int64(len(h.Key) + len(h.Value) + 32)
 	}
 	return n
+}
+
+// detach copies a fetched record's key, value and header values into one
+// allocation of its own. franz-go's records are slices of the fetch
+// response: one record waiting in a slow lane would otherwise keep its
+// whole response (up to fetch_max_bytes) alive, uncounted by the budget
+// (sinkbench, 1 MB payloads: peak RSS 343-425 MiB before).
+func detach(r *kgo.Record) {
+	n := len(r.Key) + len(r.Value)
+	for _, h := range r.Headers {
+		n += len(h.Value)
+	}
+	buf := make([]byte, 0, n)
+	take := func(b []byte) []byte {
+		if b == nil {
+			return nil
+		}
+		at := len(buf)
+		buf = append(buf, b...)
+		return buf[at:len(buf):len(buf)]
+	}
+	r.Key, r.Value = take(r.Key), take(r.Value)
+	hs := make([]kgo.RecordHeader, len(r.Headers))
+	for i, h := range r.Headers {
+		hs[i] = kgo.RecordHeader{Key: strings.Clone(h.Key), Value: take(h.Value)}
+	}
+	r.Headers = hs
 }

@@ -32,26 +32,31 @@ type storedRecord struct {
 func (e *Engine) spill(tp lane.TP, items []*lane.Item) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	batch := &pgx.Batch{}
-	for _, it := range items {
-		r := it.Value.(*kgo.Record)
-		sr := storedRecord{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Headers: map[string][]byte{}}
-		for _, h := range r.Headers {
-			sr.Headers[h.Key] = h.Value
-			sr.Order = append(sr.Order, h.Key)
-		}
-		body, err := json.Marshal(sr)
-		if err != nil {
-			return err
-		}
-		ev, _, _ := decode(r) // only for the ids kept beside the record
-		batch.Queue(`INSERT INTO ferry.parked_event (integration, tenant_id, event_id, topic, kafka_partition, kafka_offset, lane_key, record)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, e.cfg.Name, ev.TenantID, ev.ID, tp.Topic, tp.Partition, r.Offset, it.Key, body)
-	}
-	// One transaction, statements in order: seq follows the lane's order.
-	err := pgx.BeginFunc(ctx, e.dlog.Pool(), func(tx pgx.Tx) error {
-		return tx.SendBatch(ctx, batch).Close()
-	})
+	// One COPY: all or nothing, rows numbered (seq) in the lane's order,
+	// and each row encoded as it is sent, so a spill of 10,000 records
+	// does not hold them all encoded at once.
+	i := 0
+	_, err := e.dlog.Pool().CopyFrom(ctx, pgx.Identifier{"ferry", "parked_event"},
+		[]string{"integration", "tenant_id", "event_id", "topic", "kafka_partition", "kafka_offset", "lane_key", "record"},
+		pgx.CopyFromFunc(func() ([]any, error) {
+			if i == len(items) {
+				return nil, nil
+			}
+			it := items[i]
+			i++
+			r := it.Value.(*kgo.Record)
+			sr := storedRecord{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Headers: map[string][]byte{}}
+			for _, h := range r.Headers {
+				sr.Headers[h.Key] = h.Value
+				sr.Order = append(sr.Order, h.Key)
+			}
+			body, err := json.Marshal(sr)
+			if err != nil {
+				return nil, err
+			}
+			ev, _, _ := decode(r) // only for the ids kept beside the record
+			return []any{e.cfg.Name, ev.TenantID, ev.ID, tp.Topic, tp.Partition, r.Offset, it.Key, body}, nil
+		}))
 	if err != nil {
 		e.log.Error("could not park records durably; they stay in memory", "partition", tp.Partition, "reason", err.Error())
 		return fmt.Errorf("park: %w", err)
