@@ -73,19 +73,21 @@ type Config struct {
 	MaxBufferedBytes *ByteSize `yaml:"max_buffered_bytes"`
 	// FetchMaxBytes bounds one fetch response of an integration's Kafka
 	// client (franz-go FetchMaxBytes; one may be buffered and one in
-	// flight besides max_buffered_bytes). Default 16MiB; at most 256MiB.
+	// flight besides max_buffered_bytes). Default 4MiB; at most 256MiB.
+	// It bounds compressed bytes: records that compress well take more
+	// memory once decompressed.
 	FetchMaxBytes *ByteSize `yaml:"fetch_max_bytes"`
 	// FetchMaxPartitionBytes bounds one partition's part of a fetch
 	// response (franz-go FetchMaxPartitionBytes); a larger record is still
-	// fetched alone. Default 1MiB; at most fetch_max_bytes.
+	// fetched alone. Default 256KiB; at most fetch_max_bytes.
 	FetchMaxPartitionBytes *ByteSize `yaml:"fetch_max_partition_bytes"`
 }
 
 // Memory defaults (issue 14: bounded by bytes, not record counts).
 const (
 	defaultMaxBufferedBytes       = 64 << 20
-	defaultFetchMaxBytes          = 16 << 20
-	defaultFetchMaxPartitionBytes = 1 << 20
+	defaultFetchMaxBytes          = 4 << 20
+	defaultFetchMaxPartitionBytes = 256 << 10
 	maxFetchMaxBytes              = 256 << 20
 )
 
@@ -287,8 +289,8 @@ type flags struct {
 	InstanceID               *string        `help:"Static consumer group member id (default: host name; 'off' disables). Unique per live process." env:"FERRY_INSTANCE_ID" name:"instance-id"`
 	SessionTimeout           *time.Duration `help:"Consumer group session timeout: how long a silent member keeps its partitions (default 30s)." env:"FERRY_SESSION_TIMEOUT" name:"session-timeout"`
 	MaxBufferedBytes         *string        `help:"Bytes of records the process holds in memory, split between the integrations; fetching pauses at it (default 64MiB)." env:"FERRY_MAX_BUFFERED_BYTES" name:"max-buffered-bytes" placeholder:"SIZE"`
-	FetchMaxBytes            *string        `help:"Bytes of one Kafka fetch response (default 16MiB)." env:"FERRY_FETCH_MAX_BYTES" name:"fetch-max-bytes" placeholder:"SIZE"`
-	FetchMaxPartitionBytes   *string        `help:"Bytes of one partition in a fetch response (default 1MiB)." env:"FERRY_FETCH_MAX_PARTITION_BYTES" name:"fetch-max-partition-bytes" placeholder:"SIZE"`
+	FetchMaxBytes            *string        `help:"Bytes of one Kafka fetch response (default 4MiB)." env:"FERRY_FETCH_MAX_BYTES" name:"fetch-max-bytes" placeholder:"SIZE"`
+	FetchMaxPartitionBytes   *string        `help:"Bytes of one partition in a fetch response (default 256KiB)." env:"FERRY_FETCH_MAX_PARTITION_BYTES" name:"fetch-max-partition-bytes" placeholder:"SIZE"`
 
 	Run      runCmd      `cmd:"" default:"withargs" help:"Consume and deliver (the default command)."`
 	Status   statusCmd   `cmd:"" help:"Deliveries by integration and state, and parked queue depth per tenant."`

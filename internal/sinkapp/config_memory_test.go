@@ -58,8 +58,8 @@ integrations:
 		t.Fatal(err)
 	}
 	for _, in := range c.cfg.Integrations {
-		if in.MaxBufferedBytes != 32<<20 || in.FetchMaxBytes != 16<<20 || in.FetchMaxPartitionBytes != 1<<20 {
-			t.Errorf("%s: defaults %d, %d, %d: want half of 64MiB, 16MiB, 1MiB", in.Name, in.MaxBufferedBytes, in.FetchMaxBytes, in.FetchMaxPartitionBytes)
+		if in.MaxBufferedBytes != 32<<20 || in.FetchMaxBytes != 4<<20 || in.FetchMaxPartitionBytes != 256<<10 {
+			t.Errorf("%s: defaults %d, %d, %d: want half of 64MiB, 4MiB, 256KiB", in.Name, in.MaxBufferedBytes, in.FetchMaxBytes, in.FetchMaxPartitionBytes)
 		}
 	}
 	c, err = parse([]string{"--config", write("max_buffered_bytes: 1 GB\n"), "--fetch-max-bytes", "4MiB"},
