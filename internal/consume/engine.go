@@ -49,6 +49,9 @@ type Engine struct {
 	pausedMu sync.RWMutex
 	pauses   map[string]bool // tenant → paused; "" = the whole integration
 	disabled map[string]bool // tenants switched off
+	// switchVersion is ferry.switch_version when pauses and disabled were
+	// read (-1: not yet); pauseLoop re-reads them only when it moved.
+	switchVersion atomic.Int64
 
 	// commitMu serialises commits with revocations, so a partition is
 	// never committed after it was revoked (another member may own it).
@@ -89,6 +92,7 @@ func New(cfg Config, kafka kafkaconf.Config, conn connector.Connector, dlog *del
 		owned: map[lane.TP]bool{}, paused: map[lane.TP]bool{}, unloaded: map[lane.TP]*struct{}{}, calls: make(chan *callJob),
 		dbCheck: make(chan struct{}, 1), dbErrLog: rate.Sometimes{Interval: 5 * time.Second}}
 	e.prober, _ = conn.(connector.Prober)
+	e.switchVersion.Store(-1)
 	if cfg.RateLimit > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit/10)))
 	}
@@ -447,7 +451,7 @@ func (e *Engine) pauseLoop(ctx context.Context) error {
 	t := time.NewTicker(e.cfg.ParkRecheck)
 	defer t.Stop()
 	for {
-		if err := e.refresh(ctx); err != nil && ctx.Err() == nil {
+		if err := e.refreshIfChanged(ctx); err != nil && ctx.Err() == nil {
 			// Keeping the last known pauses; the watcher logs the outage.
 			e.dbTrouble(err)
 		}
@@ -463,6 +467,10 @@ func (e *Engine) pauseLoop(ctx context.Context) error {
 // on or off loses its cached mappings: the rollback (or a resync) that
 // goes with the switch may write them from another process.
 func (e *Engine) refresh(ctx context.Context) error {
+	v, err := e.readSwitchVersion(ctx)
+	if err != nil {
+		return err
+	}
 	p, err := e.dlog.Paused(ctx, e.cfg.Name)
 	if err != nil {
 		return err
@@ -486,7 +494,30 @@ func (e *Engine) refresh(ctx context.Context) error {
 		}
 	}
 	e.pauses, e.disabled = p, d
+	e.switchVersion.Store(v) // read before the tables: a change in between is read again next time
 	return nil
+}
+
+// refreshIfChanged re-reads the pauses and the tenant switch only when
+// ferry.switch_version moved since the last read: one row per
+// park_recheck instead of every paused or switched-off tenant.
+func (e *Engine) refreshIfChanged(ctx context.Context) error {
+	v, err := e.readSwitchVersion(ctx)
+	if err != nil {
+		return err
+	}
+	if v == e.switchVersion.Load() {
+		return nil
+	}
+	return e.refresh(ctx)
+}
+
+func (e *Engine) readSwitchVersion(ctx context.Context) (int64, error) {
+	ctx, cancel := e.dlog.Bound(ctx)
+	defer cancel()
+	var v int64
+	err := e.dlog.Pool().QueryRow(ctx, `SELECT version FROM ferry.switch_version WHERE id = 1`).Scan(&v)
+	return v, err
 }
 
 func (e *Engine) isPaused(tenant string) bool {
