@@ -610,6 +610,11 @@ func runBench(ctx context.Context, bin string, events, parked, repeat int, out s
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "%d parked events: peak RSS %.1f MiB\n", parked, parkedRSS)
+	bigRate, bigRSS, err := bigRun(ctx, cl, bin, *bigEvents)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "%d events of 1 MB: %.0f deliveries/s, peak RSS %.1f MiB\n", *bigEvents, bigRate, bigRSS)
 	fastM, slowM, healthyM := benchutil.Median(fast), benchutil.Median(slow), benchutil.Median(healthy)
 
 	host, _ := os.Hostname()
@@ -628,7 +633,8 @@ webhook connector. Rates run from the first success to the last.
 | 20 ms partner, concurrency 256 (512 workers) | %d | median %.0f deliveries/s = efficiency %.3f of 256 / 20 ms (runs: %s deliveries/s); mean partner call as the sink times it %.1f ms, so %.0f of 256 calls in flight | ≥ 0.9 |
 | for scale: 256 plain HTTP clients, same 20 ms partner, nothing else running | 8 s | %.0f calls/s = efficiency %.3f; mean call %.1f ms | (the machine's floor) |
 | one tenant of 1,000 failing every call | %d | healthy tenants: median %.0f deliveries/s (runs: %s); each run against its paired 0 ms run (the pair's order alternates): median %.0f%% (pairs: %s) | ≥ 95%% |
-| one tenant with %d events parked in Postgres | %d | peak RSS %.1f MiB | < 200 MiB |
+| one tenant with %d events parked in Postgres | %d | peak RSS %.1f MiB | < 60 MiB |
+| 1 MB payloads (barely compressible), 50 tenants, default settings | %d | %.0f deliveries/s; peak RSS %.1f MiB | < 256 MiB |
 
 Each rate is the median of its runs (%d for the 20 ms partner; the 0 ms
 and failing-tenant runs come in pairs, as many), each on a fresh database, broker and partner; every run is
@@ -644,7 +650,7 @@ plain HTTP clients with nothing else running stay under 1.0 here (the
 take from the same two cores.
 `, time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), runtime.Version(), host,
 		events, fastM, benchutil.List(fast), fastRSS, events, slowM, slowM/slowIdeal, benchutil.List(slow), 1000*benchutil.Median(calls), slowM*benchutil.Median(calls), floor, floor/slowIdeal, 1000*floorCall, events, healthyM, benchutil.List(healthy), benchutil.Median(ratios), benchutil.List(ratios),
-		parked, parked, parkedRSS, len(slow))
+		parked, parked, parkedRSS, *bigEvents, bigRate, bigRSS, len(slow))
 	fmt.Print(b.String())
 	if out == "" {
 		return nil
