@@ -117,6 +117,9 @@ type partition struct {
 	bytes    int64 // Size of the items counted in buffered
 	running  int
 	revoked  bool
+	// forgotten: deleted by Revoke, its bytes released; a delivery that
+	// outlived Revoke's wait releases nothing more.
+	forgotten bool
 }
 
 type slot struct {
@@ -406,7 +409,7 @@ func (s *Scheduler) finish(p *partition, it *Item) {
 	offset := it.Offset
 	p.buffered--
 	p.bytes -= it.Size
-	if s.budget != nil {
+	if s.budget != nil && !p.forgotten {
 		s.budget.used.Add(-it.Size)
 	}
 	for i := range p.offsets {
@@ -478,6 +481,7 @@ func (s *Scheduler) Revoke(ctx context.Context, tps []TP) map[TP]int64 {
 		if s.budget != nil {
 			s.budget.used.Add(-p.bytes) // its queued items are dropped
 		}
+		p.forgotten = true
 		delete(s.parts, tp)
 	}
 	s.mu.Unlock()

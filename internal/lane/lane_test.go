@@ -356,3 +356,36 @@ func TestBudgetCountsQueuedBytes(t *testing.T) {
 		t.Fatalf("used %d after revoke, want 0", u)
 	}
 }
+
+// A delivery that outlives Revoke's wait does not release its bytes a
+// second time.
+func TestBudgetAfterRevokeTimesOut(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{})
+	s := New(1, func(_ context.Context, _ TP, it *Item) Outcome {
+		if it.Key == "a" {
+			close(started)
+			<-release
+		}
+		return Outcome{Verdict: Done}
+	})
+	b := NewBudget(1000)
+	s.SetBudget(b)
+	run(t, s)
+	tp := TP{"t", 0}
+	s.Add(tp, &Item{Key: "a", Offset: 0, Size: 100}, &Item{Key: "x", Offset: 1, Size: 100})
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	s.Revoke(ctx, []TP{tp})
+	if u := b.Used(); u != 0 {
+		t.Fatalf("used %d after revoke", u)
+	}
+	close(release)
+	// One worker: it takes b only once it finished a's bookkeeping.
+	s.Add(TP{"t", 1}, &Item{Key: "b", Offset: 0, Size: 300})
+	waitFor(t, "b delivered", func() bool { c, _ := s.Committable(TP{"t", 1}); return c == 1 })
+	if u := b.Used(); u != 0 {
+		t.Fatalf("used %d after the late delivery and b, want 0", u)
+	}
+}
