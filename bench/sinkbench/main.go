@@ -144,8 +144,8 @@ var (
 
 // runOnly runs one scenario repeat times and prints each result.
 func runOnly(which, bin string, events, parked, repeat int) error {
-	if which != "slow" && which != "fast" && which != "parked" && which != "big" && which != "scale" {
-		return fmt.Errorf("-only %q: want slow, fast, parked, big or scale", which)
+	if which != "slow" && which != "fast" && which != "parked" && which != "big" && which != "scale" && which != "mapped" {
+		return fmt.Errorf("-only %q: want slow, fast, parked, big, scale or mapped", which)
 	}
 	ctx := context.Background()
 	cl, err := pgtest.Start(ctx, pgtest.Options{})
@@ -162,6 +162,18 @@ func runOnly(which, bin string, events, parked, repeat int) error {
 				return err
 			}
 			fmt.Printf("%d parked events: peak RSS %.1f MiB\n", parked, rss)
+		case "mapped":
+			// Alternating, so each pair sees the same machine.
+			hook, err := mappedRun(ctx, cl, bin, fmt.Sprintf("only_hook_%d", i), events/2, false)
+			if err != nil {
+				return err
+			}
+			mapped, err := mappedRun(ctx, cl, bin, fmt.Sprintf("only_mapped_%d", i), events/2, true)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%d objects created then updated (%d events), 0 ms partner: webhook %.0f deliveries/s, HTTP connector with mappings %.0f (%.2f of the webhook)\n",
+				events/2, events, hook, mapped, mapped/hook)
 		case "scale":
 			for _, tenants := range []int{1000, *scaleTenants} {
 				r, rss, err := scaleRun(ctx, cl, bin, events, tenants, 3)
@@ -196,7 +208,10 @@ func runOnly(which, bin string, events, parked, repeat int) error {
 
 type env struct {
 	bin, pg, broker, partner, admin string
-	procs                           []*exec.Cmd
+	// connector replaces the webhook connector's YAML when not "" (the
+	// integration's "connector:" block, indented as the webhook's line).
+	connector string
+	procs     []*exec.Cmd
 	// drop removes the run's database, so that autovacuum does not work
 	// through earlier runs' logs during later runs.
 	drop func()
@@ -306,6 +321,9 @@ integrations:
     retry: {initial: 200ms, max: 5s}
 %s    connector: {type: webhook, url: "http://%s/v1/events", timeout: 10s}
 `, e.pg, e.broker, admin, extra, e.partner)
+	if e.connector != "" {
+		cfg = cfg[:strings.Index(cfg, "    connector: {type: webhook")] + e.connector
+	}
 	path := filepath.Join(os.TempDir(), fmt.Sprintf("sinkbench-%d.yaml", time.Now().UnixNano()))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -487,6 +505,70 @@ func scaleRun(ctx context.Context, cl *pgtest.Cluster, bin string, events, tenan
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// mappedConnector is the HTTP connector with mappings the mapped run
+// uses: create writes a mapping (intent first, then the partner's id),
+// update reads it for the path.
+const mappedConnector = `    connector:
+      type: http
+      base_url: http://%s
+      timeout: 10s
+      operations: {"*.created": create, "*.updated": update, "*.deleted": delete}
+      entities:
+        product:
+          create:
+            - name: item
+              path: /v1/items
+              body: '{"external_id": {{.local_id}}, "name": {{.payload.name}}}'
+              id: $.id
+          update:
+            - name: item
+              path: /v1/items/{{.remote_id}}
+              body: '{"external_id": {{.local_id}}, "name": {{.payload.name}}}'
+          delete:
+            - name: item
+              path: /v1/items/{{.remote_id}}
+`
+
+// mappedRun creates n objects over 1,000 tenants, then updates each
+// (2n events, every object's update after its create in its tenant's
+// order), through the HTTP connector with mappings (mapped) or the
+// webhook, and returns the rate over the 2n.
+func mappedRun(ctx context.Context, cl *pgtest.Cluster, bin, name string, n int, mapped bool) (float64, error) {
+	e, err := setup(ctx, cl, bin, name)
+	if err != nil {
+		return 0, err
+	}
+	defer e.stop()
+	if mapped {
+		e.connector = fmt.Sprintf(mappedConnector, e.partner)
+	}
+	kc, err := kgo.NewClient(kgo.SeedBrokers(e.broker), kgo.AllowAutoTopicCreation(), kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)))
+	if err != nil {
+		return 0, err
+	}
+	payload := []byte(`{"sku":"sku-1","name":"Product","description":"lorem ipsum lorem ipsum","price":100,"currency":"EUR"}`)
+	for i := range 2 * n {
+		obj, typ := i%n, "product.created"
+		if i >= n {
+			typ = "product.updated"
+		}
+		tenant := tenantN(obj)
+		kc.Produce(ctx, &kgo.Record{Topic: "outbox.product", Key: []byte(tenant), Value: payload, Headers: []kgo.RecordHeader{
+			{Key: "event_id", Value: []byte("e-" + strconv.Itoa(i))}, {Key: "tenant_id", Value: []byte(tenant)},
+			{Key: "event_type", Value: []byte(typ)}, {Key: "aggregate_type", Value: []byte("product")},
+			{Key: "aggregate_id", Value: []byte("p-" + strconv.Itoa(obj))}}}, nil)
+	}
+	err = kc.Flush(ctx)
+	kc.Close()
+	if err != nil {
+		return 0, err
+	}
+	if _, err := e.sink(fastSink); err != nil {
+		return 0, err
+	}
+	return rate(e.admin, 2*n)
 }
 
 func tenantN(i int) string { return fmt.Sprintf("tenant-%04d", i%1000) }
