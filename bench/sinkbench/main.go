@@ -568,6 +568,9 @@ func mappedRun(ctx context.Context, cl *pgtest.Cluster, bin, name string, n int,
 	if _, err := e.sink(fastSink); err != nil {
 		return 0, err
 	}
+	if *profile != "" && mapped {
+		go sinkProfile(e.admin, *profile)
+	}
 	return rate(e.admin, 2*n)
 }
 
