@@ -8,9 +8,11 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -31,8 +33,11 @@ import (
 
 // trace prints delivery progress every half second (to see stalls).
 var (
-	trace   = flag.Bool("trace", false, "print progress every 0.5 s")
-	profile = flag.String("profile", "", "write a 2 s CPU profile of the sink, taken 1.5 s into each run, to this file (the last run's stays)")
+	trace        = flag.Bool("trace", false, "print progress every 0.5 s")
+	scaleTenants = flag.Int("scale-tenants", 1_000_000, "distinct tenants in the scale run (-only scale; compared with 1,000 over as many events)")
+	bigEvents    = flag.Int("big-events", 1000, "events of 1 MB in the big-payload run")
+	heap         = flag.String("heap", "", "save the sink's heap profile at its highest resident set to this file (parked and big runs)")
+	profile      = flag.String("profile", "", "write a 2 s CPU profile of the sink, taken 1.5 s into each run, to this file (the last run's stays)")
 )
 
 // sinkProfile saves a CPU profile of the running sink (go tool pprof
@@ -54,12 +59,60 @@ func sinkProfile(admin, file string) {
 	}
 }
 
+// heapWatch saves the sink's heap profile (go tool pprof -sample_index
+// inuse_space bin/sink file) each time its resident set reaches a new
+// high by 10%, until done closes: the last one saved shows what the peak
+// held.
+func heapWatch(admin string, pid int, file string, done <-chan struct{}) {
+	high := 0.0
+	for {
+		select {
+		case <-done:
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+		rss := currentRSS(pid)
+		if rss < high*1.1 {
+			continue
+		}
+		high = rss
+		resp, err := http.Get("http://" + admin + "/debug/pprof/heap")
+		if err != nil {
+			continue
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			err = os.WriteFile(file, b, 0o644)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "heap profile:", err)
+		}
+		fmt.Fprintf(os.Stderr, "  heap profile at RSS %.1f MiB\n", rss)
+	}
+}
+
+// currentRSS returns a process's resident set (VmRSS) in MiB.
+func currentRSS(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
 func main() {
 	events := flag.Int("events", 100_000, "events per throughput run")
 	parked := flag.Int("parked", 100_000, "events parked in the memory run")
 	out := flag.String("out", "", "append the Markdown section to this file")
 	repeat := flag.Int("repeat", 3, "runs per rate scenario (the median is reported)")
-	only := flag.String("only", "", `run one scenario only ("slow": the 20 ms partner; "fast": the 0 ms partner; "parked": the memory run), without writing a report`)
+	only := flag.String("only", "", `run one scenario only ("slow": the 20 ms partner; "fast": the 0 ms partner; "parked": the memory run; "big": 1 MB payloads; "scale": 3 sinks, 1,000 tenants then -scale-tenants), without writing a report`)
 	bin := flag.String("bin", "bin", "folder with sink, devbroker and partnersim")
 	flag.Parse()
 	if *only != "" {
@@ -91,8 +144,8 @@ var (
 
 // runOnly runs one scenario repeat times and prints each result.
 func runOnly(which, bin string, events, parked, repeat int) error {
-	if which != "slow" && which != "fast" && which != "parked" {
-		return fmt.Errorf("-only %q: want slow, fast or parked", which)
+	if which != "slow" && which != "fast" && which != "parked" && which != "big" && which != "scale" && which != "mapped" {
+		return fmt.Errorf("-only %q: want slow, fast, parked, big, scale or mapped", which)
 	}
 	ctx := context.Background()
 	cl, err := pgtest.Start(ctx, pgtest.Options{})
@@ -109,6 +162,32 @@ func runOnly(which, bin string, events, parked, repeat int) error {
 				return err
 			}
 			fmt.Printf("%d parked events: peak RSS %.1f MiB\n", parked, rss)
+		case "mapped":
+			// Alternating, so each pair sees the same machine.
+			hook, err := mappedRun(ctx, cl, bin, fmt.Sprintf("only_hook_%d", i), events/2, false)
+			if err != nil {
+				return err
+			}
+			mapped, err := mappedRun(ctx, cl, bin, fmt.Sprintf("only_mapped_%d", i), events/2, true)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%d objects created then updated (%d events), 0 ms partner: webhook %.0f deliveries/s, HTTP connector with mappings %.0f (%.2f of the webhook)\n",
+				events/2, events, hook, mapped, mapped/hook)
+		case "scale":
+			for _, tenants := range []int{1000, *scaleTenants} {
+				r, rss, err := scaleRun(ctx, cl, bin, events, tenants, 3)
+				if err != nil {
+					return err
+				}
+				fmt.Printf("%d events over %d tenants, 3 sinks: %.0f deliveries/s; peak RSS %s MiB\n", events, tenants, r, benchutil.List(rss))
+			}
+		case "big":
+			r, rss, err := bigRun(ctx, cl, bin, *bigEvents)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%d events of 1 MB, default settings: %.0f deliveries/s (%.0f MB/s); peak RSS %.1f MiB\n", *bigEvents, r, r, rss)
 		case "fast":
 			r, err := scenario(ctx, cl, bin, fmt.Sprintf("only_fast_%d", i), events, events, "", fastSink, nil, &rss, nil)
 			if err != nil {
@@ -129,7 +208,10 @@ func runOnly(which, bin string, events, parked, repeat int) error {
 
 type env struct {
 	bin, pg, broker, partner, admin string
-	procs                           []*exec.Cmd
+	// connector replaces the webhook connector's YAML when not "" (the
+	// integration's "connector:" block, indented as the webhook's line).
+	connector string
+	procs     []*exec.Cmd
 	// drop removes the run's database, so that autovacuum does not work
 	// through earlier runs' logs during later runs.
 	drop func()
@@ -177,7 +259,7 @@ func setup(ctx context.Context, cl *pgtest.Cluster, bin, name string, partnerArg
 		}
 	}
 	_, port, _ := net.SplitHostPort(e.broker) // freeAddr returns host:port
-	b, err := start(filepath.Join(bin, "devbroker"), "--port", port, "--data-dir", "")
+	b, err := start(filepath.Join(bin, "devbroker"), append([]string{"--port", port, "--data-dir", ""}, brokerArgs...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -197,12 +279,17 @@ func setup(ctx context.Context, cl *pgtest.Cluster, bin, name string, partnerArg
 
 // produce writes n events round-robin over tenants (as cdc would).
 func (e *env) produce(ctx context.Context, n, tenants int, tenantOf func(i int) string) error {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(e.broker), kgo.AllowAutoTopicCreation(), kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)))
+	return e.produceValue(ctx, n, tenantOf, []byte(`{"sku":"sku-1","name":"Product","description":"lorem ipsum lorem ipsum lorem ipsum lorem ipsum","price":100,"currency":"EUR"}`))
+}
+
+// produceValue writes n events with the given payload.
+func (e *env) produceValue(ctx context.Context, n int, tenantOf func(i int) string, payload []byte) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.broker), kgo.AllowAutoTopicCreation(), kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
+		kgo.ProducerBatchMaxBytes(1_048_000), kgo.MaxBufferedBytes(64<<20))
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
-	payload := []byte(`{"sku":"sku-1","name":"Product","description":"lorem ipsum lorem ipsum lorem ipsum lorem ipsum","price":100,"currency":"EUR"}`)
 	for i := range n {
 		tenant := tenantOf(i)
 		cl.Produce(ctx, &kgo.Record{Topic: "outbox.product", Key: []byte(tenant), Value: payload, Headers: []kgo.RecordHeader{
@@ -214,7 +301,17 @@ func (e *env) produce(ctx context.Context, n, tenants int, tenantOf func(i int) 
 }
 
 func (e *env) sink(extra string) (*exec.Cmd, error) {
-	cfg := fmt.Sprintf(`postgres_url: %s
+	return e.sinkAt(extra, e.admin, "")
+}
+
+// sinkAt starts a sink with its own admin address and, when not "", its
+// own instance id (several processes of one group).
+func (e *env) sinkAt(extra, admin, instance string) (*exec.Cmd, error) {
+	top := ""
+	if instance != "" {
+		top = "instance_id: " + instance + "\n"
+	}
+	cfg := fmt.Sprintf(top+`postgres_url: %s
 kafka: {brokers: [%s]}
 admin_addr: %s
 log_level: error
@@ -223,7 +320,10 @@ integrations:
     topics: [outbox.product]
     retry: {initial: 200ms, max: 5s}
 %s    connector: {type: webhook, url: "http://%s/v1/events", timeout: 10s}
-`, e.pg, e.broker, e.admin, extra, e.partner)
+`, e.pg, e.broker, admin, extra, e.partner)
+	if e.connector != "" {
+		cfg = cfg[:strings.Index(cfg, "    connector: {type: webhook")] + e.connector
+	}
 	path := filepath.Join(os.TempDir(), fmt.Sprintf("sinkbench-%d.yaml", time.Now().UnixNano()))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -281,6 +381,11 @@ func parkedRun(ctx context.Context, cl *pgtest.Cluster, bin string, n int) (floa
 	if err != nil {
 		return 0, err
 	}
+	if *heap != "" {
+		done := make(chan struct{})
+		defer close(done)
+		go heapWatch(e.admin, s.Process.Pid, *heap, done)
+	}
 	conn, err := pgx.Connect(ctx, e.pg)
 	if err != nil {
 		return 0, err
@@ -299,6 +404,174 @@ func parkedRun(ctx context.Context, cl *pgtest.Cluster, bin string, n int) (floa
 	}
 	time.Sleep(3 * time.Second) // a few retry rounds with everything parked
 	return benchutil.PeakRSS(s.Process.Pid), nil
+}
+
+// bigPayload is a JSON object of about 1 MB (1,000,000 bytes): the
+// largest that fits a default Kafka batch (1 MiB) with its headers. Its
+// string is base64 of pseudo-random bytes, which snappy barely compresses:
+// fetch_max_bytes bounds compressed bytes, and a payload of one repeated
+// letter would put about 20 decompressed records in each fetched MiB.
+func bigPayload() []byte {
+	raw := make([]byte, 750_000)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range raw {
+		raw[i] = byte(r.Uint32())
+	}
+	b := []byte(`{"blob":"`)
+	b = append(b, base64.StdEncoding.EncodeToString(raw)[:1_000_000-len(b)-2]...)
+	return append(b, `"}`...)
+}
+
+// bigRun delivers n events of 1 MB over 50 tenants with the sink's
+// default settings and returns the rate and the sink's peak RSS.
+func bigRun(ctx context.Context, cl *pgtest.Cluster, bin string, n int) (float64, float64, error) {
+	e, err := setup(ctx, cl, bin, "sink_big")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer e.stop()
+	if err := e.produceValue(ctx, n, func(i int) string { return fmt.Sprintf("tenant-%02d", i%50) }, bigPayload()); err != nil {
+		return 0, 0, err
+	}
+	s, err := e.sink("")
+	if err != nil {
+		return 0, 0, err
+	}
+	if *heap != "" {
+		done := make(chan struct{})
+		defer close(done)
+		go heapWatch(e.admin, s.Process.Pid, *heap, done)
+	}
+	r, err := rate(e.admin, n)
+	return r, benchutil.PeakRSS(s.Process.Pid), err
+}
+
+// brokerArgs are extra devbroker flags for the next setup.
+var brokerArgs []string
+
+// scaleRun delivers events spread round-robin over tenants through procs
+// sink processes of one group (6 partitions) and returns the rate (first
+// success to last, summed over the processes) and each one's peak RSS.
+func scaleRun(ctx context.Context, cl *pgtest.Cluster, bin string, events, tenants, procs int) (float64, []float64, error) {
+	brokerArgs = []string{"--partitions", "6"}
+	defer func() { brokerArgs = nil }()
+	e, err := setup(ctx, cl, bin, fmt.Sprintf("sink_scale_%d", tenants))
+	if err != nil {
+		return 0, nil, err
+	}
+	defer e.stop()
+	if err := e.produce(ctx, events, tenants, func(i int) string { return fmt.Sprintf("tenant-%07d", i%tenants) }); err != nil {
+		return 0, nil, err
+	}
+	var sinks []*exec.Cmd
+	var admins []string
+	for i := range procs {
+		admin := e.admin
+		if i > 0 {
+			admin = benchutil.FreeAddr()
+		}
+		s, err := e.sinkAt(fastSink, admin, fmt.Sprintf("bench-%d", i))
+		if err != nil {
+			return 0, nil, err
+		}
+		sinks, admins = append(sinks, s), append(admins, admin)
+	}
+	const name = `ferry_sink_deliveries_total{integration="bench",outcome="succeeded"}`
+	total := func() float64 {
+		v := 0.0
+		for _, a := range admins {
+			v += benchutil.Metric(a, name)
+		}
+		return v
+	}
+	var first time.Time
+	var n0 float64
+	deadline := time.Now().Add(30 * time.Minute)
+	for {
+		v := total()
+		if v > 0 && first.IsZero() {
+			first, n0 = time.Now(), v
+		}
+		if v >= float64(events) {
+			r := (v - n0) / time.Since(first).Seconds()
+			var rss []float64
+			for _, s := range sinks {
+				rss = append(rss, benchutil.PeakRSS(s.Process.Pid))
+			}
+			return r, rss, nil
+		}
+		if time.Now().After(deadline) {
+			return 0, nil, fmt.Errorf("%.0f of %d delivered in 30 minutes", v, events)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// mappedConnector is the HTTP connector with mappings the mapped run
+// uses: create writes a mapping (intent first, then the partner's id),
+// update reads it for the path.
+const mappedConnector = `    connector:
+      type: http
+      base_url: http://%s
+      timeout: 10s
+      operations: {"*.created": create, "*.updated": update, "*.deleted": delete}
+      entities:
+        product:
+          create:
+            - name: item
+              path: /v1/items
+              body: '{"external_id": {{.local_id}}, "name": {{.payload.name}}}'
+              id: $.id
+          update:
+            - name: item
+              path: /v1/items/{{.remote_id}}
+              body: '{"external_id": {{.local_id}}, "name": {{.payload.name}}}'
+          delete:
+            - name: item
+              path: /v1/items/{{.remote_id}}
+`
+
+// mappedRun creates n objects over 1,000 tenants, then updates each
+// (2n events, every object's update after its create in its tenant's
+// order), through the HTTP connector with mappings (mapped) or the
+// webhook, and returns the rate over the 2n.
+func mappedRun(ctx context.Context, cl *pgtest.Cluster, bin, name string, n int, mapped bool) (float64, error) {
+	e, err := setup(ctx, cl, bin, name)
+	if err != nil {
+		return 0, err
+	}
+	defer e.stop()
+	if mapped {
+		e.connector = fmt.Sprintf(mappedConnector, e.partner)
+	}
+	kc, err := kgo.NewClient(kgo.SeedBrokers(e.broker), kgo.AllowAutoTopicCreation(), kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)))
+	if err != nil {
+		return 0, err
+	}
+	payload := []byte(`{"sku":"sku-1","name":"Product","description":"lorem ipsum lorem ipsum","price":100,"currency":"EUR"}`)
+	for i := range 2 * n {
+		obj, typ := i%n, "product.created"
+		if i >= n {
+			typ = "product.updated"
+		}
+		tenant := tenantN(obj)
+		kc.Produce(ctx, &kgo.Record{Topic: "outbox.product", Key: []byte(tenant), Value: payload, Headers: []kgo.RecordHeader{
+			{Key: "event_id", Value: []byte("e-" + strconv.Itoa(i))}, {Key: "tenant_id", Value: []byte(tenant)},
+			{Key: "event_type", Value: []byte(typ)}, {Key: "aggregate_type", Value: []byte("product")},
+			{Key: "aggregate_id", Value: []byte("p-" + strconv.Itoa(obj))}}}, nil)
+	}
+	err = kc.Flush(ctx)
+	kc.Close()
+	if err != nil {
+		return 0, err
+	}
+	if _, err := e.sink(fastSink); err != nil {
+		return 0, err
+	}
+	if *profile != "" && mapped {
+		go sinkProfile(e.admin, *profile)
+	}
+	return rate(e.admin, 2*n)
 }
 
 func tenantN(i int) string { return fmt.Sprintf("tenant-%04d", i%1000) }
@@ -422,6 +695,11 @@ func runBench(ctx context.Context, bin string, events, parked, repeat int, out s
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "%d parked events: peak RSS %.1f MiB\n", parked, parkedRSS)
+	bigRate, bigRSS, err := bigRun(ctx, cl, bin, *bigEvents)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "%d events of 1 MB: %.0f deliveries/s, peak RSS %.1f MiB\n", *bigEvents, bigRate, bigRSS)
 	fastM, slowM, healthyM := benchutil.Median(fast), benchutil.Median(slow), benchutil.Median(healthy)
 
 	host, _ := os.Hostname()
@@ -440,7 +718,8 @@ webhook connector. Rates run from the first success to the last.
 | 20 ms partner, concurrency 256 (512 workers) | %d | median %.0f deliveries/s = efficiency %.3f of 256 / 20 ms (runs: %s deliveries/s); mean partner call as the sink times it %.1f ms, so %.0f of 256 calls in flight | ≥ 0.9 |
 | for scale: 256 plain HTTP clients, same 20 ms partner, nothing else running | 8 s | %.0f calls/s = efficiency %.3f; mean call %.1f ms | (the machine's floor) |
 | one tenant of 1,000 failing every call | %d | healthy tenants: median %.0f deliveries/s (runs: %s); each run against its paired 0 ms run (the pair's order alternates): median %.0f%% (pairs: %s) | ≥ 95%% |
-| one tenant with %d events parked in Postgres | %d | peak RSS %.1f MiB | < 200 MiB |
+| one tenant with %d events parked in Postgres | %d | peak RSS %.1f MiB | < 60 MiB |
+| 1 MB payloads (barely compressible), 50 tenants, default settings | %d | %.0f deliveries/s; peak RSS %.1f MiB | < 256 MiB |
 
 Each rate is the median of its runs (%d for the 20 ms partner; the 0 ms
 and failing-tenant runs come in pairs, as many), each on a fresh database, broker and partner; every run is
@@ -456,7 +735,7 @@ plain HTTP clients with nothing else running stay under 1.0 here (the
 take from the same two cores.
 `, time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), runtime.Version(), host,
 		events, fastM, benchutil.List(fast), fastRSS, events, slowM, slowM/slowIdeal, benchutil.List(slow), 1000*benchutil.Median(calls), slowM*benchutil.Median(calls), floor, floor/slowIdeal, 1000*floorCall, events, healthyM, benchutil.List(healthy), benchutil.Median(ratios), benchutil.List(ratios),
-		parked, parked, parkedRSS, len(slow))
+		parked, parked, parkedRSS, *bigEvents, bigRate, bigRSS, len(slow))
 	fmt.Print(b.String())
 	if out == "" {
 		return nil

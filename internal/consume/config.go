@@ -73,6 +73,17 @@ type Config struct {
 	// SessionTimeout is the group session timeout; 0 keeps franz-go's
 	// default (45s). Set by the binary.
 	SessionTimeout time.Duration `yaml:"-"`
+	// MaxBufferedBytes bounds the bytes of the records this integration's
+	// lanes hold in memory (key, value and headers): fetching pauses at it
+	// and resumes below half of it. 0: unbounded. Set by the binary (its
+	// share of the process's max_buffered_bytes).
+	MaxBufferedBytes int64 `yaml:"-"`
+	// FetchMaxBytes and FetchMaxPartitionBytes bound one fetch response
+	// and one partition's part of it (franz-go's FetchMaxBytes and
+	// FetchMaxPartitionBytes); 0 keeps franz-go's defaults (50 MiB, 1
+	// MiB). Set by the binary.
+	FetchMaxBytes          int32 `yaml:"-"`
+	FetchMaxPartitionBytes int32 `yaml:"-"`
 }
 
 // BreakerConfig configures the circuit breaker.

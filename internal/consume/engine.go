@@ -49,6 +49,9 @@ type Engine struct {
 	pausedMu sync.RWMutex
 	pauses   map[string]bool // tenant → paused; "" = the whole integration
 	disabled map[string]bool // tenants switched off
+	// switchVersion is ferry.switch_version when pauses and disabled were
+	// read (-1: not yet); pauseLoop re-reads them only when it moved.
+	switchVersion atomic.Int64
 
 	// commitMu serialises commits with revocations, so a partition is
 	// never committed after it was revoked (another member may own it).
@@ -64,6 +67,15 @@ type Engine struct {
 	redriving map[int64]redriveQueued
 
 	finished atomic.Int64 // deliveries finished, for the live report
+
+	// budget bounds the bytes of the records the lanes hold; while it is
+	// spent, or while the integration cannot deliver anything (breaker
+	// open, integration paused), every topic's fetching is paused
+	// (hold.go). holdMu guards heldFor: why fetching is paused, "" when
+	// it is not.
+	budget  *lane.Budget
+	holdMu  sync.Mutex
+	heldFor string
 
 	// Reachability of the delivery log and of Kafka (readiness). While
 	// the log is down, lanes wait without touching it or the partner;
@@ -84,6 +96,7 @@ func New(cfg Config, kafka kafkaconf.Config, conn connector.Connector, dlog *del
 		dbCheck: make(chan struct{}, 1), dbErrLog: rate.Sometimes{Interval: 5 * time.Second}}
 	e.prober, _ = conn.(connector.Prober)
 	e.redriving = map[int64]redriveQueued{}
+	e.switchVersion.Store(-1)
 	if cfg.RateLimit > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit/10)))
 	}
@@ -100,8 +113,12 @@ func New(cfg Config, kafka kafkaconf.Config, conn connector.Connector, dlog *del
 			e.m.BreakerOpen.WithLabelValues(cfg.Name).Set(open)
 		}).Build()
 	e.sched = lane.New(cfg.Workers, e.deliverItem)
+	if cfg.MaxBufferedBytes > 0 {
+		e.budget = lane.NewBudget(cfg.MaxBufferedBytes)
+		e.sched.SetBudget(e.budget)
+	}
 	if cfg.ParkAfter > 0 {
-		e.sched.SetSpill(cfg.ParkAfter, e.spill)
+		e.sched.SetSpill(cfg.ParkAfter, e.spill, e.loadPage)
 	}
 	return e
 }
@@ -124,6 +141,15 @@ func (e *Engine) Run(ctx context.Context) error {
 		// back-pressure (found by sinkbench: 2.5 s stalls at 5 s).
 		kgo.FetchMaxWait(500*time.Millisecond),
 	)
+	if e.cfg.FetchMaxBytes > 0 {
+		// A fetch buffered in the client and one in flight are not yet
+		// counted by the budget: together at most about twice this.
+		opts = append(opts, kgo.FetchMaxBytes(e.cfg.FetchMaxBytes),
+			kgo.BrokerMaxReadBytes(max(100<<20, 2*e.cfg.FetchMaxBytes)))
+	}
+	if e.cfg.FetchMaxPartitionBytes > 0 {
+		opts = append(opts, kgo.FetchMaxPartitionBytes(e.cfg.FetchMaxPartitionBytes))
+	}
 	if e.cfg.InstanceID != "" {
 		// Static membership: a restarted process takes its partitions
 		// back at once (docs/operations.md).
@@ -235,9 +261,12 @@ func (e *Engine) poll(ctx context.Context) error {
 			tp := lane.TP{Topic: ftp.Topic, Partition: ftp.Partition}
 			items := make([]*lane.Item, len(ftp.Records))
 			for i, r := range ftp.Records {
-				items[i] = &lane.Item{Key: string(r.Key), Offset: r.Offset, Value: r}
+				detach(r)
+				items[i] = &lane.Item{Key: string(r.Key), Offset: r.Offset, Value: r, Size: recordSize(r)}
 			}
-			if n := e.sched.Add(tp, items...); n >= e.cfg.MaxBufferedPerPartition {
+			n := e.sched.Add(tp, items...)
+			e.hold()
+			if n >= e.cfg.MaxBufferedPerPartition {
 				// Memory stays bounded: stop fetching this partition until
 				// its lanes drain.
 				e.cl.PauseFetchPartitions(map[string][]int32{tp.Topic: {tp.Partition}})
@@ -264,6 +293,7 @@ func (e *Engine) commitLoop(ctx context.Context) error {
 		case <-t.C:
 		}
 		e.resume()
+		e.hold()
 		if time.Since(last) < e.cfg.CommitInterval {
 			continue
 		}
@@ -339,9 +369,8 @@ func (e *Engine) assigned(ctx context.Context, _ *kgo.Client, assigned map[strin
 					"topic", topic, "partition", p, "reason", err.Error())
 				continue
 			}
-			if len(parked) > 0 {
-				e.sched.AddSpilled(tp, parked...)
-				e.log.Info("resuming parked records", "partition", p, "parked", len(parked))
+			if n := e.addParked(tp, parked); n > 0 {
+				e.log.Info("resuming parked records", "partition", p, "parked", n)
 			}
 		}
 	}
@@ -431,7 +460,7 @@ func (e *Engine) pauseLoop(ctx context.Context) error {
 	t := time.NewTicker(e.cfg.ParkRecheck)
 	defer t.Stop()
 	for {
-		if err := e.refresh(ctx); err != nil && ctx.Err() == nil {
+		if err := e.refreshIfChanged(ctx); err != nil && ctx.Err() == nil {
 			// Keeping the last known pauses; the watcher logs the outage.
 			e.dbTrouble(err)
 		}
@@ -447,6 +476,10 @@ func (e *Engine) pauseLoop(ctx context.Context) error {
 // on or off loses its cached mappings: the rollback (or a resync) that
 // goes with the switch may write them from another process.
 func (e *Engine) refresh(ctx context.Context) error {
+	v, err := e.readSwitchVersion(ctx)
+	if err != nil {
+		return err
+	}
 	p, err := e.dlog.Paused(ctx, e.cfg.Name)
 	if err != nil {
 		return err
@@ -470,7 +503,30 @@ func (e *Engine) refresh(ctx context.Context) error {
 		}
 	}
 	e.pauses, e.disabled = p, d
+	e.switchVersion.Store(v) // read before the tables: a change in between is read again next time
 	return nil
+}
+
+// refreshIfChanged re-reads the pauses and the tenant switch only when
+// ferry.switch_version moved since the last read: one row per
+// park_recheck instead of every paused or switched-off tenant.
+func (e *Engine) refreshIfChanged(ctx context.Context) error {
+	v, err := e.readSwitchVersion(ctx)
+	if err != nil {
+		return err
+	}
+	if v == e.switchVersion.Load() {
+		return nil
+	}
+	return e.refresh(ctx)
+}
+
+func (e *Engine) readSwitchVersion(ctx context.Context) (int64, error) {
+	ctx, cancel := e.dlog.Bound(ctx)
+	defer cancel()
+	var v int64
+	err := e.dlog.Pool().QueryRow(ctx, `SELECT version FROM ferry.switch_version WHERE id = 1`).Scan(&v)
+	return v, err
 }
 
 func (e *Engine) isPaused(tenant string) bool {
@@ -497,6 +553,11 @@ func (e *Engine) deliverEvent(ctx context.Context, tp lane.TP, rec *kgo.Record, 
 	src := delivery.Source{Topic: tp.Topic, Partition: tp.Partition, Offset: rec.Offset, Key: string(rec.Key)}
 	if resync != "" && resync != e.cfg.Name {
 		return lane.Outcome{Verdict: lane.Done} // another integration's resync
+	}
+	if e.isPaused("") {
+		// The whole integration is paused: fetching is paused too (hold),
+		// so the lanes wait with what they hold, not parked.
+		return lane.Outcome{Verdict: lane.Pause, Delay: e.cfg.ParkRecheck, Shared: true}
 	}
 	if e.isPaused(ev.TenantID) {
 		return lane.Outcome{Verdict: lane.Pause, Delay: e.cfg.ParkRecheck}
@@ -528,8 +589,10 @@ func (e *Engine) deliverEvent(ctx context.Context, tp lane.TP, rec *kgo.Record, 
 	// half-open only when asked for a permit.
 	// With a Prober, the probe loop, not a real event, decides when the
 	// breaker half-opens.
-	if bad == "" && e.breaker.IsOpen() && (e.prober != nil || e.breaker.RemainingDelay() > 0) {
-		return lane.Outcome{Verdict: lane.Backoff, Delay: max(e.breaker.RemainingDelay(), 100*time.Millisecond)}
+	// Fetching is paused meanwhile (hold): the lanes wait with what they
+	// hold, and the topic's backlog stays in Kafka, not parked.
+	if bad == "" && e.breakerHolds() {
+		return lane.Outcome{Verdict: lane.Backoff, Delay: max(e.breaker.RemainingDelay(), 100*time.Millisecond), Shared: true}
 	}
 	if e.leaseAge() > leaseFresh {
 		// This process could not renew its lease lately: another one may
@@ -564,6 +627,7 @@ func (e *Engine) deliverEvent(ctx context.Context, tp lane.TP, rec *kgo.Record, 
 	var res connector.Result
 	var derr error
 	expired := ""
+	refused := false // by the breaker: the integration's wait, not the lane's
 	if !att.Compensating {
 		expired = e.expiry(ev, rec, att, att.Number-1)
 	}
@@ -578,6 +642,7 @@ func (e *Engine) deliverEvent(ctx context.Context, tp lane.TP, rec *kgo.Record, 
 		e.m.BadRecords.WithLabelValues(e.cfg.Name).Inc()
 	case !e.breaker.TryAcquirePermit():
 		// Half-open with its probe already out, or opened meanwhile.
+		refused = true
 		derr = &connector.Failure{Reason: "circuit breaker open: partner calls are paused for this integration",
 			RetryAfter: max(e.breaker.RemainingDelay(), 100*time.Millisecond)}
 	default:
@@ -630,7 +695,7 @@ func (e *Engine) deliverEvent(ctx context.Context, tp lane.TP, rec *kgo.Record, 
 	case delivery.Failed, delivery.Compensating:
 		e.log.Warn("delivery "+string(o.State)+"; lane backs off", append(where(ev, tp, rec), "attempt", att.Number,
 			"reason", o.Reason, "retry_at", o.NextRetry.Format(time.RFC3339Nano))...)
-		return lane.Outcome{Verdict: lane.Backoff, Delay: time.Until(o.NextRetry)}
+		return lane.Outcome{Verdict: lane.Backoff, Delay: time.Until(o.NextRetry), Shared: refused && o.State == delivery.Failed}
 	case delivery.Waiting:
 		e.log.Info("delivery waits for a parent", append(where(ev, tp, rec), "reason", o.Reason)...)
 		return lane.Outcome{Verdict: lane.Backoff, Delay: e.cfg.WaitRecheck}

@@ -26,70 +26,117 @@ type storedRecord struct {
 	Order     []string          `json:"header_order"`
 }
 
-// spill parks a blocked lane's records in Postgres, in order, and returns
-// references to them.
-func (e *Engine) spill(tp lane.TP, items []*lane.Item) ([]*lane.Item, error) {
+// spill parks a blocked lane's records in Postgres, in order (seq follows
+// the lane's order: one transaction, statements in order, and a lane's
+// later spills come later). The lane keeps only their count.
+func (e *Engine) spill(tp lane.TP, items []*lane.Item) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	batch := &pgx.Batch{}
-	for _, it := range items {
-		r := it.Value.(*kgo.Record)
-		sr := storedRecord{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Headers: map[string][]byte{}}
-		for _, h := range r.Headers {
-			sr.Headers[h.Key] = h.Value
-			sr.Order = append(sr.Order, h.Key)
-		}
-		body, err := json.Marshal(sr)
-		if err != nil {
-			return nil, err
-		}
-		ev, _, _ := decode(r) // only for the ids kept beside the record
-		batch.Queue(`INSERT INTO ferry.parked_event (integration, tenant_id, event_id, topic, kafka_partition, kafka_offset, lane_key, record)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq`, e.cfg.Name, ev.TenantID, ev.ID, tp.Topic, tp.Partition, r.Offset, it.Key, body)
-	}
-	refs := make([]*lane.Item, len(items))
-	// One transaction, statements in order: seq follows the lane's order.
-	err := pgx.BeginFunc(ctx, e.dlog.Pool(), func(tx pgx.Tx) error {
-		br := tx.SendBatch(ctx, batch)
-		for i, it := range items {
-			var seq int64
-			if err := br.QueryRow().Scan(&seq); err != nil {
-				br.Close()
-				return err
+	// One COPY: all or nothing, rows numbered (seq) in the lane's order,
+	// and each row encoded as it is sent, so a spill of 10,000 records
+	// does not hold them all encoded at once.
+	i := 0
+	_, err := e.dlog.Pool().CopyFrom(ctx, pgx.Identifier{"ferry", "parked_event"},
+		[]string{"integration", "tenant_id", "event_id", "topic", "kafka_partition", "kafka_offset", "lane_key", "record"},
+		pgx.CopyFromFunc(func() ([]any, error) {
+			if i == len(items) {
+				return nil, nil
 			}
-			refs[i] = &lane.Item{Key: it.Key, Offset: it.Offset, Value: parkedRef{seq: seq}}
-		}
-		return br.Close()
-	})
+			it := items[i]
+			i++
+			r := it.Value.(*kgo.Record)
+			sr := storedRecord{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Headers: map[string][]byte{}}
+			for _, h := range r.Headers {
+				sr.Headers[h.Key] = h.Value
+				sr.Order = append(sr.Order, h.Key)
+			}
+			body, err := json.Marshal(sr)
+			if err != nil {
+				return nil, err
+			}
+			ev, _, _ := decode(r) // only for the ids kept beside the record
+			return []any{e.cfg.Name, ev.TenantID, ev.ID, tp.Topic, tp.Partition, r.Offset, it.Key, body}, nil
+		}))
 	if err != nil {
 		e.log.Error("could not park records durably; they stay in memory", "partition", tp.Partition, "reason", err.Error())
-		return nil, fmt.Errorf("park: %w", err)
+		return fmt.Errorf("park: %w", err)
 	}
 	e.log.Warn("lane blocked: records parked in Postgres, offsets move on", "tenant_id", items[0].Key, "partition", tp.Partition, "parked", len(items))
-	return refs, nil
+	return nil
 }
 
-// loadParked returns the parked records of a partition, in order, as
-// references (a new owner calls it before fetching the partition).
-func (e *Engine) loadParked(ctx context.Context, tp lane.TP) ([]*lane.Item, error) {
+// loadParked returns how many records each lane of a partition has
+// parked (a new owner calls it before fetching the partition); the lanes
+// read them back a page at a time (loadPage).
+func (e *Engine) loadParked(ctx context.Context, tp lane.TP) (map[string]int, error) {
 	ctx, cancel := e.dlog.Bound(ctx)
 	defer cancel()
-	rows, err := e.dlog.Pool().Query(ctx, `SELECT seq, lane_key, kafka_offset FROM ferry.parked_event
-		WHERE integration = $1 AND topic = $2 AND kafka_partition = $3 ORDER BY seq`, e.cfg.Name, tp.Topic, tp.Partition)
+	rows, err := e.dlog.Pool().Query(ctx, `SELECT lane_key, count(*) FROM ferry.parked_event
+		WHERE integration = $1 AND topic = $2 AND kafka_partition = $3 GROUP BY lane_key`, e.cfg.Name, tp.Topic, tp.Partition)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var items []*lane.Item
+	counts := map[string]int{}
+	for rows.Next() {
+		var key string
+		var n int
+		if err := rows.Scan(&key, &n); err != nil {
+			return nil, err
+		}
+		counts[key] = n
+	}
+	return counts, rows.Err()
+}
+
+// addParked gives the lanes of tp their parked counts; it returns the
+// total.
+func (e *Engine) addParked(tp lane.TP, counts map[string]int) int {
+	total := 0
+	for key, n := range counts {
+		e.sched.AddSpilled(tp, key, n)
+		total += n
+	}
+	return total
+}
+
+// loadPage reads the next n parked records of one lane, in order, after
+// the reference after (nil: from its first), as references (the lane's
+// LoadFunc). Delivered ones were deleted, so the lane's first parked row
+// is always its next.
+func (e *Engine) loadPage(ctx context.Context, tp lane.TP, key string, after *lane.Item, n int) ([]*lane.Item, error) {
+	ctx, cancel := e.dlog.Bound(ctx)
+	defer cancel()
+	from := int64(0)
+	if after != nil {
+		from = after.Value.(parkedRef).seq
+	}
+	rows, err := e.dlog.Pool().Query(ctx, `SELECT seq, kafka_offset FROM ferry.parked_event
+		WHERE integration = $1 AND topic = $2 AND kafka_partition = $3 AND lane_key = $4 AND seq > $5
+		ORDER BY seq LIMIT $6`, e.cfg.Name, tp.Topic, tp.Partition, key, from, n)
+	if err != nil {
+		return nil, e.loadFailed(err)
+	}
+	defer rows.Close()
+	items := make([]*lane.Item, 0, n)
 	for rows.Next() {
 		var seq, off int64
-		var key string
-		if err := rows.Scan(&seq, &key, &off); err != nil {
-			return nil, err
+		if err := rows.Scan(&seq, &off); err != nil {
+			return nil, e.loadFailed(err)
 		}
 		items = append(items, &lane.Item{Key: key, Offset: off, Value: parkedRef{seq: seq}, Spilled: true})
 	}
-	return items, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, e.loadFailed(err)
+	}
+	return items, nil
+}
+
+// loadFailed reports a failed read of parked records to the log watcher
+// (the lane backs off and tries again).
+func (e *Engine) loadFailed(err error) error {
+	e.dbTrouble(err)
+	return fmt.Errorf("load parked records: %w", err)
 }
 
 // unpark reads a parked record back.
@@ -144,13 +191,11 @@ func (e *Engine) loadLoop(ctx context.Context) error {
 			e.commitMu.Lock()
 			if e.unloaded[tp] == gen { // still owned, by the same assignment
 				delete(e.unloaded, tp)
-				if len(parked) > 0 {
-					e.sched.AddSpilled(tp, parked...)
-				}
+				n := e.addParked(tp, parked)
 				if !e.paused[tp] {
 					e.cl.ResumeFetchPartitions(map[string][]int32{tp.Topic: {tp.Partition}})
 				}
-				e.log.Info("parked records loaded; the partition is fetched again", "topic", tp.Topic, "partition", tp.Partition, "parked", len(parked))
+				e.log.Info("parked records loaded; the partition is fetched again", "topic", tp.Topic, "partition", tp.Partition, "parked", n)
 			}
 			e.commitMu.Unlock()
 		}

@@ -19,6 +19,10 @@ type Item struct {
 	// Value is the caller's record (the scheduler does not look inside),
 	// or, once Spilled, the caller's reference to where it was spilled.
 	Value any
+	// Size is the item's bytes in memory (record key, value and headers),
+	// counted against the scheduler's Budget while the item is queued.
+	// Zero for spilled references.
+	Size int64
 	// Spilled items live in durable storage: their offsets no longer hold
 	// back the partition's watermark.
 	Spilled bool
@@ -28,10 +32,22 @@ type Item struct {
 	Redriven bool
 }
 
-// SpillFunc stores a blocked lane's items durably, in order, and returns a
-// small reference item for each (Spilled set, same Key and Offset). It is
-// called from the worker that holds the lane.
-type SpillFunc func(tp TP, items []*Item) ([]*Item, error)
+// SpillFunc stores a blocked lane's items durably, in order, after the
+// ones it stored for the lane before. It is called from the worker that
+// holds the lane. Once it returns nil the items are forgotten: the lane
+// keeps only their count and reads them back with a LoadFunc.
+type SpillFunc func(tp TP, items []*Item) error
+
+// LoadFunc reads back, in order, up to n of a lane's spilled items that
+// come after the reference item after (nil: from the lane's first), as
+// reference items (Spilled set, Value the caller's reference). It is
+// called from the worker that holds the lane, when the lane's next item
+// is in durable storage; an error makes the lane back off and try again.
+type LoadFunc func(ctx context.Context, tp TP, key string, after *Item, n int) ([]*Item, error)
+
+// loadPage is how many spilled items a lane reads back at a time: a lane
+// with 100,000 parked events holds at most this many references.
+const loadPage = 256
 
 // Verdict is what a delivery attempt decided for its lane.
 type Verdict int
@@ -57,6 +73,11 @@ const (
 type Outcome struct {
 	Verdict Verdict
 	Delay   time.Duration
+	// Shared marks a wait whose cause is not the lane's own but its whole
+	// integration's (an open circuit breaker, a paused integration): the
+	// caller stops fetching instead, so the lane's records stay in memory
+	// (bounded by the Budget) and are never spilled for it.
+	Shared bool
 }
 
 // DeliverFunc delivers one item. It is called from worker goroutines,
@@ -80,7 +101,9 @@ type Scheduler struct {
 	deliver DeliverFunc
 
 	spill      SpillFunc
+	load       LoadFunc
 	spillAfter time.Duration
+	budget     *Budget // nil: bytes are not counted
 
 	mu    sync.Mutex
 	cond  *sync.Cond // signals ready lanes, finished deliveries and stop
@@ -95,8 +118,12 @@ type partition struct {
 	offsets  []slot // in offset order; the head is the lowest unfinished
 	next     int64  // the offset after the last added, -1 if none yet
 	buffered int
+	bytes    int64 // Size of the items counted in buffered
 	running  int
 	revoked  bool
+	// forgotten: deleted by Revoke, its bytes released; a delivery that
+	// outlived Revoke's wait releases nothing more.
+	forgotten bool
 }
 
 type slot struct {
@@ -105,9 +132,15 @@ type slot struct {
 }
 
 type lane struct {
-	p            *partition
-	key          string
-	queue        []*Item
+	p     *partition
+	key   string
+	queue []*Item // loaded spilled references first, then records in memory
+	// unloaded counts the lane's spilled items in durable storage not
+	// loaded into queue: they come after queue's spilled references and
+	// before its records in memory. cursor is the last spilled reference
+	// loaded (nil: none yet), where the next load starts.
+	unloaded     int
+	cursor       *Item
 	state        LaneState
 	queued       bool // in the ready list
 	running      bool
@@ -123,28 +156,35 @@ func New(workers int, deliver DeliverFunc) *Scheduler {
 }
 
 // SetSpill enables durable parking: a lane blocked (backing off, parked
-// or paused) for at least after has its queued items spilled with fn.
-// Call before Run.
-func (s *Scheduler) SetSpill(after time.Duration, fn SpillFunc) {
-	s.spillAfter, s.spill = after, fn
+// or paused, not Shared) for at least after has its queued items spilled
+// with spill, and reads them back a page at a time with load. Call before
+// Run.
+func (s *Scheduler) SetSpill(after time.Duration, spill SpillFunc, load LoadFunc) {
+	s.spillAfter, s.spill, s.load = after, spill, load
 }
 
-// AddSpilled puts reference items loaded from durable storage at the front
-// of their lanes (a new owner of tp calls it before fetching tp). They do
-// not take part in the watermark.
-func (s *Scheduler) AddSpilled(tp TP, items ...*Item) {
+// SetBudget counts the Size of queued items against b (shared by the
+// schedulers of one process, or one per scheduler). Call before Add.
+func (s *Scheduler) SetBudget(b *Budget) {
+	s.budget = b
+}
+
+// AddSpilled tells the lane of key in tp that n of its items are in
+// durable storage, ahead of anything fetched (a new owner of tp calls it
+// before fetching tp). They do not take part in the watermark; the lane
+// reads them back a page at a time.
+func (s *Scheduler) AddSpilled(tp TP, key string, n int) {
+	if n <= 0 {
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p := s.partition(tp)
-	for _, it := range items {
-		it.Spilled = true
-		l := p.lane(it.Key)
-		l.queue = append(l.queue, it)
-		if l.blockedSince.IsZero() {
-			l.blockedSince = time.Now() // it was blocked before: keep spilling while it stays so
-		}
-		s.enqueue(l)
+	l := s.partition(tp).lane(key)
+	l.unloaded += n
+	if l.blockedSince.IsZero() {
+		l.blockedSince = time.Now() // it was blocked before: keep spilling while it stays so
 	}
+	s.enqueue(l)
 }
 
 // Redrive appends an item an operator asked to deliver again (kept in
@@ -242,6 +282,10 @@ func (s *Scheduler) Add(tp TP, items ...*Item) int {
 		p.next = it.Offset + 1
 		p.offsets = append(p.offsets, slot{offset: it.Offset})
 		p.buffered++
+		p.bytes += it.Size
+		if s.budget != nil {
+			s.budget.used.Add(it.Size)
+		}
 		l := p.lane(it.Key)
 		l.queue = append(l.queue, it)
 		s.enqueue(l)
@@ -251,7 +295,7 @@ func (s *Scheduler) Add(tp TP, items ...*Item) int {
 
 // enqueue puts l on the ready list if it can run; s.mu is held.
 func (s *Scheduler) enqueue(l *lane) {
-	if l.queued || l.running || l.state != Active || len(l.queue) == 0 || l.p.revoked {
+	if l.queued || l.running || l.state != Active || l.empty() || l.p.revoked {
 		return
 	}
 	l.queued = true
@@ -273,21 +317,26 @@ func (s *Scheduler) work(ctx context.Context) {
 		s.ready[0] = nil
 		s.ready = s.ready[1:]
 		l.queued = false
-		if l.p.revoked || len(l.queue) == 0 {
+		if l.p.revoked || l.empty() {
 			s.mu.Unlock()
 			continue
 		}
-		it := l.queue[0]
 		l.running = true
 		l.p.running++
-		s.mu.Unlock()
-
-		out := s.deliver(ctx, l.p.tp, it)
-
-		s.mu.Lock()
+		var out Outcome
+		it := s.head(ctx, l) // unlocks s.mu to load
+		if it != nil {
+			s.mu.Unlock()
+			out = s.deliver(ctx, l.p.tp, it)
+			s.mu.Lock()
+		} else {
+			out = Outcome{Verdict: Backoff, Delay: time.Second} // could not load: try again
+		}
 		// Backing off, parked and paused lanes are all blocked: past
-		// spillAfter their records move to durable storage.
-		if out.Verdict != Done {
+		// spillAfter their records move to durable storage. A Shared wait
+		// is the integration's, not the lane's: the caller stops fetching
+		// instead.
+		if out.Verdict != Done && !out.Shared && it != nil {
 			if l.blockedSince.IsZero() {
 				l.blockedSince = time.Now()
 			}
@@ -302,10 +351,10 @@ func (s *Scheduler) work(ctx context.Context) {
 			l.queue[0] = nil
 			l.queue = l.queue[1:]
 			if !it.Spilled && !it.Redriven {
-				l.p.finish(it.Offset)
+				s.finish(l.p, it)
 			}
 			l.blockedSince = time.Time{}
-			if len(l.queue) == 0 {
+			if l.empty() {
 				delete(l.p.lanes, l.key) // lanes come and go with their tenants' traffic
 			}
 			s.enqueue(l)
@@ -323,43 +372,93 @@ func (s *Scheduler) work(ctx context.Context) {
 	}
 }
 
-// spillLane moves l's queued, not yet spilled items to durable storage and
-// finishes their offsets. s.mu is held on entry and exit; it is released
-// around the spill call. The caller holds the lane (running).
-func (s *Scheduler) spillLane(l *lane) {
-	var items []*Item
-	for _, it := range l.queue {
-		if !it.Spilled && !it.Redriven {
-			items = append(items, it)
-		}
+func (l *lane) empty() bool { return len(l.queue) == 0 && l.unloaded == 0 }
+
+// head returns the lane's next item, first reading a page of its spilled
+// items back when the next one is in durable storage; nil when that read
+// failed. s.mu is held on entry and exit; it is released around the read.
+// The caller holds the lane (running).
+func (s *Scheduler) head(ctx context.Context, l *lane) *Item {
+	if l.unloaded == 0 || len(l.queue) > 0 && l.queue[0].Spilled {
+		return l.queue[0]
 	}
+	tp, key, after := l.p.tp, l.key, l.cursor
+	s.mu.Unlock()
+	page, err := s.load(ctx, tp, key, after, min(l.unloaded, loadPage))
+	s.mu.Lock()
+	if err != nil {
+		return nil
+	}
+	if len(page) == 0 {
+		// Nothing left where the count says there is more (removed by
+		// someone else): go on with what is in memory.
+		l.unloaded = 0
+		if len(l.queue) == 0 {
+			return nil
+		}
+		return l.queue[0]
+	}
+	for _, it := range page {
+		it.Spilled = true
+	}
+	l.unloaded = max(0, l.unloaded-len(page))
+	l.cursor = page[len(page)-1]
+	l.queue = append(page, l.queue...)
+	return l.queue[0]
+}
+
+// spillLane moves l's queued, not yet spilled items to durable storage and
+// finishes their offsets; the lane keeps only their count. s.mu is held on
+// entry and exit; it is released around the spill call. The caller holds
+// the lane (running).
+func (s *Scheduler) spillLane(l *lane) {
+	// Spilled references are a prefix of the queue; the records in
+	// memory follow them (and the unloaded ones).
+	n := 0
+	for n < len(l.queue) && l.queue[n].Spilled {
+		n++
+	}
+	// Spilled records come back before the lane's items in memory, so
+	// only records ahead of the first redriven item (not a record: the
+	// caller keeps it, and it stays in memory) can go, or they would
+	// overtake it.
+	end := n
+	for end < len(l.queue) && !l.queue[end].Redriven {
+		end++
+	}
+	items := append([]*Item(nil), l.queue[n:end]...)
 	if len(items) == 0 {
 		return
 	}
 	s.mu.Unlock()
-	refs, err := s.spill(l.p.tp, items)
+	err := s.spill(l.p.tp, items)
 	s.mu.Lock()
-	if err != nil || len(refs) != len(items) {
+	if err != nil {
 		return // kept in memory; the next blocked attempt tries again
 	}
-	byItem := make(map[*Item]*Item, len(items))
-	for i, it := range items {
-		refs[i].Spilled = true
-		byItem[it] = refs[i]
-	}
-	for i, it := range l.queue {
-		if ref, ok := byItem[it]; ok {
-			l.queue[i] = ref
-			if !l.p.revoked {
-				l.p.finish(it.Offset)
-			}
+	// Add only appends, and the lane is held: the queue is still the
+	// references, these items, then what followed them (which stays in
+	// memory, after the spilled ones, until the next blocked attempt).
+	k := copy(l.queue[n:], l.queue[n+len(items):])
+	clear(l.queue[n+k:])
+	l.queue = l.queue[:n+k]
+	l.unloaded += len(items)
+	for _, it := range items {
+		if !l.p.revoked {
+			s.finish(l.p, it)
 		}
 	}
 }
 
-// finish marks offset done and advances the watermark; s.mu is held.
-func (p *partition) finish(offset int64) {
+// finish marks it's offset done, advances the watermark and releases its
+// bytes; s.mu is held.
+func (s *Scheduler) finish(p *partition, it *Item) {
+	offset := it.Offset
 	p.buffered--
+	p.bytes -= it.Size
+	if s.budget != nil && !p.forgotten {
+		s.budget.used.Add(-it.Size)
+	}
 	for i := range p.offsets {
 		if p.offsets[i].offset == offset {
 			p.offsets[i].done = true
@@ -426,6 +525,10 @@ func (s *Scheduler) Revoke(ctx context.Context, tps []TP) map[TP]int64 {
 				out[tp] = p.next
 			}
 		}
+		if s.budget != nil {
+			s.budget.used.Add(-p.bytes) // its queued items are dropped
+		}
+		p.forgotten = true
 		delete(s.parts, tp)
 	}
 	s.mu.Unlock()

@@ -135,6 +135,261 @@ func TestRevokeWaitsForInFlightAndReturnsWatermark(t *testing.T) {
 	}
 }
 
+// fakeStore is durable storage for spilled items: per lane, in order,
+// with a sequence number as the reference.
+type fakeStore struct {
+	mu     sync.Mutex
+	seq    int64
+	rows   map[string][]int64 // lane key → seqs, in order
+	offset map[int64]int64    // seq → offset
+	loads  atomic.Int32
+	maxRef atomic.Int32 // the most references one load returned
+}
+
+func newFakeStore() *fakeStore {
+	return &fakeStore{rows: map[string][]int64{}, offset: map[int64]int64{}}
+}
+
+func (f *fakeStore) spill(_ TP, items []*Item) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, it := range items {
+		f.seq++
+		f.rows[it.Key] = append(f.rows[it.Key], f.seq)
+		f.offset[f.seq] = it.Offset
+	}
+	return nil
+}
+
+func (f *fakeStore) load(_ context.Context, _ TP, key string, after *Item, n int) ([]*Item, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.loads.Add(1)
+	from := int64(0)
+	if after != nil {
+		from = after.Value.(int64)
+	}
+	var out []*Item
+	for _, seq := range f.rows[key] {
+		if seq > from && len(out) < n {
+			out = append(out, &Item{Key: key, Offset: f.offset[seq], Value: seq})
+		}
+	}
+	if int32(len(out)) > f.maxRef.Load() {
+		f.maxRef.Store(int32(len(out)))
+	}
+	return out, nil
+}
+
+// drop deletes a delivered spilled item, as the engine does.
+func (f *fakeStore) drop(key string, seq int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	rows := f.rows[key]
+	for i, s := range rows {
+		if s == seq {
+			f.rows[key] = append(rows[:i:i], rows[i+1:]...)
+			return
+		}
+	}
+}
+
+func (f *fakeStore) count(key string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.rows[key])
+}
+
+// A blocked lane's records move to storage and the lane keeps only their
+// count: the watermark passes them, the budget gets their bytes back, and
+// once unblocked the lane reads them back a page at a time, in order,
+// followed by what arrived in memory meanwhile.
+func TestSpilledLaneKeepsCountReadsPagesBackInOrder(t *testing.T) {
+	store := newFakeStore()
+	var blocked atomic.Bool
+	blocked.Store(true)
+	var mu sync.Mutex
+	var got []int64
+	s := New(2, func(_ context.Context, _ TP, it *Item) Outcome {
+		if it.Key == "stuck" && blocked.Load() {
+			return Outcome{Verdict: Park, Delay: time.Millisecond}
+		}
+		if it.Spilled {
+			store.drop(it.Key, it.Value.(int64))
+		}
+		if it.Key == "stuck" {
+			mu.Lock()
+			got = append(got, it.Offset)
+			mu.Unlock()
+		}
+		return Outcome{Verdict: Done}
+	})
+	budget := NewBudget(1 << 30)
+	s.SetBudget(budget)
+	s.SetSpill(0, store.spill, store.load)
+	run(t, s)
+	tp := TP{"t", 0}
+	const n = 1000
+	for off := int64(0); off < n; off++ {
+		s.Add(tp, &Item{Key: "stuck", Offset: off, Size: 100})
+	}
+	s.Add(tp, &Item{Key: "other", Offset: n, Size: 100})
+	waitFor(t, "all spilled and the watermark past them", func() bool {
+		c, _ := s.Committable(tp)
+		return store.count("stuck") == n && c == n+1
+	})
+	if u := budget.Used(); u != 0 {
+		t.Fatalf("budget still counts %d bytes of spilled records", u)
+	}
+	s.mu.Lock()
+	if l := s.parts[tp].lanes["stuck"]; l == nil || len(l.queue) > loadPage || l.unloaded+len(l.queue) != n {
+		t.Errorf("lane holds %d references and counts %d unloaded, want at most %d references", len(l.queue), l.unloaded, loadPage)
+	}
+	s.mu.Unlock()
+	s.Add(tp, &Item{Key: "stuck", Offset: n + 1, Size: 100}) // arrives while parked
+	blocked.Store(false)
+	waitFor(t, "the lane drained", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == n+1 })
+	for i, off := range got[:n] {
+		if off != int64(i) {
+			t.Fatalf("delivered out of order at %d: %v", i, got[max(0, i-3):i+3])
+		}
+	}
+	if got[n] != n+1 {
+		t.Fatalf("the record that arrived while parked came at %d, not last", got[n])
+	}
+	if store.loads.Load() < n/loadPage || store.maxRef.Load() > loadPage {
+		t.Fatalf("%d loads, at most %d references each: want pages of at most %d", store.loads.Load(), store.maxRef.Load(), loadPage)
+	}
+	if c, _ := s.Committable(tp); c != n+2 {
+		t.Fatalf("watermark %d, want %d", c, n+2)
+	}
+}
+
+// Counts given at assignment (AddSpilled) come before anything fetched.
+func TestAddSpilledGoesBeforeFetchedRecords(t *testing.T) {
+	store := newFakeStore()
+	tp := TP{"t", 2}
+	for off := int64(0); off < 600; off++ {
+		if err := store.spill(tp, []*Item{{Key: "a", Offset: off}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	var got []int64
+	s := New(4, func(_ context.Context, _ TP, it *Item) Outcome {
+		if it.Spilled {
+			store.drop(it.Key, it.Value.(int64))
+		}
+		mu.Lock()
+		got = append(got, it.Offset)
+		mu.Unlock()
+		return Outcome{Verdict: Done}
+	})
+	s.SetSpill(time.Hour, store.spill, store.load)
+	s.AddSpilled(tp, "a", 600)
+	s.Add(tp, &Item{Key: "a", Offset: 600}, &Item{Key: "a", Offset: 601})
+	run(t, s)
+	waitFor(t, "all delivered", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 602 })
+	for i, off := range got {
+		if off != int64(i) {
+			t.Fatalf("out of order at %d: %v", i, got[max(0, i-3):min(len(got), i+3)])
+		}
+	}
+}
+
+// A Shared wait (the integration's, not the lane's) never spills.
+func TestSharedWaitDoesNotSpill(t *testing.T) {
+	store := newFakeStore()
+	var attempts atomic.Int32
+	s := New(1, func(_ context.Context, _ TP, it *Item) Outcome {
+		attempts.Add(1)
+		return Outcome{Verdict: Backoff, Delay: time.Millisecond, Shared: true}
+	})
+	s.SetSpill(0, store.spill, store.load)
+	run(t, s)
+	tp := TP{"t", 0}
+	s.Add(tp, &Item{Key: "a", Offset: 0}, &Item{Key: "a", Offset: 1})
+	waitFor(t, "several attempts", func() bool { return attempts.Load() >= 5 })
+	if n := store.count("a"); n != 0 {
+		t.Fatalf("%d records spilled for a shared wait", n)
+	}
+	if c, _ := s.Committable(tp); c != 0 {
+		t.Fatalf("watermark %d moved", c)
+	}
+}
+
+// The budget counts queued bytes until they are delivered or their
+// partition is revoked.
+func TestBudgetCountsQueuedBytes(t *testing.T) {
+	release := make(chan struct{})
+	s := New(2, func(_ context.Context, tp TP, it *Item) Outcome {
+		if tp.Partition == 0 && it.Offset == 0 {
+			<-release
+		}
+		return Outcome{Verdict: Done}
+	})
+	b := NewBudget(1000)
+	s.SetBudget(b)
+	run(t, s)
+	tp, tp2 := TP{"t", 0}, TP{"t", 1}
+	s.Add(tp, &Item{Key: "a", Offset: 0, Size: 600}, &Item{Key: "a", Offset: 1, Size: 600})
+	s.Add(tp2, &Item{Key: "b", Offset: 0, Size: 5000}) // larger than the budget alone: still taken
+	waitFor(t, "b delivered", func() bool { c, _ := s.Committable(tp2); return c == 1 })
+	if u := b.Used(); u != 1200 || !b.Over() {
+		t.Fatalf("used %d (over %v), want 1200, over", u, b.Over())
+	}
+	close(release)
+	waitFor(t, "a delivered", func() bool { c, _ := s.Committable(tp); return c == 2 })
+	if u := b.Used(); u != 0 || !b.Under() {
+		t.Fatalf("used %d after delivery, want 0", u)
+	}
+	s2 := New(1, func(ctx context.Context, _ TP, it *Item) Outcome {
+		return Outcome{Verdict: Park, Delay: time.Hour}
+	})
+	b2 := NewBudget(1000)
+	s2.SetBudget(b2)
+	run(t, s2)
+	s2.Add(tp, &Item{Key: "a", Offset: 0, Size: 300}, &Item{Key: "a", Offset: 1, Size: 300})
+	waitFor(t, "parked", func() bool { return s2.LaneCounts()[Parked] == 1 })
+	s2.Revoke(context.Background(), []TP{tp})
+	if u := b2.Used(); u != 0 {
+		t.Fatalf("used %d after revoke, want 0", u)
+	}
+}
+
+// A delivery that outlives Revoke's wait does not release its bytes a
+// second time.
+func TestBudgetAfterRevokeTimesOut(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{})
+	s := New(1, func(_ context.Context, _ TP, it *Item) Outcome {
+		if it.Key == "a" {
+			close(started)
+			<-release
+		}
+		return Outcome{Verdict: Done}
+	})
+	b := NewBudget(1000)
+	s.SetBudget(b)
+	run(t, s)
+	tp := TP{"t", 0}
+	s.Add(tp, &Item{Key: "a", Offset: 0, Size: 100}, &Item{Key: "x", Offset: 1, Size: 100})
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	s.Revoke(ctx, []TP{tp})
+	if u := b.Used(); u != 0 {
+		t.Fatalf("used %d after revoke", u)
+	}
+	close(release)
+	// One worker: it takes b only once it finished a's bookkeeping.
+	s.Add(TP{"t", 1}, &Item{Key: "b", Offset: 0, Size: 300})
+	waitFor(t, "b delivered", func() bool { c, _ := s.Committable(TP{"t", 1}); return c == 1 })
+	if u := b.Used(); u != 0 {
+		t.Fatalf("used %d after the late delivery and b, want 0", u)
+	}
+}
+
 // A redriven item goes to the end of its lane and wakes the lane at once
 // (a parked head is attempted again without waiting out its delay); it
 // never holds back the watermark. Wake alone wakes a waiting lane; a
@@ -188,33 +443,53 @@ func TestRedriveAppendsAndWakesTheLane(t *testing.T) {
 }
 
 // A blocked lane spills its queued records, never a redriven item (the
-// caller keeps those itself; its spill function knows only records).
+// caller keeps those itself; its spill function knows only records), and
+// never records behind a redriven one (read back, they would overtake
+// it): the lane delivers in its order.
 func TestRedrivenItemsAreNeverSpilled(t *testing.T) {
 	var spilled atomic.Int64
 	blocked := atomic.Bool{}
 	blocked.Store(true)
+	store := newFakeStore()
+	var mu sync.Mutex
+	var order []string
 	s := New(1, func(_ context.Context, _ TP, it *Item) Outcome {
 		if blocked.Load() {
 			return Outcome{Verdict: Backoff, Delay: 5 * time.Millisecond}
 		}
+		name := fmt.Sprint(it.Offset)
+		if it.Redriven {
+			name = "redriven"
+		}
+		if it.Spilled {
+			store.drop(it.Key, it.Value.(int64))
+		}
+		mu.Lock()
+		order = append(order, name)
+		mu.Unlock()
 		return Outcome{Verdict: Done}
 	})
-	s.SetSpill(0, func(_ TP, items []*Item) ([]*Item, error) {
-		refs := make([]*Item, len(items))
-		for i, it := range items {
+	s.SetSpill(0, func(tp TP, items []*Item) error {
+		for _, it := range items {
 			if it.Redriven {
 				t.Errorf("a redriven item was spilled: %+v", it)
 			}
 			spilled.Add(1)
-			refs[i] = &Item{Key: it.Key, Offset: it.Offset, Value: it.Value}
 		}
-		return refs, nil
-	})
+		return store.spill(tp, items)
+	}, store.load)
 	run(t, s)
 	tp := TP{"t", 0}
-	s.Redrive(tp, &Item{Key: "a", Offset: -1, Value: "redriven"})
-	s.Add(tp, &Item{Key: "a", Offset: 0, Value: "a0"}, &Item{Key: "a", Offset: 1, Value: "a1"})
-	waitFor(t, "the records spilled", func() bool { return spilled.Load() == 2 })
+	s.Add(tp, &Item{Key: "a", Offset: 0}, &Item{Key: "a", Offset: 1})
+	s.Redrive(tp, &Item{Key: "a", Offset: -1})
+	s.Add(tp, &Item{Key: "a", Offset: 2})
+	waitFor(t, "the records ahead of the redriven item spilled", func() bool { return spilled.Load() == 2 })
 	blocked.Store(false)
-	waitFor(t, "the lane drained", func() bool { return s.LaneCounts()[BackingOff] == 0 && s.Buffered(tp) == 0 })
+	waitFor(t, "the lane drained", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) == 4 })
+	if got := fmt.Sprint(order); got != "[0 1 redriven 2]" {
+		t.Fatalf("delivery order %s, want [0 1 redriven 2]", got)
+	}
+	if n := spilled.Load(); n != 2 {
+		t.Fatalf("%d records spilled, want the 2 ahead of the redriven item", n)
+	}
 }

@@ -29,7 +29,7 @@ var page []byte
 //	GET  /api/v1/failures            ?integration=&tenant=&state=a,b&since=1h&limit=100&cursor=&history=1
 //	                                 (newest problem first; a further page's cursor in the
 //	                                 Next-Cursor header and a Link rel="next")
-//	GET  /api/v1/tenants             ?integration=
+//	GET  /api/v1/tenants             ?integration= &limit= &after= (header Next-Cursor)
 //	POST /api/v1/retry               {"integration", "event" | "tenant", "states", "since", "all": true; "reason"}
 //	                                 → {"retrying": n, "events": [{"event_id", "tenant_id", "from"}], "order"}
 //	POST /api/v1/skip                {"integration", "event", "reason"}
@@ -82,7 +82,18 @@ func (s *Service) Routes(acc admin.Access) map[string]http.Handler {
 			reply(w, rows, err)
 		}),
 		"GET /api/v1/tenants": guard(func(w http.ResponseWriter, r *http.Request) {
-			ts, err := s.Tenants(r.Context(), r.URL.Query().Get("integration"))
+			// A page (?limit=, default 1000; ?after= the previous page's
+			// Next-Cursor header), not every tenant.
+			q := r.URL.Query()
+			limit, err := atoiOr0(q.Get("limit"))
+			if err != nil {
+				reply(w, nil, bad("limit: %q is not a number", q.Get("limit")))
+				return
+			}
+			ts, next, err := s.TenantsPage(r.Context(), q.Get("integration"), q.Get("after"), limit)
+			if next != "" {
+				w.Header().Set("Next-Cursor", next)
+			}
 			reply(w, ts, err)
 		}),
 		"POST /api/v1/retry": guard(func(w http.ResponseWriter, r *http.Request) {

@@ -74,7 +74,32 @@ type Config struct {
 	// may carry in their Host header (a proxy's or DNS name). Others are
 	// refused (DNS rebinding). Default none.
 	AdminAllowedHosts []string `yaml:"admin_allowed_hosts"`
+
+	// MaxBufferedBytes bounds the records (key, value, headers) this
+	// process holds in memory, split evenly between the integrations: an
+	// integration stops fetching at its share and starts again below half
+	// of it. A single record larger than the share is still delivered.
+	// Default 64MiB; must be positive.
+	MaxBufferedBytes *ByteSize `yaml:"max_buffered_bytes"`
+	// FetchMaxBytes bounds one fetch response of an integration's Kafka
+	// client (franz-go FetchMaxBytes; one may be buffered and one in
+	// flight besides max_buffered_bytes). Default 4MiB; at most 256MiB.
+	// It bounds compressed bytes: records that compress well take more
+	// memory once decompressed.
+	FetchMaxBytes *ByteSize `yaml:"fetch_max_bytes"`
+	// FetchMaxPartitionBytes bounds one partition's part of a fetch
+	// response (franz-go FetchMaxPartitionBytes); a larger record is still
+	// fetched alone. Default 256KiB; at most fetch_max_bytes.
+	FetchMaxPartitionBytes *ByteSize `yaml:"fetch_max_partition_bytes"`
 }
+
+// Memory defaults (issue 14: bounded by bytes, not record counts).
+const (
+	defaultMaxBufferedBytes       = 64 << 20
+	defaultFetchMaxBytes          = 4 << 20
+	defaultFetchMaxPartitionBytes = 256 << 10
+	maxFetchMaxBytes              = 256 << 20
+)
 
 // Integration is one partner: an engine and its connector.
 type Integration struct {
@@ -130,6 +155,47 @@ func (c *Config) setDefaults() {
 	if c.PostgresMaxConns == 0 {
 		c.PostgresMaxConns = min(max(sum, 4), 64)
 	}
+	c.setMemoryDefaults()
+}
+
+// setMemoryDefaults fills the byte limits and gives each integration its
+// share of max_buffered_bytes and the fetch limits.
+func (c *Config) setMemoryDefaults() {
+	for _, d := range []struct {
+		p **ByteSize
+		v ByteSize
+	}{{&c.MaxBufferedBytes, defaultMaxBufferedBytes}, {&c.FetchMaxBytes, defaultFetchMaxBytes}, {&c.FetchMaxPartitionBytes, defaultFetchMaxPartitionBytes}} {
+		if *d.p == nil {
+			v := d.v
+			*d.p = &v
+		}
+	}
+	for i := range c.Integrations {
+		in := &c.Integrations[i]
+		in.MaxBufferedBytes = max(1, int64(*c.MaxBufferedBytes)/int64(len(c.Integrations)))
+		in.FetchMaxBytes = int32(min(max(1, *c.FetchMaxBytes), maxFetchMaxBytes))
+		in.FetchMaxPartitionBytes = int32(min(max(1, *c.FetchMaxPartitionBytes), maxFetchMaxBytes))
+	}
+}
+
+// validateMemory checks the byte limits (after setMemoryDefaults).
+func (c *Config) validateMemory() []error {
+	var errs []error
+	for _, s := range []struct {
+		key string
+		v   ByteSize
+	}{{"max_buffered_bytes", *c.MaxBufferedBytes}, {"fetch_max_bytes", *c.FetchMaxBytes}, {"fetch_max_partition_bytes", *c.FetchMaxPartitionBytes}} {
+		if s.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s: %d: must be positive (e.g. 64MiB; unset means the default)", s.key, int64(s.v)))
+		}
+	}
+	if *c.FetchMaxBytes > maxFetchMaxBytes {
+		errs = append(errs, fmt.Errorf("fetch_max_bytes: %s: at most %s", *c.FetchMaxBytes, ByteSize(maxFetchMaxBytes)))
+	}
+	if *c.FetchMaxPartitionBytes > *c.FetchMaxBytes && *c.FetchMaxPartitionBytes > 0 {
+		errs = append(errs, fmt.Errorf("fetch_max_partition_bytes: %s is more than fetch_max_bytes %s", *c.FetchMaxPartitionBytes, *c.FetchMaxBytes))
+	}
+	return errs
 }
 
 // validate returns every problem of the config at once, each with its
@@ -162,6 +228,7 @@ func (c *Config) validate(reg registry, getenv func(string) string) error {
 	if c.AttemptsKept < 0 {
 		errs = append(errs, fmt.Errorf("attempts_kept: %d: give 1 or more (the first and last N attempts of each delivery are kept; default 5)", c.AttemptsKept))
 	}
+	errs = append(errs, c.validateMemory()...)
 	if c.PostgresStatementTimeout < 0 {
 		errs = append(errs, fmt.Errorf("postgres_statement_timeout: %s: must be positive (e.g. 10s)", c.PostgresStatementTimeout))
 	}
@@ -198,6 +265,9 @@ type flags struct {
 	PostgresStatementTimeout *time.Duration `help:"Timeout of each delivery-log and mapping statement (default 10s)." env:"FERRY_POSTGRES_STATEMENT_TIMEOUT" name:"postgres-statement-timeout"`
 	InstanceID               *string        `help:"Static consumer group member id (default: host name; 'off' disables). Unique per live process." env:"FERRY_INSTANCE_ID" name:"instance-id"`
 	SessionTimeout           *time.Duration `help:"Consumer group session timeout: how long a silent member keeps its partitions (default 30s)." env:"FERRY_SESSION_TIMEOUT" name:"session-timeout"`
+	MaxBufferedBytes         *string        `help:"Bytes of records the process holds in memory, split between the integrations; fetching pauses at it (default 64MiB)." env:"FERRY_MAX_BUFFERED_BYTES" name:"max-buffered-bytes" placeholder:"SIZE"`
+	FetchMaxBytes            *string        `help:"Bytes of one Kafka fetch response (default 4MiB)." env:"FERRY_FETCH_MAX_BYTES" name:"fetch-max-bytes" placeholder:"SIZE"`
+	FetchMaxPartitionBytes   *string        `help:"Bytes of one partition in a fetch response (default 256KiB)." env:"FERRY_FETCH_MAX_PARTITION_BYTES" name:"fetch-max-partition-bytes" placeholder:"SIZE"`
 
 	Run      runCmd      `cmd:"" default:"withargs" help:"Consume and deliver (the default command)."`
 	Status   statusCmd   `cmd:"" help:"Deliveries by integration and state, and parked queue depth per tenant."`
@@ -218,6 +288,8 @@ type tenantsCmd struct {
 
 type tenantsListCmd struct {
 	Integration string `help:"Only this integration."`
+	Limit       int    `help:"At most this many tenants (1 to 10000); the next page's cursor is printed last." default:"1000"`
+	After       string `help:"Start after this cursor (printed by the previous page)."`
 	JSON        bool   `help:"Print JSON."`
 }
 
@@ -342,6 +414,21 @@ func parseWith(opts Options, args []string, getenv func(string) string, stdout i
 	}
 	if f.SessionTimeout != nil {
 		cfg.SessionTimeout = *f.SessionTimeout
+	}
+	for _, o := range []struct {
+		flag string
+		v    *string
+		p    **ByteSize
+	}{{"--max-buffered-bytes", f.MaxBufferedBytes, &cfg.MaxBufferedBytes}, {"--fetch-max-bytes", f.FetchMaxBytes, &cfg.FetchMaxBytes},
+		{"--fetch-max-partition-bytes", f.FetchMaxPartitionBytes, &cfg.FetchMaxPartitionBytes}} {
+		if o.v == nil {
+			continue
+		}
+		v, err := parseByteSize(*o.v)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", o.flag, err)
+		}
+		*o.p = &v
 	}
 	cfg.AdminToken = getenv("FERRY_ADMIN_TOKEN")
 	cfg.AdminTokenName = getenv("FERRY_ADMIN_TOKEN_NAME")

@@ -43,12 +43,18 @@ func (c *command) tenants(ctx context.Context, svc *ops.Service, stdout io.Write
 		return err
 	}
 	l := c.f.Tenants.List
-	ts, err := svc.Tenants(ctx, l.Integration)
+	if l.Limit < 1 {
+		return &ops.InputError{Status: 400, Msg: fmt.Sprintf("--limit: %d: use 1 to %d", l.Limit, ops.MaxTenantsLimit)}
+	}
+	ts, next, err := svc.TenantsPage(ctx, l.Integration, l.After, l.Limit)
 	if err != nil {
 		return err
 	}
 	if l.JSON {
 		return writeJSON(stdout, ts)
+	}
+	if next != "" {
+		defer fmt.Fprintf(stdout, "more: --after %s\n", next)
 	}
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "INTEGRATION\tTENANT\tSWITCH\tPAUSED\tDELIVERIES\tPARKED\tRESYNC\tLAST UPDATE")

@@ -1,0 +1,125 @@
+package sinkapp
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/ferry-cdc/ferry/internal/partnersim"
+)
+
+// parkedCount returns the rows in ferry.parked_event (-1 when the query
+// fails).
+func (e *env) parkedCount() int {
+	var n int
+	if err := e.conn.QueryRow(context.Background(), `SELECT count(*) FROM ferry.parked_event`).Scan(&n); err != nil {
+		return -1
+	}
+	return n
+}
+
+// produceBacklog writes perTenant events for each of tenants tenants,
+// round-robin, and returns how many it wrote.
+func (e *env) produceBacklog(tenants, perTenant int) int {
+	e.t.Helper()
+	for n := 1; n <= perTenant; n++ {
+		for i := range tenants {
+			tenant := fmt.Sprintf("t%d", i)
+			e.produce(tenant, fmt.Sprintf("%s-%d", tenant, n), "product.updated", fmt.Sprintf(`{"n":%d}`, n))
+		}
+	}
+	return tenants * perTenant
+}
+
+// An open breaker pauses fetching: the topic's backlog waits in Kafka
+// instead of moving into the parked queue (park_after is 100 ms, so lanes
+// blocked on their own would park everything within a second), and once
+// the partner is back everything arrives, in order, with nothing parked.
+func TestBreakerOpenPausesFetchingInsteadOfParking(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	admin := freeAddr(t)
+	e.sim.Outage(time.Hour)
+	const tenants, perTenant = 10, 60
+	total := e.produceBacklog(tenants, perTenant)
+	e.start("--config", e.config("    park_after: 100ms\n    breaker: {failures: 5, window: 10, open_for: 300ms}\n"),
+		"--admin-addr", admin, "--max-buffered-bytes", "4KiB")
+	waitFor(t, time.Minute, "breaker open", func() bool {
+		return metric(admin, `ferry_sink_breaker_open{integration="shop"}`) == 1
+	})
+	// A while with the breaker open: probes fail, lanes wait.
+	for range 20 {
+		time.Sleep(100 * time.Millisecond)
+		if n := e.parkedCount(); n < 0 || n > total/10 {
+			t.Fatalf("%d of %d events parked with the breaker open: the backlog moved into Postgres", n, total)
+		}
+	}
+	e.sim.Outage(0)
+	waitFor(t, time.Minute, "all delivered after recovery", func() bool {
+		got := 0
+		for _, s := range e.delivered() {
+			got += len(s)
+		}
+		return got == total
+	})
+	want := map[string]int{}
+	for i := range tenants {
+		want[fmt.Sprintf("t%d", i)] = perTenant
+	}
+	checkInOrder(t, e.delivered(), want)
+	waitFor(t, 10*time.Second, "the parked queue empty", func() bool { return e.parkedCount() == 0 })
+}
+
+// A paused integration pauses fetching too: nothing is parked however
+// long the pause, no partner call is made, and resuming delivers the
+// backlog in order.
+func TestPausedIntegrationPausesFetchingInsteadOfParking(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	if code, out, errOut := e.runCmd("pause", "--integration", "shop", "--reason", "partner maintenance"); code != 0 {
+		t.Fatalf("pause: %d %s %s", code, out, errOut)
+	}
+	const tenants, perTenant = 5, 40
+	total := e.produceBacklog(tenants, perTenant)
+	admin := freeAddr(t)
+	e.start("--config", e.config("    park_after: 100ms\n"), "--admin-addr", admin, "--max-buffered-bytes", "4KiB")
+	waitFor(t, time.Minute, "lanes waiting, paused", func() bool {
+		return metric(admin, `ferry_sink_lanes{integration="shop",state="paused"}`) > 0
+	})
+	for range 20 {
+		time.Sleep(100 * time.Millisecond)
+		if n := e.parkedCount(); n != 0 {
+			t.Fatalf("%d events parked while the integration is paused", n)
+		}
+	}
+	if n := len(e.sim.Requests("")); n != 0 {
+		t.Fatalf("%d partner calls while paused", n)
+	}
+	if code, out, errOut := e.runCmd("resume", "--integration", "shop"); code != 0 {
+		t.Fatalf("resume: %d %s %s", code, out, errOut)
+	}
+	waitFor(t, time.Minute, "all delivered after resume", func() bool {
+		got := 0
+		for _, s := range e.delivered() {
+			got += len(s)
+		}
+		return got == total
+	})
+	want := map[string]int{}
+	for i := range tenants {
+		want[fmt.Sprintf("t%d", i)] = perTenant
+	}
+	checkInOrder(t, e.delivered(), want)
+}
+
+// A record larger than the whole byte budget is still fetched and
+// delivered (no deadlock), and so is everything after it.
+func TestRecordLargerThanTheBudgetIsDelivered(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	big := fmt.Sprintf(`{"n":2,"blob":"%0*d"}`, 64<<10, 0)
+	e.produce("a", "a-1", "product.updated", `{"n":1}`)
+	e.produce("a", "a-2", "product.updated", big)
+	e.produce("a", "a-3", "product.updated", `{"n":3}`)
+	e.start("--config", e.config(""), "--max-buffered-bytes", "1KiB")
+	waitFor(t, time.Minute, "all three delivered", func() bool { return len(e.delivered()["a"]) == 3 })
+	checkInOrder(t, e.delivered(), map[string]int{"a": 3})
+}
