@@ -367,6 +367,11 @@ type command struct {
 	// environment it was given.
 	reg    registry
 	getenv func(string) string
+	// warning is what would stop `sink run` with this config, for the
+	// other commands, which still work (an operator's shell may lack a
+	// connector's secrets, and status must work when the config is
+	// broken); they print it first.
+	warning error
 }
 
 func parse(args []string, getenv func(string) string, stdout io.Writer) (*command, error) {
@@ -450,7 +455,11 @@ func parseWith(opts Options, args []string, getenv func(string) string, stdout i
 			return nil, fmt.Errorf("invalid configuration:\n%w", err)
 		}
 	}
-	return &command{name: name, cfg: cfg, f: f, reg: reg, getenv: getenv}, nil
+	c := &command{name: name, cfg: cfg, f: f, reg: reg, getenv: getenv}
+	if name != "run" && len(cfg.Integrations) > 0 {
+		c.warning = cfg.validate(reg, getenv)
+	}
+	return c, nil
 }
 
 // Static membership bounds: Kafka brokers accept session timeouts in

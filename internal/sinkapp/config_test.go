@@ -107,3 +107,32 @@ integrations:
 		t.Fatalf("default instance id %q is not valid", id)
 	}
 }
+
+// The operator commands work with a config `sink run` would refuse (an
+// operator's shell may lack a connector's secrets), but say first what
+// is wrong with it, with the paths, so a misspelt key is never silently
+// dropped by any command.
+func TestOperatorCommandsWarnOfWhatRunWouldRefuse(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "sink.yaml")
+	if err := os.WriteFile(p, []byte(`
+postgres_url: postgres://x/y
+kafka: {brokers: [127.0.0.1:9092]}
+integrations:
+  - name: hooks
+    topics: [outbox.product]
+    connector: {type: webhook, url: http://127.0.0.1:1/hooks, bogus_key: 1}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := parse([]string{"status", "--config", p}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatalf("status refused the config: %v", err)
+	}
+	if c.warning == nil || !strings.Contains(c.warning.Error(), "integrations[0].connector.bogus_key: unknown key") {
+		t.Fatalf("warning %v, want the unknown key with its path", c.warning)
+	}
+	if _, err := parse([]string{"run", "--config", p}, func(string) string { return "" }, io.Discard); err == nil ||
+		!strings.Contains(err.Error(), "integrations[0].connector.bogus_key") {
+		t.Fatalf("run: %v, want the unknown key refused", err)
+	}
+}

@@ -3,6 +3,7 @@ package sinkapp
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strconv"
@@ -26,6 +27,9 @@ import (
 
 func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	if c.name != "run" {
+		if c.warning != nil {
+			fmt.Fprintf(stderr, "sink: warning: `sink run` would refuse this configuration:\n%v\n", c.warning)
+		}
 		return cli.Print(stdout, func(w io.Writer) error { return c.operate(ctx, w, stderr) })
 	}
 	log, err := cli.Logger(stderr, c.cfg.LogFormat, c.cfg.LogLevel)
