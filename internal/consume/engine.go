@@ -618,7 +618,7 @@ func (e *Engine) deliverEvent(ctx context.Context, tp lane.TP, rec *kgo.Record, 
 		return e.dbTrouble(err)
 	}
 	req := connector.Request{Integration: e.cfg.Name, Event: ev, Resync: resync != "", Steps: att.Steps,
-		IdempotencyKey: e.cfg.Name + ":" + ev.ID, Attempt: att.Number,
+		IdempotencyKey: att.IdempotencyKey(), Attempt: att.Number,
 		Checkpoint: func(ctx context.Context, s connector.Step) error { return e.dlog.Checkpoint(ctx, att, s) }}
 	if e.maps != nil {
 		req.Mappings = e.maps.For(e.cfg.Name, ev.TenantID)

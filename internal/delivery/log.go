@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -188,8 +189,23 @@ type Attempt struct {
 	// event's own deadline no longer applies.
 	Base     int
 	Redriven time.Time
-	event    connector.Event // stored with a failure or rejection
-	laneKey  string          // stored with it, for a redrive
+	// KeyGeneration counts the redrives from a state in which the
+	// partner applied nothing (rejected, compensated); see IdempotencyKey.
+	KeyGeneration int
+	event         connector.Event // stored with a failure or rejection
+	laneKey       string          // stored with it, for a redrive
+}
+
+// IdempotencyKey is the key the partner sees for the attempt:
+// <integration>:<event id>, the same on every attempt and redelivery, so
+// a partner applies the event once; after a redrive of a rejected or
+// compensated delivery, with ":r<n>" added, as the partner applied
+// nothing under the old key and may replay its refusal for it.
+func (a Attempt) IdempotencyKey() string {
+	if a.KeyGeneration == 0 {
+		return a.Integration + ":" + a.EventID
+	}
+	return a.Integration + ":" + a.EventID + ":r" + strconv.Itoa(a.KeyGeneration)
 }
 
 // ErrNotClaimed means the delivery is final, or another process moved it
@@ -233,7 +249,7 @@ var (
 				AND (d.holder IS NULL OR d.holder = EXCLUDED.holder OR NOT EXISTS (
 					SELECT 1 FROM ferry.sink_process p
 					WHERE p.process_id = d.holder AND p.integration = d.integration AND p.lease_until > now()))
-		RETURNING d.integration, d.event_id, d.attempts, d.state, d.steps, d.attempts_base, d.redriven_at`, args: beginArgs}
+		RETURNING d.integration, d.event_id, d.attempts, d.state, d.steps, d.attempts_base, d.redriven_at, d.key_generation`, args: beginArgs}
 	checkpointStmt = &setStmt{name: "record step", sql: `UPDATE ferry.delivery AS d
 		SET steps = COALESCE(d.steps, '[]'::jsonb) || u.step, updated_at = now()
 		FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[]) AS u(integration, event_id, attempts, step)
@@ -294,7 +310,7 @@ func (l *Log) Begin(ctx context.Context, integration string, ev connector.Event,
 		return Attempt{}, nc
 	}
 	a := Attempt{Integration: integration, EventID: ev.ID, Number: r.n, Compensating: r.state == Compensating, event: ev,
-		Base: r.base, laneKey: src.Key}
+		Base: r.base, KeyGeneration: r.keyGen, laneKey: src.Key}
 	if r.redriven.Valid {
 		a.Redriven = r.redriven.Time
 	}
@@ -313,6 +329,7 @@ type begun struct {
 	steps    []byte
 	base     int
 	redriven pgtype.Timestamptz
+	keyGen   int
 }
 
 // beginRow is a Begin's values after the key.
@@ -324,7 +341,7 @@ type beginRow struct {
 func beginOp(integration string, ev connector.Event, src Source, holder string, r *begun) *op {
 	return &op{stmt: beginStmt, key: [2]string{integration, ev.ID},
 		row: &beginRow{tenant: ev.TenantID, eventType: ev.EventType, aggregateType: ev.AggregateType, aggregateID: ev.AggregateID, holder: holder, src: src},
-		out: []any{&r.n, &r.state, &r.steps, &r.base, &r.redriven}}
+		out: []any{&r.n, &r.state, &r.steps, &r.base, &r.redriven, &r.keyGen}}
 }
 
 func beginArgs(ops []*op) []any {

@@ -92,7 +92,8 @@ func (l *Log) Redrive(ctx context.Context, sel Selection, reason string) ([]Redr
 			upd AS (UPDATE ferry.delivery AS d
 				SET state = CASE WHEN d.state = 'compensating' THEN 'compensating' ELSE 'pending' END,
 					steps = CASE WHEN d.state = 'compensated' THEN NULL ELSE d.steps END,
-					next_attempt_at = NULL, redriven_at = now(), attempts_base = d.attempts, updated_at = now(), problem_at = now()
+					next_attempt_at = NULL, redriven_at = now(), attempts_base = d.attempts, updated_at = now(), problem_at = now(),
+					key_generation = d.key_generation + CASE WHEN d.state IN ('rejected', 'compensated') THEN 1 ELSE 0 END
 				FROM old WHERE d.integration = old.integration AND d.event_id = old.event_id
 				RETURNING d.event_id, d.tenant_id, old.state, d.topic, d.kafka_partition, d.kafka_offset,
 					COALESCE(d.lane_key, d.tenant_id) AS lane_key),

@@ -50,6 +50,11 @@ type Rule struct {
 	RetryAfterSeconds int `json:"retry_after_seconds,omitempty"`
 	// Times limits how many requests the rule answers; 0 means forever.
 	Times int `json:"times,omitempty"`
+	// Stored keeps the answer under the request's Idempotency-Key, as a
+	// real API keeps a validation error (Stripe, for one, replays a 4xx
+	// for a repeated key): a request with that key gets it again, even
+	// once the rule is gone.
+	Stored bool `json:"stored,omitempty"`
 }
 
 // Request is one logged request.
@@ -80,6 +85,7 @@ type Object struct {
 type stored struct {
 	status int
 	body   []byte
+	rule   bool // a Stored rule's answer
 }
 
 // Server is the simulator.
@@ -343,6 +349,13 @@ func (s *Server) answer(r *http.Request, req Request, body []byte) (int, []byte,
 	if time.Now().Before(s.outage) {
 		return http.StatusServiceUnavailable, errBody("partner outage"), retry, false
 	}
+	idemKey := ""
+	if req.IdempotencyKey != "" && r.Method != http.MethodGet {
+		idemKey = r.Method + " " + r.URL.Path + " " + req.IdempotencyKey
+		if st, ok := s.idem[idemKey]; ok && st.rule {
+			return st.status, st.body, nil, true
+		}
+	}
 	for i, rule := range s.rules {
 		if (rule.Tenant == "" || rule.Tenant == req.Tenant) && (rule.Entity == "" || rule.Entity == entity) &&
 			(rule.Method == "" || rule.Method == r.Method) && (rule.BodyContains == "" || strings.Contains(string(body), rule.BodyContains)) {
@@ -355,22 +368,21 @@ func (s *Server) answer(r *http.Request, req Request, body []byte) (int, []byte,
 			if rule.RetryAfterSeconds > 0 {
 				hdr = map[string]string{"Retry-After": strconv.Itoa(rule.RetryAfterSeconds)}
 			}
+			if rule.Stored && idemKey != "" {
+				s.idem[idemKey] = stored{status: rule.Status, body: errBody(rule.Reason), rule: true}
+			}
 			return rule.Status, errBody(rule.Reason), hdr, false
 		}
 	}
 	if s.cfg.ErrorRate > 0 && s.rng.Float64() < s.cfg.ErrorRate {
 		return http.StatusServiceUnavailable, errBody("random failure"), retry, false
 	}
-	idemKey := ""
-	if req.IdempotencyKey != "" && r.Method != http.MethodGet {
-		idemKey = r.Method + " " + r.URL.Path + " " + req.IdempotencyKey
-		if st, ok := s.idem[idemKey]; ok {
-			return st.status, st.body, nil, true
-		}
+	if st, ok := s.idem[idemKey]; ok && idemKey != "" {
+		return st.status, st.body, nil, true
 	}
 	status, resp := s.apply(r.Method, entity, id, req.Tenant, r.URL.Query().Get("external_id"), body)
 	if idemKey != "" && status < 500 {
-		s.idem[idemKey] = stored{status, resp}
+		s.idem[idemKey] = stored{status: status, body: resp}
 	}
 	return status, resp, nil, false
 }

@@ -186,3 +186,37 @@ func TestRedriveRetriesACompensatingUndo(t *testing.T) {
 		t.Fatalf("%d undo calls, want 2 (the failed one and the operator's retry)", n)
 	}
 }
+
+// A partner may keep its refusal under the request's Idempotency-Key
+// and replay it for the same key (Stripe does, for a 4xx): a redrive of
+// a rejected delivery goes out under a new key, so the fixed event is
+// applied instead of refused again; an expired one, whose lost answers
+// may have been applied, keeps its key.
+func TestRedriveOfARejectionUsesANewIdempotencyKey(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	e.sim.AddRule(partnersim.Rule{Tenant: "acme", Status: 422, Reason: "price must be positive", Stored: true})
+	e.sim.AddRule(partnersim.Rule{Tenant: "initech", Status: 503, Reason: "maintenance"})
+	e.produce("acme", "acme-1", "product.updated", `{"n":1}`)
+	e.produce("initech", "initech-1", "product.updated", `{"n":1}`)
+	e.start("--config", e.config("    on_reject: skip\n    retry: {initial: 50ms, max: 100ms, max_attempts: 2}\n"))
+	waitFor(t, time.Minute, "rejected and expired", func() bool {
+		return e.state("acme-1") == "rejected" && e.state("initech-1") == "expired"
+	})
+	e.sim.ClearRules() // the partner's data is fixed; its stored refusal stays
+
+	if code, out, errOut := e.runCmd("retry", "--integration", "shop", "--state", "rejected,expired", "--reason", "fixed"); code != 0 ||
+		!strings.Contains(out, "acme-1 (tenant acme, was rejected): now succeeded") ||
+		!strings.Contains(out, "initech-1 (tenant initech, was expired): now succeeded") {
+		t.Fatalf("retry: %d\n%s\n%s", code, out, errOut)
+	}
+	keys := map[string][]string{}
+	for _, r := range e.sim.Requests("") {
+		keys[r.Tenant] = append(keys[r.Tenant], fmt.Sprintf("%s %d replayed=%v", r.IdempotencyKey, r.Status, r.Replayed))
+	}
+	if got := fmt.Sprint(keys["acme"]); got != "[shop:acme-1 422 replayed=false shop:acme-1:r1 201 replayed=false]" {
+		t.Errorf("acme's requests: %s, want the refusal under shop:acme-1 and the redrive applied under shop:acme-1:r1", got)
+	}
+	if got := keys["initech"]; len(got) != 3 || !strings.HasPrefix(got[2], "shop:initech-1 201") {
+		t.Errorf("initech's requests: %v, want two 503s and the redrive under the same key shop:initech-1", got)
+	}
+}

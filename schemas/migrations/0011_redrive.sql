@@ -33,6 +33,14 @@ ALTER TABLE ferry.delivery ADD COLUMN lane_key text,
     ADD COLUMN redriven_at timestamptz,
     ADD COLUMN attempts_base int NOT NULL DEFAULT 0;
 
+-- How many redrives started from a state in which the partner applied
+-- nothing (rejected, compensated): each gives the delivery a new
+-- Idempotency-Key (<integration>:<event id>:r<n>), since a partner may
+-- keep its refusal under the old key and replay it. A failed or expired
+-- delivery keeps its key: an attempt whose answer was lost may have been
+-- applied.
+ALTER TABLE ferry.delivery ADD COLUMN key_generation int NOT NULL DEFAULT 0;
+
 -- Who made each operator act: the OS user (CLI) or the admin token's
 -- name (API).
 ALTER TABLE ferry.operator_action ADD COLUMN actor text NOT NULL DEFAULT '';
