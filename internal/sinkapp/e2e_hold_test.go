@@ -33,22 +33,27 @@ func (e *env) produceBacklog(tenants, perTenant int) int {
 }
 
 // An open breaker pauses fetching: the topic's backlog waits in Kafka
-// instead of moving into the parked queue (park_after is 100 ms, so lanes
-// blocked on their own would park everything within a second), and once
-// the partner is back everything arrives, in order, with nothing parked.
+// instead of moving into the parked queue (park_after is 1 s, so lanes
+// blocked on their own would park everything within the 3 s watched),
+// and once the partner is back everything arrives, in order, with
+// nothing parked. Retries come fast, so the breaker opens well before
+// any lane has been blocked for park_after on its own failures (with
+// park_after 100 ms and 500 ms backoffs, two lanes parked their 60
+// events before the breaker opened once in a clean-clone make test run:
+// right, as the breaker was still closed, but not what this tests).
 func TestBreakerOpenPausesFetchingInsteadOfParking(t *testing.T) {
 	e := newEnv(t, partnersim.Config{})
 	admin := freeAddr(t)
 	e.sim.Outage(time.Hour)
 	const tenants, perTenant = 10, 60
 	total := e.produceBacklog(tenants, perTenant)
-	e.start("--config", e.config("    park_after: 100ms\n    breaker: {failures: 5, window: 10, open_for: 300ms}\n"),
+	e.start("--config", e.config("    park_after: 1s\n    retry: {initial: 20ms, max: 100ms}\n    breaker: {failures: 3, window: 10, open_for: 300ms}\n"),
 		"--admin-addr", admin, "--max-buffered-bytes", "4KiB")
 	waitFor(t, time.Minute, "breaker open", func() bool {
 		return metric(admin, `ferry_sink_breaker_open{integration="shop"}`) == 1
 	})
 	// A while with the breaker open: probes fail, lanes wait.
-	for range 20 {
+	for range 30 {
 		time.Sleep(100 * time.Millisecond)
 		if n := e.parkedCount(); n < 0 || n > total/10 {
 			t.Fatalf("%d of %d events parked with the breaker open: the backlog moved into Postgres", n, total)
