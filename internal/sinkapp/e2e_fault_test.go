@@ -42,19 +42,7 @@ func TestGuarantee2_UnloadableParkedRecordsKeepThePartitionPaused(t *testing.T) 
 	// The parked queue cannot be read while this transaction holds it
 	// (on a connection of its own: pg_stat_activity below is read once
 	// per transaction).
-	locker, err := pgx.Connect(ctx, e.db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer locker.Close(ctx)
-	tx, err := locker.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // released below, or with the test
-	if _, err := tx.Exec(ctx, `LOCK TABLE ferry.parked_event IN ACCESS EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	tx := e.holdInTx(`LOCK TABLE ferry.parked_event IN ACCESS EXCLUSIVE MODE`)
 	e.sim.ClearRules()
 	for n := 11; n <= 20; n++ {
 		e.produce("bad", fmt.Sprintf("bad-%d", n), "product.updated", fmt.Sprintf(`{"n":%d}`, n))
@@ -250,19 +238,7 @@ func TestBlockedStatementTimesOutAndTheLaneBacksOff(t *testing.T) {
 		aggregate_id, topic, kafka_partition, kafka_offset, state) VALUES ('shop', 'acme-2', 'acme', 'product.updated', 'product', 'p1', $1, 0, 0, 'pending')`, e.topic); err != nil {
 		t.Fatal(err)
 	}
-	locker, err := pgx.Connect(ctx, e.db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer locker.Close(ctx)
-	tx, err := locker.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // released below, or with the test
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM ferry.delivery WHERE event_id = 'acme-2' FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	tx := e.holdInTx(`SELECT 1 FROM ferry.delivery WHERE event_id = 'acme-2' FOR UPDATE`)
 	e.produce("acme", "acme-2", "product.updated", `{"n":2}`)
 	e.produce("globex", "globex-1", "product.updated", `{"n":1}`)
 	waitFor(t, time.Minute, "the blocked statement to time out, and another tenant to be delivered", func() bool {

@@ -66,6 +66,28 @@ func newEnvWith(t *testing.T, simCfg partnersim.Config, kafkaOpts ...kfake.Opt) 
 	return e
 }
 
+// holdInTx runs sql (a lock) in a transaction on a connection of its
+// own and returns it: its Rollback releases the lock, and the test's
+// end does if the test does not.
+func (e *env) holdInTx(sql string) pgx.Tx {
+	e.t.Helper()
+	ctx := context.Background()
+	locker, err := pgx.Connect(ctx, e.db)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { locker.Close(ctx) })
+	tx, err := locker.Begin(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = tx.Rollback(ctx) })
+	if _, err := tx.Exec(ctx, sql); err != nil {
+		e.t.Fatal(err)
+	}
+	return tx
+}
+
 // produce sends a product event of aggregate p1 as cdc would (headers,
 // tenant key) and returns the partition it landed on.
 func (e *env) produce(tenant, eventID, eventType string, payload string) int32 {
