@@ -176,7 +176,7 @@ func bigTransaction(ctx context.Context, cl *pgtest.Cluster, bin string, rows in
 	if _, err := conn.Exec(ctx, `CHECKPOINT`); err != nil {
 		return r, err
 	}
-	r.rate, r.peakRSSMiB, err = cdcDrainWhole(bin, url, name, rows)
+	r.rate, r.peakRSSMiB, err = cdcDrain(bin, url, name, rows, true)
 	return r, err
 }
 
@@ -361,7 +361,7 @@ func drain(ctx context.Context, cl *pgtest.Cluster, bin, shape string, tenants, 
 		// second finds more of the WAL in the page cache.
 		var ref, rate, rss float64
 		runRef := func() error { ref, err = refDrain(url, "ref_"+slot, end, rows); return err }
-		runCDC := func() error { rate, rss, err = cdcDrain(bin, url, slot, rows); return err }
+		runCDC := func() error { rate, rss, err = cdcDrain(bin, url, slot, rows, false); return err }
 		order := []func() error{runRef, runCDC}
 		if i%2 == 1 {
 			order = []func() error{runCDC, runRef}
@@ -418,51 +418,11 @@ func refDrain(url, slot string, end pglogrepl.LSN, rows int) (float64, error) {
 }
 
 // cdcDrain runs the cdc binary on its own slot and a fresh broker until it
-// published rows events; it returns the rate and cdc's peak RSS.
-func cdcDrain(bin, url, slot string, rows int) (float64, float64, error) {
-	dir, err := os.MkdirTemp("", "cdcbench-broker-")
-	if err != nil {
-		return 0, 0, err
-	}
-	defer os.RemoveAll(dir)
-	broker, brokerAddr, err := startBroker(bin, "--data-dir", dir, "--partitions", "8")
-	if err != nil {
-		return 0, 0, err
-	}
-	defer stop(broker)
-	admin := benchutil.FreeAddr()
-	cdc := exec.Command(bin+"/cdc", "run", "--postgres-url", url, "--brokers", brokerAddr, "--admin-addr", admin, "--log-level", "warn", "--slot", slot)
-	cdc.Stderr = os.Stderr
-	if err := cdc.Start(); err != nil {
-		return 0, 0, err
-	}
-	defer stop(cdc)
-	var first time.Time
-	var n0 float64
-	deadline := time.Now().Add(10 * time.Minute)
-	for {
-		n := benchutil.Metric(admin, `ferry_cdc_events_total{outcome="published"}`)
-		if n > 0 && first.IsZero() {
-			first, n0 = time.Now(), n
-			if cdcProfile != "" {
-				go profile(admin, cdcProfile)
-				cdcProfile = ""
-			}
-		}
-		if n >= float64(rows) {
-			return (n - n0) / time.Since(first).Seconds(), benchutil.PeakRSS(cdc.Process.Pid), nil
-		}
-		if time.Now().After(deadline) {
-			return 0, 0, fmt.Errorf("cdc published %.0f of %d in 10 minutes", n, rows)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// cdcDrainWhole is cdcDrain for a backlog of one transaction, whose
-// events are counted as published all at once when it is acknowledged:
-// the rate runs from cdc's start to that moment.
-func cdcDrainWhole(bin, url, slot string, rows int) (float64, float64, error) {
+// published rows events; it returns the rate and cdc's peak RSS. The rate
+// runs from the first event published to the last; with whole (a backlog
+// of one transaction, whose events are counted as published all at once
+// when it is acknowledged) from cdc's start instead.
+func cdcDrain(bin, url, slot string, rows int, whole bool) (float64, float64, error) {
 	dir, err := os.MkdirTemp("", "cdcbench-broker-")
 	if err != nil {
 		return 0, 0, err
@@ -481,15 +441,28 @@ func cdcDrainWhole(bin, url, slot string, rows int) (float64, float64, error) {
 		return 0, 0, err
 	}
 	defer stop(cdc)
+	var first time.Time
+	var n0 float64
+	if whole {
+		first = start
+	}
 	deadline := start.Add(10 * time.Minute)
 	for {
-		if n := benchutil.Metric(admin, `ferry_cdc_events_total{outcome="published"}`); n >= float64(rows) {
-			return n / time.Since(start).Seconds(), benchutil.PeakRSS(cdc.Process.Pid), nil
+		n := benchutil.Metric(admin, `ferry_cdc_events_total{outcome="published"}`)
+		if n > 0 && first.IsZero() {
+			first, n0 = time.Now(), n
+			if cdcProfile != "" {
+				go profile(admin, cdcProfile)
+				cdcProfile = ""
+			}
+		}
+		if n >= float64(rows) {
+			return (n - n0) / time.Since(first).Seconds(), benchutil.PeakRSS(cdc.Process.Pid), nil
 		}
 		if time.Now().After(deadline) {
-			return 0, 0, fmt.Errorf("cdc did not publish the %d-row transaction in 10 minutes", rows)
+			return 0, 0, fmt.Errorf("cdc published %.0f of %d in 10 minutes", n, rows)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
