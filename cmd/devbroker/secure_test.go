@@ -24,19 +24,9 @@ func TestDevbrokerWithTLSAndSCRAM(t *testing.T) {
 	defer stop()
 	cfg := kafkaconf.Config{Brokers: []string{addr}, TLS: kafkaconf.TLS{Enabled: true, CAFile: certs.CAFile},
 		SASL: kafkaconf.SASL{Mechanism: "SCRAM-SHA-512", Username: "dev", Password: "dev-secret"}}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	cl, err := kgo.NewClient(append(cfg.Opts(), kgo.AllowAutoTopicCreation())...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "secure", Key: []byte("acme"), Value: []byte("over TLS")}).FirstErr(); err != nil {
-		t.Fatalf("produce: %v", err)
-	}
+	produceSecure(ctx, t, cfg, "over TLS")
 
 	wrong := cfg
 	wrong.SASL.Password = "nope"
@@ -65,19 +55,9 @@ func TestDevbrokerWithMutualTLSAndKcat(t *testing.T) {
 	addr, stop := start(t, "--data-dir", "", "--tls-cert-file", certs.CertFile, "--tls-key-file", certs.KeyFile, "--tls-client-ca-file", certs.CAFile)
 	defer stop()
 	cfg := kafkaconf.Config{Brokers: []string{addr}, TLS: kafkaconf.TLS{Enabled: true, CAFile: certs.CAFile, CertFile: certs.ClientCertFile, KeyFile: certs.ClientKeyFile}}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	cl, err := kgo.NewClient(append(cfg.Opts(), kgo.AllowAutoTopicCreation())...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "secure", Key: []byte("acme"), Value: []byte("over mTLS")}).FirstErr(); err != nil {
-		t.Fatalf("produce: %v", err)
-	}
+	produceSecure(ctx, t, cfg, "over mTLS")
 	tlsArgs := []string{"-b", addr, "-X", "security.protocol=SSL", "-X", "ssl.ca.location=" + certs.CAFile}
 	out, err := exec.CommandContext(ctx, kcat, append(tlsArgs, "-X", "ssl.certificate.location="+certs.ClientCertFile, "-X", "ssl.key.location="+certs.ClientKeyFile,
 		"-C", "-t", "secure", "-o", "beginning", "-e", "-q", "-f", `%k=%s\n`)...).CombinedOutput()
@@ -101,5 +81,22 @@ func TestDevbrokerRefusesHalfASecurityConfig(t *testing.T) {
 		if code := run(context.Background(), append(args, "--port", "0", "--data-dir", ""), func(string) string { return "" }, &out, &errb); code != 2 || errb.Len() == 0 {
 			t.Errorf("%v: exit %d, stderr %q", args, code, errb.String())
 		}
+	}
+}
+
+// produceSecure writes acme=value to the topic "secure" with Ferry's
+// client settings cfg.
+func produceSecure(ctx context.Context, t *testing.T, cfg kafkaconf.Config, value string) {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := kgo.NewClient(append(cfg.Opts(), kgo.AllowAutoTopicCreation())...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "secure", Key: []byte("acme"), Value: []byte(value)}).FirstErr(); err != nil {
+		t.Fatalf("produce: %v", err)
 	}
 }
