@@ -50,7 +50,7 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 			if err := migrate(ctx, conn); err != nil {
 				return err
 			}
-			id, n, err := outbox.Resync(ctx, conn, c.cfg.Outbox, c.rs.Integration, c.rs.Tenant)
+			id, n, err := outbox.Resync(ctx, conn, c.cfg.Outbox, c.rs.Integration, c.rs.Tenant, log)
 			if err != nil {
 				return err
 			}

@@ -17,11 +17,14 @@ type Tracker struct {
 	inFlight int
 }
 
-// Pending is one transaction in flight.
+// Pending is one transaction in flight, or a hold (Hold).
 type Pending struct {
 	end        pglogrepl.LSN
 	commitTime time.Time
 	done       bool
+	hold       bool     // a hold: done only through Release
+	until      *Pending // a released hold is done once until and all before it are
+	released   bool
 }
 
 // New returns a tracker whose watermark starts at start (the slot's
@@ -65,12 +68,56 @@ func (t *Tracker) Done(p *Pending, err error) {
 	if p.done {
 		return
 	}
+	if p.hold {
+		return // a hold ends through Release
+	}
 	p.done = true
 	t.inFlight--
+	t.advance()
+}
+
+// Hold keeps the watermark before everything added after it, whatever
+// Kafka acknowledges, until Release: a resync window (package outbox)
+// holds the slot at its low watermark so a restarted reader decodes the
+// window again from its start. A hold counts as in flight.
+func (t *Tracker) Hold() *Pending {
+	p := &Pending{hold: true}
+	t.mu.Lock()
+	t.queue = append(t.queue, p)
+	t.inFlight++
+	t.mu.Unlock()
+	return p
+}
+
+// Release ends hold h once until and every transaction added before until
+// are acknowledged, so the watermark moves from before h to until's end or
+// beyond, never to a position between them; with until nil, h ends now.
+// Releasing twice is a no-op.
+func (t *Tracker) Release(h *Pending, until *Pending) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if h.released {
+		return
+	}
+	h.released, h.until = true, until
+	t.advance()
+}
+
+// advance moves the watermark over the acknowledged transactions at the
+// head of the queue and drops them. Called with t.mu held.
+func (t *Tracker) advance() {
 	i := 0
-	for ; i < len(t.queue) && t.queue[i].done; i++ {
-		if t.queue[i].end > t.acked {
-			t.acked, t.ackedAt = t.queue[i].end, t.queue[i].commitTime
+	for ; i < len(t.queue); i++ {
+		q := t.queue[i]
+		if q.hold && !q.done && q.released && t.doneThrough(i+1, q.until) {
+			q.done = true
+			t.inFlight--
+		}
+		if !q.done {
+			break
+		}
+		if q.end > t.acked {
+			t.acked, t.ackedAt = q.end, q.commitTime
 		}
 	}
 	if i > 0 {
@@ -80,6 +127,25 @@ func (t *Tracker) Done(p *Pending, err error) {
 		clear(t.queue[n:])
 		t.queue = t.queue[:n]
 	}
+}
+
+// doneThrough reports whether the queue from index i up to and including
+// until is acknowledged (a hold inside counts once its own release
+// condition holds); true for until nil. Called with t.mu held.
+func (t *Tracker) doneThrough(i int, until *Pending) bool {
+	if until == nil {
+		return true
+	}
+	for ; i < len(t.queue); i++ {
+		q := t.queue[i]
+		if !q.done && !(q.hold && q.released && t.doneThrough(i+1, q.until)) {
+			return false
+		}
+		if q == until {
+			return true
+		}
+	}
+	return false // until not in the queue: not added yet
 }
 
 // Acked returns the watermark, the commit time of the transaction that

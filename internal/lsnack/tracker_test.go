@@ -124,3 +124,64 @@ func TestTransactionAddedBeforeItsEndIsKnown(t *testing.T) {
 		t.Fatalf("watermark %v, err %v; want 150 and boom", lsn, tr.Err())
 	}
 }
+
+// A hold keeps the watermark before the transactions added after it; once
+// released with a last transaction, the watermark moves only when that
+// transaction and everything before it are acknowledged: never to a
+// position inside the held range, where a restarted reader would miss the
+// window's start.
+func TestHoldKeepsTheWatermarkOutOfTheHeldRange(t *testing.T) {
+	tr := New(100)
+	a := tr.Add(110, time.Time{})
+	h := tr.Hold()
+	b := tr.Add(120, time.Time{})
+	c := tr.Add(130, time.Time{})
+	d := tr.Add(140, time.Time{})
+	tr.Done(a, nil)
+	tr.Done(b, nil)
+	tr.Done(d, nil)
+	if lsn, _, n := tr.Acked(); lsn != 110 || n != 2 {
+		t.Fatalf("held: watermark %v, in flight %d; want 110, 2", lsn, n)
+	}
+	tr.Done(h, nil) // acknowledgements do not end a hold
+	tr.Release(h, c)
+	if lsn, _, _ := tr.Acked(); lsn != 110 {
+		t.Fatalf("released with c in flight: watermark %v, want 110 (not 120, inside the held range)", lsn)
+	}
+	tr.Done(c, nil)
+	if lsn, _, n := tr.Acked(); lsn != 140 || n != 0 {
+		t.Fatalf("after c: watermark %v, in flight %d; want 140, 0", lsn, n)
+	}
+	if tr.Advance(150) != true {
+		t.Fatal("idle tracker did not advance")
+	}
+}
+
+// Overlapping holds: the outer one waits for the inner one.
+func TestNestedHolds(t *testing.T) {
+	tr := New(100)
+	outer := tr.Hold()
+	a := tr.Add(110, time.Time{})
+	inner := tr.Hold()
+	b := tr.Add(120, time.Time{})
+	c := tr.Add(130, time.Time{})
+	tr.Done(a, nil)
+	tr.Done(b, nil)
+	tr.Done(c, nil)
+	tr.Release(outer, b)
+	if lsn, _, _ := tr.Acked(); lsn != 100 {
+		t.Fatalf("inner hold open: watermark %v, want 100", lsn)
+	}
+	tr.Release(inner, c)
+	if lsn, _, n := tr.Acked(); lsn != 130 || n != 0 {
+		t.Fatalf("both released: watermark %v, in flight %d; want 130, 0", lsn, n)
+	}
+	tr2 := New(100)
+	h := tr2.Hold()
+	x := tr2.Add(110, time.Time{})
+	tr2.Done(x, nil)
+	tr2.Release(h, nil)
+	if lsn, _, _ := tr2.Acked(); lsn != 110 {
+		t.Fatalf("released now: watermark %v, want 110", lsn)
+	}
+}

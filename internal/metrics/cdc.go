@@ -18,6 +18,8 @@ type CDC struct {
 	Leader          prometheus.Gauge
 	SlotSafeWALSize prometheus.Gauge
 	Reconnects      *prometheus.CounterVec // by what: postgres, kafka
+	ResyncEvents    *prometheus.CounterVec // by outcome: published, superseded, dropped
+	ResyncWindows   prometheus.Gauge
 }
 
 // NewCDC creates and registers the cdc metrics.
@@ -49,10 +51,18 @@ func NewCDC() *CDC {
 			Help: "Bytes of WAL that can still be written before max_slot_wal_keep_size invalidates the slot (-1: unlimited)."}),
 		Reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_cdc_reconnects_total",
 			Help: "Failed connection attempts that cdc retried, by what was unreachable (postgres, kafka)."}, []string{"what"}),
+		ResyncEvents: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_cdc_resync_events_total",
+			Help: "Resync events decoded, by outcome: published, superseded (the object changed inside the resync window: its own event carries the newer state), dropped (the window's start was not seen)."}, []string{"outcome"}),
+		ResyncWindows: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_cdc_resync_windows",
+			Help: "Resync windows open: the slot's confirmed position is held at the earliest one's low watermark."}),
 	}
 	m.Registry.MustRegister(m.Events, m.Transactions, m.InFlight, m.KafkaErrors, m.SlotLagBytes, m.SlotLagSeconds,
-		m.ConfirmedLSN, m.CommitToAck, m.HeartbeatAge, m.Leader, m.SlotSafeWALSize, m.Reconnects)
+		m.ConfirmedLSN, m.CommitToAck, m.HeartbeatAge, m.Leader, m.SlotSafeWALSize, m.Reconnects,
+		m.ResyncEvents, m.ResyncWindows)
 	m.Reconnects.WithLabelValues("postgres")
 	m.Reconnects.WithLabelValues("kafka")
+	for _, o := range []string{"published", "superseded", "dropped"} {
+		m.ResyncEvents.WithLabelValues(o)
+	}
 	return m
 }

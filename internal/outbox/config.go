@@ -57,6 +57,10 @@ type Config struct {
 	// `sink tenants enable` when the sink shares this database). Default
 	// 2s; negative disables.
 	ResyncPoll time.Duration `yaml:"resync_poll"`
+	// ResyncChunk is how many objects one resync transaction emits (the
+	// tenant's objects are read and emitted a chunk at a time, each inside
+	// its own watermark window). Default 2000.
+	ResyncChunk int `yaml:"resync_chunk"`
 	// WALWarnBytes: warn when the slot's safe_wal_size (what can still be
 	// written before max_slot_wal_keep_size invalidates it) drops below
 	// this. Default 1 GiB.
@@ -100,6 +104,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.ResyncPoll == 0 {
 		c.ResyncPoll = 2 * time.Second
+	}
+	if c.ResyncChunk == 0 {
+		c.ResyncChunk = 2000
 	}
 	if c.MessagePrefix == "" {
 		c.MessagePrefix = "ferry.outbox"
@@ -163,11 +170,14 @@ func (c *Config) Validate() error {
 	if c.Partitions != "" && c.Partitions != "daily" {
 		errs = append(errs, fmt.Errorf("outbox.partitions: %q: use daily, or leave it empty for a plain table", c.Partitions))
 	}
+	if c.ResyncChunk < 0 {
+		errs = append(errs, fmt.Errorf("outbox.resync_chunk: %d: give 1 or more objects per chunk", c.ResyncChunk))
+	}
 	if c.PartitionsAhead < 0 {
 		errs = append(errs, fmt.Errorf("outbox.partitions_ahead: %d: give 1 or more days", c.PartitionsAhead))
 	}
-	if c.MessagePrefix == HeartbeatPrefix {
-		errs = append(errs, fmt.Errorf("outbox.message_prefix: %q is reserved for heartbeats", HeartbeatPrefix))
+	if c.MessagePrefix == HeartbeatPrefix || c.MessagePrefix == WatermarkPrefix {
+		errs = append(errs, fmt.Errorf("outbox.message_prefix: %q is reserved for heartbeats and resync watermarks", c.MessagePrefix))
 	}
 	return errors.Join(errs...)
 }

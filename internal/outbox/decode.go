@@ -84,8 +84,9 @@ type Step struct {
 	// its EndLSN (the only field the Commit sets: the header may be read
 	// by other goroutines): every one of its events came before it.
 	Commit *Tx
-	// Message is a non-transactional logical message (heartbeats), its
-	// content copied.
+	// Message is a non-transactional logical message (heartbeats, resync
+	// low watermarks) or a transactional one with WatermarkPrefix (resync
+	// chunk and end marks), its content copied.
 	Message *pglogrepl.LogicalDecodingMessage
 }
 
@@ -116,7 +117,10 @@ func (d *Decoder) Decode(msg pglogrepl.Message) (Step, error) {
 		}
 		return Step{Event: rel.event(m.Tuple)}, nil
 	case *pglogrepl.LogicalDecodingMessage:
-		if !m.Transactional {
+		if m.Transactional && m.Prefix == WatermarkPrefix && d.tx == nil {
+			return Step{}, fmt.Errorf("decode: transactional message outside a transaction")
+		}
+		if !m.Transactional || m.Prefix == WatermarkPrefix {
 			// Content aliases the receive buffer: copy before keeping it.
 			c := *m
 			c.Content = append([]byte(nil), m.Content...)

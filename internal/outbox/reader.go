@@ -298,6 +298,8 @@ func (r *Reader) startReplication(ctx context.Context, start pglogrepl.LSN) (*pg
 // only caller of sess.Begin, Publish and Commit.
 func (r *Reader) stream(ctx context.Context, repl *pgconn.PgConn, lockConn *pgx.Conn, tracker *lsnack.Tracker, sess Session) error {
 	dec := NewDecoder(r.cfg.Table, r.cfg.Columns, r.cfg.MessagePrefix)
+	win := newWindows(r.log, r.m, tracker)
+	defer r.m.ResyncWindows.Set(0)
 	var (
 		serverEnd  pglogrepl.LSN   // last keepalive position
 		cur        *lsnack.Pending // the transaction being received
@@ -416,7 +418,7 @@ func (r *Reader) stream(ctx context.Context, repl *pgconn.PgConn, lockConn *pgx.
 				if err != nil {
 					return fmt.Errorf("replication stream: XLogData: %w", err)
 				}
-				if err := r.handle(lctx, dec, tracker, &cur, xld, sess); err != nil {
+				if err := r.handle(lctx, dec, tracker, win, &cur, xld, sess); err != nil {
 					return err
 				}
 			}
@@ -430,13 +432,16 @@ func (r *Reader) stream(ctx context.Context, repl *pgconn.PgConn, lockConn *pgx.
 // that fails before its Commit arrives stops the stream) and given its
 // end LSN at its Commit; the watermark passes it only after that and
 // after Kafka acknowledged every one of its records.
-func (r *Reader) handle(ctx context.Context, dec *Decoder, tracker *lsnack.Tracker, cur **lsnack.Pending, xld pglogrepl.XLogData, sess Session) error {
+func (r *Reader) handle(ctx context.Context, dec *Decoder, tracker *lsnack.Tracker, win *windows, cur **lsnack.Pending, xld pglogrepl.XLogData, sess Session) error {
 	st, err := dec.DecodeWAL(xld.WALData)
 	if err != nil {
 		return fmt.Errorf("replication stream at %s: %w", xld.WALStart, err)
 	}
 	switch {
 	case st.Event != nil:
+		if !win.event(st.Event) {
+			return nil
+		}
 		if err := sess.Publish(ctx, st.Event); err != nil {
 			return fmt.Errorf("publish event of the transaction at %s: %w", dec.tx.CommitLSN, err)
 		}
@@ -453,11 +458,15 @@ func (r *Reader) handle(ctx context.Context, dec *Decoder, tracker *lsnack.Track
 		})
 	case st.Commit != nil:
 		tracker.End(*cur, st.Commit.EndLSN)
+		win.commit(*cur)
 		*cur = nil
 		sess.Commit()
 	case st.Message != nil:
-		if st.Message.Prefix == HeartbeatPrefix {
+		switch st.Message.Prefix {
+		case HeartbeatPrefix:
 			r.heartbeatSeen(st.Message)
+		case WatermarkPrefix:
+			win.message(st.Message)
 		}
 	}
 	return nil

@@ -2,9 +2,12 @@ package outbox
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"math"
 	"strconv"
 	"time"
 
@@ -19,60 +22,188 @@ const ResyncHeader = "ferry_resync"
 // Resync republishes a tenant for one integration (enabling the tenant
 // at the partner): each of the tenant's aggregates' latest event is
 // emitted again as a table-less outbox message, with a new event id
-// (<id>:resync:<request id>) and the resync mark. It files the request
-// in ferry.resync_request and serves it in one transaction, which holds
-// a SHARE lock on the outbox table: inserts wait for it, so no event of
-// the tenant commits between the snapshot and the messages, and the
-// messages reach Kafka through the slot in WAL order — after every
-// earlier event, before every later one, in the same lanes. It returns
-// the request id and the number of events emitted.
-func Resync(ctx context.Context, conn *pgx.Conn, cfg Config, integration, tenant string) (id int64, n int, err error) {
+// (<id>:resync:<request id>) and the resync mark, in the order the events
+// were written. It files the request in ferry.resync_request and serves it
+// (see serve: no lock on the outbox, so writers never wait for it). It
+// returns the request id and the number of events emitted; a running cdc
+// publishes them, minus those of objects that changed meanwhile.
+func Resync(ctx context.Context, conn *pgx.Conn, cfg Config, integration, tenant string, log *slog.Logger) (id int64, n int, err error) {
+	// Filed and locked in one transaction: a cdc serving requests in the
+	// same database never sees it unlocked.
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if err := tx.QueryRow(ctx, `INSERT INTO ferry.resync_request (integration, tenant_id) VALUES ($1, $2) RETURNING id`,
 			integration, tenant).Scan(&id); err != nil {
 			return fmt.Errorf("resync: file request: %w", err)
 		}
-		if n, err = resync(ctx, tx, cfg, integration, tenant, id); err != nil {
-			return err
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_lock(`+requestLock+`)`, id); err != nil {
+			return fmt.Errorf("resync: lock request %d: %w", id, err)
 		}
-		return done(ctx, tx, id, n)
+		return nil
 	})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer unlock(conn, id)
+	n, err = serve(ctx, conn, cfg, request{id: id, integration: integration, tenant: tenant}, logOrDiscard(log))
 	return id, n, err
 }
 
-func done(ctx context.Context, tx pgx.Tx, id int64, n int) error {
-	if _, err := tx.Exec(ctx, `UPDATE ferry.resync_request SET done_at = now(), events = $2 WHERE id = $1`, id, n); err != nil {
-		return fmt.Errorf("resync: mark request %d done: %w", id, err)
-	}
-	return nil
+// requestLock is the advisory lock key ($1: the request id) a server holds
+// while it serves a request, so two cdc processes never serve one at once.
+const requestLock = `hashtextextended('ferry.resync/' || $1::bigint, 0)`
+
+func unlock(conn *pgx.Conn, id int64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, _ = conn.Exec(ctx, `SELECT pg_advisory_unlock(`+requestLock+`)`, id) // a lost connection releases it too
 }
 
-func resync(ctx context.Context, tx pgx.Tx, cfg Config, integration, tenant string, requestID int64) (int, error) {
+type request struct {
+	id                  int64
+	integration, tenant string
+}
+
+// serve runs one attempt at a request, the DBLog way (the watermark
+// approach Debezium's incremental snapshots take), with the reader's
+// windows (window.go) on the other side of the slot:
+//
+//  1. A low watermark (a non-transactional logical message) opens the
+//     request's window in the stream. cdc records, from there on, which of
+//     the tenant's objects its own events change, and holds the slot's
+//     confirmed position before the mark until the window closes.
+//  2. It waits until every transaction running when the mark was written
+//     has ended, so the reads below see every transaction that committed
+//     before the mark (a commit is in the WAL a moment before readers see
+//     it; longer under synchronous replication).
+//  3. It reads the seq of each of the tenant's objects' latest event into
+//     ferry.resync_work: one snapshot, no lock, writers go on.
+//  4. A chunk at a time, one transaction each, it emits those events (a
+//     chunk mark first). They reach cdc at the transaction's commit, after
+//     every event committed before it; cdc drops any whose object changed
+//     after the low mark: that object's own event, already in the stream
+//     or still to come, carries the newer state. An object that did not
+//     change has, in the stream, no event after the low mark, so the one
+//     read is still its latest.
+//  5. The last transaction writes the end mark and marks the request done.
+//
+// Per tenant the order is kept: a resync event reaches Kafka after every
+// event committed before its chunk, and before every one after. A failed
+// attempt is served again from the start; its events already published
+// are duplicates by id.
+func serve(ctx context.Context, conn *pgx.Conn, cfg Config, req request, log *slog.Logger) (int, error) {
+	var attempt int
+	if err := conn.QueryRow(ctx, `UPDATE ferry.resync_request SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts`, req.id).Scan(&attempt); err != nil {
+		return 0, fmt.Errorf("resync %d: %w", req.id, err)
+	}
+	markOf := func(kind string) string {
+		m := mark{Mark: kind, Request: req.id, Attempt: attempt}
+		if kind == "low" {
+			m.Tenant = req.tenant
+		}
+		b, _ := json.Marshal(m)
+		return string(b)
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, $2)`, WatermarkPrefix, markOf("low")); err != nil {
+		return 0, fmt.Errorf("resync %d: write the low watermark: %w", req.id, err)
+	}
+	if err := waitRunning(ctx, conn, req, log); err != nil {
+		return 0, err
+	}
 	c := cfg.Columns
 	table := id(splitTable(cfg.Table)...)
-	if _, err := tx.Exec(ctx, "LOCK TABLE "+table+" IN SHARE MODE"); err != nil {
-		return 0, fmt.Errorf("resync: lock %s: %w", cfg.Table, err)
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM ferry.resync_work WHERE request_id = $1`, req.id); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, fmt.Sprintf(`INSERT INTO ferry.resync_work (request_id, seq)
+			SELECT DISTINCT ON (%[1]s, %[2]s) $1::bigint, %[3]s FROM %[4]s WHERE %[5]s = $2 ORDER BY %[1]s, %[2]s, %[3]s DESC`,
+			id(c.AggregateType), id(c.AggregateID), id(c.Seq), table, id(c.TenantID)), req.id, req.tenant)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("resync %d: read %s's objects: %w", req.id, req.tenant, err)
 	}
-	q := fmt.Sprintf(`SELECT count(pg_logical_emit_message(true, $3, json_build_object(
-			'id', x.id || ':resync:' || $4::text, 'tenant_id', x.tenant, 'aggregate_type', x.atype,
+	emit := fmt.Sprintf(`SELECT count(pg_logical_emit_message(true, $5, json_build_object(
+			'id', x.id || ':resync:' || $6::text, 'tenant_id', x.tenant, 'aggregate_type', x.atype,
 			'aggregate_id', x.aid, 'event_type', x.etype, 'payload', x.payload,
-			'headers', json_build_object('%s', $1::text))::text))
-		FROM (SELECT * FROM (
-			SELECT DISTINCT ON (%[3]s, %[4]s) %[2]s::text AS id, %[5]s AS tenant, %[3]s AS atype, %[4]s AS aid,
-				%[6]s AS etype, %[7]s AS payload, %[8]s AS seq
-			FROM %[9]s WHERE %[5]s = $2 ORDER BY %[3]s, %[4]s, %[8]s DESC) latest ORDER BY seq) x`,
+			'headers', json_build_object('%[1]s', $7::text))::text))
+		FROM (SELECT %[2]s::text AS id, %[5]s AS tenant, %[3]s AS atype, %[4]s AS aid, %[6]s AS etype, %[7]s AS payload
+			FROM %[9]s o WHERE %[5]s = $1 AND %[8]s > $2 AND %[8]s <= $3
+				AND %[8]s IN (SELECT seq FROM ferry.resync_work WHERE request_id = $4 AND seq > $2 AND seq <= $3)
+			ORDER BY %[8]s) x`,
 		ResyncHeader, id(c.ID), id(c.AggregateType), id(c.AggregateID), id(c.TenantID), id(c.EventType), id(c.Payload), id(c.Seq), table)
-	var n int
-	if err := tx.QueryRow(ctx, q, integration, tenant, cfg.MessagePrefix, strconv.FormatInt(requestID, 10)).Scan(&n); err != nil {
-		return 0, fmt.Errorf("resync: emit %s's latest events: %w", tenant, err)
+	cursor, total := int64(math.MinInt64), 0
+	for done := false; !done; {
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			var hi *int64
+			if err := tx.QueryRow(ctx, `SELECT max(seq) FROM (SELECT seq FROM ferry.resync_work WHERE request_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) c`,
+				req.id, cursor, cfg.ResyncChunk).Scan(&hi); err != nil {
+				return err
+			}
+			if hi == nil {
+				if _, err := tx.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, WatermarkPrefix, markOf("end")); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, `UPDATE ferry.resync_request SET done_at = now(), events = $2 WHERE id = $1`, req.id, total); err != nil {
+					return err
+				}
+				_, err := tx.Exec(ctx, `DELETE FROM ferry.resync_work WHERE request_id = $1`, req.id)
+				done = true
+				return err
+			}
+			if _, err := tx.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, WatermarkPrefix, markOf("chunk")); err != nil {
+				return err
+			}
+			var n int
+			if err := tx.QueryRow(ctx, emit, req.tenant, cursor, *hi, req.id, cfg.MessagePrefix, strconv.FormatInt(req.id, 10), req.integration).Scan(&n); err != nil {
+				return err
+			}
+			cursor, total = *hi, total+n
+			return nil
+		})
+		if err != nil {
+			return 0, fmt.Errorf("resync %d: emit %s's latest events after seq %d: %w", req.id, req.tenant, cursor, err)
+		}
 	}
-	return n, nil
+	return total, nil
+}
+
+// waitRunning waits until every transaction running now has ended.
+func waitRunning(ctx context.Context, conn *pgx.Conn, req request, log *slog.Logger) error {
+	var snap string
+	if err := conn.QueryRow(ctx, `SELECT pg_current_snapshot()::text`).Scan(&snap); err != nil {
+		return fmt.Errorf("resync %d: read the running transactions: %w", req.id, err)
+	}
+	start, wait, logged := time.Now(), 5*time.Millisecond, time.Now()
+	for {
+		var running int
+		var oldest *string
+		if err := conn.QueryRow(ctx, `SELECT count(*), min(x::text) FROM pg_snapshot_xip($1::pg_snapshot) x
+			WHERE NOT pg_visible_in_snapshot(x, pg_current_snapshot())`, snap).Scan(&running, &oldest); err != nil {
+			return fmt.Errorf("resync %d: check the running transactions: %w", req.id, err)
+		}
+		if running == 0 {
+			return nil
+		}
+		if time.Since(logged) > 10*time.Second {
+			log.Warn("resync waits for transactions that were running at its low watermark to end", "request", req.id,
+				"tenant_id", req.tenant, "running", running, "xid", deref(oldest), "waited", time.Since(start).Round(time.Second).String())
+			logged = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, time.Second)
+	}
 }
 
 // ServeResyncs serves the open resync requests (ferry.resync_request,
 // filed by `sink tenants enable` in the same database) every interval
-// until ctx ends. Each request is done in the transaction that emits its
-// events, so it is served exactly once even with several cdc processes.
+// until ctx ends. A server holds a request's advisory lock while it
+// serves it, so with several cdc processes each request is served by one
+// at a time; the request is done in the transaction of its end mark.
 func ServeResyncs(ctx context.Context, conn *pgx.Conn, cfg Config, interval time.Duration, log *slog.Logger) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -102,28 +233,51 @@ func ServeResyncs(ctx context.Context, conn *pgx.Conn, cfg Config, interval time
 }
 
 func serveOne(ctx context.Context, conn *pgx.Conn, cfg Config, log *slog.Logger) (bool, error) {
-	served := false
-	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		var reqID int64
-		var integration, tenant string
-		err := tx.QueryRow(ctx, `SELECT id, integration, tenant_id FROM ferry.resync_request WHERE done_at IS NULL
-			ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED`).Scan(&reqID, &integration, &tenant)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("resync: read requests: %w", err)
-		}
-		n, err := resync(ctx, tx, cfg, integration, tenant, reqID)
-		if err != nil {
-			return err
-		}
-		if err := done(ctx, tx, reqID, n); err != nil {
-			return err
-		}
-		log.Info("resync published", "integration", integration, "tenant_id", tenant, "request", reqID, "events", n)
-		served = true
-		return nil
+	rows, err := conn.Query(ctx, `SELECT id, integration, tenant_id FROM ferry.resync_request WHERE done_at IS NULL ORDER BY id LIMIT 100`)
+	if err != nil {
+		return false, fmt.Errorf("resync: read requests: %w", err)
+	}
+	open, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (request, error) {
+		var q request
+		return q, r.Scan(&q.id, &q.integration, &q.tenant)
 	})
-	return served, err
+	if err != nil {
+		return false, fmt.Errorf("resync: read requests: %w", err)
+	}
+	for _, req := range open {
+		var mine bool
+		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(`+requestLock+`)`, req.id).Scan(&mine); err != nil {
+			return false, fmt.Errorf("resync: lock request %d: %w", req.id, err)
+		}
+		if !mine {
+			continue // another cdc serves it
+		}
+		var isDone bool
+		err := conn.QueryRow(ctx, `SELECT done_at IS NOT NULL FROM ferry.resync_request WHERE id = $1`, req.id).Scan(&isDone)
+		if errors.Is(err, pgx.ErrNoRows) || (err == nil && isDone) {
+			unlock(conn, req.id) // served (or removed) since the list was read
+			continue
+		}
+		if err != nil {
+			unlock(conn, req.id)
+			return false, fmt.Errorf("resync: read request %d: %w", req.id, err)
+		}
+		start := time.Now()
+		n, err := serve(ctx, conn, cfg, req, log)
+		unlock(conn, req.id)
+		if err != nil {
+			return false, err
+		}
+		log.Info("resync published", "integration", req.integration, "tenant_id", req.tenant, "request", req.id,
+			"events", n, "took", time.Since(start).Round(time.Millisecond).String())
+		return true, nil
+	}
+	return false, nil
+}
+
+func logOrDiscard(log *slog.Logger) *slog.Logger {
+	if log == nil {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return log
 }

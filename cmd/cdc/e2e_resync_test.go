@@ -1,0 +1,303 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ferry-cdc/ferry/internal/kafkatest"
+)
+
+// A resync takes no lock on the outbox: while it waits for a transaction
+// that was running at its low watermark, other transactions (the same
+// tenant's and others') commit at once. Objects changed inside its window
+// are not resynced: their own events, later in the stream, carry the
+// newer state. (With the SHARE lock resync used to take, the inserts
+// below queued behind its lock request until the open transaction ended.)
+func TestResyncDoesNotBlockWriters(t *testing.T) {
+	e := newEnv(t)
+	e.setup()
+	p := e.start()
+	for i := 1; i <= 5; i++ {
+		e.insert("acme", "product", fmt.Sprintf("p%d", i), "product.created", `{"v":1}`)
+	}
+	e.kafka.Consume(t, 30*time.Second, kafkatest.AtLeast(5), e.topic("product"))
+
+	ctx := context.Background()
+	open, err := pgx.Connect(ctx, e.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close(ctx)
+	tx, err := open.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload)
+		VALUES ('acme', 'product', 'p1', 'product.updated', '{"v":99}')`); err != nil {
+		t.Fatal(err)
+	}
+
+	type result struct {
+		code     int
+		out, err string
+	}
+	done := make(chan result, 1)
+	go func() {
+		var out, errb bytes.Buffer
+		code := run(ctx, []string{"resync", "--postgres-url", e.db, "--integration", "shop", "--tenant", "acme", "--resync-chunk", "2"}, noenv, &out, &errb)
+		done <- result{code, out.String(), errb.String()}
+	}()
+	waitFor(t, 30*time.Second, "the resync waiting for the open transaction", func() bool {
+		var waiting bool
+		_ = e.conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE '%pg_visible_in_snapshot%' AND pid <> pg_backend_pid())`).Scan(&waiting)
+		return waiting
+	})
+
+	// Writers go on while the resync is under way.
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	for _, w := range [][3]string{{"globex", "g1", `{"v":1}`}, {"acme", "p2", `{"v":2}`}} {
+		if _, err := e.conn.Exec(wctx, `INSERT INTO outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload)
+			VALUES ($1, 'product', $2, 'product.updated', $3::jsonb)`, w[0], w[1], w[2]); err != nil {
+			t.Fatalf("insert for %s during the resync: %v (a writer waited for the resync)", w[0], err)
+		}
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("resync finished before the transaction running at its low watermark ended: %d %s %s", r.code, r.out, r.err)
+	default:
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("resync did not finish after the open transaction committed")
+	}
+	// The work set is read after p1's update committed: five objects.
+	if r.code != 0 || !strings.Contains(r.out, "5 events of tenant acme") {
+		t.Fatalf("resync: %d %s %s", r.code, r.out, r.err)
+	}
+	e.insert("acme", "product", "sentinel", "product.created", `{"v":1}`)
+	recs := e.kafka.Consume(t, 30*time.Second, func(rs []*kgo.Record) bool {
+		return len(rs) > 0 && kafkatest.Header(rs[len(rs)-1], "aggregate_id") == "sentinel"
+	}, e.topic("product"))
+	var resynced []string
+	for _, r := range recs {
+		if kafkatest.Header(r, "ferry_resync") == "shop" {
+			resynced = append(resynced, kafkatest.Header(r, "aggregate_id"))
+		}
+	}
+	if strings.Join(resynced, ",") != "p3,p4,p5" {
+		t.Fatalf("resynced %v; want p3,p4,p5 (p1 and p2 changed inside the window: their own events are the newest)", resynced)
+	}
+	last := lastPerObject(t, recs, "acme")
+	if last["p1"] != 99 || last["p2"] != 2 || last["p3"] != 1 {
+		t.Fatalf("latest per object at the end of the topic: %v", last)
+	}
+	if got := p.metric(`ferry_cdc_resync_events_total{outcome="superseded"}`); got != 2 {
+		t.Fatalf("superseded resync events: %v, want 2", got)
+	}
+}
+
+// lastPerObject is, per aggregate of tenant in recs (in topic order), the
+// "v" of its last record, normal or resync.
+func lastPerObject(t *testing.T, recs []*kgo.Record, tenant string) map[string]int {
+	t.Helper()
+	last := map[string]int{}
+	for _, r := range recs {
+		if kafkatest.Header(r, "tenant_id") != tenant {
+			continue
+		}
+		var v struct{ V int }
+		if err := json.Unmarshal(r.Value, &v); err != nil {
+			t.Fatalf("record %s: %v", kafkatest.Header(r, "event_id"), err)
+		}
+		last[kafkatest.Header(r, "aggregate_id")] = v.V
+	}
+	return last
+}
+
+// Guarantee 2 through a resync under load and faults: writers keep
+// changing the tenant's objects while it is resynced a few objects per
+// chunk; in some rounds cdc is killed (kill -9) and restarted in the
+// middle, in others the resync command itself is killed and the running
+// cdc serves the request again. Every round, each object's last record in
+// the topic carries its latest state, and every object is there (the
+// objects were written before the slot existed: only the resync, or an
+// update inside it, brings them).
+func TestResyncUnderWritesAndKillsEndsAtEachObjectsLatestState(t *testing.T) {
+	for round, fault := range []string{"none", "kill cdc", "kill resync", "kill cdc"} {
+		t.Run(fmt.Sprintf("%d_%s", round, strings.ReplaceAll(fault, " ", "_")), func(t *testing.T) {
+			resyncUnderWrites(t, fault, int64(round))
+		})
+	}
+}
+
+func resyncUnderWrites(t *testing.T, fault string, seed int64) {
+	e := newEnv(t)
+	ctx := context.Background()
+	const objects = 2000
+	// The objects are written before the slot exists, so the resync is
+	// the only way they reach the topic: one it loses is missing there.
+	e.exec(`CREATE TABLE outbox (seq bigint GENERATED ALWAYS AS IDENTITY, id uuid NOT NULL DEFAULT gen_random_uuid() PRIMARY KEY,
+		tenant_id text, aggregate_type text NOT NULL, aggregate_id text NOT NULL, event_type text NOT NULL,
+		payload jsonb, headers jsonb, created_at timestamptz NOT NULL DEFAULT now())`)
+	e.exec(`CREATE INDEX ON outbox (tenant_id, seq)`)
+	if _, err := e.conn.Exec(ctx, `INSERT INTO outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload)
+		SELECT 'acme', 'product', 'p' || i, 'product.created', jsonb_build_object('v', i) FROM generate_series(1, $1) i`, objects); err != nil {
+		t.Fatal(err)
+	}
+	e.setup()
+	cdc := e.start("--resync-chunk", "3")
+
+	// Writers: each update carries a version larger than any before it.
+	var version atomic.Int64
+	version.Store(objects)
+	latest := map[string]int64{}
+	for i := 1; i <= objects; i++ {
+		latest[fmt.Sprintf("p%d", i)] = int64(i)
+	}
+	var mu sync.Mutex
+	wctx, stopWriters := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for w := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := pgx.Connect(ctx, e.db)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close(ctx)
+			rng := rand.New(rand.NewPCG(uint64(seed), uint64(w)))
+			for wctx.Err() == nil {
+				obj := fmt.Sprintf("p%d", 1+rng.IntN(objects))
+				tenant := "acme"
+				if rng.IntN(4) == 0 {
+					tenant = "globex"
+				}
+				// The version is taken and the row written under the
+				// object's lock, so versions commit in order per object.
+				mu.Lock()
+				v := version.Add(1)
+				_, err := conn.Exec(ctx, `INSERT INTO outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload)
+					VALUES ($1, 'product', $2, 'product.updated', jsonb_build_object('v', $3::bigint))`, tenant, obj, v)
+				if err == nil && tenant == "acme" {
+					latest[obj] = v
+				}
+				mu.Unlock()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				time.Sleep(time.Duration(rng.IntN(3)) * time.Millisecond)
+			}
+		}()
+	}
+
+	// The resync, as its own process (it can be killed).
+	chunk, published, settle := "3", 300.0, 300*time.Millisecond
+	if fault == "kill resync" { // slower, and struck early: killed before it ends
+		chunk, published, settle = "1", 30, 0
+	}
+	resync := exec.Command(cdcBinary, "resync", "--postgres-url", e.db, "--integration", "shop", "--tenant", "acme", "--resync-chunk", chunk, "--log-format", "text")
+	var rout, rerr syncBuffer
+	resync.Stdout, resync.Stderr = &rout, &rerr
+	resync.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := resync.Start(); err != nil {
+		t.Fatal(err)
+	}
+	resyncDone := make(chan error, 1)
+	go func() { resyncDone <- resync.Wait() }()
+	// Faults strike once the resync has emitted some chunks, and cdc has
+	// had time to confirm positions past its low watermark, were it not
+	// held there.
+	waitFor(t, time.Minute, "resync events published", func() bool {
+		return cdc.metric(`ferry_cdc_resync_events_total{outcome="published"}`) >= published
+	})
+	time.Sleep(settle)
+	switch fault {
+	case "kill cdc":
+		cdc.kill()
+		cdc = e.start("--resync-chunk", "3")
+	case "kill resync":
+		_ = resync.Process.Signal(syscall.SIGKILL)
+	}
+	select {
+	case err := <-resyncDone:
+		if fault != "kill resync" && err != nil {
+			t.Fatalf("resync: %v\n%s%s", err, rout.String(), rerr.String())
+		}
+		if fault == "kill resync" && err == nil {
+			t.Fatal("the resync finished before it was killed: the round tests nothing")
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("resync did not finish\n%s", rerr.String())
+	}
+	// Killed, the request is served again by the running cdc.
+	waitFor(t, 2*time.Minute, "the request done", func() bool {
+		var done bool
+		_ = e.conn.QueryRow(ctx, `SELECT done_at IS NOT NULL FROM ferry.resync_request`).Scan(&done)
+		return done
+	})
+	stopWriters()
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	e.insert("acme", "product", "sentinel", "product.created", `{"v":0}`)
+	recs := e.kafka.Consume(t, time.Minute, func(rs []*kgo.Record) bool {
+		for _, r := range rs {
+			if kafkatest.Header(r, "aggregate_id") == "sentinel" {
+				return true
+			}
+		}
+		return false
+	}, e.topic("product"))
+	last := lastPerObject(t, recs, "acme")
+	resynced := 0
+	for _, r := range recs {
+		if kafkatest.Header(r, "ferry_resync") == "shop" {
+			resynced++
+		}
+	}
+	var attempts int
+	_ = e.conn.QueryRow(ctx, `SELECT attempts FROM ferry.resync_request`).Scan(&attempts)
+	t.Logf("%s: %d versions written, %d resync records, %d attempts, superseded %v, dropped %v", fault, version.Load()-objects, resynced, attempts,
+		cdc.metric(`ferry_cdc_resync_events_total{outcome="superseded"}`), cdc.metric(`ferry_cdc_resync_events_total{outcome="dropped"}`))
+	if fault == "kill resync" && attempts < 2 {
+		t.Fatalf("the killed resync was not served again: %d attempts", attempts)
+	}
+	if resynced == 0 {
+		t.Fatal("no resync records")
+	}
+	wrong := 0
+	for obj, v := range latest {
+		if int64(last[obj]) != v {
+			if wrong < 10 {
+				t.Errorf("%s: last record carries v %d, latest written %d", obj, last[obj], v)
+			}
+			wrong++
+		}
+	}
+	if wrong > 0 {
+		t.Fatalf("%d of %d objects end at a stale state", wrong, objects)
+	}
+}
