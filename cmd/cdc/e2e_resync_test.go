@@ -18,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ferry-cdc/ferry/internal/kafkatest"
+	"github.com/ferry-cdc/ferry/internal/pgtest"
 )
 
 // A resync takes no lock on the outbox: while it waits for a transaction
@@ -136,13 +137,14 @@ func lastPerObject(t *testing.T, recs []*kgo.Record, tenant string) map[string]i
 // Guarantee 2 through a resync under load and faults: writers keep
 // changing the tenant's objects while it is resynced a few objects per
 // chunk; in some rounds cdc is killed (kill -9) and restarted in the
-// middle, in others the resync command itself is killed and the running
-// cdc serves the request again. Every round, each object's last record in
-// the topic carries its latest state, and every object is there (the
-// objects were written before the slot existed: only the resync, or an
-// update inside it, brings them).
+// middle, in one the resync command itself is killed, in one Postgres
+// restarts (immediate: a crash) and the running cdc serves the request
+// again. Every round, each object's last record in the topic carries its
+// latest committed state, and every object is there (the objects were
+// written before the slot existed: only the resync, or an update inside
+// it, brings them).
 func TestResyncUnderWritesAndKillsEndsAtEachObjectsLatestState(t *testing.T) {
-	for round, fault := range []string{"none", "kill cdc", "kill resync", "kill cdc"} {
+	for round, fault := range []string{"none", "kill cdc", "kill resync", "restart postgres", "kill cdc"} {
 		t.Run(fmt.Sprintf("%d_%s", round, strings.ReplaceAll(fault, " ", "_")), func(t *testing.T) {
 			resyncUnderWrites(t, fault, int64(round))
 		})
@@ -150,7 +152,13 @@ func TestResyncUnderWritesAndKillsEndsAtEachObjectsLatestState(t *testing.T) {
 }
 
 func resyncUnderWrites(t *testing.T, fault string, seed int64) {
-	e := newEnv(t)
+	var e *env
+	var cl *pgtest.Cluster
+	if fault == "restart postgres" {
+		e, cl = faultEnv(t)
+	} else {
+		e = newEnv(t)
+	}
 	ctx := context.Background()
 	const objects = 2000
 	// The objects are written before the slot exists, so the resync is
@@ -166,13 +174,12 @@ func resyncUnderWrites(t *testing.T, fault string, seed int64) {
 	e.setup()
 	cdc := e.start("--resync-chunk", "3")
 
-	// Writers: each update carries a version larger than any before it.
+	// Writers: each update carries a version larger than any before it,
+	// taken and written under one lock, so versions commit in order per
+	// object. A write whose outcome a restart hides is judged by what the
+	// database holds in the end.
 	var version atomic.Int64
 	version.Store(objects)
-	latest := map[string]int64{}
-	for i := 1; i <= objects; i++ {
-		latest[fmt.Sprintf("p%d", i)] = int64(i)
-	}
 	var mu sync.Mutex
 	wctx, stopWriters := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -180,30 +187,32 @@ func resyncUnderWrites(t *testing.T, fault string, seed int64) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			conn, err := pgx.Connect(ctx, e.db)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer conn.Close(ctx)
 			rng := rand.New(rand.NewPCG(uint64(seed), uint64(w)))
+			var conn *pgx.Conn
+			defer func() {
+				if conn != nil {
+					conn.Close(ctx)
+				}
+			}()
 			for wctx.Err() == nil {
+				if conn == nil || conn.IsClosed() {
+					c, err := pgx.Connect(ctx, e.db)
+					if err != nil { // Postgres is restarting
+						time.Sleep(50 * time.Millisecond)
+						continue
+					}
+					conn = c
+				}
 				obj := fmt.Sprintf("p%d", 1+rng.IntN(objects))
 				tenant := "acme"
 				if rng.IntN(4) == 0 {
 					tenant = "globex"
 				}
-				// The version is taken and the row written under the
-				// object's lock, so versions commit in order per object.
 				mu.Lock()
-				v := version.Add(1)
 				_, err := conn.Exec(ctx, `INSERT INTO outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload)
-					VALUES ($1, 'product', $2, 'product.updated', jsonb_build_object('v', $3::bigint))`, tenant, obj, v)
-				if err == nil && tenant == "acme" {
-					latest[obj] = v
-				}
+					VALUES ($1, 'product', $2, 'product.updated', jsonb_build_object('v', $3::bigint))`, tenant, obj, version.Add(1))
 				mu.Unlock()
-				if err != nil {
+				if err != nil && fault != "restart postgres" {
 					t.Error(err)
 					return
 				}
@@ -214,8 +223,11 @@ func resyncUnderWrites(t *testing.T, fault string, seed int64) {
 
 	// The resync, as its own process (it can be killed).
 	chunk, published, settle := "3", 300.0, 300*time.Millisecond
-	if fault == "kill resync" { // slower, and struck early: killed before it ends
+	switch fault { // slower, so the fault strikes before it ends
+	case "kill resync":
 		chunk, published, settle = "1", 30, 0
+	case "restart postgres":
+		chunk = "1"
 	}
 	resync := exec.Command(cdcBinary, "resync", "--postgres-url", e.db, "--integration", "shop", "--tenant", "acme", "--resync-chunk", chunk, "--log-format", "text")
 	var rout, rerr syncBuffer
@@ -239,22 +251,32 @@ func resyncUnderWrites(t *testing.T, fault string, seed int64) {
 		cdc = e.start("--resync-chunk", "3")
 	case "kill resync":
 		_ = resync.Process.Signal(syscall.SIGKILL)
+	case "restart postgres":
+		if err := cl.Restart(ctx, "immediate", 0); err != nil {
+			t.Fatal(err)
+		}
 	}
 	select {
 	case err := <-resyncDone:
-		if fault != "kill resync" && err != nil {
-			t.Fatalf("resync: %v\n%s%s", err, rout.String(), rerr.String())
-		}
-		if fault == "kill resync" && err == nil {
-			t.Fatal("the resync finished before it was killed: the round tests nothing")
+		if fault == "none" || fault == "kill cdc" {
+			if err != nil {
+				t.Fatalf("resync: %v\n%s%s", err, rout.String(), rerr.String())
+			}
+		} else if err == nil {
+			t.Fatalf("the resync finished before the fault (%s): the round tests nothing", fault)
 		}
 	case <-time.After(2 * time.Minute):
 		t.Fatalf("resync did not finish\n%s", rerr.String())
 	}
-	// Killed, the request is served again by the running cdc.
+	conn, err := pgx.Connect(ctx, e.db) // e.conn does not survive a restart
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	// Cut short, the request is served again by the running cdc.
 	waitFor(t, 2*time.Minute, "the request done", func() bool {
 		var done bool
-		_ = e.conn.QueryRow(ctx, `SELECT done_at IS NOT NULL FROM ferry.resync_request`).Scan(&done)
+		_ = conn.QueryRow(ctx, `SELECT done_at IS NOT NULL FROM ferry.resync_request`).Scan(&done)
 		return done
 	})
 	stopWriters()
@@ -262,7 +284,10 @@ func resyncUnderWrites(t *testing.T, fault string, seed int64) {
 	if t.Failed() {
 		return
 	}
-	e.insert("acme", "product", "sentinel", "product.created", `{"v":0}`)
+	if _, err := conn.Exec(ctx, `INSERT INTO outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload)
+		VALUES ('acme', 'product', 'sentinel', 'product.created', '{"v":0}')`); err != nil {
+		t.Fatal(err)
+	}
 	recs := e.kafka.Consume(t, time.Minute, func(rs []*kgo.Record) bool {
 		for _, r := range rs {
 			if kafkatest.Header(r, "aggregate_id") == "sentinel" {
@@ -279,14 +304,31 @@ func resyncUnderWrites(t *testing.T, fault string, seed int64) {
 		}
 	}
 	var attempts int
-	_ = e.conn.QueryRow(ctx, `SELECT attempts FROM ferry.resync_request`).Scan(&attempts)
+	_ = conn.QueryRow(ctx, `SELECT attempts FROM ferry.resync_request`).Scan(&attempts)
 	t.Logf("%s: %d versions written, %d resync records, %d attempts, superseded %v, dropped %v", fault, version.Load()-objects, resynced, attempts,
 		cdc.metric(`ferry_cdc_resync_events_total{outcome="superseded"}`), cdc.metric(`ferry_cdc_resync_events_total{outcome="dropped"}`))
-	if fault == "kill resync" && attempts < 2 {
-		t.Fatalf("the killed resync was not served again: %d attempts", attempts)
+	if (fault == "kill resync" || fault == "restart postgres") && attempts < 2 {
+		t.Fatalf("the resync cut short was not served again: %d attempts", attempts)
 	}
 	if resynced == 0 {
 		t.Fatal("no resync records")
+	}
+	rows, err := conn.Query(ctx, `SELECT aggregate_id, max((payload->>'v')::bigint) FROM outbox
+		WHERE tenant_id = 'acme' AND aggregate_id <> 'sentinel' GROUP BY aggregate_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	latest := map[string]int64{}
+	for rows.Next() {
+		var obj string
+		var v int64
+		if err := rows.Scan(&obj, &v); err != nil {
+			t.Fatal(err)
+		}
+		latest[obj] = v
+	}
+	if rows.Err() != nil || len(latest) != objects {
+		t.Fatalf("read the latest versions: %v (%d objects)", rows.Err(), len(latest))
 	}
 	wrong := 0
 	for obj, v := range latest {
