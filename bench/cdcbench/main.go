@@ -38,6 +38,27 @@ import (
 	"github.com/ferry-cdc/ferry/internal/pgtest"
 )
 
+// The resync-under-writes run's settings (flags).
+var (
+	resyncObjects, resyncRate int
+	resyncBaseline            time.Duration
+)
+
+// resyncRuns runs the resync-under-writes run with watermarks and, as a
+// reference, the way resync used to lock the outbox.
+func resyncRuns(ctx context.Context, cl *pgtest.Cluster, bin string) ([]resyncResult, error) {
+	var rs []resyncResult
+	for _, lock := range []bool{false, true} {
+		r, err := resyncUnderWrites(ctx, cl, bin, resyncObjects, resyncRate, resyncBaseline, lock)
+		if err != nil {
+			return nil, fmt.Errorf("resync under writes (%s): %w", r.how, err)
+		}
+		fmt.Fprintln(os.Stderr, r)
+		rs = append(rs, r)
+	}
+	return rs, nil
+}
+
 // cdcProfile, when set, is where the first drain writes a CPU profile of
 // cdc (its admin API's /debug/pprof/profile).
 var cdcProfile string
@@ -66,7 +87,10 @@ func main() {
 	tenants := flag.String("tenants", "50,1000", "comma-separated tenant counts; every shape runs with each")
 	bigTx := flag.Int("big-tx", 1_000_000, "rows of the single-transaction run (0 skips it)")
 	flag.StringVar(&cdcProfile, "cdc-profile", "", "write a 5-second CPU profile of cdc, taken during the first drain, to this file")
-	only := flag.String("only", "", `run one part only, without writing a report: "bigtx" (the single large transaction), "1000" or "single" (one drain shape, with -tenants), "latency"`)
+	only := flag.String("only", "", `run one part only, without writing a report: "bigtx" (the single large transaction), "1000" or "single" (one drain shape, with -tenants), "latency", "resync"`)
+	flag.IntVar(&resyncObjects, "resync-objects", 1_000_000, "objects of the tenant resynced while other tenants write (0 skips it)")
+	flag.IntVar(&resyncRate, "resync-rate", 1000, "other tenants' inserts per second during the resync run")
+	flag.DurationVar(&resyncBaseline, "resync-baseline", 20*time.Second, "how long other tenants' inserts are timed before the resync starts")
 	flag.Parse()
 	ctx := context.Background()
 	var counts []int
@@ -132,8 +156,11 @@ func runOnly(ctx context.Context, only string, rows, repeat int, tenants []int, 
 			return err
 		}
 		fmt.Fprintf(os.Stderr, "latency at %d/s: p50 %.2f ms, p99 %.2f ms over %d transactions, peak RSS %.1f MiB\n", rate, p50*1000, p99*1000, n, rss)
+	case "resync":
+		_, err := resyncRuns(ctx, cl, bin)
+		return err
 	default:
-		return fmt.Errorf("-only %q: use bigtx, 1000, single or latency", only)
+		return fmt.Errorf("-only %q: use bigtx, 1000, single, latency or resync", only)
 	}
 	return nil
 }
@@ -213,6 +240,13 @@ func runBench(ctx context.Context, rows, repeat int, tenants []int, bigTx, rate 
 	}
 	fmt.Fprintf(os.Stderr, "latency at %d/s: p50 %.2f ms, p99 %.2f ms over %d transactions\n", rate, p50*1000, p99*1000, n)
 	report := render(results, big, rate, latDur, p50, p99, n, rss)
+	if resyncObjects > 0 {
+		rs, err := resyncRuns(ctx, cl, bin)
+		if err != nil {
+			return err
+		}
+		report += renderResync(rs)
+	}
 	fmt.Print(report)
 	if out != "" {
 		return os.WriteFile(out, []byte(report), 0o644)

@@ -343,3 +343,87 @@ func resyncUnderWrites(t *testing.T, fault string, seed int64) {
 		t.Fatalf("%d of %d objects end at a stale state", wrong, objects)
 	}
 }
+
+// outbox.resync_queries: a resync reads the current state of a tenant's
+// objects of an aggregate type from the application's own tables, so
+// objects whose outbox rows are gone are resynced too, with the event
+// type configured; other aggregate types still come from the outbox. A
+// query that cannot run fails the request once, with its error recorded,
+// instead of being tried forever, and closes its window.
+func TestResyncQueriesReadTheApplicationsOwnTables(t *testing.T) {
+	e := newEnv(t)
+	e.setup()
+	p := e.start()
+	e.exec(`CREATE TABLE customers (tenant_id text NOT NULL, id text NOT NULL, name text NOT NULL, PRIMARY KEY (tenant_id, id))`)
+	e.exec(`INSERT INTO customers VALUES ('acme', 'c1', 'Ann'), ('acme', 'c2', 'Bob'), ('acme', 'c3', 'Cyd'), ('globex', 'g1', 'Gus')`)
+	c1 := e.insert("acme", "customer", "c1", "customer.created", `{"name":"Ann (old)"}`) // c2 and c3 have no outbox rows left
+	e.insert("acme", "product", "p1", "product.created", `{"v":1}`)
+	e.kafka.Consume(t, 30*time.Second, kafkatest.AtLeast(2), e.topic("customer"), e.topic("product"))
+
+	good := writeFile(t, `outbox:
+  resync_queries:
+    - aggregate_type: customer
+      event_type: customer.updated
+      query: SELECT id AS aggregate_id, jsonb_build_object('name', name) AS payload FROM customers WHERE tenant_id = $1 ORDER BY id
+`)
+	var out, errb bytes.Buffer
+	code := run(context.Background(), []string{"resync", "--config", good, "--postgres-url", e.db, "--integration", "shop", "--tenant", "acme"}, noenv, &out, &errb)
+	if code != 0 || !strings.Contains(out.String(), "4 events of tenant acme") {
+		t.Fatalf("resync: %d %s %s", code, out.String(), errb.String())
+	}
+	recs := e.kafka.Consume(t, 30*time.Second, func(rs []*kgo.Record) bool {
+		n := 0
+		for _, r := range rs {
+			if kafkatest.Header(r, "ferry_resync") == "shop" {
+				n++
+			}
+		}
+		return n == 4
+	}, e.topic("customer"), e.topic("product"))
+	var customers []string
+	for _, r := range recs {
+		if kafkatest.Header(r, "ferry_resync") != "shop" {
+			continue
+		}
+		id := kafkatest.Header(r, "event_id")
+		switch kafkatest.Header(r, "aggregate_type") {
+		case "customer":
+			if kafkatest.Header(r, "event_type") != "customer.updated" || !strings.HasPrefix(id, "resync-") || strings.Contains(id, c1) {
+				t.Fatalf("customer resync record %s of type %s: want the configured type and an id of the request's", id, kafkatest.Header(r, "event_type"))
+			}
+			customers = append(customers, kafkatest.Header(r, "aggregate_id")+"="+string(r.Value))
+		case "product":
+			if !strings.HasSuffix(id, ":resync:1") {
+				t.Fatalf("product resync record %s: want the outbox event's id", id)
+			}
+		}
+	}
+	if got := strings.Join(customers, " "); got != `c1={"name": "Ann"} c2={"name": "Bob"} c3={"name": "Cyd"}` {
+		t.Fatalf("customers resynced: %s; want each one's current row, in the query's order", got)
+	}
+
+	bad := writeFile(t, `outbox:
+  resync_queries:
+    - aggregate_type: customer
+      event_type: customer.updated
+      query: SELECT nope AS aggregate_id, '{}' AS payload FROM customers WHERE tenant_id = $1
+`)
+	out.Reset()
+	errb.Reset()
+	code = run(context.Background(), []string{"resync", "--config", bad, "--postgres-url", e.db, "--integration", "shop", "--tenant", "acme"}, noenv, &out, &errb)
+	if code != 1 || !strings.Contains(errb.String(), "outbox.resync_queries[0]") || !strings.Contains(errb.String(), `column "nope" does not exist`) {
+		t.Fatalf("resync with a bad query: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+	var why string
+	if err := e.conn.QueryRow(context.Background(), `SELECT error FROM ferry.resync_request WHERE id = 2 AND done_at IS NOT NULL`).Scan(&why); err != nil || !strings.Contains(why, "nope") {
+		t.Fatalf("failed request: error %q (%v)", why, err)
+	}
+	waitFor(t, 30*time.Second, "the failed request's window closed", func() bool { return p.metric("ferry_cdc_resync_windows") == 0 })
+
+	bad = writeFile(t, "outbox:\n  resync_queries:\n    - aggregate_type: customer\n      query: SELECT 1\n")
+	errb.Reset()
+	code = run(context.Background(), []string{"resync", "--config", bad, "--postgres-url", e.db, "--integration", "shop", "--tenant", "acme"}, noenv, &out, &errb)
+	if code != 2 || !strings.Contains(errb.String(), "outbox.resync_queries[0].event_type: not set") || !strings.Contains(errb.String(), "outbox.resync_queries[0].query") {
+		t.Fatalf("resync with an incomplete query: exit %d\n%s", code, errb.String())
+	}
+}

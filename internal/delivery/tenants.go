@@ -49,7 +49,7 @@ func (l *Log) TenantsPage(ctx context.Context, integration string, after TenantK
 				WHERE d.tenant_id = t.tenant_id AND d.integration = t.integration GROUP BY state) c), '{}'::jsonb),
 			(SELECT count(*) FROM ferry.parked_event q WHERE q.integration = t.integration AND q.tenant_id = t.tenant_id),
 			(SELECT max(updated_at) FROM ferry.delivery d WHERE d.tenant_id = t.tenant_id AND d.integration = t.integration),
-			COALESCE((SELECT CASE WHEN done_at IS NULL THEN 'requested' ELSE 'done' END FROM ferry.resync_request r
+			COALESCE((SELECT CASE WHEN done_at IS NULL THEN 'requested' WHEN error IS NOT NULL THEN 'failed' ELSE 'done' END FROM ferry.resync_request r
 				WHERE r.integration = t.integration AND r.tenant_id = t.tenant_id ORDER BY id DESC LIMIT 1), '')
 		FROM page t ORDER BY t.tenant_id, t.integration`, integration, after.TenantID, after.Integration, limit)
 	if err != nil {

@@ -437,9 +437,13 @@ func (s *Service) Tenants(ctx context.Context, integration string) ([]delivery.T
 // Enabled is what enabling a tenant did.
 type Enabled struct {
 	Request int64 `json:"resync_request"`
-	// Events is how many events the resync published, or -1 while cdc has
-	// not served the request yet.
+	// Events is how many events the resync emitted, or -1 while cdc has
+	// not served the request yet. cdc publishes them, minus those of
+	// objects that changed meanwhile (their own events are newer).
 	Events int `json:"events"`
+	// Error is why cdc could not serve the request (a failing
+	// outbox.resync_queries query), or "".
+	Error string `json:"error,omitempty"`
 }
 
 // Enable switches a tenant on and files its resync; it waits up to wait
@@ -456,11 +460,15 @@ func (s *Service) Enable(ctx context.Context, integration, tenant, reason string
 	deadline := time.Now().Add(wait)
 	for {
 		var n *int
-		if err := s.Pool.QueryRow(ctx, `SELECT events FROM ferry.resync_request WHERE id = $1`, id).Scan(&n); err != nil {
+		var why *string
+		if err := s.Pool.QueryRow(ctx, `SELECT events, error FROM ferry.resync_request WHERE id = $1`, id).Scan(&n, &why); err != nil {
 			return res, fmt.Errorf("read resync request %d: %w", id, err)
 		}
 		if n != nil {
 			res.Events = *n
+			if why != nil {
+				res.Error = *why
+			}
 			return res, nil
 		}
 		if !time.Now().Before(deadline) {

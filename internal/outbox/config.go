@@ -61,6 +61,12 @@ type Config struct {
 	// tenant's objects are read and emitted a chunk at a time, each inside
 	// its own watermark window). Default 2000.
 	ResyncChunk int `yaml:"resync_chunk"`
+	// ResyncQueries read the current state of a tenant's objects of one
+	// aggregate type from the application's own tables, for resync,
+	// instead of the outbox: objects whose outbox rows were pruned are
+	// resynced too. They run in the order listed (parents first), before
+	// the aggregate types resynced from the outbox.
+	ResyncQueries []ResyncQuery `yaml:"resync_queries"`
 	// WALWarnBytes: warn when the slot's safe_wal_size (what can still be
 	// written before max_slot_wal_keep_size invalidates it) drops below
 	// this. Default 1 GiB.
@@ -131,6 +137,19 @@ func (c *Config) SetDefaults() {
 	}
 }
 
+// ResyncQuery reads one aggregate type's objects of a tenant for resync.
+type ResyncQuery struct {
+	// AggregateType is the aggregate type the query's objects have.
+	AggregateType string `yaml:"aggregate_type"`
+	// EventType is the event type of their resync events: one the
+	// integrations' connectors handle as an upsert (e.g. customer.updated).
+	EventType string `yaml:"event_type"`
+	// Query is a SELECT with $1 the tenant id, returning the columns
+	// aggregate_id (text, not null) and payload (json or jsonb): one row
+	// per object that exists now.
+	Query string `yaml:"query"`
+}
+
 var (
 	identRe = regexp.MustCompile(`^[a-z_][a-z0-9_$]*$`)
 	tableRe = regexp.MustCompile(`^[a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*$`)
@@ -169,6 +188,23 @@ func (c *Config) Validate() error {
 	}
 	if c.Partitions != "" && c.Partitions != "daily" {
 		errs = append(errs, fmt.Errorf("outbox.partitions: %q: use daily, or leave it empty for a plain table", c.Partitions))
+	}
+	seen := map[string]bool{}
+	for i, q := range c.ResyncQueries {
+		at := fmt.Sprintf("outbox.resync_queries[%d]", i)
+		switch {
+		case q.AggregateType == "":
+			errs = append(errs, fmt.Errorf("%s.aggregate_type: not set: name the aggregate type the query reads", at))
+		case seen[q.AggregateType]:
+			errs = append(errs, fmt.Errorf("%s.aggregate_type: %q has a query already", at, q.AggregateType))
+		}
+		seen[q.AggregateType] = true
+		if q.EventType == "" {
+			errs = append(errs, fmt.Errorf("%s.event_type: not set: give the event type its resync events carry (one the connectors handle as an upsert, e.g. %s.updated)", at, q.AggregateType))
+		}
+		if !strings.Contains(q.Query, "$1") {
+			errs = append(errs, fmt.Errorf("%s.query: %q: give a SELECT with $1 as the tenant id, returning aggregate_id and payload", at, q.Query))
+		}
 	}
 	if c.ResyncChunk < 0 {
 		errs = append(errs, fmt.Errorf("outbox.resync_chunk: %d: give 1 or more objects per chunk", c.ResyncChunk))

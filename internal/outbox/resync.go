@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/ferry-cdc/ferry/internal/retry"
 )
 
 // ResyncHeader is the outbox headers key that marks a resync event for
@@ -109,63 +112,150 @@ func serve(ctx context.Context, conn *pgx.Conn, cfg Config, req request, log *sl
 	if err := waitRunning(ctx, conn, req, log); err != nil {
 		return 0, err
 	}
+	total, err := emitChunks(ctx, conn, cfg, req, markOf)
+	if queryFault(err) {
+		// A resync query that cannot run fails the same way every time:
+		// the request is done, with the error, and its window closed.
+		ferr := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, WatermarkPrefix, markOf("end")); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `UPDATE ferry.resync_request SET done_at = now(), events = $2, error = $3 WHERE id = $1`, req.id, total, err.Error()); err != nil {
+				return err
+			}
+			return clearWork(ctx, tx, req.id)
+		})
+		if ferr != nil {
+			return 0, errors.Join(err, ferr)
+		}
+		return total, retry.Permanent(err)
+	}
+	return total, err
+}
+
+// errQuery marks a failure of an outbox.resync_queries query.
+var errQuery = errors.New("resync query")
+
+// queryFault reports whether err is a resync query's own fault, which
+// fails the same way every time: SQL that does not parse or names what
+// does not exist (class 42), data it cannot convert (22), a constraint it
+// breaks such as a null aggregate_id (23), a subquery of several rows
+// (21), something unsupported (0A).
+func queryFault(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.Is(err, errQuery) || !errors.As(err, &pe) || len(pe.Code) < 2 {
+		return false
+	}
+	switch pe.Code[:2] {
+	case "42", "22", "23", "21", "0A":
+		return true
+	}
+	return false
+}
+
+// emitChunks builds the request's work set and emits it a chunk per
+// transaction; the last one carries the end mark and marks the request
+// done. It returns how many events it emitted.
+func emitChunks(ctx context.Context, conn *pgx.Conn, cfg Config, req request, markOf func(string) string) (int, error) {
 	c := cfg.Columns
 	table := id(splitTable(cfg.Table)...)
+	var queried []string
+	for _, q := range cfg.ResyncQueries {
+		queried = append(queried, q.AggregateType)
+	}
 	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `DELETE FROM ferry.resync_work WHERE request_id = $1`, req.id); err != nil {
+		if err := clearWork(ctx, tx, req.id); err != nil {
 			return err
 		}
+		for i, q := range cfg.ResyncQueries {
+			// $1 is the query's own (the tenant id); ord keeps the
+			// queries in the order listed.
+			_, err := tx.Exec(ctx, `INSERT INTO ferry.resync_state (request_id, ord, aggregate_type, aggregate_id, event_type, payload)
+				SELECT $2::bigint, $3::bigint + row_number() OVER (), $4::text, q.aggregate_id::text, $5::text, q.payload::jsonb
+				FROM (`+q.Query+`) q`, req.tenant, req.id, int64(i)<<40, q.AggregateType, q.EventType)
+			if err != nil {
+				return fmt.Errorf("%w for %s (outbox.resync_queries[%d]): %w", errQuery, q.AggregateType, i, err)
+			}
+		}
 		_, err := tx.Exec(ctx, fmt.Sprintf(`INSERT INTO ferry.resync_work (request_id, seq)
-			SELECT DISTINCT ON (%[1]s, %[2]s) $1::bigint, %[3]s FROM %[4]s WHERE %[5]s = $2 ORDER BY %[1]s, %[2]s, %[3]s DESC`,
-			id(c.AggregateType), id(c.AggregateID), id(c.Seq), table, id(c.TenantID)), req.id, req.tenant)
+			SELECT DISTINCT ON (%[1]s, %[2]s) $1::bigint, %[3]s FROM %[4]s WHERE %[5]s = $2 AND %[1]s <> ALL($3::text[])
+			ORDER BY %[1]s, %[2]s, %[3]s DESC`,
+			id(c.AggregateType), id(c.AggregateID), id(c.Seq), table, id(c.TenantID)), req.id, req.tenant, queried)
 		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("resync %d: read %s's objects: %w", req.id, req.tenant, err)
 	}
-	emit := fmt.Sprintf(`SELECT count(pg_logical_emit_message(true, $5, json_build_object(
-			'id', x.id || ':resync:' || $6::text, 'tenant_id', x.tenant, 'aggregate_type', x.atype,
-			'aggregate_id', x.aid, 'event_type', x.etype, 'payload', x.payload,
-			'headers', json_build_object('%[1]s', $7::text))::text))
-		FROM (SELECT %[2]s::text AS id, %[5]s AS tenant, %[3]s AS atype, %[4]s AS aid, %[6]s AS etype, %[7]s AS payload
-			FROM %[9]s o WHERE %[5]s = $1 AND %[8]s > $2 AND %[8]s <= $3
-				AND %[8]s IN (SELECT seq FROM ferry.resync_work WHERE request_id = $4 AND seq > $2 AND seq <= $3)
-			ORDER BY %[8]s) x`,
-		ResyncHeader, id(c.ID), id(c.AggregateType), id(c.AggregateID), id(c.TenantID), id(c.EventType), id(c.Payload), id(c.Seq), table)
-	cursor, total := int64(math.MinInt64), 0
-	for done := false; !done; {
-		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-			var hi *int64
-			if err := tx.QueryRow(ctx, `SELECT max(seq) FROM (SELECT seq FROM ferry.resync_work WHERE request_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) c`,
-				req.id, cursor, cfg.ResyncChunk).Scan(&hi); err != nil {
-				return err
-			}
-			if hi == nil {
-				if _, err := tx.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, WatermarkPrefix, markOf("end")); err != nil {
+	// Both sources are emitted the same way: the next chunk's bounds in
+	// the work set, then its events, under a chunk mark.
+	headers := fmt.Sprintf(`json_build_object('%s', $7::text)`, ResyncHeader)
+	sources := []struct{ name, next, emit string }{{
+		name: "state read by resync_queries",
+		next: `SELECT max(ord) FROM (SELECT ord FROM ferry.resync_state WHERE request_id = $1 AND ord > $2 ORDER BY ord LIMIT $3) c`,
+		emit: `SELECT count(pg_logical_emit_message(true, $5, json_build_object(
+				'id', 'resync-' || $6::text || '-' || md5(s.aggregate_type || '/' || s.aggregate_id), 'tenant_id', $1::text,
+				'aggregate_type', s.aggregate_type, 'aggregate_id', s.aggregate_id, 'event_type', s.event_type,
+				'payload', s.payload, 'headers', ` + headers + `)::text))
+			FROM (SELECT * FROM ferry.resync_state WHERE request_id = $4 AND ord > $2 AND ord <= $3 ORDER BY ord) s`,
+	}, {
+		name: "latest outbox events",
+		next: `SELECT max(seq) FROM (SELECT seq FROM ferry.resync_work WHERE request_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) c`,
+		emit: fmt.Sprintf(`SELECT count(pg_logical_emit_message(true, $5, json_build_object(
+				'id', x.id || ':resync:' || $6::text, 'tenant_id', x.tenant, 'aggregate_type', x.atype,
+				'aggregate_id', x.aid, 'event_type', x.etype, 'payload', x.payload, 'headers', %[1]s)::text))
+			FROM (SELECT %[2]s::text AS id, %[5]s AS tenant, %[3]s AS atype, %[4]s AS aid, %[6]s AS etype, %[7]s AS payload
+				FROM %[9]s o WHERE %[5]s = $1 AND %[8]s > $2 AND %[8]s <= $3
+					AND %[8]s IN (SELECT seq FROM ferry.resync_work WHERE request_id = $4 AND seq > $2 AND seq <= $3)
+				ORDER BY %[8]s) x`,
+			headers, id(c.ID), id(c.AggregateType), id(c.AggregateID), id(c.TenantID), id(c.EventType), id(c.Payload), id(c.Seq), table),
+	}}
+	total := 0
+	for _, src := range sources {
+		for cursor, more := int64(math.MinInt64), true; more; {
+			err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+				var hi *int64
+				if err := tx.QueryRow(ctx, src.next, req.id, cursor, cfg.ResyncChunk).Scan(&hi); err != nil {
 					return err
 				}
-				if _, err := tx.Exec(ctx, `UPDATE ferry.resync_request SET done_at = now(), events = $2 WHERE id = $1`, req.id, total); err != nil {
+				if more = hi != nil; !more {
+					return nil
+				}
+				if _, err := tx.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, WatermarkPrefix, markOf("chunk")); err != nil {
 					return err
 				}
-				_, err := tx.Exec(ctx, `DELETE FROM ferry.resync_work WHERE request_id = $1`, req.id)
-				done = true
-				return err
+				var n int
+				if err := tx.QueryRow(ctx, src.emit, req.tenant, cursor, *hi, req.id, cfg.MessagePrefix, strconv.FormatInt(req.id, 10), req.integration).Scan(&n); err != nil {
+					return err
+				}
+				cursor, total = *hi, total+n
+				return nil
+			})
+			if err != nil {
+				return total, fmt.Errorf("resync %d: emit %s's %s after %d: %w", req.id, req.tenant, src.name, cursor, err)
 			}
-			if _, err := tx.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, WatermarkPrefix, markOf("chunk")); err != nil {
-				return err
-			}
-			var n int
-			if err := tx.QueryRow(ctx, emit, req.tenant, cursor, *hi, req.id, cfg.MessagePrefix, strconv.FormatInt(req.id, 10), req.integration).Scan(&n); err != nil {
-				return err
-			}
-			cursor, total = *hi, total+n
-			return nil
-		})
-		if err != nil {
-			return 0, fmt.Errorf("resync %d: emit %s's latest events after seq %d: %w", req.id, req.tenant, cursor, err)
 		}
 	}
+	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, WatermarkPrefix, markOf("end")); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE ferry.resync_request SET done_at = now(), events = $2, error = NULL WHERE id = $1`, req.id, total); err != nil {
+			return err
+		}
+		return clearWork(ctx, tx, req.id)
+	})
+	if err != nil {
+		return total, fmt.Errorf("resync %d: finish: %w", req.id, err)
+	}
 	return total, nil
+}
+
+func clearWork(ctx context.Context, tx pgx.Tx, request int64) error {
+	if _, err := tx.Exec(ctx, `DELETE FROM ferry.resync_work WHERE request_id = $1`, request); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, `DELETE FROM ferry.resync_state WHERE request_id = $1`, request)
+	return err
 }
 
 // waitRunning waits until every transaction running now has ended.
@@ -265,6 +355,11 @@ func serveOne(ctx context.Context, conn *pgx.Conn, cfg Config, log *slog.Logger)
 		start := time.Now()
 		n, err := serve(ctx, conn, cfg, req, log)
 		unlock(conn, req.id)
+		if retry.IsPermanent(err) {
+			log.Error("resync failed; the request is done with its error (sink tenants shows it): fix outbox.resync_queries and enable the tenant again",
+				"integration", req.integration, "tenant_id", req.tenant, "request", req.id, "reason", err.Error())
+			return true, nil
+		}
 		if err != nil {
 			return false, err
 		}

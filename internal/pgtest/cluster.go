@@ -261,13 +261,16 @@ func CreateDatabase(ctx context.Context, serverURL, name string) (string, error)
 }
 
 // DropDatabase drops a database made by CreateDatabase, closing its
-// connections.
+// connections and dropping its replication slots (no longer in use) first.
 func DropDatabase(ctx context.Context, serverURL, name string) error {
 	conn, err := pgx.Connect(ctx, serverURL)
 	if err != nil {
 		return fmt.Errorf("pgtest: connect %s: %w", redactURL(serverURL), err)
 	}
 	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active`, name); err != nil {
+		return fmt.Errorf("pgtest: drop the replication slots of %s: %w", name, err)
+	}
 	if _, err := conn.Exec(ctx, "DROP DATABASE "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
 		return fmt.Errorf("pgtest: drop database %s: %w", name, err)
 	}

@@ -20,9 +20,12 @@ func (c *command) tenants(ctx context.Context, svc *ops.Service, stdout io.Write
 			return err
 		}
 		fmt.Fprintf(stdout, "enabled %s tenant %s; resync request %d filed\n", en.Integration, en.Tenant, res.Request)
-		if res.Events >= 0 {
-			fmt.Fprintf(stdout, "resync published %d events (each object's latest); they are delivered in order through the tenant's lane\n", res.Events)
-		} else {
+		switch {
+		case res.Error != "":
+			return fmt.Errorf("resync request %d failed after %d events: %s (fix cdc's outbox.resync_queries, then enable the tenant again)", res.Request, res.Events, res.Error)
+		case res.Events >= 0:
+			fmt.Fprintf(stdout, "resync published %d events (each object's latest; cdc leaves out those of objects changed meanwhile, whose own events are newer); they are delivered in order through the tenant's lane\n", res.Events)
+		default:
 			fmt.Fprintf(stdout, "resync not served yet: a running cdc on this database serves it within its resync_poll; "+
 				"if cdc uses another database, run there: cdc resync --integration %s --tenant %s\n", en.Integration, en.Tenant)
 		}

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ferry-cdc/ferry/bench/benchutil"
+	"github.com/ferry-cdc/ferry/internal/pgtest"
+)
+
+// resyncResult is one resync-under-writes run: the latency of other
+// tenants' single-row outbox inserts before (baseline) and during a
+// resync of one tenant with many objects.
+type resyncResult struct {
+	objects              int
+	how                  string // "watermarks" (cdc resync) or "share lock" (the old way, as a reference)
+	baseP50, baseP99     time.Duration
+	duringP50, duringP99 time.Duration
+	duringMax            time.Duration
+	baseN, duringN       int
+	resyncSecs           float64 // until cdc confirmed it all
+	serverSecs           float64 // the resync command (or the locked transaction)
+	published            float64 // resync events cdc published
+}
+
+// resyncUnderWrites fills one tenant ("big") with objects objects, runs
+// cdc live, and has 4 clients insert other tenants' events at rate per
+// second: for baseline, then while `cdc resync --tenant big` runs. With
+// shareLock it instead runs what resync did before watermarks (one
+// transaction: LOCK TABLE outbox IN SHARE MODE, then emit every object's
+// latest event) so the two can be compared on the same machine.
+func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, objects, rate int, baseline time.Duration, shareLock bool) (resyncResult, error) {
+	r := resyncResult{objects: objects, how: "watermarks"}
+	if shareLock {
+		r.how = "share lock (before)"
+	}
+	name := "bench_resync"
+	if shareLock {
+		name += "_lock"
+	}
+	url, err := newDB(ctx, cl, bin, name)
+	if err != nil {
+		return r, err
+	}
+	defer func() {
+		if err := pgtest.DropDatabase(ctx, cl.URL, name); err != nil {
+			fmt.Fprintln(os.Stderr, "cdcbench: drop", name+":", err)
+		}
+	}()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return r, err
+	}
+	defer conn.Close(ctx)
+	// The big tenant's objects are written before cdc starts: the slot
+	// streams them first, and the measurement starts once they are
+	// drained.
+	if _, err := conn.Exec(ctx, `INSERT INTO outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload, headers)
+		SELECT 'big', 'product', 'sku-' || g, 'product.updated',
+			jsonb_build_object('sku', 'sku-' || g, 'name', 'Product number ' || g, 'description', repeat('lorem ipsum ', 20), 'price', g % 997),
+			jsonb_build_object('traceparent', '00-' || md5(g::text) || '-' || left(md5('s' || g), 16) || '-01')
+		FROM generate_series(1, $1::int) g`, objects); err != nil {
+		return r, fmt.Errorf("fill: %w", err)
+	}
+	if _, err := conn.Exec(ctx, `VACUUM ANALYZE outbox`); err != nil {
+		return r, err
+	}
+	broker, brokerAddr, err := startBroker(bin, "--data-dir", "")
+	if err != nil {
+		return r, err
+	}
+	defer stop(broker)
+	admin := benchutil.FreeAddr()
+	cdc := exec.Command(bin+"/cdc", "run", "--postgres-url", url, "--brokers", brokerAddr, "--admin-addr", admin, "--log-level", "warn", "--slot", name)
+	cdc.Stderr = os.Stderr
+	if err := cdc.Start(); err != nil {
+		return r, err
+	}
+	defer stop(cdc)
+	for benchutil.Metric(admin, `ferry_cdc_events_total{outcome="published"}`) < float64(objects) {
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// Writers: 4 clients, other tenants, paced against the wall clock.
+	var mu sync.Mutex
+	var base, during []time.Duration
+	var phase int // 0 baseline, 1 during the resync, 2 done
+	wctx, stopWriters := context.WithCancel(ctx)
+	defer stopWriters()
+	const clients = 4
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	start := time.Now()
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cc, err := pgx.Connect(ctx, url)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer cc.Close(ctx)
+			for i := c; wctx.Err() == nil; i += clients {
+				if d := time.Until(start.Add(time.Duration(float64(i) / float64(rate) * float64(time.Second)))); d > 0 {
+					time.Sleep(d)
+				}
+				t0 := time.Now()
+				if _, err := cc.Exec(ctx, `INSERT INTO outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload)
+					VALUES ('tenant-' || ($1::int % 1000), 'product', $1::text, 'product.updated', jsonb_build_object('n', $1::int, 'pad', repeat('x', 300)))`, i); err != nil {
+					errs <- err
+					return
+				}
+				d := time.Since(t0)
+				mu.Lock()
+				switch phase {
+				case 0:
+					base = append(base, d)
+				case 1:
+					during = append(during, d)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	select {
+	case <-time.After(baseline):
+	case err := <-errs:
+		return r, err
+	}
+	mu.Lock()
+	phase = 1
+	mu.Unlock()
+	t0 := time.Now()
+	if shareLock {
+		err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `LOCK TABLE outbox IN SHARE MODE`); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `SELECT count(pg_logical_emit_message(true, 'ferry.outbox', json_build_object(
+					'id', x.id || ':resync:0', 'tenant_id', x.tenant_id, 'aggregate_type', x.aggregate_type,
+					'aggregate_id', x.aggregate_id, 'event_type', x.event_type, 'payload', x.payload,
+					'headers', json_build_object('ferry_resync', 'bench'))::text))
+				FROM (SELECT * FROM (SELECT DISTINCT ON (aggregate_type, aggregate_id) id::text, tenant_id, aggregate_type, aggregate_id, event_type, payload, seq
+					FROM outbox WHERE tenant_id = 'big' ORDER BY aggregate_type, aggregate_id, seq DESC) l ORDER BY seq) x`)
+			return err
+		})
+	} else {
+		var out []byte
+		out, err = exec.Command(bin+"/cdc", "resync", "--postgres-url", url, "--integration", "bench", "--tenant", "big").CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("cdc resync: %v: %s", err, out)
+		}
+	}
+	if err != nil {
+		return r, err
+	}
+	r.serverSecs = time.Since(t0).Seconds()
+	// The resync is over once cdc has confirmed everything written so far.
+	var end pglogrepl.LSN
+	if err := conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()`).Scan(&end); err != nil {
+		return r, err
+	}
+	for benchutil.Metric(admin, "ferry_cdc_confirmed_lsn") < float64(end) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.resyncSecs = time.Since(t0).Seconds()
+	r.published = benchutil.Metric(admin, `ferry_cdc_resync_events_total{outcome="published"}`)
+	mu.Lock()
+	phase = 2
+	mu.Unlock()
+	stopWriters()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil && ctx.Err() == nil && !strings.Contains(err.Error(), "context canceled") {
+			return r, err
+		}
+	}
+	r.baseN, r.duringN = len(base), len(during)
+	r.baseP50, r.baseP99 = pct(base, 0.50), pct(base, 0.99)
+	r.duringP50, r.duringP99 = pct(during, 0.50), pct(during, 0.99)
+	if len(during) > 0 {
+		r.duringMax = slices.Max(during)
+	}
+	return r, nil
+}
+
+func pct(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(q*float64(len(s))))]
+}
+
+func (r resyncResult) String() string {
+	return fmt.Sprintf("resync of %d objects (%s) in %.1f s (%.1f s writing it): other tenants' inserts p50 %.2f ms / p99 %.2f ms before (%d), p50 %.2f ms / p99 %.2f ms / max %.0f ms during (%d): p99 %.2fx the baseline",
+		r.objects, r.how, r.resyncSecs, r.serverSecs, ms(r.baseP50), ms(r.baseP99), r.baseN, ms(r.duringP50), ms(r.duringP99), ms(r.duringMax), r.duringN, ms(r.duringP99)/ms(r.baseP99))
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// renderResync is the report's section for the resync runs.
+func renderResync(rs []resyncResult) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n### Resync while other tenants write\n\n")
+	fmt.Fprintf(&b, "One tenant with %d objects is resynced (`cdc resync`) while 4 clients insert other tenants' events at %d/s; the latency of those inserts (client-side, single-row transactions) before and during it. The share-lock row runs what resync did before watermarks (one transaction: `LOCK TABLE outbox IN SHARE MODE`, then every object's latest event) on the same machine. Target: p99 during at most 2x the baseline.\n\n",
+		rs[0].objects, resyncRate)
+	b.WriteString("| resync | took (writing it) | inserts before: p50 / p99 | during: p50 / p99 / max | p99 during / before |\n|---|---|---|---|---|\n")
+	for _, r := range rs {
+		fmt.Fprintf(&b, "| %s | %.1f s (%.1f s) | %.2f / %.2f ms (%d) | %.2f / %.2f / %.0f ms (%d) | %.2fx |\n",
+			r.how, r.resyncSecs, r.serverSecs, ms(r.baseP50), ms(r.baseP99), r.baseN, ms(r.duringP50), ms(r.duringP99), ms(r.duringMax), r.duringN, ms(r.duringP99)/ms(r.baseP99))
+	}
+	return b.String()
+}
