@@ -827,8 +827,14 @@ type Count struct {
 	Deliveries  int64  `json:"deliveries"`
 }
 
+// ParkedTop is how many tenants with parked events Counts names per
+// integration (those with the most); `sink tenants` pages through all.
+const ParkedTop = 20
+
 // Counts returns delivery counts by integration and state, and the parked
-// queue depth per integration and tenant.
+// queue depth per integration of the ParkedTop tenants with the most
+// parked events; tenant "" holds the integration's total and "#tenants"
+// how many tenants have parked events.
 func (l *Log) Counts(ctx context.Context) ([]Count, map[string]map[string]int64, error) {
 	rows, err := l.pool.Query(ctx, `SELECT integration, state, count(*) FROM ferry.delivery GROUP BY 1, 2 ORDER BY 1, 2`)
 	if err != nil {
@@ -848,7 +854,11 @@ func (l *Log) Counts(ctx context.Context) ([]Count, map[string]map[string]int64,
 		return nil, nil, err
 	}
 	parked := map[string]map[string]int64{}
-	prows, err := l.pool.Query(ctx, `SELECT integration, tenant_id, count(*) FROM ferry.parked_event GROUP BY 1, 2`)
+	prows, err := l.pool.Query(ctx, `WITH t AS (SELECT integration, tenant_id, count(*) AS n FROM ferry.parked_event GROUP BY 1, 2),
+		r AS (SELECT *, row_number() OVER (PARTITION BY integration ORDER BY n DESC, tenant_id) AS rank FROM t)
+		SELECT integration, tenant_id, n FROM r WHERE rank <= $1
+		UNION ALL SELECT integration, '', sum(n)::bigint FROM t GROUP BY 1
+		UNION ALL SELECT integration, '#tenants', count(*) FROM t GROUP BY 1`, ParkedTop)
 	if err != nil {
 		return nil, nil, fmt.Errorf("delivery: parked counts: %w", err)
 	}

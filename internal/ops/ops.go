@@ -90,7 +90,11 @@ type PartitionLag struct {
 type IntegrationStatus struct {
 	Name       string           `json:"integration"`
 	Deliveries map[string]int64 `json:"deliveries"` // by state
-	Parked     map[string]int64 `json:"parked"`     // tenant → queued events
+	Parked     map[string]int64 `json:"parked"`     // tenant → queued events, for the delivery.ParkedTop tenants with the most
+	// ParkedTotal is the integration's parked events, over ParkedTenants
+	// tenants (`sink tenants` lists every one).
+	ParkedTotal   int64 `json:"parked_total"`
+	ParkedTenants int64 `json:"parked_tenants"`
 	Processes  []Process        `json:"processes"`  // live sinks
 	Lanes      map[string]int   `json:"lanes"`      // by state, over live sinks
 	Breaker    string           `json:"breaker"`    // closed, open, half-open; "" when no sink runs
@@ -120,8 +124,16 @@ func (s *Service) Status(ctx context.Context) ([]IntegrationStatus, error) {
 		get(c.Integration).Deliveries[string(c.State)] = c.Deliveries
 	}
 	for in, ts := range parked {
+		st := get(in)
 		for t, n := range ts {
-			get(in).Parked[t] = n
+			switch t {
+			case "":
+				st.ParkedTotal = n
+			case "#tenants":
+				st.ParkedTenants = n
+			default:
+				st.Parked[t] = n
+			}
 		}
 	}
 	groups := map[string]string{}

@@ -93,7 +93,7 @@ func (c *command) operate(ctx context.Context, stdout, stderr io.Writer) error {
 			res.Deliveries, res.Attempts, c.f.Prune.OlderThan)
 		return nil
 	case "tenants list", "tenants enable", "tenants disable":
-		return c.tenants(ctx, svc, stdout)
+		return c.tenants(ctx, svc, stdout, stderr)
 	}
 	return fmt.Errorf("unknown command %q", c.name)
 }
@@ -168,9 +168,15 @@ func status(ctx context.Context, svc *ops.Service, cmd statusCmd, stdout io.Writ
 		for t := range s.Parked {
 			tenants = append(tenants, t)
 		}
-		sort.Strings(tenants)
+		sort.Slice(tenants, func(i, j int) bool { // most first
+			a, b := s.Parked[tenants[i]], s.Parked[tenants[j]]
+			return a > b || (a == b && tenants[i] < tenants[j])
+		})
 		for _, t := range tenants {
 			fmt.Fprintf(w, "%s\t%s\t%d\n", s.Name, t, s.Parked[t])
+		}
+		if more := s.ParkedTenants - int64(len(tenants)); more > 0 {
+			fmt.Fprintf(w, "%s\t(%d more tenants)\t%d in all (sink tenants --integration %s lists them)\n", s.Name, more, s.ParkedTotal, s.Name)
 		}
 	}
 	return w.Flush()

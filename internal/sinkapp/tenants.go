@@ -11,7 +11,7 @@ import (
 )
 
 // tenants runs `sink tenants list|enable|disable`.
-func (c *command) tenants(ctx context.Context, svc *ops.Service, stdout io.Writer) error {
+func (c *command) tenants(ctx context.Context, svc *ops.Service, stdout, stderr io.Writer) error {
 	switch c.name {
 	case "tenants enable":
 		en := c.f.Tenants.Enable
@@ -53,7 +53,10 @@ func (c *command) tenants(ctx context.Context, svc *ops.Service, stdout io.Write
 	if err != nil {
 		return err
 	}
-	if l.JSON {
+	if l.JSON { // stdout stays one JSON array; the cursor goes to stderr
+		if next != "" {
+			fmt.Fprintf(stderr, "more: --after %s\n", next)
+		}
 		return writeJSON(stdout, ts)
 	}
 	if next != "" {
