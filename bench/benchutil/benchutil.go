@@ -40,7 +40,13 @@ func Metric(admin, series string) float64 {
 }
 
 // PeakRSS returns a process's peak resident set (VmHWM) in MiB.
-func PeakRSS(pid int) float64 {
+func PeakRSS(pid int) float64 { return status(pid, "VmHWM:") }
+
+// RSS returns a process's resident set now (VmRSS) in MiB.
+func RSS(pid int) float64 { return status(pid, "VmRSS:") }
+
+// status reads a kB field of /proc/<pid>/status, in MiB (0 if absent).
+func status(pid int, field string) float64 {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
@@ -48,7 +54,7 @@ func PeakRSS(pid int) float64 {
 	defer f.Close()
 	s := bufio.NewScanner(f)
 	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(s.Text(), field); ok {
 			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
 			return kb / 1024
 		}

@@ -176,11 +176,12 @@ func runOnly(which, bin string, events, parked, repeat int) error {
 				events/2, events, hook, mapped, mapped/hook)
 		case "scale":
 			for _, tenants := range []int{1000, *scaleTenants} {
-				r, rss, err := scaleRun(ctx, cl, bin, events, tenants, 3)
+				r, err := scaleRun(ctx, cl, bin, events, tenants, 3)
 				if err != nil {
 					return err
 				}
-				fmt.Printf("%d events over %d tenants, 3 sinks: %.0f deliveries/s; peak RSS %s MiB\n", events, tenants, r, benchutil.List(rss))
+				fmt.Printf("%d events over %d tenants, 3 sinks: %.0f deliveries/s; peak RSS %s MiB; RSS at the end of the drain %s MiB, %s idle later %s MiB\n",
+					events, tenants, r.rate, benchutil.List(r.peakRSS), benchutil.List(r.endRSS), scaleSettle, benchutil.List(r.idleRSS))
 			}
 		case "big":
 			r, rss, err := bigRun(ctx, cl, bin, *bigEvents)
@@ -452,16 +453,28 @@ var brokerArgs []string
 // scaleRun delivers events spread round-robin over tenants through procs
 // sink processes of one group (6 partitions) and returns the rate (first
 // success to last, summed over the processes) and each one's peak RSS.
-func scaleRun(ctx context.Context, cl *pgtest.Cluster, bin string, events, tenants, procs int) (float64, []float64, error) {
+// scaleResult is one scale run: the rate, and per sink its peak resident
+// set and its resident set at the end of the drain and after settle idle.
+type scaleResult struct {
+	rate                     float64
+	peakRSS, endRSS, idleRSS []float64
+}
+
+// scaleSettle is how long the sinks idle after the drain before their
+// resident set is read again (it must not have grown).
+const scaleSettle = 30 * time.Second
+
+func scaleRun(ctx context.Context, cl *pgtest.Cluster, bin string, events, tenants, procs int) (scaleResult, error) {
+	var res scaleResult
 	brokerArgs = []string{"--partitions", "6"}
 	defer func() { brokerArgs = nil }()
 	e, err := setup(ctx, cl, bin, fmt.Sprintf("sink_scale_%d", tenants))
 	if err != nil {
-		return 0, nil, err
+		return res, err
 	}
 	defer e.stop()
 	if err := e.produce(ctx, events, tenants, func(i int) string { return fmt.Sprintf("tenant-%07d", i%tenants) }); err != nil {
-		return 0, nil, err
+		return res, err
 	}
 	var sinks []*exec.Cmd
 	var admins []string
@@ -472,7 +485,7 @@ func scaleRun(ctx context.Context, cl *pgtest.Cluster, bin string, events, tenan
 		}
 		s, err := e.sinkAt(fastSink, admin, fmt.Sprintf("bench-%d", i))
 		if err != nil {
-			return 0, nil, err
+			return res, err
 		}
 		sinks, admins = append(sinks, s), append(admins, admin)
 	}
@@ -493,15 +506,19 @@ func scaleRun(ctx context.Context, cl *pgtest.Cluster, bin string, events, tenan
 			first, n0 = time.Now(), v
 		}
 		if v >= float64(events) {
-			r := (v - n0) / time.Since(first).Seconds()
-			var rss []float64
+			res.rate = (v - n0) / time.Since(first).Seconds()
 			for _, s := range sinks {
-				rss = append(rss, benchutil.PeakRSS(s.Process.Pid))
+				res.peakRSS = append(res.peakRSS, benchutil.PeakRSS(s.Process.Pid))
+				res.endRSS = append(res.endRSS, benchutil.RSS(s.Process.Pid))
 			}
-			return r, rss, nil
+			time.Sleep(scaleSettle)
+			for _, s := range sinks {
+				res.idleRSS = append(res.idleRSS, benchutil.RSS(s.Process.Pid))
+			}
+			return res, nil
 		}
 		if time.Now().After(deadline) {
-			return 0, nil, fmt.Errorf("%.0f of %d delivered in 30 minutes", v, events)
+			return res, fmt.Errorf("%.0f of %d delivered in 30 minutes", v, events)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
