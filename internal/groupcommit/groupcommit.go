@@ -291,3 +291,17 @@ func (b *Batcher) Run(ops []*Op) {
 		close(o.done)
 	}
 }
+
+// Exec runs one write as a statement of its own on pool, outside any
+// batch: for writers that share a Stmt between a Batcher and a process
+// without one (an operator command). It sets o.Applied and o.Out as a
+// batch does.
+func Exec(ctx context.Context, pool *pgxpool.Pool, o *Op) error {
+	g := newGroup(o)
+	rows, err := pool.Query(ctx, o.Stmt.SQL, o.Stmt.Args(g.Ops)...)
+	if err == nil {
+		err = g.read(rows)
+	}
+	o.Err = err
+	return err
+}
