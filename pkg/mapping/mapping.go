@@ -315,6 +315,14 @@ func (c scoped) Get(ctx context.Context, entityType, localID string) (connector.
 	return conv(m), err
 }
 
+// Cached returns the mapping from the cache alone (an active mapping),
+// false when the cache holds none: the HTTP connector's create writes its
+// intent at once instead of reading first.
+func (c scoped) Cached(entityType, localID string) (connector.Mapping, bool) {
+	m, ok := c.s.cache.Get(c.key(entityType, localID))
+	return conv(m), ok
+}
+
 func (c scoped) Fresh(ctx context.Context, entityType, localID string) (connector.Mapping, error) {
 	m, err := c.s.Fresh(ctx, c.key(entityType, localID))
 	if errors.Is(err, ErrNotFound) {
