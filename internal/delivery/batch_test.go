@@ -7,16 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-cdc/ferry/internal/groupcommit"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 )
 
 // run drives one batch by hand, as a batcher does with whatever writes
 // are waiting.
-func run(l *Log, ops ...*op) {
-	for _, o := range ops {
-		o.done = make(chan struct{})
-	}
-	l.b.run(ops)
+func run(l *Log, ops ...*groupcommit.Op) {
+	l.b.Run(ops)
 }
 
 func event(i int) connector.Event {
@@ -31,18 +29,18 @@ func event(i int) connector.Event {
 func TestBatchWritesEachKindAsOneStatement(t *testing.T) {
 	l, ctx := newLog(t), context.Background()
 	rs := make([]begun, 6)
-	var begins []*op
+	var begins []*groupcommit.Op
 	for i := 1; i <= 5; i++ {
 		begins = append(begins, beginOp("shop", event(i), Source{Topic: "outbox.product", Offset: int64(i)}, "", &rs[i]))
 	}
 	again := beginOp("shop", event(1), Source{Topic: "outbox.product", Offset: 1}, "", &rs[0]) // the same delivery twice
-	if gs := groups(append(begins, again)); len(gs) != 2 || len(gs[0].ops) != 5 || len(gs[1].ops) != 1 {
+	if gs := groupcommit.Groups(append(begins, again)); len(gs) != 2 || len(gs[0].Ops) != 5 || len(gs[1].Ops) != 1 {
 		t.Fatalf("6 begins, one of them twice, make %d statements, want 2 (5 + 1)", len(gs))
 	}
 	run(l, append(begins, again)...)
 	for i, o := range append(begins, again) {
-		if o.err != nil || !o.applied {
-			t.Fatalf("begin %d: applied %v, %v", i, o.applied, o.err)
+		if o.Err != nil || !o.Applied {
+			t.Fatalf("begin %d: applied %v, %v", i, o.Applied, o.Err)
 		}
 	}
 	if rs[1].n+rs[0].n != 3 || rs[2].n != 1 || rs[2].state != InFlight {
@@ -58,19 +56,19 @@ func TestBatchWritesEachKindAsOneStatement(t *testing.T) {
 		Calls: []connector.Call{{Method: "POST", Status: 503}}})
 	bad, _ := l.finishOp(at(4, 1), Outcome{State: "bogus"}) // violates the state CHECK
 	stale, _ := l.finishOp(at(5, 7), Outcome{State: Succeeded})
-	step := &op{stmt: checkpointStmt, key: [2]string{"shop", "e1"}, row: &checkpointRow{attempt: 2 /* begun twice */, step: []byte(`[{"name":"price"}]`)}}
+	step := &groupcommit.Op{Stmt: checkpointStmt, Key: []string{"shop", "e1"}, Row: &checkpointRow{attempt: 2 /* begun twice */, step: []byte(`[{"name":"price"}]`)}}
 	run(l, ok, failed, bad, stale, step)
-	if step.err != nil || !step.applied {
-		t.Fatalf("checkpoint of e1's attempt 2: applied %v, %v", step.applied, step.err)
+	if step.Err != nil || !step.Applied {
+		t.Fatalf("checkpoint of e1's attempt 2: applied %v, %v", step.Applied, step.Err)
 	}
-	if ok.err != nil || !ok.applied || failed.err != nil || !failed.applied {
-		t.Fatalf("finish: ok %v %v, failed %v %v", ok.applied, ok.err, failed.applied, failed.err)
+	if ok.Err != nil || !ok.Applied || failed.Err != nil || !failed.Applied {
+		t.Fatalf("finish: ok %v %v, failed %v %v", ok.Applied, ok.Err, failed.Applied, failed.Err)
 	}
-	if bad.err == nil {
+	if bad.Err == nil {
 		t.Fatal("a finish to a state that does not exist succeeded")
 	}
-	if stale.err != nil || stale.applied {
-		t.Fatalf("a finish of a stale attempt: applied %v, %v", stale.applied, stale.err)
+	if stale.Err != nil || stale.Applied {
+		t.Fatalf("a finish of a stale attempt: applied %v, %v", stale.Applied, stale.Err)
 	}
 
 	var nulls bool
@@ -109,18 +107,18 @@ func TestBatchedUpdatesUseThePrimaryKey(t *testing.T) {
 		SELECT 'shop', 'e' || i, 't' || i % 1000, 'product.updated', 'succeeded', 1 FROM generate_series(1, 20000) i`); err != nil {
 		t.Fatal(err)
 	}
-	var ops []*op
+	var ops []*groupcommit.Op
 	for i := range 200 {
 		a := Attempt{Integration: "shop", EventID: event(i * 7).ID, Number: 1, event: event(i * 7)}
 		fin, _ := l.finishOp(a, Outcome{State: Failed, Status: 503})
-		ops = append(ops, fin, &op{stmt: checkpointStmt, key: fin.key, row: &checkpointRow{attempt: 1, step: []byte(`[]`)}})
+		ops = append(ops, fin, &groupcommit.Op{Stmt: checkpointStmt, Key: fin.Key, Row: &checkpointRow{attempt: 1, step: []byte(`[]`)}})
 	}
 	var seqscan string
 	if err := l.pool.QueryRow(ctx, `SHOW enable_seqscan`).Scan(&seqscan); err != nil || seqscan != "on" {
 		t.Fatalf("the log's other connections plan with enable_seqscan %q (%v), want on", seqscan, err)
 	}
-	for _, g := range groups(ops) {
-		rows, err := l.b.pool.Query(ctx, "EXPLAIN "+g.stmt.sql, g.stmt.args(g.ops)...)
+	for _, g := range groupcommit.Groups(ops) {
+		rows, err := l.b.Pool().Query(ctx, "EXPLAIN "+g.Stmt.SQL, g.Stmt.Args(g.Ops)...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -135,7 +133,7 @@ func TestBatchedUpdatesUseThePrimaryKey(t *testing.T) {
 		rows.Close()
 		text := strings.Join(plan, "\n")
 		if !strings.Contains(text, "Index Scan using delivery_pkey") || strings.Contains(text, "Seq Scan on delivery") {
-			t.Fatalf("%s plans a scan of the log:\n%s", g.stmt.name, text)
+			t.Fatalf("%s plans a scan of the log:\n%s", g.Stmt.Name, text)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ferry-cdc/ferry/internal/groupcommit"
 	"github.com/ferry-cdc/ferry/internal/safe"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 )
@@ -78,7 +79,7 @@ const MaxCallBytes = 4096
 // Log is the delivery log.
 type Log struct {
 	pool     *pgxpool.Pool
-	b        *batcher
+	b        *groupcommit.Batcher
 	timeout  time.Duration
 	holder   string
 	outcomes map[string]string
@@ -113,8 +114,8 @@ type Options struct {
 const DefaultAttemptsKept = 5
 
 // New returns a Log on pool (migrations applied). The log's hot writes
-// run on two connections of their own, to the same database (see
-// writePool). Close the Log to stop its batchers.
+// run in group commits (package groupcommit) on two connections of
+// their own, to the same database. Close the Log to stop its batchers.
 func New(pool *pgxpool.Pool, opts Options) (*Log, error) {
 	if opts.StatementTimeout < 0 {
 		return nil, fmt.Errorf("delivery: statement timeout %s is negative", opts.StatementTimeout)
@@ -122,15 +123,15 @@ func New(pool *pgxpool.Pool, opts Options) (*Log, error) {
 	if opts.AttemptsKept < 0 {
 		return nil, fmt.Errorf("delivery: attempts kept %d is negative", opts.AttemptsKept)
 	}
-	wp, err := writePool(pool)
+	b, err := groupcommit.New(pool, opts.StatementTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("delivery: connections for the log's writes: %w", err)
+		return nil, fmt.Errorf("delivery: %w", err)
 	}
 	keep := opts.AttemptsKept
 	if keep == 0 {
 		keep = DefaultAttemptsKept
 	}
-	return &Log{pool: pool, b: newBatcher(wp, opts.StatementTimeout), timeout: opts.StatementTimeout, holder: opts.Holder,
+	return &Log{pool: pool, b: b, timeout: opts.StatementTimeout, holder: opts.Holder,
 		outcomes: opts.Outcomes, keep: keep}, nil
 }
 
@@ -144,31 +145,15 @@ func (l *Log) Bound(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, l.timeout)
 }
 
-// writePool makes the connections the batched writes run on. They join
-// each batch's rows to the log by primary key, one index lookup per row
-// (microseconds). Before autovacuum has analyzed a new or fast-growing
-// log, the planner guesses a hash join over a scan of the whole table
-// instead (milliseconds per batch, growing with the log: found by
-// sinkbench). The writes are the only statements on these connections,
-// so table scans, and the hash and merge joins that would use them, are
-// switched off for them alone.
-func writePool(pool *pgxpool.Pool) (*pgxpool.Pool, error) {
-	cfg := pool.Config() // a copy
-	cfg.MaxConns, cfg.MinConns = batchers, 0
-	if cfg.ConnConfig.RuntimeParams == nil {
-		cfg.ConnConfig.RuntimeParams = map[string]string{}
-	}
-	for _, p := range []string{"enable_seqscan", "enable_hashjoin", "enable_mergejoin"} {
-		cfg.ConnConfig.RuntimeParams[p] = "off"
-	}
-	return pgxpool.NewWithConfig(context.Background(), cfg)
-}
-
 // Close waits for writes in progress and stops the batchers.
 func (l *Log) Close() {
-	l.b.close()
-	l.b.pool.Close()
+	l.b.Close()
 }
+
+// GroupCommit is the batcher the log's hot writes run on. Other hot
+// writes of the sink (the mapping store's) join its batches: fewer round
+// trips and commits than batches of their own.
+func (l *Log) GroupCommit() *groupcommit.Batcher { return l.b }
 
 // Attempt is one claimed delivery attempt: Finish must be called with its
 // outcome.
@@ -235,7 +220,7 @@ var (
 	// gone: no row in ferry.sink_process, or a lease that expired
 	// (migration 0009; Finish clears the holder). A compensating
 	// delivery stays compensating: its undo goes on.
-	beginStmt = &setStmt{name: "begin", sql: `INSERT INTO ferry.delivery AS d (integration, event_id, tenant_id, event_type,
+	beginStmt = &groupcommit.Stmt{Name: "begin", Keys: 2, SQL: `INSERT INTO ferry.delivery AS d (integration, event_id, tenant_id, event_type,
 			aggregate_type, aggregate_id, topic, kafka_partition, kafka_offset, state, attempts, holder, last_attempt_at)
 		SELECT u.integration, u.event_id, u.tenant_id, u.event_type, u.aggregate_type, u.aggregate_id, u.topic,
 			u.kafka_partition, u.kafka_offset, 'in_flight', 1, NULLIF(u.holder, ''), now()
@@ -249,17 +234,17 @@ var (
 				AND (d.holder IS NULL OR d.holder = EXCLUDED.holder OR NOT EXISTS (
 					SELECT 1 FROM ferry.sink_process p
 					WHERE p.process_id = d.holder AND p.integration = d.integration AND p.lease_until > now()))
-		RETURNING d.integration, d.event_id, d.attempts, d.state, d.steps, d.attempts_base, d.redriven_at, d.key_generation`, args: beginArgs}
-	checkpointStmt = &setStmt{name: "record step", sql: `UPDATE ferry.delivery AS d
+		RETURNING d.integration, d.event_id, d.attempts, d.state, d.steps, d.attempts_base, d.redriven_at, d.key_generation`, Args: beginArgs}
+	checkpointStmt = &groupcommit.Stmt{Name: "record step", Keys: 2, SQL: `UPDATE ferry.delivery AS d
 		SET steps = COALESCE(d.steps, '[]'::jsonb) || u.step, updated_at = now()
 		FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[]) AS u(integration, event_id, attempts, step)
 		WHERE d.integration = u.integration AND d.event_id = u.event_id AND d.attempts = u.attempts AND d.state = 'in_flight'
-		RETURNING d.integration, d.event_id`, args: checkpointArgs}
+		RETURNING d.integration, d.event_id`, Args: checkpointArgs}
 	// A waiting outcome gives back the attempt Begin counted. A final
 	// state writes its outcome record in the same statement (a
 	// transactional outbox: outcome.go), when the integration has an
 	// outcome topic (otopic).
-	finishStmt = &setStmt{name: "finish", sql: `WITH f AS (UPDATE ferry.delivery AS d
+	finishStmt = &groupcommit.Stmt{Name: "finish", Keys: 2, SQL: `WITH f AS (UPDATE ferry.delivery AS d
 		SET state = u.state, last_status = u.status, reason = NULLIF(u.reason, ''), calls = u.calls,
 			next_attempt_at = u.next, event = COALESCE(u.event, d.event), updated_at = now(), holder = NULL,
 			lane_key = COALESCE(NULLIF(u.lane_key, ''), d.lane_key),
@@ -282,7 +267,7 @@ var (
 		ON CONFLICT (integration, event_id, attempt) DO NOTHING),
 	t AS (DELETE FROM ferry.delivery_attempt AS x USING f
 		WHERE f.attempts > 2 * f.keep AND x.integration = f.integration AND x.event_id = f.event_id AND x.attempt = f.attempts - f.keep)
-	SELECT integration, event_id FROM f`, args: finishArgs}
+	SELECT integration, event_id FROM f`, Args: finishArgs}
 )
 
 // Begin claims the next attempt of ev for integration: inserts the row
@@ -291,10 +276,10 @@ var (
 func (l *Log) Begin(ctx context.Context, integration string, ev connector.Event, src Source) (Attempt, error) {
 	var r begun
 	o := beginOp(integration, ev, src, l.holder, &r)
-	if err := l.b.do(ctx, o); err != nil {
+	if err := l.b.Do(ctx, o); err != nil {
 		return Attempt{}, fmt.Errorf("delivery: begin %s: %w", ev.ID, err)
 	}
-	if !o.applied {
+	if !o.Applied {
 		var state State
 		var holder *string
 		ctx, cancel := l.Bound(ctx)
@@ -338,32 +323,21 @@ type beginRow struct {
 	src                                                   Source
 }
 
-func beginOp(integration string, ev connector.Event, src Source, holder string, r *begun) *op {
-	return &op{stmt: beginStmt, key: [2]string{integration, ev.ID},
-		row: &beginRow{tenant: ev.TenantID, eventType: ev.EventType, aggregateType: ev.AggregateType, aggregateID: ev.AggregateID, holder: holder, src: src},
-		out: []any{&r.n, &r.state, &r.steps, &r.base, &r.redriven, &r.keyGen}}
+func beginOp(integration string, ev connector.Event, src Source, holder string, r *begun) *groupcommit.Op {
+	return &groupcommit.Op{Stmt: beginStmt, Key: []string{integration, ev.ID}, Row: &beginRow{tenant: ev.TenantID, eventType: ev.EventType, aggregateType: ev.AggregateType, aggregateID: ev.AggregateID, holder: holder, src: src},
+		Out: []any{&r.n, &r.state, &r.steps, &r.base, &r.redriven, &r.keyGen}}
 }
 
-func beginArgs(ops []*op) []any {
+func beginArgs(ops []*groupcommit.Op) []any {
 	n := len(ops)
 	tenant, typ, aggType, aggID, topic := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	part, off, holder := make([]int32, n), make([]int64, n), make([]string, n)
 	for i, o := range ops {
-		r := o.row.(*beginRow)
+		r := o.Row.(*beginRow)
 		tenant[i], typ[i], aggType[i], aggID[i], holder[i] = r.tenant, r.eventType, r.aggregateType, r.aggregateID, r.holder
 		topic[i], part[i], off[i] = r.src.Topic, r.src.Partition, r.src.Offset
 	}
-	return []any{keyColumn(ops, 0), keyColumn(ops, 1), tenant, typ, aggType, aggID, topic, part, off, holder}
-}
-
-// keyColumn is part k of the ops' keys as a column: 0 the integration,
-// 1 the event id.
-func keyColumn(ops []*op, k int) []string {
-	col := make([]string, len(ops))
-	for i, o := range ops {
-		col[i] = o.key[k]
-	}
-	return col
+	return []any{groupcommit.KeyColumn(ops, 0), groupcommit.KeyColumn(ops, 1), tenant, typ, aggType, aggID, topic, part, off, holder}
 }
 
 // checkpointRow is a Checkpoint's values after the key.
@@ -372,13 +346,13 @@ type checkpointRow struct {
 	step    []byte // a JSON array of one step
 }
 
-func checkpointArgs(ops []*op) []any {
+func checkpointArgs(ops []*groupcommit.Op) []any {
 	att, step := make([]int32, len(ops)), make([][]byte, len(ops))
 	for i, o := range ops {
-		r := o.row.(*checkpointRow)
+		r := o.Row.(*checkpointRow)
 		att[i], step[i] = r.attempt, r.step
 	}
-	return []any{keyColumn(ops, 0), keyColumn(ops, 1), att, step}
+	return []any{groupcommit.KeyColumn(ops, 0), groupcommit.KeyColumn(ops, 1), att, step}
 }
 
 // Checkpoint records a completed step of the attempt, before the next
@@ -389,11 +363,11 @@ func (l *Log) Checkpoint(ctx context.Context, a Attempt, s connector.Step) error
 	if err != nil {
 		return fmt.Errorf("delivery: encode step: %w", err)
 	}
-	cp := &op{stmt: checkpointStmt, key: [2]string{a.Integration, a.EventID}, row: &checkpointRow{attempt: int32(a.Number), step: b}}
-	if err := l.b.do(ctx, cp); err != nil {
+	cp := &groupcommit.Op{Stmt: checkpointStmt, Key: []string{a.Integration, a.EventID}, Row: &checkpointRow{attempt: int32(a.Number), step: b}}
+	if err := l.b.Do(ctx, cp); err != nil {
 		return fmt.Errorf("delivery: record step %s of %s: %w", s.Name, a.EventID, err)
 	}
-	if !cp.applied {
+	if !cp.Applied {
 		return fmt.Errorf("delivery: record step %s of %s: %w", s.Name, a.EventID, ErrMovedOn)
 	}
 	return nil
@@ -456,16 +430,16 @@ func (l *Log) Finish(ctx context.Context, a Attempt, o Outcome) error {
 	if err != nil {
 		return err
 	}
-	if err := l.b.do(ctx, fin); err != nil {
+	if err := l.b.Do(ctx, fin); err != nil {
 		return fmt.Errorf("delivery: finish %s: %w", a.EventID, err)
 	}
-	if !fin.applied {
+	if !fin.Applied {
 		return fmt.Errorf("delivery: finish %s attempt %d: %w", a.EventID, a.Number, ErrMovedOn)
 	}
 	return nil
 }
 
-func (l *Log) finishOp(a Attempt, o Outcome) (*op, error) {
+func (l *Log) finishOp(a Attempt, o Outcome) (*groupcommit.Op, error) {
 	// Calls (bounded bodies) and the event are kept for failures and
 	// rejections, which operators inspect and retry; a success keeps its
 	// status code.
@@ -496,7 +470,7 @@ func (l *Log) finishOp(a Attempt, o Outcome) (*op, error) {
 	}
 	r.status = pgtype.Int4{Int32: int32(o.Status), Valid: o.Status != 0}
 	r.next = pgtype.Timestamptz{Time: o.NextRetry, Valid: !o.NextRetry.IsZero()}
-	return &op{stmt: finishStmt, key: [2]string{a.Integration, a.EventID}, row: r}, nil
+	return &groupcommit.Op{Stmt: finishStmt, Key: []string{a.Integration, a.EventID}, Row: r}, nil
 }
 
 // finishRow is a Finish's values after the key; nil calls and event,
@@ -513,18 +487,18 @@ type finishRow struct {
 	keep             int32  // attempts kept at each end (Options.AttemptsKept)
 }
 
-func finishArgs(ops []*op) []any {
+func finishArgs(ops []*groupcommit.Op) []any {
 	n := len(ops)
 	att, state, reason := make([]int32, n), make([]string, n), make([]string, n)
 	status, next, calls, event := make([]pgtype.Int4, n), make([]pgtype.Timestamptz, n), make([][]byte, n), make([][]byte, n)
 	otopic, remoteID, remoteIDs, laneKey := make([]string, n), make([]string, n), make([][]byte, n), make([]string, n)
 	keep := make([]int32, n)
 	for i, o := range ops {
-		r := o.row.(*finishRow)
+		r := o.Row.(*finishRow)
 		att[i], state[i], reason[i], status[i], next[i], calls[i], event[i] = r.attempt, r.state, r.reason, r.status, r.next, r.calls, r.event
 		otopic[i], remoteID[i], remoteIDs[i], laneKey[i], keep[i] = r.otopic, r.remoteID, r.remoteIDs, r.laneKey, r.keep
 	}
-	return []any{keyColumn(ops, 0), keyColumn(ops, 1), att, state, status, reason, calls, next, event, otopic, remoteID, remoteIDs, laneKey, keep}
+	return []any{groupcommit.KeyColumn(ops, 0), groupcommit.KeyColumn(ops, 1), att, state, status, reason, calls, next, event, otopic, remoteID, remoteIDs, laneKey, keep}
 }
 
 // Skip marks a delivery skipped by an operator, with a reason, and

@@ -57,7 +57,9 @@ func (c *command) exec(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	defer dlog.Close() // before the pool closes: defers run last-in first-out
 
-	maps, err := mapping.New(pool, 0)
+	// The mapping writes of a create (intent, partner id) join the log's
+	// group commit instead of committing one row each.
+	maps, err := mapping.New(pool, 0, mapping.WithGroupCommit(dlog.GroupCommit()))
 	if err != nil {
 		return err
 	}

@@ -17,9 +17,9 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ferry-cdc/ferry/internal/groupcommit"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 )
 
@@ -54,11 +54,23 @@ var ErrNotFound = errors.New("mapping: not found")
 // Store is the Postgres-backed mapping store.
 type Store struct {
 	pool  *pgxpool.Pool
+	b     *groupcommit.Batcher     // nil: each statement on its own
 	cache *lru.Cache[Key, Mapping] // active mappings only
 }
 
+// Option configures a Store.
+type Option func(*Store)
+
+// WithGroupCommit runs the store's reads and writes of single mappings
+// (Get's and Fresh's reads, Intend, Activate, MarkDeleting, MarkDeleted)
+// in b's batches, with the other hot writes that join them (the delivery
+// log's), instead of one statement and commit each (the default). Each
+// call still returns only after its write committed, so the intent
+// protocol holds as with single statements.
+func WithGroupCommit(b *groupcommit.Batcher) Option { return func(s *Store) { s.b = b } }
+
 // New returns a store caching up to size active mappings (0: 100,000).
-func New(pool *pgxpool.Pool, size int) (*Store, error) {
+func New(pool *pgxpool.Pool, size int, opts ...Option) (*Store, error) {
 	if size == 0 {
 		size = 100_000
 	}
@@ -66,7 +78,81 @@ func New(pool *pgxpool.Pool, size int) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mapping: cache: %w", err)
 	}
-	return &Store{pool: pool, cache: c}, nil
+	s := &Store{pool: pool, cache: c}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
+}
+
+// The statements over arrays ($1..$4 the keys' columns, one element per
+// mapping), so that many run as one in a group commit; a store without
+// one runs them with one element each. Each returns the key columns of
+// the rows it read or wrote first.
+const keyArrays = `unnest($1::text[], $2::text[], $3::text[], $4::text[]`
+
+var (
+	freshStmt = &groupcommit.Stmt{Name: "mapping: get", Keys: 4, Args: keyArgs, SQL: `SELECT m.integration, m.entity_type, m.tenant_id, m.local_id,
+			m.remote_id, m.state, m.idempotency_key, m.updated_at
+		FROM ` + keyArrays + `) AS u(integration, entity_type, tenant_id, local_id)
+		JOIN ferry.mapping m ON m.integration = u.integration AND m.entity_type = u.entity_type
+			AND m.tenant_id = u.tenant_id AND m.local_id = u.local_id`}
+	// An intent on a deleted mapping starts over (new key, no partner
+	// id); on any other it leaves the row as it is and returns it.
+	intendStmt = &groupcommit.Stmt{Name: "mapping: intend", Keys: 4, Args: valueArgs,
+		SQL: `INSERT INTO ferry.mapping AS m (integration, entity_type, tenant_id, local_id, state, idempotency_key)
+		SELECT u.integration, u.entity_type, u.tenant_id, u.local_id, 'creating', u.v
+		FROM ` + keyArrays + `, $5::text[]) AS u(integration, entity_type, tenant_id, local_id, v)
+		ON CONFLICT (integration, entity_type, tenant_id, local_id) DO UPDATE
+			SET state = CASE WHEN m.state = 'deleted' THEN 'creating' ELSE m.state END,
+			    idempotency_key = CASE WHEN m.state = 'deleted' THEN EXCLUDED.idempotency_key ELSE m.idempotency_key END,
+			    remote_id = CASE WHEN m.state = 'deleted' THEN NULL ELSE m.remote_id END,
+			    updated_at = now()
+		RETURNING m.integration, m.entity_type, m.tenant_id, m.local_id, m.remote_id, m.state, m.idempotency_key, m.updated_at`}
+	activateStmt = &groupcommit.Stmt{Name: "mapping: activate", Keys: 4, Args: valueArgs,
+		SQL: `INSERT INTO ferry.mapping AS m (integration, entity_type, tenant_id, local_id, remote_id, state)
+		SELECT u.integration, u.entity_type, u.tenant_id, u.local_id, u.v, 'active'
+		FROM ` + keyArrays + `, $5::text[]) AS u(integration, entity_type, tenant_id, local_id, v)
+		ON CONFLICT (integration, entity_type, tenant_id, local_id) DO UPDATE SET remote_id = EXCLUDED.remote_id, state = 'active', updated_at = now()
+		RETURNING m.integration, m.entity_type, m.tenant_id, m.local_id, m.idempotency_key, m.updated_at`}
+	markDeletingStmt = &groupcommit.Stmt{Name: "mapping: mark deleting", Keys: 4, Args: keyArgs, SQL: `UPDATE ferry.mapping AS m
+		SET state = 'deleting', updated_at = now()
+		FROM ` + keyArrays + `) AS u(integration, entity_type, tenant_id, local_id)
+		WHERE m.integration = u.integration AND m.entity_type = u.entity_type AND m.tenant_id = u.tenant_id
+			AND m.local_id = u.local_id AND m.state = 'active'
+		RETURNING m.integration, m.entity_type, m.tenant_id, m.local_id`}
+	markDeletedStmt = &groupcommit.Stmt{Name: "mapping: mark deleted", Keys: 4, Args: keyArgs, SQL: `UPDATE ferry.mapping AS m
+		SET state = 'deleted', updated_at = now()
+		FROM ` + keyArrays + `) AS u(integration, entity_type, tenant_id, local_id)
+		WHERE m.integration = u.integration AND m.entity_type = u.entity_type AND m.tenant_id = u.tenant_id
+			AND m.local_id = u.local_id AND m.state <> 'deleted'
+		RETURNING m.integration, m.entity_type, m.tenant_id, m.local_id`}
+)
+
+func keyArgs(ops []*groupcommit.Op) []any {
+	return []any{groupcommit.KeyColumn(ops, 0), groupcommit.KeyColumn(ops, 1), groupcommit.KeyColumn(ops, 2), groupcommit.KeyColumn(ops, 3)}
+}
+
+// valueArgs is the keys and one text value per mapping (the op's Row):
+// the idempotency key of an intent, the partner id of an activation.
+func valueArgs(ops []*groupcommit.Op) []any {
+	v := make([]string, len(ops))
+	for i, o := range ops {
+		v[i] = o.Row.(string)
+	}
+	return append(keyArgs(ops), v)
+}
+
+func op(stmt *groupcommit.Stmt, k Key, row any, out ...any) *groupcommit.Op {
+	return &groupcommit.Op{Stmt: stmt, Key: []string{k.Integration, k.EntityType, k.TenantID, k.LocalID}, Row: row, Out: out}
+}
+
+// do runs o in a group commit, or on its own without one.
+func (s *Store) do(ctx context.Context, o *groupcommit.Op) error {
+	if s.b != nil {
+		return s.b.Do(ctx, o)
+	}
+	return groupcommit.Exec(ctx, s.pool, o)
 }
 
 // Get returns the mapping for k, or ErrNotFound. Active mappings are served
@@ -84,14 +170,13 @@ func (s *Store) Get(ctx context.Context, k Key) (Mapping, error) {
 func (s *Store) Fresh(ctx context.Context, k Key) (Mapping, error) {
 	m := Mapping{Key: k}
 	var remote *string
-	err := s.pool.QueryRow(ctx, `SELECT remote_id, state, idempotency_key, updated_at FROM ferry.mapping
-		WHERE integration = $1 AND entity_type = $2 AND tenant_id = $3 AND local_id = $4`,
-		k.Integration, k.EntityType, k.TenantID, k.LocalID).Scan(&remote, &m.State, &m.IdempotencyKey, &m.UpdatedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Mapping{}, ErrNotFound
-	}
-	if err != nil {
+	o := op(freshStmt, k, nil, &remote, &m.State, &m.IdempotencyKey, &m.UpdatedAt)
+	if err := s.do(ctx, o); err != nil {
 		return Mapping{}, fmt.Errorf("mapping: get %+v: %w", k, err)
+	}
+	if !o.Applied {
+		s.cache.Remove(k)
+		return Mapping{}, ErrNotFound
 	}
 	if remote != nil {
 		m.RemoteID = *remote
@@ -108,20 +193,16 @@ func (s *Store) Fresh(ctx context.Context, k Key) (Mapping, error) {
 // idempotency key, and returns the mapping as it now stands: a new
 // intent, or the existing row (an earlier intent keeps its key, so a
 // retry sends the same one; an active mapping means nothing to create).
+// When it returns nil the intent is committed.
 func (s *Store) Intend(ctx context.Context, k Key, idempotencyKey string) (Mapping, error) {
 	m := Mapping{Key: k}
 	var remote *string
-	err := s.pool.QueryRow(ctx, `INSERT INTO ferry.mapping AS m (integration, entity_type, tenant_id, local_id, state, idempotency_key)
-		VALUES ($1, $2, $3, $4, 'creating', $5)
-		ON CONFLICT (integration, entity_type, tenant_id, local_id) DO UPDATE
-			SET state = CASE WHEN m.state = 'deleted' THEN 'creating' ELSE m.state END,
-			    idempotency_key = CASE WHEN m.state = 'deleted' THEN $5 ELSE m.idempotency_key END,
-			    remote_id = CASE WHEN m.state = 'deleted' THEN NULL ELSE m.remote_id END,
-			    updated_at = now()
-		RETURNING remote_id, state, idempotency_key, updated_at`,
-		k.Integration, k.EntityType, k.TenantID, k.LocalID, idempotencyKey).Scan(&remote, &m.State, &m.IdempotencyKey, &m.UpdatedAt)
-	if err != nil {
+	o := op(intendStmt, k, idempotencyKey, &remote, &m.State, &m.IdempotencyKey, &m.UpdatedAt)
+	if err := s.do(ctx, o); err != nil {
 		return Mapping{}, fmt.Errorf("mapping: intend %+v: %w", k, err)
+	}
+	if !o.Applied {
+		return Mapping{}, fmt.Errorf("mapping: intend %+v: no row returned", k)
 	}
 	if remote != nil {
 		m.RemoteID = *remote
@@ -130,18 +211,19 @@ func (s *Store) Intend(ctx context.Context, k Key, idempotencyKey string) (Mappi
 	return m, nil
 }
 
-// Activate records the partner id of k after a successful create.
+// Activate records the partner id of k after a successful create. When
+// it returns nil the partner id is committed.
 func (s *Store) Activate(ctx context.Context, k Key, remoteID string) (Mapping, error) {
 	if remoteID == "" {
 		return Mapping{}, errors.New("mapping: activate needs the partner id")
 	}
 	m := Mapping{Key: k, RemoteID: remoteID, State: Active}
-	err := s.pool.QueryRow(ctx, `INSERT INTO ferry.mapping AS m (integration, entity_type, tenant_id, local_id, remote_id, state)
-		VALUES ($1, $2, $3, $4, $5, 'active')
-		ON CONFLICT (integration, entity_type, tenant_id, local_id) DO UPDATE SET remote_id = $5, state = 'active', updated_at = now()
-		RETURNING idempotency_key, updated_at`, k.Integration, k.EntityType, k.TenantID, k.LocalID, remoteID).Scan(&m.IdempotencyKey, &m.UpdatedAt)
-	if err != nil {
+	o := op(activateStmt, k, remoteID, &m.IdempotencyKey, &m.UpdatedAt)
+	if err := s.do(ctx, o); err != nil {
 		return Mapping{}, fmt.Errorf("mapping: activate %+v: %w", k, err)
+	}
+	if !o.Applied {
+		return Mapping{}, fmt.Errorf("mapping: activate %+v: no row returned", k)
 	}
 	s.cache.Add(k, m)
 	return m, nil
@@ -151,23 +233,18 @@ func (s *Store) Activate(ctx context.Context, k Key, remoteID string) (Mapping, 
 // false when there was nothing mapped (a recorded no-op for the caller).
 func (s *Store) MarkDeleted(ctx context.Context, k Key) (bool, error) {
 	s.cache.Remove(k) // first: never serve a deleted id, even if the write fails
-	tag, err := s.pool.Exec(ctx, `UPDATE ferry.mapping SET state = 'deleted', updated_at = now()
-		WHERE integration = $1 AND entity_type = $2 AND tenant_id = $3 AND local_id = $4 AND state <> 'deleted'`,
-		k.Integration, k.EntityType, k.TenantID, k.LocalID)
-	if err != nil {
+	o := op(markDeletedStmt, k, nil)
+	if err := s.do(ctx, o); err != nil {
 		return false, fmt.Errorf("mapping: delete %+v: %w", k, err)
 	}
-	return tag.RowsAffected() == 1, nil
+	return o.Applied, nil
 }
 
 // MarkDeleting records that k's partner object is being deleted; the
 // partner id stays for the retry.
 func (s *Store) MarkDeleting(ctx context.Context, k Key) error {
 	s.cache.Remove(k)
-	_, err := s.pool.Exec(ctx, `UPDATE ferry.mapping SET state = 'deleting', updated_at = now()
-		WHERE integration = $1 AND entity_type = $2 AND tenant_id = $3 AND local_id = $4 AND state = 'active'`,
-		k.Integration, k.EntityType, k.TenantID, k.LocalID)
-	if err != nil {
+	if err := s.do(ctx, op(markDeletingStmt, k, nil)); err != nil {
 		return fmt.Errorf("mapping: mark deleting %+v: %w", k, err)
 	}
 	return nil
@@ -236,6 +313,14 @@ func (c scoped) Get(ctx context.Context, entityType, localID string) (connector.
 		return connector.Mapping{}, connector.ErrNoMapping
 	}
 	return conv(m), err
+}
+
+// Cached returns the mapping from the cache alone (an active mapping),
+// false when the cache holds none: the HTTP connector's create writes its
+// intent at once instead of reading first.
+func (c scoped) Cached(entityType, localID string) (connector.Mapping, bool) {
+	m, ok := c.s.cache.Get(c.key(entityType, localID))
+	return conv(m), ok
 }
 
 func (c scoped) Fresh(ctx context.Context, entityType, localID string) (connector.Mapping, error) {

@@ -3,12 +3,15 @@ package mapping
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ferry-cdc/ferry/internal/groupcommit"
 	"github.com/ferry-cdc/ferry/internal/pgdb"
 	"github.com/ferry-cdc/ferry/internal/pgtest"
 	"github.com/ferry-cdc/ferry/pkg/connector"
@@ -16,18 +19,39 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
-func newStore(t *testing.T, url string) *Store {
-	t.Helper()
-	pool, err := pgxpool.New(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
+// modes runs a test against both kinds of store: one statement per
+// call (an operator command's), and in a group commit (the sink's).
+func modes(t *testing.T, test func(t *testing.T, newStore func(t *testing.T, url string) *Store)) {
+	for _, gc := range []bool{false, true} {
+		name := "Statements"
+		if gc {
+			name = "GroupCommit"
+		}
+		t.Run(name, func(t *testing.T) {
+			test(t, func(t *testing.T, url string) *Store {
+				t.Helper()
+				pool, err := pgxpool.New(context.Background(), url)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(pool.Close)
+				var opts []Option
+				if gc {
+					b, err := groupcommit.New(pool, 0)
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(b.Close) // before the pool closes
+					opts = append(opts, WithGroupCommit(b))
+				}
+				s, err := New(pool, 10, opts...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return s
+			})
+		})
 	}
-	t.Cleanup(pool.Close)
-	s, err := New(pool, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 func migrated(t *testing.T) string {
@@ -45,96 +69,178 @@ func migrated(t *testing.T) string {
 }
 
 func TestIntentActivateDeleteAndRecreate(t *testing.T) {
-	ctx := context.Background()
-	s := newStore(t, migrated(t))
-	k := Key{"shop", "product", "acme", "sku-1"}
-	if _, err := s.Get(ctx, k); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("Get before anything = %v", err)
-	}
-	m, err := s.Intend(ctx, k, "shop:e1")
-	if err != nil || m.State != Creating || m.IdempotencyKey != "shop:e1" {
-		t.Fatalf("Intend = %+v, %v", m, err)
-	}
-	// A retry after a crash between the partner's success and our write
-	// finds the intent and its key: the same key goes to the partner.
-	if m, err := s.Intend(ctx, k, "shop:e1-retry"); err != nil || m.State != Creating || m.IdempotencyKey != "shop:e1" {
-		t.Fatalf("second Intend = %+v, %v; want the first key kept", m, err)
-	}
-	if _, err := s.Activate(ctx, k, "item_42"); err != nil {
-		t.Fatal(err)
-	}
-	if m, err := s.Get(ctx, k); err != nil || m.State != Active || m.RemoteID != "item_42" {
-		t.Fatalf("Get after Activate = %+v, %v", m, err)
-	}
-	if m, err := s.Intend(ctx, k, "shop:e9"); err != nil || m.State != Active || m.RemoteID != "item_42" {
-		t.Fatalf("Intend on an active mapping = %+v, %v; want it untouched", m, err)
-	}
-	if ok, err := s.MarkDeleted(ctx, k); err != nil || !ok {
-		t.Fatalf("MarkDeleted = %v, %v", ok, err)
-	}
-	if m, err := s.Get(ctx, k); err != nil || m.State != Deleted {
-		t.Fatalf("Get after delete = %+v, %v: a deleted mapping must not be served as active", m, err)
-	}
-	if ok, err := s.MarkDeleted(ctx, Key{"shop", "product", "acme", "never"}); err != nil || ok {
-		t.Fatalf("delete of an unmapped object = %v, %v; want a no-op", ok, err)
-	}
-	if m, err := s.Intend(ctx, k, "shop:e20"); err != nil || m.State != Creating || m.RemoteID != "" || m.IdempotencyKey != "shop:e20" {
-		t.Fatalf("Intend after delete = %+v, %v; want a fresh intent", m, err)
-	}
+	modes(t, func(t *testing.T, newStore func(t *testing.T, url string) *Store) {
+		ctx := context.Background()
+		s := newStore(t, migrated(t))
+		k := Key{"shop", "product", "acme", "sku-1"}
+		if _, err := s.Get(ctx, k); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Get before anything = %v", err)
+		}
+		m, err := s.Intend(ctx, k, "shop:e1")
+		if err != nil || m.State != Creating || m.IdempotencyKey != "shop:e1" {
+			t.Fatalf("Intend = %+v, %v", m, err)
+		}
+		// A retry after a crash between the partner's success and our write
+		// finds the intent and its key: the same key goes to the partner.
+		if m, err := s.Intend(ctx, k, "shop:e1-retry"); err != nil || m.State != Creating || m.IdempotencyKey != "shop:e1" {
+			t.Fatalf("second Intend = %+v, %v; want the first key kept", m, err)
+		}
+		if _, err := s.Activate(ctx, k, "item_42"); err != nil {
+			t.Fatal(err)
+		}
+		if m, err := s.Get(ctx, k); err != nil || m.State != Active || m.RemoteID != "item_42" {
+			t.Fatalf("Get after Activate = %+v, %v", m, err)
+		}
+		if m, err := s.Intend(ctx, k, "shop:e9"); err != nil || m.State != Active || m.RemoteID != "item_42" {
+			t.Fatalf("Intend on an active mapping = %+v, %v; want it untouched", m, err)
+		}
+		if ok, err := s.MarkDeleted(ctx, k); err != nil || !ok {
+			t.Fatalf("MarkDeleted = %v, %v", ok, err)
+		}
+		if m, err := s.Get(ctx, k); err != nil || m.State != Deleted {
+			t.Fatalf("Get after delete = %+v, %v: a deleted mapping must not be served as active", m, err)
+		}
+		if ok, err := s.MarkDeleted(ctx, Key{"shop", "product", "acme", "never"}); err != nil || ok {
+			t.Fatalf("delete of an unmapped object = %v, %v; want a no-op", ok, err)
+		}
+		if m, err := s.Intend(ctx, k, "shop:e20"); err != nil || m.State != Creating || m.RemoteID != "" || m.IdempotencyKey != "shop:e20" {
+			t.Fatalf("Intend after delete = %+v, %v; want a fresh intent", m, err)
+		}
+	})
 }
 
 // Two processes: one's cache may hold a mapping the other deleted; Purge
 // (called on partition ownership changes) makes it read the truth.
 func TestPurgeDropsMappingsWrittenElsewhere(t *testing.T) {
-	ctx := context.Background()
-	url := migrated(t)
-	a, b := newStore(t, url), newStore(t, url)
-	k := Key{"shop", "product", "acme", "sku-1"}
-	if _, err := a.Activate(ctx, k, "item_1"); err != nil {
-		t.Fatal(err)
-	}
-	if m, err := a.Get(ctx, k); err != nil || m.State != Active {
-		t.Fatal(m, err)
-	}
-	if _, err := b.MarkDeleted(ctx, k); err != nil {
-		t.Fatal(err)
-	}
-	a.Purge()
-	if m, err := a.Get(ctx, k); err != nil || m.State != Deleted {
-		t.Fatalf("after Purge: %+v %v", m, err)
-	}
+	modes(t, func(t *testing.T, newStore func(t *testing.T, url string) *Store) {
+		ctx := context.Background()
+		url := migrated(t)
+		a, b := newStore(t, url), newStore(t, url)
+		k := Key{"shop", "product", "acme", "sku-1"}
+		if _, err := a.Activate(ctx, k, "item_1"); err != nil {
+			t.Fatal(err)
+		}
+		if m, err := a.Get(ctx, k); err != nil || m.State != Active {
+			t.Fatal(m, err)
+		}
+		if _, err := b.MarkDeleted(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		a.Purge()
+		if m, err := a.Get(ctx, k); err != nil || m.State != Deleted {
+			t.Fatalf("after Purge: %+v %v", m, err)
+		}
+	})
 }
 
 // A delete in progress keeps the partner id (for the retry) and is never
 // served from the cache; the scoped store and ForTenant see it.
 func TestDeletingKeepsThePartnerIDAndLeavesTheCache(t *testing.T) {
+	modes(t, func(t *testing.T, newStore func(t *testing.T, url string) *Store) {
+		ctx := context.Background()
+		s := newStore(t, migrated(t))
+		m := s.For("shop", "acme")
+		if err := m.Activate(ctx, "product", "p1", "items_7"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Get(ctx, "product", "p1"); err != nil { // cached now
+			t.Fatal(err)
+		}
+		if err := m.MarkDeleting(ctx, "product", "p1"); err != nil {
+			t.Fatal(err)
+		}
+		got, err := m.Get(ctx, "product", "p1")
+		if err != nil || got.State != "deleting" || got.RemoteID != "items_7" || got.Active() {
+			t.Fatalf("after MarkDeleting: %+v, %v", got, err)
+		}
+		list, err := s.ForTenant(ctx, "shop", "acme")
+		if err != nil || len(list) != 1 || list[0].State != Deleting {
+			t.Fatalf("ForTenant: %+v, %v", list, err)
+		}
+		if ok, err := m.MarkDeleted(ctx, "product", "p1"); !ok || err != nil {
+			t.Fatalf("MarkDeleted: %v %v", ok, err)
+		}
+		if list, _ := s.ForTenant(ctx, "shop", "acme"); len(list) != 0 {
+			t.Fatalf("a deleted mapping is still listed: %+v", list)
+		}
+		if _, err := m.Get(ctx, "product", "nope"); !errors.Is(err, connector.ErrNoMapping) {
+			t.Fatalf("missing mapping: %v", err)
+		}
+	})
+}
+
+// In a group commit, many lanes' intents and partner ids share batches,
+// and each is committed when its call returns: another connection reads
+// it at once (the intent must be in the database before the partner
+// call). A write that fails fails alone: its batch's others still land.
+func TestGroupCommitWritesAreCommittedWhenTheCallReturns(t *testing.T) {
 	ctx := context.Background()
-	s := newStore(t, migrated(t))
-	m := s.For("shop", "acme")
-	if err := m.Activate(ctx, "product", "p1", "items_7"); err != nil {
+	url := migrated(t)
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Get(ctx, "product", "p1"); err != nil { // cached now
+	defer pool.Close()
+	b, err := groupcommit.New(pool, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.MarkDeleting(ctx, "product", "p1"); err != nil {
+	defer b.Close()
+	s, err := New(pool, 10, WithGroupCommit(b))
+	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := m.Get(ctx, "product", "p1")
-	if err != nil || got.State != "deleting" || got.RemoteID != "items_7" || got.Active() {
-		t.Fatalf("after MarkDeleting: %+v, %v", got, err)
+	other, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
 	}
-	list, err := s.ForTenant(ctx, "shop", "acme")
-	if err != nil || len(list) != 1 || list[0].State != Deleting {
-		t.Fatalf("ForTenant: %+v, %v", list, err)
+	defer other.Close(ctx)
+	var otherMu sync.Mutex
+	read := func(k Key) (state, key, remote string, err error) {
+		otherMu.Lock()
+		defer otherMu.Unlock()
+		err = other.QueryRow(ctx, `SELECT state, idempotency_key, COALESCE(remote_id, '') FROM ferry.mapping
+			WHERE integration = $1 AND entity_type = $2 AND tenant_id = $3 AND local_id = $4`,
+			k.Integration, k.EntityType, k.TenantID, k.LocalID).Scan(&state, &key, &remote)
+		return state, key, remote, err
 	}
-	if ok, err := m.MarkDeleted(ctx, "product", "p1"); !ok || err != nil {
-		t.Fatalf("MarkDeleted: %v %v", ok, err)
+	if _, err := pool.Exec(ctx, `CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF NEW.local_id = 'bad' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$;
+		CREATE TRIGGER refuse BEFORE INSERT ON ferry.mapping FOR EACH ROW EXECUTE FUNCTION refuse();`); err != nil {
+		t.Fatal(err)
 	}
-	if list, _ := s.ForTenant(ctx, "shop", "acme"); len(list) != 0 {
-		t.Fatalf("a deleted mapping is still listed: %+v", list)
+	const n = 64
+	errs := make(chan error, n+1)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			k := Key{"shop", "product", fmt.Sprintf("t%d", i%8), fmt.Sprintf("p%d", i)}
+			idem := fmt.Sprintf("shop:e%d:item", i)
+			if m, err := s.Intend(ctx, k, idem); err != nil || m.State != Creating || m.IdempotencyKey != idem {
+				errs <- fmt.Errorf("intend %v: %+v, %v", k, m, err)
+				return
+			}
+			if state, key, _, err := read(k); err != nil || state != "creating" || key != idem {
+				errs <- fmt.Errorf("%v right after Intend returned: %s %s %v; want the intent committed", k, state, key, err)
+				return
+			}
+			if _, err := s.Activate(ctx, k, fmt.Sprintf("item_%d", i)); err != nil {
+				errs <- err
+				return
+			}
+			if state, _, remote, err := read(k); err != nil || state != "active" || remote != fmt.Sprintf("item_%d", i) {
+				errs <- fmt.Errorf("%v right after Activate returned: %s %s %v; want it active", k, state, remote, err)
+			}
+		})
 	}
-	if _, err := m.Get(ctx, "product", "nope"); !errors.Is(err, connector.ErrNoMapping) {
-		t.Fatalf("missing mapping: %v", err)
+	wg.Go(func() {
+		if _, err := s.Intend(ctx, Key{"shop", "product", "t0", "bad"}, "shop:bad"); err == nil {
+			errs <- errors.New("an intent the database refused succeeded")
+		}
+	})
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }

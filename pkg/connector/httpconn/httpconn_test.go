@@ -695,3 +695,64 @@ func TestCloudEventAttributesInTemplates(t *testing.T) {
 		t.Fatalf("no envelope: %v (%v), %d requests; want a rejection and no call", out, err, len(rec.reqs))
 	}
 }
+
+// coldCache is the sink's store as a process sees it that has cached
+// nothing (just started, or its partitions just reassigned): Cached
+// always misses. It counts the reads of products' own mappings (the
+// price's, a create step's, is read to fill .ids).
+type coldCache struct {
+	*connectortest.MemMappings
+	gets int
+}
+
+func (c *coldCache) Cached(string, string) (connector.Mapping, bool) {
+	return connector.Mapping{}, false
+}
+
+func (c *coldCache) Get(ctx context.Context, entityType, localID string) (connector.Mapping, error) {
+	if entityType == "product" {
+		c.gets++
+	}
+	return c.MemMappings.Get(ctx, entityType, localID)
+}
+
+// With a store that caches, a create that finds nothing cached writes
+// its intent without reading first, and the intent's answer decides as
+// the read did: a new object is created; an object already mapped (a
+// second create, another process's cache) is updated, not created
+// twice; an intent an earlier event left behind is recovered by lookup.
+func TestCreateWritesTheIntentWithoutReadingFirst(t *testing.T) {
+	s, base := sim(t)
+	c := newConn(t, example(t, "shop"), base)
+	ctx := context.Background()
+	m := &coldCache{MemMappings: connectortest.NewMemMappings()}
+	lamp := `{"name": "Lamp", "price": 1, "currency": "EUR"}`
+	if _, err := c.Deliver(ctx, req(event("c1", "product.created", "product", "p1", lamp), m)); err != nil {
+		t.Fatal(err)
+	}
+	p1, _ := m.MemMappings.Get(ctx, "product", "p1")
+	if !p1.Active() || p1.IdempotencyKey != "shop:c1:item" || len(s.Objects("items")) != 1 {
+		t.Fatalf("create: mapping %+v, items %+v", p1, s.Objects("items"))
+	}
+	if _, err := c.Deliver(ctx, req(event("c2", "product.created", "product", "p1", `{"name": "Lamp 2", "price": 1, "currency": "EUR"}`), m)); err != nil {
+		t.Fatal(err)
+	}
+	if items := s.Objects("items"); len(items) != 1 || items[0].ID != p1.RemoteID || items[0].Fields["name"] != "Lamp 2" {
+		t.Fatalf("a second create of a mapped object: items %+v, want %s updated", items, p1.RemoteID)
+	}
+	if m.gets != 0 {
+		t.Fatalf("the creates read the product mapping %d times, want none", m.gets)
+	}
+	// The partner created p2, and the mapping write was lost; a later
+	// create event (a resync's would be an upsert) finds the intent.
+	if _, err := c.Deliver(ctx, req(event("c3", "product.created", "product", "p2", lamp), &losingActivate{MemMappings: m.MemMappings})); err == nil {
+		t.Fatal("the lost mapping write was not reported")
+	}
+	if _, err := c.Deliver(ctx, req(event("c4", "product.created", "product", "p2", lamp), m)); err != nil {
+		t.Fatal(err)
+	}
+	p2, _ := m.MemMappings.Get(ctx, "product", "p2")
+	if n := len(s.Objects("items")); n != 2 || !p2.Active() {
+		t.Fatalf("%d items at the partner (want 2), p2 mapped %+v", n, p2)
+	}
+}
