@@ -44,11 +44,13 @@ var (
 	resyncBaseline            time.Duration
 )
 
-// resyncRuns runs the resync-under-writes run with watermarks and, as a
-// reference, the way resync used to lock the outbox.
-func resyncRuns(ctx context.Context, cl *pgtest.Cluster, bin string) ([]resyncResult, error) {
+// resyncRuns runs the resync-under-writes run repeat times with
+// watermarks and, as a reference, the way resync used to lock the outbox
+// (in turns, so each pair sees the same machine).
+func resyncRuns(ctx context.Context, cl *pgtest.Cluster, bin string, repeat int) ([]resyncResult, error) {
 	var rs []resyncResult
-	for _, lock := range []bool{false, true} {
+	for i := range 2 * repeat {
+		lock := i%2 == 1
 		r, err := resyncUnderWrites(ctx, cl, bin, resyncObjects, resyncRate, resyncBaseline, lock)
 		if err != nil {
 			return nil, fmt.Errorf("resync under writes (%s): %w", r.how, err)
@@ -157,7 +159,7 @@ func runOnly(ctx context.Context, only string, rows, repeat int, tenants []int, 
 		}
 		fmt.Fprintf(os.Stderr, "latency at %d/s: p50 %.2f ms, p99 %.2f ms over %d transactions, peak RSS %.1f MiB\n", rate, p50*1000, p99*1000, n, rss)
 	case "resync":
-		_, err := resyncRuns(ctx, cl, bin)
+		_, err := resyncRuns(ctx, cl, bin, repeat)
 		return err
 	default:
 		return fmt.Errorf("-only %q: use bigtx, 1000, single, latency or resync", only)
@@ -241,7 +243,7 @@ func runBench(ctx context.Context, rows, repeat int, tenants []int, bigTx, rate 
 	fmt.Fprintf(os.Stderr, "latency at %d/s: p50 %.2f ms, p99 %.2f ms over %d transactions\n", rate, p50*1000, p99*1000, n)
 	report := render(results, big, rate, latDur, p50, p99, n, rss)
 	if resyncObjects > 0 {
-		rs, err := resyncRuns(ctx, cl, bin)
+		rs, err := resyncRuns(ctx, cl, bin, repeat)
 		if err != nil {
 			return err
 		}
