@@ -649,8 +649,8 @@ func quantile(bs []bucket, count, q float64) float64 {
 func render(rs []result, big *bigResult, rate int, dur time.Duration, p50, p99 float64, n int, latRSS float64) string {
 	var b strings.Builder
 	host, _ := os.Hostname()
-	fmt.Fprintf(&b, "# Benchmarks\n\nMade by `make bench` (`go run ./bench/cdcbench -out docs/benchmarks.md`) on %s, %s, %d CPUs, %s, host %s.\n",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), runtime.Version(), host)
+	fmt.Fprintf(&b, "# Benchmarks\n\nMade by `make bench` (`go run ./bench/cdcbench %s`) on %s, %s, %d CPUs, %s, host %s. What the figures mean, profiles and the history of changes: [performance.md](performance.md).\n",
+		strings.Join(os.Args[1:], " "), time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), runtime.Version(), host)
 	b.WriteString(`
 Setup: a throwaway PostgreSQL 15 cluster (fsync off, synchronous_commit on),
 the devbroker (kfake, a fresh data folder and 8 partitions per topic for

@@ -739,7 +739,7 @@ func runBench(ctx context.Context, bin string, events, parked, repeat int, out s
 	fmt.Fprintf(&b, `
 ## sink
 
-Made by `+"`make bench`"+` (`+"`go run ./bench/sinkbench -out docs/benchmarks.md`"+`) on %s, %d CPUs, %s, host %s.
+Made by `+"`make bench`"+` (`+"`go run ./bench/sinkbench "+strings.Join(os.Args[1:], " ")+"`"+`) on %s, %d CPUs, %s, host %s.
 The real `+"`sink`"+` binary with the delivery log on (a throwaway PostgreSQL 15,
 fsync off), devbroker and partnersim (`+"`-discard`"+`: it answers without
 storing anything) as separate processes, all sharing the machine's cores;
