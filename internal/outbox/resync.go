@@ -159,7 +159,7 @@ func queryFault(err error) bool {
 func emitChunks(ctx context.Context, conn *pgx.Conn, cfg Config, req request, markOf func(string) string) (int, error) {
 	c := cfg.Columns
 	table := id(splitTable(cfg.Table)...)
-	var queried []string
+	queried := []string{} // not nil: a NULL array would match no row
 	for _, q := range cfg.ResyncQueries {
 		queried = append(queried, q.AggregateType)
 	}
