@@ -171,3 +171,37 @@ func TestPipeline_EnableResyncsAndDisableRollsBack(t *testing.T) {
 		t.Fatal("globex changed")
 	}
 }
+
+// A resync cdc cannot serve (an outbox.resync_queries query that does not
+// run) is reported, not waited for forever: sink tenants enable exits
+// non-zero with cdc's error and what to do, and sink tenants shows the
+// resync as failed.
+func TestEnableReportsAResyncThatFailed(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	ctx := context.Background()
+	bad := filepath.Join(t.TempDir(), "cdc.yaml")
+	if err := os.WriteFile(bad, []byte(`outbox:
+  resync_queries:
+    - aggregate_type: product
+      event_type: product.updated
+      query: SELECT nope AS aggregate_id, '{}' AS payload FROM public.outbox WHERE tenant_id = $1
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.startCDC("--config", bad)
+	waitFor(t, time.Minute, "cdc streaming", func() bool {
+		var ok bool
+		_ = e.conn.QueryRow(ctx, `SELECT to_regclass('ferry.resync_request') IS NOT NULL
+			AND EXISTS (SELECT 1 FROM pg_replication_slots WHERE database = current_database() AND active)`).Scan(&ok)
+		return ok
+	})
+	cfg := e.shopConfig("")
+	code, out, errOut := e.runCmd("tenants", "enable", "--integration", "shop", "--tenant", "acme", "--wait", "30s", "--config", cfg)
+	if code == 0 || !strings.Contains(errOut, "failed") || !strings.Contains(errOut, `column "nope" does not exist`) || !strings.Contains(errOut, "resync_queries") {
+		t.Fatalf("enable with a resync cdc cannot serve: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = e.runCmd("tenants", "--integration", "shop", "--config", cfg)
+	if code != 0 || !strings.Contains(out, "acme") || !strings.Contains(out, "failed") {
+		t.Fatalf("tenants: %d\n%s%s", code, out, errOut)
+	}
+}
