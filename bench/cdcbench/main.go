@@ -182,20 +182,11 @@ type bigResult struct {
 func bigTransaction(ctx context.Context, cl *pgtest.Cluster, bin string, rows int) (bigResult, error) {
 	r := bigResult{rows: rows}
 	const name = "bench_bigtx"
-	url, err := newDB(ctx, cl, bin, name)
+	url, conn, done, err := scratchDB(ctx, cl, bin, name)
 	if err != nil {
 		return r, err
 	}
-	defer func() {
-		if err := pgtest.DropDatabase(ctx, cl.URL, name); err != nil {
-			fmt.Fprintln(os.Stderr, "cdcbench: drop", name+":", err)
-		}
-	}()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return r, err
-	}
-	defer conn.Close(ctx)
+	defer done()
 	t0 := time.Now()
 	if _, err := conn.Exec(ctx, `INSERT INTO outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload, headers)
 		SELECT `+rowExpr(50)+` FROM generate_series(0, $1::int - 1) g`, rows); err != nil {
@@ -254,6 +245,25 @@ func runBench(ctx context.Context, rows, repeat int, tenants []int, bigTx, rate 
 		return os.WriteFile(out, []byte(report), 0o644)
 	}
 	return nil
+}
+
+// scratchDB is newDB with one slot named after the database, a
+// connection to it, and done, which closes the connection and drops the
+// database (so later runs do not share the cluster with its rows).
+func scratchDB(ctx context.Context, cl *pgtest.Cluster, bin, name string) (url string, conn *pgx.Conn, done func(), err error) {
+	if url, err = newDB(ctx, cl, bin, name); err != nil {
+		return "", nil, nil, err
+	}
+	drop := func() {
+		if err := pgtest.DropDatabase(ctx, cl.URL, name); err != nil {
+			fmt.Fprintln(os.Stderr, "cdcbench: drop", name+":", err)
+		}
+	}
+	if conn, err = pgx.Connect(ctx, url); err != nil {
+		drop()
+		return "", nil, nil, err
+	}
+	return url, conn, func() { conn.Close(ctx); drop() }, nil
 }
 
 // newDB creates a database and runs `cdc setup` for each slot (one per

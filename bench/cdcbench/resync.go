@@ -47,20 +47,11 @@ func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, obje
 	if shareLock {
 		name += "_lock"
 	}
-	url, err := newDB(ctx, cl, bin, name)
+	url, conn, done, err := scratchDB(ctx, cl, bin, name)
 	if err != nil {
 		return r, err
 	}
-	defer func() {
-		if err := pgtest.DropDatabase(ctx, cl.URL, name); err != nil {
-			fmt.Fprintln(os.Stderr, "cdcbench: drop", name+":", err)
-		}
-	}()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return r, err
-	}
-	defer conn.Close(ctx)
+	defer done()
 	// The big tenant's objects are written before cdc starts: the slot
 	// streams them first, and the measurement starts once they are
 	// drained.
