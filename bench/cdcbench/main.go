@@ -42,6 +42,7 @@ import (
 var (
 	resyncObjects, resyncRate int
 	resyncBaseline            time.Duration
+	resyncCap                 float64
 )
 
 // resyncRuns runs the resync-under-writes run repeat times with
@@ -93,6 +94,7 @@ func main() {
 	flag.IntVar(&resyncObjects, "resync-objects", 1_000_000, "objects of the tenant resynced while other tenants write (0 skips it)")
 	flag.IntVar(&resyncRate, "resync-rate", 1000, "other tenants' inserts per second during the resync run")
 	flag.DurationVar(&resyncBaseline, "resync-baseline", 20*time.Second, "how long other tenants' inserts are timed before the resync starts")
+	flag.Float64Var(&resyncCap, "resync-cap", 0, "the resync's outbox.resync_rate (objects/s; 0: no cap)")
 	flag.Parse()
 	ctx := context.Background()
 	var counts []int

@@ -427,3 +427,39 @@ func TestResyncQueriesReadTheApplicationsOwnTables(t *testing.T) {
 		t.Fatalf("resync with an incomplete query: exit %d\n%s", code, errb.String())
 	}
 }
+
+// resync_rate caps how fast a resync emits its objects (so a busy
+// database keeps CPU and WAL bandwidth for its own writes): 40 objects in
+// chunks of 10 at 20 objects/s take at least 1.5 s (the first chunk goes
+// at once), and all 40 are published.
+func TestResyncRateCapsObjectsPerSecond(t *testing.T) {
+	e := newEnv(t)
+	e.setup()
+	stop := e.inproc()
+	defer stop()
+	e.exec(`INSERT INTO outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload)
+		SELECT 'acme', 'product', 'p' || i, 'product.created', '{"v":1}' FROM generate_series(1, 40) i`)
+	var out, errb bytes.Buffer
+	start := time.Now()
+	code := run(context.Background(), []string{"resync", "--postgres-url", e.db, "--integration", "shop", "--tenant", "acme",
+		"--resync-chunk", "10", "--resync-rate", "20"}, noenv, &out, &errb)
+	took := time.Since(start)
+	if code != 0 || !strings.Contains(out.String(), "40 events of tenant acme") {
+		t.Fatalf("resync: %d %s %s", code, out.String(), errb.String())
+	}
+	if took < 1500*time.Millisecond {
+		t.Fatalf("40 objects at 20/s in chunks of 10 took %s, want at least 1.5 s", took)
+	}
+	e.kafka.Consume(t, 30*time.Second, func(rs []*kgo.Record) bool {
+		n := 0
+		for _, r := range rs {
+			if kafkatest.Header(r, "ferry_resync") == "shop" {
+				n++
+			}
+		}
+		return n == 40
+	}, e.topic("product"))
+	if code := run(context.Background(), []string{"resync", "--postgres-url", e.db, "--integration", "shop", "--tenant", "acme", "--resync-rate", "-1"}, noenv, &out, &errb); code != 2 || !strings.Contains(errb.String(), "outbox.resync_rate") {
+		t.Fatalf("a negative rate: exit %d %s", code, errb.String())
+	}
+}

@@ -93,15 +93,15 @@ type IntegrationStatus struct {
 	Parked     map[string]int64 `json:"parked"`     // tenant → queued events, for the delivery.ParkedTop tenants with the most
 	// ParkedTotal is the integration's parked events, over ParkedTenants
 	// tenants (`sink tenants` lists every one).
-	ParkedTotal   int64 `json:"parked_total"`
-	ParkedTenants int64 `json:"parked_tenants"`
-	Processes  []Process        `json:"processes"`  // live sinks
-	Lanes      map[string]int   `json:"lanes"`      // by state, over live sinks
-	Breaker    string           `json:"breaker"`    // closed, open, half-open; "" when no sink runs
-	Rate       float64          `json:"deliveries_per_second"`
-	Lag        []PartitionLag   `json:"lag,omitempty"`
-	LagTotal   int64            `json:"lag_total"`
-	LagError   string           `json:"lag_error,omitempty"`
+	ParkedTotal   int64          `json:"parked_total"`
+	ParkedTenants int64          `json:"parked_tenants"`
+	Processes     []Process      `json:"processes"` // live sinks
+	Lanes         map[string]int `json:"lanes"`     // by state, over live sinks
+	Breaker       string         `json:"breaker"`   // closed, open, half-open; "" when no sink runs
+	Rate          float64        `json:"deliveries_per_second"`
+	Lag           []PartitionLag `json:"lag,omitempty"`
+	LagTotal      int64          `json:"lag_total"`
+	LagError      string         `json:"lag_error,omitempty"`
 }
 
 // Status reports every integration known to the log, the live sinks or

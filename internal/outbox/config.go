@@ -61,6 +61,11 @@ type Config struct {
 	// tenant's objects are read and emitted a chunk at a time, each inside
 	// its own watermark window). Default 2000.
 	ResyncChunk int `yaml:"resync_chunk"`
+	// ResyncRate caps the objects a resync emits per second (0: no cap).
+	// A resync reads, writes to the WAL and sends through cdc as fast as
+	// it can; on a busy database a cap leaves CPU and WAL bandwidth to the
+	// application's own writes, for a longer resync.
+	ResyncRate float64 `yaml:"resync_rate"`
 	// ResyncQueries read the current state of a tenant's objects of one
 	// aggregate type from the application's own tables, for resync,
 	// instead of the outbox: objects whose outbox rows were pruned are
@@ -205,6 +210,9 @@ func (c *Config) Validate() error {
 		if !strings.Contains(q.Query, "$1") {
 			errs = append(errs, fmt.Errorf("%s.query: %q: give a SELECT with $1 as the tenant id, returning aggregate_id and payload", at, q.Query))
 		}
+	}
+	if c.ResyncRate < 0 {
+		errs = append(errs, fmt.Errorf("outbox.resync_rate: %v: give objects per second, or 0 for no cap", c.ResyncRate))
 	}
 	if c.ResyncChunk < 0 {
 		errs = append(errs, fmt.Errorf("outbox.resync_chunk: %d: give 1 or more objects per chunk", c.ResyncChunk))

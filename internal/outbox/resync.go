@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"golang.org/x/time/rate"
 
 	"github.com/ferry-cdc/ferry/internal/retry"
 )
@@ -210,16 +211,25 @@ func emitChunks(ctx context.Context, conn *pgx.Conn, cfg Config, req request, ma
 			headers, id(c.ID), id(c.AggregateType), id(c.AggregateID), id(c.TenantID), id(c.EventType), id(c.Payload), id(c.Seq), table),
 	}}
 	total := 0
+	limit := rate.NewLimiter(rate.Inf, 0)
+	if cfg.ResyncRate > 0 {
+		limit = rate.NewLimiter(rate.Limit(cfg.ResyncRate), cfg.ResyncChunk)
+	}
 	for _, src := range sources {
-		for cursor, more := int64(math.MinInt64), true; more; {
+		for cursor := int64(math.MinInt64); ; {
+			// The work set does not change during an attempt: the next
+			// chunk's bound is read outside its transaction.
+			var hi *int64
+			if err := conn.QueryRow(ctx, src.next, req.id, cursor, cfg.ResyncChunk).Scan(&hi); err != nil {
+				return total, fmt.Errorf("resync %d: read the next chunk of %s's %s: %w", req.id, req.tenant, src.name, err)
+			}
+			if hi == nil {
+				break
+			}
+			if err := limit.WaitN(ctx, cfg.ResyncChunk); err != nil {
+				return total, err
+			}
 			err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-				var hi *int64
-				if err := tx.QueryRow(ctx, src.next, req.id, cursor, cfg.ResyncChunk).Scan(&hi); err != nil {
-					return err
-				}
-				if more = hi != nil; !more {
-					return nil
-				}
 				if _, err := tx.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, WatermarkPrefix, markOf("chunk")); err != nil {
 					return err
 				}
@@ -227,12 +237,13 @@ func emitChunks(ctx context.Context, conn *pgx.Conn, cfg Config, req request, ma
 				if err := tx.QueryRow(ctx, src.emit, req.tenant, cursor, *hi, req.id, cfg.MessagePrefix, strconv.FormatInt(req.id, 10), req.integration).Scan(&n); err != nil {
 					return err
 				}
-				cursor, total = *hi, total+n
+				total += n
 				return nil
 			})
 			if err != nil {
 				return total, fmt.Errorf("resync %d: emit %s's %s after %d: %w", req.id, req.tenant, src.name, cursor, err)
 			}
+			cursor = *hi
 		}
 	}
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
