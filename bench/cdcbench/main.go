@@ -43,6 +43,7 @@ var (
 	resyncObjects, resyncRate int
 	resyncBaseline            time.Duration
 	resyncCap                 float64
+	resyncLockRef             bool
 )
 
 // resyncRuns runs the resync-under-writes run repeat times with
@@ -52,6 +53,9 @@ func resyncRuns(ctx context.Context, cl *pgtest.Cluster, bin string, repeat int)
 	var rs []resyncResult
 	for i := range 2 * repeat {
 		lock := i%2 == 1
+		if lock && !resyncLockRef {
+			continue
+		}
 		r, err := resyncUnderWrites(ctx, cl, bin, resyncObjects, resyncRate, resyncBaseline, lock)
 		if err != nil {
 			return nil, fmt.Errorf("resync under writes (%s): %w", r.how, err)
@@ -95,6 +99,7 @@ func main() {
 	flag.IntVar(&resyncRate, "resync-rate", 1000, "other tenants' inserts per second during the resync run")
 	flag.DurationVar(&resyncBaseline, "resync-baseline", 20*time.Second, "how long other tenants' inserts are timed before the resync starts")
 	flag.Float64Var(&resyncCap, "resync-cap", 0, "the resync's outbox.resync_rate (objects/s; 0: no cap)")
+	flag.BoolVar(&resyncLockRef, "resync-lock-ref", true, "run the share-lock reference in turns with the resync runs")
 	flag.Parse()
 	ctx := context.Background()
 	var counts []int
