@@ -459,7 +459,7 @@ func TestResyncRateCapsObjectsPerSecond(t *testing.T) {
 		}
 		return n == 40
 	}, e.topic("product"))
-	if code := run(context.Background(), []string{"resync", "--postgres-url", e.db, "--integration", "shop", "--tenant", "acme", "--resync-rate", "-1"}, noenv, &out, &errb); code != 2 || !strings.Contains(errb.String(), "outbox.resync_rate") {
+	if code := run(context.Background(), []string{"resync", "--postgres-url", e.db, "--integration", "shop", "--tenant", "acme", "--resync-rate=-1"}, noenv, &out, &errb); code != 2 || !strings.Contains(errb.String(), "outbox.resync_rate") {
 		t.Fatalf("a negative rate: exit %d %s", code, errb.String())
 	}
 }
