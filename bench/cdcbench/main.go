@@ -561,8 +561,25 @@ func latency(ctx context.Context, cl *pgtest.Cluster, bin string, rate int, dur 
 	for !ready(admin) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	const clients = 4
 	total := int(float64(rate) * dur.Seconds())
+	if err = pacedInserts(ctx, url, rate, total, nil); err != nil {
+		return
+	}
+	for benchutil.Metric(admin, `ferry_cdc_events_total{outcome="published"}`) < float64(total) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	buckets, count := histogram(admin, "ferry_cdc_commit_to_ack_seconds")
+	return quantile(buckets, count, 0.50), quantile(buckets, count, 0.99), int(count), benchutil.PeakRSS(cdc.Process.Pid), nil
+}
+
+// pacedInserts has 4 clients insert single-row transactions of 1,000
+// other tenants, insert i due at i/rate from the start, until total have
+// been written (total 0: until ctx ends). seen, if not nil, gets each
+// insert's latency from when it was due, not from when its client got
+// to it: an insert held up (by a lock, say) holds up the ones after it
+// too, and they count. It returns the first error, ctx ending aside.
+func pacedInserts(ctx context.Context, url string, rate, total int, seen func(time.Duration)) error {
+	const clients = 4
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
 	start := time.Now()
@@ -575,10 +592,10 @@ func latency(ctx context.Context, cl *pgtest.Cluster, bin string, rate int, dur 
 				errs <- err
 				return
 			}
-			defer cc.Close(ctx)
-			for i := c; i < total; i += clients {
-				// Pace against the wall clock: event i is due at i/rate.
-				if d := time.Until(start.Add(time.Duration(float64(i) / float64(rate) * float64(time.Second)))); d > 0 {
+			defer cc.Close(context.WithoutCancel(ctx))
+			for i := c; (total == 0 || i < total) && ctx.Err() == nil; i += clients {
+				due := start.Add(time.Duration(float64(i) / float64(rate) * float64(time.Second)))
+				if d := time.Until(due); d > 0 {
 					time.Sleep(d)
 				}
 				if _, err := cc.Exec(ctx, `INSERT INTO outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload)
@@ -586,19 +603,20 @@ func latency(ctx context.Context, cl *pgtest.Cluster, bin string, rate int, dur 
 					errs <- err
 					return
 				}
+				if seen != nil {
+					seen(time.Since(due))
+				}
 			}
 		}()
 	}
 	wg.Wait()
 	close(errs)
-	if err = <-errs; err != nil {
-		return
+	for err := range errs {
+		if ctx.Err() == nil {
+			return err
+		}
 	}
-	for benchutil.Metric(admin, `ferry_cdc_events_total{outcome="published"}`) < float64(total) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	buckets, count := histogram(admin, "ferry_cdc_commit_to_ack_seconds")
-	return quantile(buckets, count, 0.50), quantile(buckets, count, 0.99), int(count), benchutil.PeakRSS(cdc.Process.Pid), nil
+	return nil
 }
 
 // startBroker runs the devbroker with args (its data folder is always

@@ -85,51 +85,25 @@ func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, obje
 		time.Sleep(100 * time.Millisecond)
 	}
 
-	// Writers: 4 clients, other tenants, paced against the wall clock.
+	// Writers: other tenants, paced against the wall clock.
 	var mu sync.Mutex
 	var base, during []time.Duration
 	var phase int // 0 baseline, 1 during the resync, 2 done
 	wctx, stopWriters := context.WithCancel(ctx)
 	defer stopWriters()
-	const clients = 4
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	start := time.Now()
-	for c := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cc, err := pgx.Connect(ctx, url)
-			if err != nil {
-				errs <- err
-				return
+	errs := make(chan error, 1)
+	go func() {
+		errs <- pacedInserts(wctx, url, rate, 0, func(d time.Duration) {
+			mu.Lock()
+			defer mu.Unlock()
+			switch phase {
+			case 0:
+				base = append(base, d)
+			case 1:
+				during = append(during, d)
 			}
-			defer cc.Close(ctx)
-			for i := c; wctx.Err() == nil; i += clients {
-				// Latency runs from when the insert was due, not from when
-				// the client got to it: an insert held up (by a lock, say)
-				// holds up the ones after it too, and they count.
-				due := start.Add(time.Duration(float64(i) / float64(rate) * float64(time.Second)))
-				if d := time.Until(due); d > 0 {
-					time.Sleep(d)
-				}
-				if _, err := cc.Exec(ctx, `INSERT INTO outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload)
-					VALUES ('tenant-' || ($1::int % 1000), 'product', $1::text, 'product.updated', jsonb_build_object('n', $1::int, 'pad', repeat('x', 300)))`, i); err != nil {
-					errs <- err
-					return
-				}
-				d := time.Since(due)
-				mu.Lock()
-				switch phase {
-				case 0:
-					base = append(base, d)
-				case 1:
-					during = append(during, d)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
+		})
+	}()
 	select {
 	case <-time.After(baseline):
 	case err := <-errs:
@@ -178,12 +152,8 @@ func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, obje
 	phase = 2
 	mu.Unlock()
 	stopWriters()
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil && ctx.Err() == nil && !strings.Contains(err.Error(), "context canceled") {
-			return r, err
-		}
+	if err := <-errs; err != nil {
+		return r, err
 	}
 	r.baseN, r.duringN = len(base), len(during)
 	r.baseP50, r.baseP99 = pct(base, 0.50), pct(base, 0.99)
