@@ -146,6 +146,9 @@ func (w *windows) commit(p *lsnack.Pending) {
 		w.close(w.ending, p, "")
 	}
 	w.chunk, w.inChunk, w.dropped, w.ending = nil, false, 0, nil
+	if len(w.open) == 0 {
+		return // nothing to sweep: no clock read per transaction
+	}
 	if now := w.now(); now.Sub(w.lastSweep) > time.Minute {
 		w.lastSweep = now
 		for _, win := range w.open {
