@@ -93,7 +93,7 @@ func main() {
 	bin := flag.String("bin", "bin", "folder with the cdc and devbroker binaries (make build)")
 	tenants := flag.String("tenants", "50,1000", "comma-separated tenant counts; every shape runs with each")
 	bigTx := flag.Int("big-tx", 1_000_000, "rows of the single-transaction run (0 skips it)")
-	flag.StringVar(&cdcProfile, "cdc-profile", "", "write a 5-second CPU profile of cdc, taken during the first drain, to this file")
+	flag.StringVar(&cdcProfile, "cdc-profile", "", "write a 10-second CPU profile of cdc, taken during the first drain (or resync), to this file")
 	only := flag.String("only", "", `run one part only, without writing a report: "bigtx" (the single large transaction), "1000" or "single" (one drain shape, with -tenants), "latency", "resync"`)
 	flag.IntVar(&resyncObjects, "resync-objects", 1_000_000, "objects of the tenant resynced while other tenants write (0 skips it)")
 	flag.IntVar(&resyncRate, "resync-rate", 1000, "other tenants' inserts per second during the resync run")
@@ -522,7 +522,7 @@ func cdcDrain(bin, url, slot string, rows int, whole bool) (float64, float64, er
 // profile saves a 5-second CPU profile of the cdc whose admin API is at
 // admin.
 func profile(admin, file string) {
-	resp, err := http.Get("http://" + admin + "/debug/pprof/profile?seconds=5")
+	resp, err := http.Get("http://" + admin + "/debug/pprof/profile?seconds=10")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cdcbench: profile:", err)
 		return

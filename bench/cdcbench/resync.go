@@ -113,6 +113,11 @@ func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, obje
 	phase = 1
 	mu.Unlock()
 	t0 := time.Now()
+	if cdcProfile != "" {
+		// Past the resync's set-up: its chunks are streaming.
+		go func(file string) { time.Sleep(5 * time.Second); profile(admin, file) }(cdcProfile)
+		cdcProfile = ""
+	}
 	if shareLock {
 		err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, `LOCK TABLE outbox IN SHARE MODE`); err != nil {

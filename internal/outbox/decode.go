@@ -4,10 +4,13 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/ferry-cdc/ferry/internal/jsonscan"
 	"github.com/ferry-cdc/ferry/internal/safe"
 )
 
@@ -337,7 +340,97 @@ type message struct {
 	Headers       json.RawMessage `json:"headers"`
 }
 
+// messageEvent parses a table-less outbox message. Resync sends every
+// object this way, so the common shape (an object of the known keys,
+// string values without escapes) is read in one pass over bytes that
+// json.Valid has checked; anything else takes encoding/json, which
+// decides what the fast path would not (FuzzMessageEventFastPath holds
+// the two to the same result).
 func messageEvent(content []byte) *Event {
+	if e := messageEventFast(content); e != nil {
+		return e
+	}
+	return messageEventJSON(content)
+}
+
+// messageKeys are message's JSON keys, in field order.
+var messageKeys = [...]string{"id", "tenant_id", "aggregate_type", "aggregate_id", "event_type", "payload", "headers"}
+
+// messageEventFast returns nil when content is not valid JSON or not
+// the common shape: a key that differs from a known one only in case,
+// a key seen twice, an escape in a key or string value, or a string
+// field that is not a string, or one that is not valid UTF-8 (which
+// encoding/json replaces).
+func messageEventFast(content []byte) *Event {
+	if !json.Valid(content) {
+		return nil
+	}
+	c := append([]byte(nil), content...) // content aliases the receive buffer
+	var vals [len(messageKeys)][]byte
+	i := jsonscan.SkipSpace(c, 0)
+	if i >= len(c) || c[i] != '{' {
+		return nil
+	}
+	i = jsonscan.SkipSpace(c, i+1)
+	for i < len(c) && c[i] != '}' {
+		// Valid JSON: a key string, ':', a value, then ',' or '}'.
+		end, escaped := jsonscan.String(c, i)
+		if end < 0 || escaped {
+			return nil
+		}
+		key := c[i+1 : end-1]
+		k := slices.Index(messageKeys[:], string(key))
+		if k < 0 {
+			for _, name := range messageKeys {
+				if strings.EqualFold(string(key), name) {
+					return nil // encoding/json matches keys without case
+				}
+			}
+			for _, b := range key {
+				if b >= utf8.RuneSelf {
+					return nil // nor leave folding of other scripts to it
+				}
+			}
+		}
+		i = jsonscan.SkipSpace(c, jsonscan.SkipSpace(c, end)+1)
+		vend := jsonscan.Value(c, i)
+		if vend < 0 {
+			return nil
+		}
+		if k >= 0 {
+			if vals[k] != nil {
+				return nil
+			}
+			vals[k] = c[i:vend]
+		}
+		i = jsonscan.SkipSpace(c, vend)
+		if i < len(c) && c[i] == ',' {
+			i = jsonscan.SkipSpace(c, i+1)
+		}
+	}
+	e := &Event{}
+	strs := [...]*string{&e.ID, &e.TenantID, &e.AggregateType, &e.AggregateID, &e.EventType}
+	for j, dst := range strs {
+		v := vals[j]
+		switch {
+		case v == nil || string(v) == "null":
+		case v[0] == '"' && !jsonscan.HasEscape(v) && utf8.Valid(v):
+			*dst = string(v[1 : len(v)-1])
+		default:
+			return nil
+		}
+	}
+	if p := vals[5]; p != nil && string(p) != "null" {
+		e.Payload = p
+	}
+	if h := vals[6]; h != nil && string(h) != "null" {
+		e.Headers = h
+	}
+	e.Invalid = validate(e, false, false)
+	return e
+}
+
+func messageEventJSON(content []byte) *Event {
 	var m message
 	if err := json.Unmarshal(content, &m); err != nil {
 		// Keep the raw content so the dead-letter record carries it.

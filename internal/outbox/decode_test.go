@@ -165,6 +165,47 @@ func FuzzMessageEvent(f *testing.F) {
 	})
 }
 
+// TestResyncMessageTakesTheFastPath: a message as resync's
+// json_build_object prints it is read without encoding/json.
+func TestResyncMessageTakesTheFastPath(t *testing.T) {
+	msg := `{"id" : "42:resync:7", "tenant_id" : "big", "aggregate_type" : "product", "aggregate_id" : "sku-1", ` +
+		`"event_type" : "product.updated", "payload" : {"sku": "sku-1", "name": "Product \"one\"", "price": 1}, "headers" : {"ferry_resync" : "crm"}}`
+	e := messageEventFast([]byte(msg))
+	if e == nil {
+		t.Fatal("fast path declined a resync message")
+	}
+	want := &Event{ID: "42:resync:7", TenantID: "big", AggregateType: "product", AggregateID: "sku-1", EventType: "product.updated",
+		Payload: []byte(`{"sku": "sku-1", "name": "Product \"one\"", "price": 1}`), Headers: []byte(`{"ferry_resync" : "crm"}`)}
+	if !reflect.DeepEqual(e, want) {
+		t.Fatalf("got %+v\nwant %+v", e, want)
+	}
+}
+
+// FuzzMessageEventFastPath: the one-pass parse of a message gives
+// what encoding/json gives, or leaves the message to it.
+func FuzzMessageEventFastPath(f *testing.F) {
+	for _, s := range []string{
+		`{"id":"1","tenant_id":"a","aggregate_type":"t","aggregate_id":"x","event_type":"e","payload":{"a":[1,{"b":"}"}]},"headers":{"ferry_resync":"i"}}`,
+		` { "id" : "1" , "tenant_id":"a", "payload" : "s\\"q" , "extra": [1,2,{"x":null}], "headers": null } `,
+		`{"ID":"1","tenant_id":"a"}`,
+		`{"id":"1","id":"2"}`,
+		`{"id":5,"tenant_id":"a","payload":true}`,
+		`{"id":"\u0041","tenant_id":"a","payload":1.5e3}`,
+		`{}`, `[]`, `null`, `{"payload":}`, "{\"id\":\"\xff\"}",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fast := messageEventFast(data)
+		if fast == nil {
+			return
+		}
+		if slow := messageEventJSON(data); !reflect.DeepEqual(fast, slow) {
+			t.Fatalf("%q:\nfast %+v\njson %+v", data, fast, slow)
+		}
+	})
+}
+
 // FuzzDecodeWAL: the fast path for outbox Inserts decodes exactly what
 // pglogrepl's Parse and Decode do, or leaves the message to them.
 func FuzzDecodeWAL(f *testing.F) {

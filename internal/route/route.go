@@ -15,6 +15,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ferry-cdc/ferry/internal/jsonscan"
 	"github.com/ferry-cdc/ferry/internal/outbox"
 )
 
@@ -293,22 +294,22 @@ func scanTrace(b []byte, found *[len(traceHeaders)][]byte) bool {
 	if bytes.IndexByte(b, '\\') >= 0 {
 		return false
 	}
-	i := skipSpace(b, 0)
+	i := jsonscan.SkipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return true // null, an array, a scalar: no trace context
 	}
-	i = skipSpace(b, i+1)
+	i = jsonscan.SkipSpace(b, i+1)
 	for i < len(b) && b[i] == '"' {
-		end := bytes.IndexByte(b[i+1:], '"')
+		end, _ := jsonscan.String(b, i)
 		if end < 0 {
 			return false
 		}
-		key := b[i+1 : i+1+end]
-		i = skipSpace(b, i+end+2)
+		key := b[i+1 : end-1]
+		i = jsonscan.SkipSpace(b, end)
 		if i >= len(b) || b[i] != ':' {
 			return false
 		}
-		i = skipSpace(b, i+1)
+		i = jsonscan.SkipSpace(b, i+1)
 		slot := -1
 		for k, name := range traceHeaders {
 			if string(key) == name {
@@ -317,7 +318,7 @@ func scanTrace(b []byte, found *[len(traceHeaders)][]byte) bool {
 			}
 		}
 		start := i
-		if i = skipValue(b, i); i < 0 {
+		if i = jsonscan.Value(b, i); i < 0 {
 			return false
 		}
 		if slot >= 0 {
@@ -329,61 +330,12 @@ func scanTrace(b []byte, found *[len(traceHeaders)][]byte) bool {
 				}
 			}
 		}
-		i = skipSpace(b, i)
+		i = jsonscan.SkipSpace(b, i)
 		if i < len(b) && b[i] == ',' {
-			i = skipSpace(b, i+1)
+			i = jsonscan.SkipSpace(b, i+1)
 		}
 	}
 	return true
-}
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// skipValue returns the index just past the JSON value at b[i] (valid
-// JSON without backslashes), or -1.
-func skipValue(b []byte, i int) int {
-	if i >= len(b) {
-		return -1
-	}
-	switch b[i] {
-	case '"':
-		end := bytes.IndexByte(b[i+1:], '"')
-		if end < 0 {
-			return -1
-		}
-		return i + end + 2
-	case '{', '[':
-		depth := 0
-		for ; i < len(b); i++ {
-			switch b[i] {
-			case '{', '[':
-				depth++
-			case '}', ']':
-				if depth--; depth == 0 {
-					return i + 1
-				}
-			case '"':
-				end := bytes.IndexByte(b[i+1:], '"')
-				if end < 0 {
-					return -1
-				}
-				i += end + 1
-			}
-		}
-		return -1
-	}
-	for ; i < len(b); i++ { // a number, true, false or null
-		switch b[i] {
-		case ',', '}', ']', ' ', '\t', '\n', '\r':
-			return i
-		}
-	}
-	return i
 }
 
 // cloudEvent is a CloudEvents 1.0 structured-mode JSON envelope; Ferry's
