@@ -9,7 +9,6 @@ import (
 	"path"
 	"slices"
 	"strings"
-	"text/template"
 	"time"
 
 	"github.com/theory/jsonpath"
@@ -150,9 +149,9 @@ var defaultOperations = map[string]string{"*.created": opCreate, "*.updated": op
 // compiled forms, built once by New.
 type call struct {
 	method  string
-	path    *template.Template
-	body    *template.Template
-	headers map[string]*template.Template
+	path    *tmpl
+	body    *tmpl
+	headers map[string]*tmpl
 	id      *jsonpath.Path
 	idSrc   string
 }
@@ -166,15 +165,15 @@ type step struct {
 
 type entity struct {
 	name    string
-	id      *template.Template
-	parents map[string]*template.Template
+	id      *tmpl
+	parents map[string]*tmpl
 	lookup  *call
 	ops     map[string][]step // create, update, delete
 }
 
 // compileConfig checks every field and returns every problem at once,
 // each with its field path under prefix.
-func (c *Config) compile(prefix string, getenv func(string) string) (map[string]*entity, map[string]*template.Template, error) {
+func (c *Config) compile(prefix string, getenv func(string) string) (map[string]*entity, map[string]*tmpl, error) {
 	var errs []error
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s%s: %s", prefix, field, fmt.Sprintf(format, args...)))
@@ -231,7 +230,7 @@ func (c *Config) compile(prefix string, getenv func(string) string) (map[string]
 			bad(".operations."+pat, "%q: use create, update, upsert or delete", op)
 		}
 	}
-	headers := map[string]*template.Template{}
+	headers := map[string]*tmpl{}
 	for _, h := range sortedKeys(c.Headers) {
 		t, err := compile(h, c.Headers[h], headerKind, scope{})
 		if err != nil {
@@ -264,7 +263,7 @@ func (e Entity) compile(name, prefix string) (*entity, []error) {
 	bad := func(field string, err error) {
 		errs = append(errs, fmt.Errorf("%s%s: %v", prefix, field, err))
 	}
-	out := &entity{name: name, parents: map[string]*template.Template{}, ops: map[string][]step{}}
+	out := &entity{name: name, parents: map[string]*tmpl{}, ops: map[string][]step{}}
 	idSrc := e.ID
 	if idSrc == "" {
 		idSrc = "{{.aggregate_id}}"
@@ -348,7 +347,7 @@ func (e Entity) compile(name, prefix string) (*entity, []error) {
 
 func (c *Call) compile(prefix, defaultMethod string, sc scope) (*call, []error) {
 	var errs []error
-	out := &call{method: strings.ToUpper(c.Method), headers: map[string]*template.Template{}, idSrc: c.ID}
+	out := &call{method: strings.ToUpper(c.Method), headers: map[string]*tmpl{}, idSrc: c.ID}
 	if out.method == "" {
 		out.method = defaultMethod
 	}

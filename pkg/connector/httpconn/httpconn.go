@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"text/template"
 	"time"
 
 	"github.com/theory/jsonpath"
@@ -27,7 +26,7 @@ type Connector struct {
 	cfg      Config
 	base     string
 	entities map[string]*entity
-	headers  map[string]*template.Template
+	headers  map[string]*tmpl
 	auth     func(*http.Request)
 	client   *http.Client
 	origin   *url.URL // base_url parsed: every call goes to its scheme, host and port
@@ -546,7 +545,7 @@ func (d *delivery) do(ctx context.Context, c call, idemKey string, missingOK boo
 		hreq.Header.Set("Idempotency-Key", idemKey)
 	}
 	hreq.Header.Set("X-Tenant-ID", d.req.Event.TenantID)
-	for _, hs := range []map[string]*template.Template{d.c.headers, c.headers} {
+	for _, hs := range []map[string]*tmpl{d.c.headers, c.headers} {
 		for name, t := range hs {
 			v, err := render(t, d.data)
 			if err != nil {

@@ -756,3 +756,51 @@ func TestCreateWritesTheIntentWithoutReadingFirst(t *testing.T) {
 		t.Fatalf("%d items at the partner (want 2), p2 mapped %+v", n, p2)
 	}
 }
+
+// TestPlannedTemplatesRenderAsTextTemplate: a template with a plan
+// renders what text/template renders from it, value or error, for every
+// template kind and the shapes of data events have.
+func TestPlannedTemplatesRenderAsTextTemplate(t *testing.T) {
+	templates := []struct {
+		k       kind
+		src     string
+		planned bool
+	}{
+		{bodyKind, `{"external_id": {{.local_id}}, "name": {{.payload.name}}, "s": "x-{{.payload.name}}"}`, true},
+		{bodyKind, `{"n": {{.payload.n | raw}}, "deep": {{.payload.a.b}}, "all": {{.payload}}}`, true},
+		{pathKind, `/v1/items/{{.remote_id}}/sub/{{.payload.name}}?q={{.payload.name}}&t={{.tenant_id}}`, true},
+		{headerKind, `{{.tenant_id}}-{{.payload.name}}`, true},
+		{headerKind, `plain text`, true},
+		{bodyKind, `{{if .payload.name}}{"n": {{.payload.name}}}{{end}}`, false},
+		{bodyKind, `{{printf "%v" .payload.name}}`, false},
+	}
+	datas := []map[string]any{
+		{"local_id": "L1", "remote_id": "R/1", "tenant_id": "t", "payload": map[string]any{"name": `a "b"`, "n": json.Number("12"),
+			"a": map[string]any{"b": []any{1.5, "x", nil}}}},
+		{"local_id": "", "remote_id": "..", "tenant_id": "t\nx", "payload": map[string]any{"name": nil, "n": true, "a": map[string]any{"b": nil}}},
+		{"local_id": "L", "remote_id": "r", "tenant_id": "t", "payload": map[string]any{"name": "\xff", "a": "not a map"}},
+		{"local_id": "L", "remote_id": "r", "tenant_id": "t", "payload": map[string]any{}},
+		{"local_id": "L", "remote_id": "r", "tenant_id": "t", "payload": nil},
+	}
+	for _, tc := range templates {
+		planned, err := compile("t", tc.src, tc.k, scope{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (planned.plan != nil) != tc.planned {
+			t.Fatalf("%s: plan %v, want planned=%v", tc.src, planned.plan, tc.planned)
+		}
+		plain := &tmpl{Template: planned.Template}
+		for i, data := range datas {
+			renderFn := render
+			if tc.k == pathKind {
+				renderFn = renderPath
+			}
+			got, gotErr := renderFn(planned, data)
+			want, wantErr := renderFn(plain, data)
+			if got != want || fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
+				t.Errorf("%s, data %d:\nplan          %q, %v\ntext/template %q, %v", tc.src, i, got, gotErr, want, wantErr)
+			}
+		}
+	}
+}

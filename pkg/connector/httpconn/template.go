@@ -101,13 +101,108 @@ type scope struct {
 	ids     []string // .ids.X
 }
 
+// tmpl is a compiled template. Most are text and plain field references
+// ({{.local_id}}, {{.payload.name}}): those also have a plan, rendered
+// by walking the data directly; text/template renders the rest, and any
+// event the plan cannot render as it would (a missing key, a value that
+// is not a map, an escaper's error).
+type tmpl struct {
+	*template.Template
+	plan []piece // nil: text/template only
+}
+
+// piece is literal text, then (when path is set) one escaped value.
+type piece struct {
+	text string
+	path []string
+	esc  func(any) (string, error)
+}
+
+// escapers are funcs' escapers with one signature, for plans.
+var escapers = func() map[string]func(any) (string, error) {
+	out := map[string]func(any) (string, error){}
+	for name, f := range funcs {
+		switch f := f.(type) {
+		case func(any) (string, error):
+			out[name] = f
+		case func(any) string:
+			out[name] = func(v any) (string, error) { return f(v), nil }
+		}
+	}
+	return out
+}()
+
+// planOf returns the plan of a template root made only of text and
+// actions {{.a.b | escaper}}, or nil.
+func planOf(root *parse.ListNode) []piece {
+	plan := []piece{{}}
+	for _, n := range root.Nodes {
+		switch x := n.(type) {
+		case *parse.TextNode:
+			last := &plan[len(plan)-1]
+			if last.path != nil {
+				plan = append(plan, piece{})
+				last = &plan[len(plan)-1]
+			}
+			last.text += string(x.Text)
+		case *parse.ActionNode:
+			p := x.Pipe
+			if len(p.Decl) != 0 || len(p.Cmds) != 2 || len(p.Cmds[0].Args) != 1 || len(p.Cmds[1].Args) != 1 {
+				return nil
+			}
+			f, ok := p.Cmds[0].Args[0].(*parse.FieldNode)
+			id, ok2 := p.Cmds[1].Args[0].(*parse.IdentifierNode)
+			if !ok || !ok2 || escapers[id.Ident] == nil {
+				return nil
+			}
+			last := &plan[len(plan)-1]
+			if last.path != nil {
+				plan = append(plan, piece{})
+				last = &plan[len(plan)-1]
+			}
+			last.path, last.esc = f.Ident, escapers[id.Ident]
+		default:
+			return nil
+		}
+	}
+	return plan
+}
+
+// fast renders t's plan over data; false leaves data to text/template.
+func (t *tmpl) fast(data map[string]any) (string, bool) {
+	var b strings.Builder
+	for _, p := range t.plan {
+		b.WriteString(p.text)
+		if p.path == nil {
+			continue
+		}
+		var v any = data
+		for _, k := range p.path {
+			m, ok := v.(map[string]any)
+			if !ok {
+				return "", false
+			}
+			if v, ok = m[k]; !ok {
+				return "", false
+			}
+		}
+		s, err := p.esc(v)
+		if err != nil {
+			return "", false
+		}
+		b.WriteString(s)
+	}
+	return b.String(), true
+}
+
 // compile parses src as a template of kind k, checks every field it
 // refers to, and adds the escapers.
-func compile(name, src string, k kind, sc scope) (*template.Template, error) {
-	t, err := template.New(name).Funcs(funcs).Option("missingkey=error").Parse(src)
+func compile(name, src string, k kind, sc scope) (*tmpl, error) {
+	tt, err := template.New(name).Funcs(funcs).Option("missingkey=error").Parse(src)
 	if err != nil {
 		return nil, fmt.Errorf("template does not parse: %v", strings.TrimPrefix(err.Error(), "template: "+name+":"))
 	}
+	t := &tmpl{Template: tt}
 	if t.Tree == nil || t.Tree.Root == nil {
 		return t, nil
 	}
@@ -124,6 +219,7 @@ func compile(name, src string, k kind, sc scope) (*template.Template, error) {
 	}
 	st := &escState{}
 	st.list(t.Tree.Root, k)
+	t.plan = planOf(t.Tree.Root)
 	return t, nil
 }
 
@@ -285,7 +381,7 @@ const (
 var unmark = strings.NewReplacer(markStart, "", markEnd, "")
 
 // render executes t over data.
-func render(t *template.Template, data map[string]any) (string, error) {
+func render(t *tmpl, data map[string]any) (string, error) {
 	out, err := execute(t, data)
 	if strings.Contains(out, markStart) {
 		out = unmark.Replace(out) // pathEscape used outside a path
@@ -293,7 +389,12 @@ func render(t *template.Template, data map[string]any) (string, error) {
 	return out, err
 }
 
-func execute(t *template.Template, data map[string]any) (string, error) {
+func execute(t *tmpl, data map[string]any) (string, error) {
+	if t.plan != nil {
+		if out, ok := t.fast(data); ok {
+			return out, nil
+		}
+	}
 	var b bytes.Buffer
 	if err := t.Execute(&b, data); err != nil {
 		msg := err.Error()
@@ -310,7 +411,7 @@ func execute(t *template.Template, data map[string]any) (string, error) {
 // aim the call at another object (DELETE /v1/items/ instead of
 // /v1/items/7; /v1/items/.. is /v1), so it is an error, and so is any
 // dot segment at all (a raw value can make one).
-func renderPath(t *template.Template, data map[string]any) (string, error) {
+func renderPath(t *tmpl, data map[string]any) (string, error) {
 	out, err := execute(t, data)
 	if err != nil {
 		return "", err
