@@ -19,6 +19,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net"
 	"net/http"
@@ -43,6 +44,8 @@ var (
 	resyncObjects, resyncRate int
 	resyncBaseline            time.Duration
 	resyncCap                 float64
+	resyncChunk               int
+	pgLog                     string
 	resyncLockRef             bool
 )
 
@@ -99,6 +102,8 @@ func main() {
 	flag.IntVar(&resyncRate, "resync-rate", 1000, "other tenants' inserts per second during the resync run")
 	flag.DurationVar(&resyncBaseline, "resync-baseline", 20*time.Second, "how long other tenants' inserts are timed before the resync starts")
 	flag.Float64Var(&resyncCap, "resync-cap", 0, "the resync's outbox.resync_rate (objects/s; 0: no cap)")
+	flag.StringVar(&pgLog, "pg-log", "", "write Postgres' log here, with autovacuum runs, checkpoints and statements over 200 ms")
+	flag.IntVar(&resyncChunk, "resync-chunk", 0, "the resync's outbox.resync_chunk (0: cdc's default)")
 	flag.BoolVar(&resyncLockRef, "resync-lock-ref", true, "run the share-lock reference in turns with the resync runs")
 	flag.Parse()
 	ctx := context.Background()
@@ -125,11 +130,21 @@ func main() {
 }
 
 func startPostgres(ctx context.Context) (*pgtest.Cluster, error) {
-	return pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{
+	opts := pgtest.Options{Settings: map[string]string{
 		// Commits wake the walsender at once (synchronous_commit=off
 		// delays changes up to wal_writer_delay); fsync stays off.
 		"synchronous_commit": "on", "shared_buffers": "512MB", "max_wal_size": "8GB", "checkpoint_timeout": "30min",
-	}})
+	}}
+	if pgLog != "" {
+		f, err := os.Create(pgLog)
+		if err != nil {
+			return nil, err
+		}
+		opts.Log = f
+		maps.Copy(opts.Settings, map[string]string{"log_autovacuum_min_duration": "0", "log_checkpoints": "on",
+			"log_min_duration_statement": "200ms", "log_line_prefix": "%m [%p] "})
+	}
+	return pgtest.Start(ctx, opts)
 }
 
 // runOnly runs one part of the benchmark and prints its figures.

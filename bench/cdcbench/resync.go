@@ -44,6 +44,9 @@ func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, obje
 	if resyncCap > 0 {
 		r.how = fmt.Sprintf("watermarks, resync_rate %.0f/s", resyncCap)
 	}
+	if resyncChunk > 0 {
+		r.how += fmt.Sprintf(", resync_chunk %d", resyncChunk)
+	}
 	if shareLock {
 		r.how = "share lock (before)"
 	}
@@ -88,6 +91,8 @@ func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, obje
 	// Writers: other tenants, paced against the wall clock.
 	var mu sync.Mutex
 	var base, during []time.Duration
+	var slow []string // during: when (since the resync began) an insert took over 50 ms, and how long
+	var t0 time.Time
 	var phase int // 0 baseline, 1 during the resync, 2 done
 	wctx, stopWriters := context.WithCancel(ctx)
 	defer stopWriters()
@@ -101,6 +106,9 @@ func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, obje
 				base = append(base, d)
 			case 1:
 				during = append(during, d)
+				if d > 50*time.Millisecond {
+					slow = append(slow, fmt.Sprintf("%.1fs:%.0fms", time.Since(t0).Seconds(), ms(d)))
+				}
 			}
 		})
 	}()
@@ -111,8 +119,8 @@ func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, obje
 	}
 	mu.Lock()
 	phase = 1
+	t0 = time.Now()
 	mu.Unlock()
-	t0 := time.Now()
 	if cdcProfile != "" {
 		// Past the resync's set-up: its chunks are streaming.
 		go func(file string) { time.Sleep(5 * time.Second); profile(admin, file) }(cdcProfile)
@@ -133,8 +141,12 @@ func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, obje
 		})
 	} else {
 		var out []byte
-		out, err = exec.Command(bin+"/cdc", "resync", "--postgres-url", url, "--integration", "bench", "--tenant", "big",
-			"--resync-rate", strconv.FormatFloat(resyncCap, 'f', -1, 64)).CombinedOutput()
+		args := []string{"resync", "--postgres-url", url, "--integration", "bench", "--tenant", "big",
+			"--resync-rate", strconv.FormatFloat(resyncCap, 'f', -1, 64)}
+		if resyncChunk > 0 {
+			args = append(args, "--resync-chunk", strconv.Itoa(resyncChunk))
+		}
+		out, err = exec.Command(bin+"/cdc", args...).CombinedOutput()
 		if err != nil {
 			err = fmt.Errorf("cdc resync: %v: %s", err, out)
 		}
@@ -159,6 +171,9 @@ func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, obje
 	stopWriters()
 	if err := <-errs; err != nil {
 		return r, err
+	}
+	if len(slow) > 0 {
+		fmt.Fprintf(os.Stderr, "cdcbench: %d inserts over 50 ms during the resync: %s\n", len(slow), strings.Join(slow, " "))
 	}
 	r.baseN, r.duringN = len(base), len(during)
 	r.baseP50, r.baseP99 = pct(base, 0.50), pct(base, 0.99)
