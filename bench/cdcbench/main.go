@@ -101,7 +101,7 @@ func main() {
 	flag.IntVar(&resyncObjects, "resync-objects", 1_000_000, "objects of the tenant resynced while other tenants write (0 skips it)")
 	flag.IntVar(&resyncRate, "resync-rate", 1000, "other tenants' inserts per second during the resync run")
 	flag.DurationVar(&resyncBaseline, "resync-baseline", 20*time.Second, "how long other tenants' inserts are timed before the resync starts")
-	flag.Float64Var(&resyncCap, "resync-cap", 0, "the resync's outbox.resync_rate (objects/s; 0: no cap)")
+	flag.Float64Var(&resyncCap, "resync-cap", 0, "the resync's outbox.resync_rate (objects/s; 0: cdc's default, negative: no cap)")
 	flag.StringVar(&pgLog, "pg-log", "", "write Postgres' log here, with autovacuum runs, checkpoints and statements over 200 ms")
 	flag.IntVar(&resyncChunk, "resync-chunk", 0, "the resync's outbox.resync_chunk (0: cdc's default)")
 	flag.BoolVar(&resyncLockRef, "resync-lock-ref", true, "run the share-lock reference in turns with the resync runs")

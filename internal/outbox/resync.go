@@ -211,22 +211,19 @@ func emitChunks(ctx context.Context, conn *pgx.Conn, cfg Config, req request, ma
 			headers, id(c.ID), id(c.AggregateType), id(c.AggregateID), id(c.TenantID), id(c.EventType), id(c.Payload), id(c.Seq), table),
 	}}
 	total := 0
-	limit := rate.NewLimiter(rate.Inf, 0)
-	if cfg.ResyncRate > 0 {
-		limit = rate.NewLimiter(rate.Limit(cfg.ResyncRate), cfg.ResyncChunk)
-	}
+	chunk, limit := resyncPace(cfg)
 	for _, src := range sources {
 		for cursor := int64(math.MinInt64); ; {
 			// The work set does not change during an attempt: the next
 			// chunk's bound is read outside its transaction.
 			var hi *int64
-			if err := conn.QueryRow(ctx, src.next, req.id, cursor, cfg.ResyncChunk).Scan(&hi); err != nil {
+			if err := conn.QueryRow(ctx, src.next, req.id, cursor, chunk).Scan(&hi); err != nil {
 				return total, fmt.Errorf("resync %d: read the next chunk of %s's %s: %w", req.id, req.tenant, src.name, err)
 			}
 			if hi == nil {
 				break
 			}
-			if err := limit.WaitN(ctx, cfg.ResyncChunk); err != nil {
+			if err := limit.WaitN(ctx, chunk); err != nil {
 				return total, err
 			}
 			err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
@@ -259,6 +256,19 @@ func emitChunks(ctx context.Context, conn *pgx.Conn, cfg Config, req request, ma
 		return total, fmt.Errorf("resync %d: finish: %w", req.id, err)
 	}
 	return total, nil
+}
+
+// resyncPace returns the objects per chunk and the limiter a resync
+// waits on before each chunk. Capped, a chunk holds at most a twentieth
+// of a second's objects: a chunk is a burst of work for Postgres, the
+// walsender, cdc and the broker, and many short bursts leave the
+// application's writes less to wait behind than a few long ones.
+func resyncPace(cfg Config) (int, *rate.Limiter) {
+	if cfg.ResyncRate <= 0 {
+		return cfg.ResyncChunk, rate.NewLimiter(rate.Inf, 0)
+	}
+	chunk := min(cfg.ResyncChunk, max(1, int(cfg.ResyncRate/20)))
+	return chunk, rate.NewLimiter(rate.Limit(cfg.ResyncRate), chunk)
 }
 
 func clearWork(ctx context.Context, tx pgx.Tx, request int64) error {
