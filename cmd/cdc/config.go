@@ -101,7 +101,7 @@ type flags struct {
 	Heartbeat   *time.Duration  `help:"Heartbeat interval (default 10s; negative disables)." env:"FERRY_HEARTBEAT_INTERVAL" name:"heartbeat-interval"`
 	StatusEvery *time.Duration  `help:"How often the confirmed position is sent to the slot (default 1s)." env:"FERRY_STATUS_INTERVAL" name:"status-interval"`
 	ResyncChunk *int            `help:"Objects a resync emits per transaction, each chunk read inside its own watermark window (default 2000)." env:"FERRY_RESYNC_CHUNK" name:"resync-chunk"`
-	ResyncRate  *float64        `help:"Objects a resync emits per second at most (default 4000; negative: no cap)." env:"FERRY_RESYNC_RATE" name:"resync-rate"`
+	ResyncRate  *float64        `help:"Objects a resync emits per second at most (default 3000; negative: no cap)." env:"FERRY_RESYNC_RATE" name:"resync-rate"`
 	MaxBuffered *int            `help:"Records in flight to Kafka before the reader waits (default 20000)." env:"FERRY_MAX_BUFFERED_RECORDS" name:"max-buffered-records"`
 	MaxBytes    *int64          `help:"Bytes (key, value, headers) in flight to Kafka before the reader waits (default 33554432)." env:"FERRY_MAX_BUFFERED_BYTES" name:"max-buffered-bytes"`
 	MaxRecord   *int            `help:"Largest record (and produce batch) in bytes; at most the broker's message.max.bytes (default 1000000)." env:"FERRY_MAX_RECORD_BYTES" name:"max-record-bytes"`

@@ -9,11 +9,11 @@ import (
 )
 
 // DefaultResyncRate is outbox.resync_rate's default, in objects per
-// second: on the 2-core machine of docs/performance.md, other tenants'
-// inserts kept their p99 latency within 2x of their baseline during a
-// 1,000,000-object resync at this rate (about 4 minutes), and not when
-// uncapped (28-48x).
-const DefaultResyncRate = 4000
+// second. Uncapped, a 1,000,000-object resync kept the 2-core machine of
+// docs/performance.md busy for a minute and other tenants' inserts
+// waited for CPU (p99 28-48x their baseline); at this rate it takes
+// about 6 minutes and leaves them CPU.
+const DefaultResyncRate = 3000
 
 // Config configures the outbox reader.
 type Config struct {
