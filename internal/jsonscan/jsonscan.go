@@ -69,5 +69,40 @@ func Value(b []byte, i int) int {
 	return i
 }
 
+// Object calls fn with each member of the object b holds (valid JSON):
+// the key without its quotes, and the value as written. It stops when fn
+// returns false. isObject is false when b holds another JSON value; done
+// is whether every member was walked.
+func Object(b []byte, fn func(key, value []byte) bool) (isObject, done bool) {
+	i := SkipSpace(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return false, false
+	}
+	i = SkipSpace(b, i+1)
+	for i < len(b) && b[i] == '"' {
+		end, _ := String(b, i)
+		if end < 0 {
+			return true, false
+		}
+		key := b[i+1 : end-1]
+		i = SkipSpace(b, end)
+		if i >= len(b) || b[i] != ':' {
+			return true, false
+		}
+		start := SkipSpace(b, i+1)
+		if i = Value(b, start); i < 0 {
+			return true, false
+		}
+		if !fn(key, b[start:i]) {
+			return true, false
+		}
+		i = SkipSpace(b, i)
+		if i < len(b) && b[i] == ',' {
+			i = SkipSpace(b, i+1)
+		}
+	}
+	return true, true
+}
+
 // HasEscape reports whether b holds a backslash.
 func HasEscape(b []byte) bool { return bytes.IndexByte(b, '\\') >= 0 }

@@ -367,46 +367,32 @@ func messageEventFast(content []byte) *Event {
 	}
 	c := append([]byte(nil), content...) // content aliases the receive buffer
 	var vals [len(messageKeys)][]byte
-	i := jsonscan.SkipSpace(c, 0)
-	if i >= len(c) || c[i] != '{' {
-		return nil
-	}
-	i = jsonscan.SkipSpace(c, i+1)
-	for i < len(c) && c[i] != '}' {
-		// Valid JSON: a key string, ':', a value, then ',' or '}'.
-		end, escaped := jsonscan.String(c, i)
-		if end < 0 || escaped {
-			return nil
+	isObject, done := jsonscan.Object(c, func(key, v []byte) bool {
+		if jsonscan.HasEscape(key) {
+			return false
 		}
-		key := c[i+1 : end-1]
 		k := slices.Index(messageKeys[:], string(key))
 		if k < 0 {
 			for _, name := range messageKeys {
 				if strings.EqualFold(string(key), name) {
-					return nil // encoding/json matches keys without case
+					return false // encoding/json matches keys without case
 				}
 			}
 			for _, b := range key {
 				if b >= utf8.RuneSelf {
-					return nil // nor leave folding of other scripts to it
+					return false // nor leave folding of other scripts to it
 				}
 			}
+			return true
 		}
-		i = jsonscan.SkipSpace(c, jsonscan.SkipSpace(c, end)+1)
-		vend := jsonscan.Value(c, i)
-		if vend < 0 {
-			return nil
+		if vals[k] != nil {
+			return false
 		}
-		if k >= 0 {
-			if vals[k] != nil {
-				return nil
-			}
-			vals[k] = c[i:vend]
-		}
-		i = jsonscan.SkipSpace(c, vend)
-		if i < len(c) && c[i] == ',' {
-			i = jsonscan.SkipSpace(c, i+1)
-		}
+		vals[k] = v
+		return true
+	})
+	if !isObject || !done {
+		return nil
 	}
 	e := &Event{}
 	strs := [...]*string{&e.ID, &e.TenantID, &e.AggregateType, &e.AggregateID, &e.EventType}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -291,51 +292,22 @@ func headers(tx *outbox.Tx, e *outbox.Event, validJSON bool) []kgo.RecordHeader 
 // json.Unmarshal, when b has a backslash anywhere (escapes would need
 // decoding) or a value it wants is not valid UTF-8.
 func scanTrace(b []byte, found *[len(traceHeaders)][]byte) bool {
-	if bytes.IndexByte(b, '\\') >= 0 {
+	if jsonscan.HasEscape(b) {
 		return false
 	}
-	i := jsonscan.SkipSpace(b, 0)
-	if i >= len(b) || b[i] != '{' {
-		return true // null, an array, a scalar: no trace context
-	}
-	i = jsonscan.SkipSpace(b, i+1)
-	for i < len(b) && b[i] == '"' {
-		end, _ := jsonscan.String(b, i)
-		if end < 0 {
-			return false
+	isObject, done := jsonscan.Object(b, func(key, v []byte) bool {
+		slot := slices.Index(traceHeaders[:], string(key))
+		if slot < 0 {
+			return true
 		}
-		key := b[i+1 : end-1]
-		i = jsonscan.SkipSpace(b, end)
-		if i >= len(b) || b[i] != ':' {
-			return false
+		found[slot] = nil
+		if v[0] == '"' {
+			found[slot] = v[1 : len(v)-1]
+			return utf8.Valid(found[slot]) // json.Unmarshal replaces invalid bytes with U+FFFD
 		}
-		i = jsonscan.SkipSpace(b, i+1)
-		slot := -1
-		for k, name := range traceHeaders {
-			if string(key) == name {
-				slot = k
-				break
-			}
-		}
-		start := i
-		if i = jsonscan.Value(b, i); i < 0 {
-			return false
-		}
-		if slot >= 0 {
-			found[slot] = nil
-			if b[start] == '"' {
-				found[slot] = b[start+1 : i-1]
-				if !utf8.Valid(found[slot]) {
-					return false // json.Unmarshal replaces invalid bytes with U+FFFD
-				}
-			}
-		}
-		i = jsonscan.SkipSpace(b, i)
-		if i < len(b) && b[i] == ',' {
-			i = jsonscan.SkipSpace(b, i+1)
-		}
-	}
-	return true
+		return true
+	})
+	return !isObject || done // null, an array, a scalar: no trace context
 }
 
 // cloudEvent is a CloudEvents 1.0 structured-mode JSON envelope; Ferry's
