@@ -38,6 +38,7 @@ var (
 	bigEvents    = flag.Int("big-events", 1000, "events of 1 MB in the big-payload run")
 	heap         = flag.String("heap", "", "save the sink's heap profile at its highest resident set to this file (parked and big runs)")
 	profile      = flag.String("profile", "", "write a 2 s CPU profile of the sink, taken 1.5 s into each run, to this file (the last run's stays)")
+	pgStats      = flag.Bool("pg-stats", false, "-only mapped: load pg_stat_statements and print, after each sink run, the statements that took most of Postgres' time")
 )
 
 // sinkProfile saves a CPU profile of the running sink (go tool pprof
@@ -148,7 +149,11 @@ func runOnly(which, bin string, events, parked, repeat int) error {
 		return fmt.Errorf("-only %q: want slow, fast, parked, big, scale or mapped", which)
 	}
 	ctx := context.Background()
-	cl, err := pgtest.Start(ctx, pgtest.Options{})
+	var opts pgtest.Options
+	if *pgStats {
+		opts.Settings = map[string]string{"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all"}
+	}
+	cl, err := pgtest.Start(ctx, opts)
 	if err != nil {
 		return err
 	}
@@ -588,7 +593,78 @@ func mappedRun(ctx context.Context, cl *pgtest.Cluster, bin, name string, n int,
 	if *profile != "" && mapped {
 		go sinkProfile(e.admin, *profile)
 	}
-	return rate(e.admin, 2*n)
+	if *pgStats {
+		if err := resetStatements(ctx, e.pg); err != nil {
+			return 0, err
+		}
+	}
+	r, err := rate(e.admin, 2*n)
+	if err == nil && *pgStats {
+		err = printStatements(ctx, e.pg, name)
+	}
+	return r, err
+}
+
+// resetStatements starts pg_stat_statements' counts afresh.
+func resetStatements(ctx context.Context, url string) error {
+	db, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer db.Close(ctx)
+	if _, err := db.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
+		return fmt.Errorf("-pg-stats: %w", err)
+	}
+	_, err = db.Exec(ctx, `SELECT pg_stat_statements_reset()`)
+	return err
+}
+
+// printStatements prints the statements that took most of the run's
+// database's time: calls, rows, total and mean time, WAL bytes.
+func printStatements(ctx context.Context, url, name string) error {
+	db, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer db.Close(ctx)
+	rows, err := db.Query(ctx, `SELECT calls, rows, total_exec_time, mean_exec_time, wal_bytes::bigint, shared_blks_hit + shared_blks_read,
+			regexp_replace(left(query, 90), '\s+', ' ', 'g')
+		FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+		WHERE d.datname = current_database() ORDER BY total_exec_time DESC LIMIT 12`)
+	if err != nil {
+		return fmt.Errorf("-pg-stats: %w", err)
+	}
+	defer rows.Close()
+	fmt.Printf("%s: statements by total time\n%8s %9s %9s %8s %11s %10s  %s\n", name, "calls", "rows", "total ms", "mean ms", "WAL bytes", "blocks", "query")
+	for rows.Next() {
+		var calls, n, wal, blks int64
+		var total, mean float64
+		var q string
+		if err := rows.Scan(&calls, &n, &total, &mean, &wal, &blks, &q); err != nil {
+			return err
+		}
+		fmt.Printf("%8d %9d %9.0f %8.2f %11d %10d  %s\n", calls, n, total, mean, wal, blks, q)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	// HOT updates write no index entries; the others write one in each
+	// index of the table.
+	rows, err = db.Query(ctx, `SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+		WHERE schemaname = 'ferry' AND n_tup_ins + n_tup_upd > 0 ORDER BY relname`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var rel string
+		var ins, upd, hot int64
+		if err := rows.Scan(&rel, &ins, &upd, &hot); err != nil {
+			return err
+		}
+		fmt.Printf("  %-24s %9d inserted %9d updated, %9d of them HOT\n", rel, ins, upd, hot)
+	}
+	return rows.Err()
 }
 
 func tenantN(i int) string { return fmt.Sprintf("tenant-%04d", i%1000) }

@@ -114,3 +114,74 @@ func TestHTTP_IntentCommittedBeforeTheCallAndRecoveredAfterAKill(t *testing.T) {
 		t.Error(v)
 	}
 }
+
+// A one-step create records no step in the delivery log: the mapping,
+// activated under the event's intent key, is its record. A sink killed
+// with SIGKILL after that mapping committed and before the delivery
+// finished (here Finish waits on a lock the test holds, and the kill
+// comes while it waits) is followed by a process that sends nothing
+// again for that event: no second create, no update, and the delivery
+// succeeds with the partner id the mapping holds.
+func TestHTTP_CreateKilledAfterItsMappingIsNotSentAgain(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	ctx := context.Background()
+	args := []string{"--config", e.shopConfig(""), "--instance-id", "mapping-finish-kill", "--session-timeout", "30s"}
+	p := e.startProcess(args...)
+	defer func() { p.kill() }()
+	e.emit("acme", "p1-c1", "product.created", "product", "p1", product("lamp", 10))
+	waitFor(t, time.Minute, "the parent product delivered", func() bool { return e.state("p1-c1") == "succeeded" })
+
+	// The variant's Finish (its row turning succeeded) waits on advisory
+	// lock 4242 while the test holds it.
+	if _, err := e.conn.Exec(ctx, `CREATE FUNCTION hold_finish() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF NEW.event_id = 'v1-c1' AND NEW.state = 'succeeded' THEN PERFORM pg_advisory_xact_lock(4242); END IF;
+			RETURN NEW;
+		END $$;
+		CREATE TRIGGER hold_finish BEFORE UPDATE ON ferry.delivery FOR EACH ROW EXECUTE FUNCTION hold_finish()`); err != nil {
+		t.Fatal(err)
+	}
+	lock := e.holdInTx(`SELECT pg_advisory_xact_lock(4242)`)
+	e.emit("acme", "v1-c1", "variant.created", "variant", "v1", `{"product_id": "p1", "sku": "NOVA-RED"}`)
+	var remote, state string
+	waitFor(t, time.Minute, "the variant's mapping active and its Finish waiting", func() bool {
+		remote, state = e.mappingOf("variant", "acme", "v1")
+		var waiting bool
+		err := e.conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory')`).Scan(&waiting)
+		return err == nil && state == "active" && waiting
+	})
+	p.kill()
+	// The killed process' statement still waits in its backend: end it,
+	// so its transaction rolls back, as a crash before the commit would.
+	if _, err := e.conn.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.conn.Exec(ctx, `DROP TRIGGER hold_finish ON ferry.delivery`); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.state("v1-c1"); s != "in_flight" {
+		t.Fatalf("after the kill the variant's delivery is %s, want in_flight (its Finish never committed)", s)
+	}
+	var steps *string
+	if err := e.conn.QueryRow(ctx, `SELECT steps::text FROM ferry.delivery WHERE event_id = 'v1-c1'`).Scan(&steps); err != nil || steps != nil {
+		t.Fatalf("the variant's recorded steps: %v (%v); want none (the mapping is the record)", steps, err)
+	}
+	p = e.startProcess(args...)
+	waitFor(t, time.Minute, "the variant delivered after the restart", func() bool { return e.state("v1-c1") == "succeeded" })
+	if posts, _ := e.calls("acme", "POST", "/v1/variants"); posts != 1 {
+		t.Errorf("%d variant creates sent, want 1", posts)
+	}
+	if puts, _ := e.calls("acme", "PUT", "/v1/variants"); puts != 0 {
+		t.Errorf("%d variant updates sent after the restart, want none", puts)
+	}
+	if r, s := e.mappingOf("variant", "acme", "v1"); r != remote || s != "active" {
+		t.Errorf("variant mapping %s %s after the restart, want %s active", r, s, remote)
+	}
+	var attempts int
+	if err := e.conn.QueryRow(ctx, `SELECT attempts FROM ferry.delivery WHERE event_id = 'v1-c1'`).Scan(&attempts); err != nil || attempts != 2 {
+		t.Errorf("the variant's delivery took %d attempts (%v), want 2", attempts, err)
+	}
+}

@@ -234,6 +234,15 @@ func (d *delivery) run(ctx context.Context) (connector.Result, error) {
 			return connector.Result{Note: fmt.Sprintf("%s %s was never created at the partner: delete is a no-op", d.e.name, local)}, nil
 		}
 		d.data["remote_id"] = id
+	case (op == opCreate || op == opUpsert) && m.Active() && len(done) == 0 && m.IdempotencyKey == intentKey:
+		// This event's own create reached the partner and its mapping was
+		// written, but the attempt did not finish (a crash, a lost
+		// commit): the active mapping under this event's intent key is
+		// the record of the create step (runSteps records no step
+		// besides it when the create is the only step).
+		op = opCreate
+		first := d.e.ops[opCreate][0].name
+		done[first] = connector.Step{Name: first, RemoteID: m.RemoteID, Created: true}
 	case (op == opCreate || op == opUpsert) && m.Active() && len(done) == 0:
 		op = opUpdate // already at the partner (a resync, or a second create)
 	case op == opUpdate && !m.Active() && len(done) == 0:
@@ -337,8 +346,13 @@ func (d *delivery) runSteps(ctx context.Context, op string, done map[string]conn
 		d.steps[s.name] = stepData(st)
 		completed = append(completed, st)
 		// Recorded before the mapping: a crash in between resumes here and
-		// writes the mapping from the recorded step.
-		if d.req.Checkpoint != nil {
+		// writes the mapping from the recorded step. The last step needs
+		// no record of its own when it maps nothing (Finish records its
+		// call; a retry sends it again under the same idempotency key, as
+		// after a crash before any record) or when it is the create whose
+		// intent the mapping holds (the active mapping under this event's
+		// intent key is the record: run). A statement less per delivery.
+		if d.req.Checkpoint != nil && !d.recordedByFinish(op, i, s) {
 			if err := d.req.Checkpoint(ctx, st); err != nil {
 				return connector.Result{}, &connector.Failure{Reason: "delivery log: record step " + s.name, Err: err}
 			}
@@ -360,6 +374,17 @@ func (d *delivery) runSteps(ctx context.Context, op string, done map[string]conn
 		}
 	}
 	return d.result(), nil
+}
+
+// recordedByFinish reports whether step i of op, when done, needs no
+// checkpoint: it is the last step, and what it did is recorded by the
+// delivery's Finish (its call) or by the mapping it activates (the
+// entity's own create, under the intent written before the call).
+func (d *delivery) recordedByFinish(op string, i int, s step) bool {
+	if i != len(d.e.ops[op])-1 {
+		return false
+	}
+	return s.maps == "" || (op == opCreate && i == 0 && s.maps == d.e.name)
 }
 
 // result names the partner ids the delivery knows, for the outcome.

@@ -293,6 +293,58 @@ func TestResumeAtFailedStep(t *testing.T) {
 	}
 }
 
+// TestCreateRecordedByItsMapping: a create of one step records no step
+// in the delivery log (its mapping, written under the event's intent key,
+// is the record), and an attempt after the mapping was written but before
+// the delivery finished (a crash between the two) sends nothing again:
+// no second create, no update. Another event's create of the same object
+// is an update, as before. A two-step create still records its first
+// step, and its last step too, as that one maps another entity.
+func TestCreateRecordedByItsMapping(t *testing.T) {
+	s, base := sim(t)
+	c := newConn(t, example(t, "shop"), base)
+	m := connectortest.NewMemMappings()
+	ctx := context.Background()
+	var recorded []connector.Step
+	record := func(_ context.Context, s connector.Step) error { recorded = append(recorded, s); return nil }
+	r := req(event("c-p1", "product.created", "product", "p1", `{"name": "Lamp", "price": 25, "currency": "EUR"}`), m)
+	r.Checkpoint = record
+	if _, err := c.Deliver(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if len(recorded) != 2 || recorded[0].Name != "item" || recorded[1].Name != "price" {
+		t.Fatalf("two-step create recorded %+v, want both steps", recorded)
+	}
+	recorded = nil
+	r = req(event("c-v1", "variant.created", "variant", "v1", `{"product_id": "p1", "sku": "NOVA-RED"}`), m)
+	r.Checkpoint = record
+	first, err := c.Deliver(ctx, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recorded) != 0 || len(first.Calls) != 1 || first.RemoteID == "" {
+		t.Fatalf("one-step create: recorded %+v, result %+v; want no step recorded, one call", recorded, first)
+	}
+	r.Attempt = 2 // the same event again, the mapping written, no step recorded
+	again, err := c.Deliver(ctx, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again.Calls) != 0 || again.RemoteID != first.RemoteID || len(recorded) != 0 {
+		t.Fatalf("the same create again: %+v (recorded %+v); want no call and partner id %s", again, recorded, first.RemoteID)
+	}
+	if n := len(s.Objects("variants")); n != 1 {
+		t.Fatalf("%d variants at the partner, want 1", n)
+	}
+	other, err := c.Deliver(ctx, req(event("c-v1-again", "variant.created", "variant", "v1", `{"product_id": "p1", "sku": "NOVA-BLUE"}`), m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(other.Calls) != 1 || other.Calls[0].Method != http.MethodPut {
+		t.Fatalf("another event's create of v1 made %+v, want one update", other.Calls)
+	}
+}
+
 // TestRejectedStepUndoesEarlierSteps: the price is rejected; Undo deletes
 // the item and its mapping.
 func TestRejectedStepUndoesEarlierSteps(t *testing.T) {
