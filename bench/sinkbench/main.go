@@ -37,7 +37,8 @@ var (
 	scaleTenants = flag.Int("scale-tenants", 1_000_000, "distinct tenants in the scale run (-only scale; compared with 1,000 over as many events)")
 	bigEvents    = flag.Int("big-events", 1000, "events of 1 MB in the big-payload run")
 	heap         = flag.String("heap", "", "save the sink's heap profile at its highest resident set to this file (parked and big runs)")
-	profile      = flag.String("profile", "", "write a 2 s CPU profile of the sink, taken 1.5 s into each run, to this file (the last run's stays)")
+	profile      = flag.String("profile", "", "write a CPU profile of the sink, taken 1.5 s into each run, to this file (the last run's stays; -only mapped: the webhook run's to FILE.webhook)")
+	profileFor   = flag.Duration("profile-for", 2*time.Second, "how long -profile samples")
 	pgStats      = flag.Bool("pg-stats", false, "-only mapped: load pg_stat_statements and print, after each sink run, the statements that took most of Postgres' time")
 )
 
@@ -45,7 +46,7 @@ var (
 // bin/sink file).
 func sinkProfile(admin, file string) {
 	time.Sleep(1500 * time.Millisecond)
-	resp, err := http.Get("http://" + admin + "/debug/pprof/profile?seconds=2")
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, int(profileFor.Seconds())))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "profile:", err)
 		return
@@ -590,8 +591,12 @@ func mappedRun(ctx context.Context, cl *pgtest.Cluster, bin, name string, n int,
 	if _, err := e.sink(fastSink); err != nil {
 		return 0, err
 	}
-	if *profile != "" && mapped {
-		go sinkProfile(e.admin, *profile)
+	if *profile != "" {
+		file := *profile
+		if !mapped {
+			file += ".webhook"
+		}
+		go sinkProfile(e.admin, file)
 	}
 	if *pgStats {
 		if err := resetStatements(ctx, e.pg); err != nil {

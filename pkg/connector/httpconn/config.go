@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/theory/jsonpath"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ferry-cdc/ferry/internal/safe"
@@ -152,7 +151,7 @@ type call struct {
 	path    *tmpl
 	body    *tmpl
 	headers map[string]*tmpl
-	id      *jsonpath.Path
+	id      *idPath
 	idSrc   string
 }
 
@@ -381,7 +380,7 @@ func (c *Call) compile(prefix, defaultMethod string, sc scope) (*call, []error) 
 		out.headers[h] = t
 	}
 	if c.ID != "" {
-		if out.id, err = parsePath(c.ID); err != nil {
+		if out.id, err = parseIDPath(c.ID); err != nil {
 			errs = append(errs, fmt.Errorf("%s.id: %q is not a JSON path: %v", prefix, c.ID, err))
 		}
 	}

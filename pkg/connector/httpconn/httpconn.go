@@ -13,8 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/theory/jsonpath"
-
 	"github.com/ferry-cdc/ferry/internal/safe"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 	"github.com/ferry-cdc/ferry/pkg/connector/webhook"
@@ -311,8 +309,11 @@ func (d *delivery) runSteps(ctx context.Context, op string, done map[string]conn
 		if i == 0 && op == opCreate {
 			key = d.data["idempotency_key"].(string)
 		}
+		later := i < len(d.e.ops[op])-1 // only later steps' templates read .steps
 		if prev, ok := done[s.name]; ok {
-			d.steps[s.name] = stepData(prev)
+			if later {
+				d.steps[s.name] = stepData(prev)
+			}
 			completed = append(completed, prev)
 			if prev.RemoteID != "" && s.maps != "" {
 				// The mapping may not have been written before a crash.
@@ -343,7 +344,9 @@ func (d *delivery) runSteps(ctx context.Context, op string, done map[string]conn
 					Calls: d.calls}
 			}
 		}
-		d.steps[s.name] = stepData(st)
+		if later {
+			d.steps[s.name] = stepData(st)
+		}
 		completed = append(completed, st)
 		// Recorded before the mapping: a crash in between resumes here and
 		// writes the mapping from the recorded step. The last step needs
@@ -639,31 +642,6 @@ func decodeJSON(b []byte) (any, error) {
 	dec.UseNumber()
 	err := dec.Decode(&v)
 	return v, err
-}
-
-func parsePath(s string) (*jsonpath.Path, error) { return jsonpath.Parse(s) }
-
-// extractID returns the first value the path selects, as a string.
-func extractID(p *jsonpath.Path, body []byte) (string, error) {
-	v, err := decodeJSON(body)
-	if err != nil {
-		return "", fmt.Errorf("the answer is not JSON: %v", err)
-	}
-	nodes := p.Select(v)
-	if len(nodes) == 0 {
-		return "", errors.New("nothing there")
-	}
-	switch x := nodes[0].(type) {
-	case string:
-		if x == "" {
-			return "", errors.New("it is empty")
-		}
-		return x, nil
-	case json.Number:
-		return x.String(), nil
-	default:
-		return "", fmt.Errorf("it is a %T, not a string or number", x)
-	}
 }
 
 // maxBody bounds bodies kept for steps and reasons.

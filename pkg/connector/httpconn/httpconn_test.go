@@ -665,20 +665,36 @@ func FuzzPathEscaping(f *testing.F) {
 	})
 }
 
-// FuzzExtractID: any answer and path: an id or an error, never a panic.
+// FuzzExtractID: any answer and path: an id or an error, never a panic;
+// and for a "$.name" path, read in place (memberID), the same id or
+// error as the decoded answer gives.
 func FuzzExtractID(f *testing.F) {
 	f.Add(`{"id": "x1"}`, "$.id")
 	f.Add(`{"data": [{"id": 42}]}`, "$.data[0].id")
 	f.Add(`[1, {"a": null}]`, "$..a")
 	f.Add(`not json`, "$.id")
+	f.Add(`{"id": "a", "id": "b"}`, "$.id")
+	f.Add(`{"i\u0064": "esc", "id": "x"}`, "$.id")
+	f.Add(`{"id": "caf\u00e9"}`, "$.id")
+	f.Add("{\"id\": \"\xff\"}", "$.id")
+	f.Add(`{"id": -1.5e3}`, "$.id")
+	f.Add(`{"id": ""}`, "$.id")
+	f.Add(`{"ID": "upper"}`, "$.id")
+	f.Add(`{"x": {"id": "inner"}, "id": null}`, "$.id")
 	f.Fuzz(func(t *testing.T, body, path string) {
-		p, err := parsePath(path)
+		p, err := parseIDPath(path)
 		if err != nil {
 			return
 		}
 		id, err := extractID(p, []byte(body))
 		if err == nil && id == "" {
 			t.Fatalf("empty id without an error for %q at %q", body, path)
+		}
+		if fast, ferr, ok := p.memberID([]byte(body)); ok {
+			slow, serr := extractID(&idPath{Path: p.Path}, []byte(body))
+			if fast != slow || fmt.Sprint(ferr) != fmt.Sprint(serr) {
+				t.Fatalf("%q at %q: read in place %q, %v; decoded %q, %v", body, path, fast, ferr, slow, serr)
+			}
 		}
 	})
 }
@@ -690,7 +706,10 @@ func TestExtractID(t *testing.T) {
 		{`{"data": []}`, "$.data[0].id", ""},
 		{`{"id": {"n": 1}}`, "$.id", ""},
 	} {
-		p, _ := parsePath(c.path)
+		p, _ := parseIDPath(c.path)
+		if _, _, ok := p.memberID([]byte(c.body)); ok != (c.path == "$.id" && c.body == `{"id": "x1"}`) {
+			t.Errorf("memberID(%s, %s) read in place: %v", c.body, c.path, ok)
+		}
 		got, err := extractID(p, []byte(c.body))
 		if got != c.want || (c.want == "") != (err != nil) {
 			t.Errorf("extractID(%s, %s) = %q, %v; want %q", c.body, c.path, got, err, c.want)
