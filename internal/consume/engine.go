@@ -20,11 +20,13 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/ferry-cdc/ferry/internal/delivery"
+	"github.com/ferry-cdc/ferry/internal/groupcommit"
 	"github.com/ferry-cdc/ferry/internal/kafkaconf"
 	"github.com/ferry-cdc/ferry/internal/lane"
 	"github.com/ferry-cdc/ferry/internal/metrics"
 	"github.com/ferry-cdc/ferry/internal/retry"
 	"github.com/ferry-cdc/ferry/internal/route"
+	"github.com/ferry-cdc/ferry/internal/safe"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 	"github.com/ferry-cdc/ferry/pkg/mapping"
 )
@@ -620,8 +622,12 @@ func (e *Engine) deliverEvent(ctx context.Context, tp lane.TP, rec *kgo.Record, 
 	req := connector.Request{Integration: e.cfg.Name, Event: ev, Resync: resync != "", Steps: att.Steps,
 		IdempotencyKey: att.IdempotencyKey(), Attempt: att.Number,
 		Checkpoint: func(ctx context.Context, s connector.Step) error { return e.dlog.Checkpoint(ctx, att, s) }}
+	// The partner ids a create records commit with the delivery's
+	// outcome (Finish below), in one transaction.
+	var maps *mapping.Deferred
 	if e.maps != nil {
-		req.Mappings = e.maps.For(e.cfg.Name, ev.TenantID)
+		maps = e.maps.Deferred(e.cfg.Name, ev.TenantID)
+		req.Mappings = maps
 	}
 
 	var res connector.Result
@@ -672,20 +678,44 @@ func (e *Engine) deliverEvent(ctx context.Context, tp lane.TP, rec *kgo.Record, 
 			e.compensate(ctx, req, rej.Steps, att, &o)
 		}
 	}
-	if ctx.Err() != nil && o.State == delivery.Failed {
-		// Stopping, and the call was cut short or failed as the stop
-		// came: the delivery stays in flight under this process's lease
-		// (which a restart ends at once), and no attempt is burnt.
-		return lane.Outcome{Verdict: lane.Backoff, Delay: time.Second}
-	}
 	// The partner answered: its answer is recorded even when the sink is
 	// stopping meanwhile, or the next owner would call the partner again
 	// for a change it already made (the write then waits only on the
 	// log's statement timeout, bounded here too).
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer cancel()
-	if err := e.dlog.Finish(fctx, att, o); err != nil {
-		return e.dbTrouble(err)
+	if ctx.Err() != nil && o.State == delivery.Failed {
+		// Stopping, and the call was cut short or failed as the stop
+		// came: the delivery stays in flight under this process's lease
+		// (which a restart ends at once), and no attempt is burnt. The
+		// partner ids of the steps that did complete are kept.
+		if maps != nil {
+			if err := maps.Flush(fctx); err != nil {
+				e.log.Warn("partner ids not recorded while stopping; the next attempt finds them by the intent's key", append(where(ev, tp, rec), "err", err)...)
+			}
+		}
+		return lane.Outcome{Verdict: lane.Backoff, Delay: time.Second}
+	}
+	var with []*groupcommit.Op
+	if maps != nil {
+		with = maps.Pending()
+		defer maps.Settle()
+	}
+	if err := e.dlog.Finish(fctx, att, o, with...); err != nil {
+		if len(with) == 0 || errors.Is(err, delivery.ErrMovedOn) {
+			return e.dbTrouble(err)
+		}
+		// The outcome and the partner ids were refused together: write
+		// the ids on their own, and when the database refuses them,
+		// record the attempt as failed, saying so (the next attempt
+		// recovers the object by the intent's key, or from the steps).
+		if ferr := maps.Flush(fctx); ferr != nil {
+			o.State, o.Reason = delivery.Failed, "the partner answered, but its partner ids could not be recorded: "+safe.Text(ferr.Error())
+			o.NextRetry = time.Now().Add(e.cfg.Retry.Delay(att.Number, 0))
+		}
+		if err := e.dlog.Finish(fctx, att, o); err != nil {
+			return e.dbTrouble(err)
+		}
 	}
 	e.m.Deliveries.WithLabelValues(e.cfg.Name, string(o.State)).Inc()
 	if o.State.Final() {

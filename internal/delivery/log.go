@@ -425,12 +425,16 @@ func OutcomeOf(res connector.Result, err error) Outcome {
 
 // Finish records the attempt's outcome. It fails when the delivery moved
 // since Begin (fenced by the attempt number).
-func (l *Log) Finish(ctx context.Context, a Attempt, o Outcome) error {
+//
+// The writes given as with (the partner ids a create recorded: see
+// mapping.Deferred) commit in the same transaction as the outcome, or
+// not at all; the caller reads their results from the ops.
+func (l *Log) Finish(ctx context.Context, a Attempt, o Outcome, with ...*groupcommit.Op) error {
 	fin, err := l.finishOp(a, o)
 	if err != nil {
 		return err
 	}
-	if err := l.b.Do(ctx, fin); err != nil {
+	if err := l.b.Do(ctx, append([]*groupcommit.Op{fin}, with...)...); err != nil {
 		return fmt.Errorf("delivery: finish %s: %w", a.EventID, err)
 	}
 	if !fin.Applied {

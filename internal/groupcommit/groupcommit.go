@@ -76,7 +76,7 @@ type Batcher struct {
 	// timeout bounds each batch (and each write retried on its own);
 	// 0 means unbounded.
 	timeout time.Duration
-	ops     chan *Op
+	units   chan []*Op // each Do's writes, to run in one transaction
 	wg      sync.WaitGroup
 	once    sync.Once
 }
@@ -92,7 +92,7 @@ func New(pool *pgxpool.Pool, timeout time.Duration) (*Batcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("groupcommit: connections for the batched writes: %w", err)
 	}
-	b := &Batcher{pool: wp, timeout: timeout, ops: make(chan *Op, 4*maxBatch)}
+	b := &Batcher{pool: wp, timeout: timeout, units: make(chan []*Op, 4*maxBatch)}
 	for range batchers {
 		b.wg.Add(1)
 		go b.loop()
@@ -128,46 +128,55 @@ func (b *Batcher) Pool() *pgxpool.Pool { return b.pool }
 // Close runs the writes still waiting, stops the batchers and closes
 // their connections.
 func (b *Batcher) Close() {
-	b.once.Do(func() { close(b.ops) })
+	b.once.Do(func() { close(b.units) })
 	b.wg.Wait()
 	b.pool.Close()
 }
 
-// Do runs one write through a batch and waits for it: when it returns
-// nil, the write's transaction has committed, and o.Applied and o.Out
-// hold its result.
-func (b *Batcher) Do(ctx context.Context, o *Op) error {
-	o.done = make(chan struct{})
+// Do runs writes through a batch and waits for them: when it returns
+// nil, their transaction has committed, and each op's Applied and Out
+// hold its result. Writes given together commit together or not at all
+// (the delivery log's outcome with the partner ids it records), even
+// when their batch fails and is retried write by write.
+func (b *Batcher) Do(ctx context.Context, ops ...*Op) error {
+	for _, o := range ops {
+		o.done, o.Applied, o.Err = make(chan struct{}), false, nil
+	}
 	select {
-	case b.ops <- o:
+	case b.units <- ops:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	// Once queued the write runs; wait for it even if ctx ends, so the
+	// Once queued the writes run; wait for them even if ctx ends, so the
 	// caller never acts on a write whose outcome it does not know.
-	<-o.done
-	return o.Err
+	for _, o := range ops {
+		<-o.done
+		if o.Err != nil {
+			return o.Err
+		}
+	}
+	return nil
 }
 
 func (b *Batcher) loop() {
 	defer b.wg.Done()
 	t := time.NewTimer(0)
-	for first := range b.ops {
-		batch := []*Op{first}
+	for first := range b.units {
+		units, n := [][]*Op{first}, len(first)
 		t.Reset(linger)
 	fill:
-		for len(batch) < maxBatch {
+		for n < maxBatch {
 			select {
-			case o, ok := <-b.ops:
+			case u, ok := <-b.units:
 				if !ok {
 					break fill
 				}
-				batch = append(batch, o)
+				units, n = append(units, u), n+len(u)
 			case <-t.C:
 				break fill
 			}
 		}
-		b.Run(batch)
+		b.RunUnits(units...)
 	}
 }
 
@@ -234,62 +243,94 @@ func (b *Batcher) bound() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), b.timeout)
 }
 
-// Run runs ops as one batch now and marks each done; the batchers call
-// it with whatever writes are waiting, tests to drive a batch by hand.
+// Run runs ops as one batch now, each write a unit of its own, and
+// marks each done: for tests, to drive a batch by hand.
 func (b *Batcher) Run(ops []*Op) {
-	for _, o := range ops {
-		if o.done == nil {
-			o.done = make(chan struct{})
-		}
+	units := make([][]*Op, len(ops))
+	for i, o := range ops {
+		units[i] = []*Op{o}
 	}
-	if len(ops) > 1 {
-		gs := Groups(ops)
-		pb := &pgx.Batch{}
-		for _, g := range gs {
-			pb.Queue(g.Stmt.SQL, g.Stmt.Args(g.Ops)...)
-		}
-		// One pipeline with one Sync: Postgres runs it as one implicit
-		// transaction (all or nothing), in one round trip — no BEGIN and
-		// COMMIT round trips around it.
-		err := func() error {
-			ctx, cancel := b.bound()
-			defer cancel()
-			br := b.pool.SendBatch(ctx, pb)
-			for _, g := range gs {
-				rows, err := br.Query()
-				if err != nil {
-					br.Close()
-					return err
-				}
-				if err := g.read(rows); err != nil {
-					br.Close()
-					return err
-				}
+	b.RunUnits(units...)
+}
+
+// RunUnits runs the units' writes as one batch now and marks each done,
+// as the batchers do with whatever Do calls are waiting (a unit is one
+// Do's writes). If the batch fails, each unit runs on its own, so one
+// bad write fails only its unit, and all of it.
+func (b *Batcher) RunUnits(units ...[]*Op) {
+	var ops []*Op
+	for _, u := range units {
+		for _, o := range u {
+			if o.done == nil {
+				o.done = make(chan struct{})
 			}
-			return br.Close()
-		}()
-		if err == nil {
+		}
+		ops = append(ops, u...)
+	}
+	if len(units) > 1 {
+		if err := b.pipeline(ops); err == nil {
 			for _, o := range ops {
 				close(o.done)
 			}
 			return
 		}
+	}
+	// One unit, or a failed batch: each unit on its own.
+	for _, u := range units {
+		var err error
+		if len(u) == 1 {
+			g := newGroup(u[0])
+			ctx, cancel := b.bound()
+			var rows pgx.Rows
+			if rows, err = b.pool.Query(ctx, g.Stmt.SQL, g.Stmt.Args(g.Ops)...); err == nil {
+				err = g.read(rows)
+			}
+			cancel()
+		} else {
+			err = b.pipeline(u)
+		}
+		for _, o := range u {
+			if err != nil {
+				o.Applied, o.Err = false, err
+			}
+			close(o.done)
+		}
+	}
+}
+
+// pipeline runs ops as one statement per group in one pipeline with one
+// Sync: Postgres runs it as one implicit transaction (all or nothing),
+// in one round trip — no BEGIN and COMMIT round trips around it. On an
+// error no write is applied.
+func (b *Batcher) pipeline(ops []*Op) error {
+	gs := Groups(ops)
+	pb := &pgx.Batch{}
+	for _, g := range gs {
+		pb.Queue(g.Stmt.SQL, g.Stmt.Args(g.Ops)...)
+	}
+	err := func() error {
+		ctx, cancel := b.bound()
+		defer cancel()
+		br := b.pool.SendBatch(ctx, pb)
+		for _, g := range gs {
+			rows, err := br.Query()
+			if err != nil {
+				br.Close()
+				return err
+			}
+			if err := g.read(rows); err != nil {
+				br.Close()
+				return err
+			}
+		}
+		return br.Close()
+	}()
+	if err != nil {
 		for _, o := range ops {
 			o.Applied = false
 		}
 	}
-	// One write, or a failed batch: each on its own.
-	for _, o := range ops {
-		g := newGroup(o)
-		ctx, cancel := b.bound()
-		rows, err := b.pool.Query(ctx, g.Stmt.SQL, g.Stmt.Args(g.Ops)...)
-		if err == nil {
-			err = g.read(rows)
-		}
-		cancel()
-		o.Err = err
-		close(o.done)
-	}
+	return err
 }
 
 // Exec runs one write as a statement of its own on pool, outside any

@@ -115,14 +115,16 @@ func TestHTTP_IntentCommittedBeforeTheCallAndRecoveredAfterAKill(t *testing.T) {
 	}
 }
 
-// A one-step create records no step in the delivery log: the mapping,
-// activated under the event's intent key, is its record. A sink killed
-// with SIGKILL after that mapping committed and before the delivery
-// finished (here Finish waits on a lock the test holds, and the kill
-// comes while it waits) is followed by a process that sends nothing
-// again for that event: no second create, no update, and the delivery
-// succeeds with the partner id the mapping holds.
-func TestHTTP_CreateKilledAfterItsMappingIsNotSentAgain(t *testing.T) {
+// A create's partner id commits with the delivery's outcome, in one
+// transaction. Here the variant's outcome waits on a lock the test
+// holds, and the sink is killed with SIGKILL while it waits: neither the
+// outcome nor the partner id is in the database after the kill (the
+// mapping is still the intent written before the call, and no step is
+// recorded: a one-step create has no checkpoint), and the next process
+// sends the create again under the intent's key, which the partner
+// replays: one variant at the partner, mapped to the id of the first
+// answer, and no update sent.
+func TestHTTP_CreateKilledWhileItsOutcomeCommitsIsRecoveredByItsIntent(t *testing.T) {
 	e := newEnv(t, partnersim.Config{})
 	ctx := context.Background()
 	args := []string{"--config", e.shopConfig(""), "--instance-id", "mapping-finish-kill", "--session-timeout", "30s"}
@@ -143,13 +145,15 @@ func TestHTTP_CreateKilledAfterItsMappingIsNotSentAgain(t *testing.T) {
 	}
 	lock := e.holdInTx(`SELECT pg_advisory_xact_lock(4242)`)
 	e.emit("acme", "v1-c1", "variant.created", "variant", "v1", `{"product_id": "p1", "sku": "NOVA-RED"}`)
-	var remote, state string
-	waitFor(t, time.Minute, "the variant's mapping active and its Finish waiting", func() bool {
-		remote, state = e.mappingOf("variant", "acme", "v1")
+	waitFor(t, time.Minute, "the variant's outcome waiting to commit", func() bool {
 		var waiting bool
 		err := e.conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory')`).Scan(&waiting)
-		return err == nil && state == "active" && waiting
+		return err == nil && waiting
 	})
+	created := e.sim.Objects("variants")
+	if len(created) != 1 {
+		t.Fatalf("%d variants at the partner while the outcome waits, want 1", len(created))
+	}
 	p.kill()
 	// The killed process' statement still waits in its backend: end it,
 	// so its transaction rolls back, as a crash before the commit would.
@@ -163,25 +167,27 @@ func TestHTTP_CreateKilledAfterItsMappingIsNotSentAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	if s := e.state("v1-c1"); s != "in_flight" {
-		t.Fatalf("after the kill the variant's delivery is %s, want in_flight (its Finish never committed)", s)
+		t.Fatalf("after the kill the variant's delivery is %s, want in_flight (its outcome never committed)", s)
+	}
+	if r, s := e.mappingOf("variant", "acme", "v1"); s != "creating" || r != "" {
+		t.Fatalf("after the kill the variant's mapping is %s %q, want the intent alone (the partner id commits with the outcome)", s, r)
 	}
 	var steps *string
 	if err := e.conn.QueryRow(ctx, `SELECT steps::text FROM ferry.delivery WHERE event_id = 'v1-c1'`).Scan(&steps); err != nil || steps != nil {
-		t.Fatalf("the variant's recorded steps: %v (%v); want none (the mapping is the record)", steps, err)
+		t.Fatalf("the variant's recorded steps: %v (%v); want none", steps, err)
 	}
 	p = e.startProcess(args...)
 	waitFor(t, time.Minute, "the variant delivered after the restart", func() bool { return e.state("v1-c1") == "succeeded" })
-	if posts, _ := e.calls("acme", "POST", "/v1/variants"); posts != 1 {
-		t.Errorf("%d variant creates sent, want 1", posts)
+	if posts, replayed := e.calls("acme", "POST", "/v1/variants"); posts != 2 || replayed != 1 {
+		t.Errorf("%d variant creates sent, %d replayed; want the first and its replay under the intent's key", posts, replayed)
 	}
 	if puts, _ := e.calls("acme", "PUT", "/v1/variants"); puts != 0 {
 		t.Errorf("%d variant updates sent after the restart, want none", puts)
 	}
-	if r, s := e.mappingOf("variant", "acme", "v1"); r != remote || s != "active" {
-		t.Errorf("variant mapping %s %s after the restart, want %s active", r, s, remote)
+	if got := e.sim.Objects("variants"); len(got) != 1 || got[0].ID != created[0].ID {
+		t.Errorf("variants at the partner after the restart: %+v; want only %s", got, created[0].ID)
 	}
-	var attempts int
-	if err := e.conn.QueryRow(ctx, `SELECT attempts FROM ferry.delivery WHERE event_id = 'v1-c1'`).Scan(&attempts); err != nil || attempts != 2 {
-		t.Errorf("the variant's delivery took %d attempts (%v), want 2", attempts, err)
+	if r, s := e.mappingOf("variant", "acme", "v1"); r != created[0].ID || s != "active" {
+		t.Errorf("variant mapping %s %s after the restart, want %s active", r, s, created[0].ID)
 	}
 }

@@ -294,6 +294,129 @@ func (s *Store) ForTenant(ctx context.Context, integration, tenant string) ([]Ma
 	return out, rows.Err()
 }
 
+// Deferred is the store scoped to one integration and tenant for one
+// delivery, whose Activate is not written at once: the sink commits the
+// partner ids with the delivery's outcome, in the same transaction
+// (Pending, then Settle), instead of in a transaction of their own just
+// before it. A create then costs one commit less, and a delivery is never
+// recorded without the partner ids it produced, nor the ids without the
+// delivery. Every other call writes what is pending first, so the
+// delivery's own reads and writes stay in order. Without group commit
+// Activate writes at once, as For's store does.
+type Deferred struct {
+	scoped
+	pending []*pendingActivation
+}
+
+type pendingActivation struct {
+	op *groupcommit.Op
+	m  Mapping
+}
+
+// Deferred returns a Deferred store for one delivery of the tenant.
+func (s *Store) Deferred(integration, tenant string) *Deferred {
+	return &Deferred{scoped: scoped{s: s, integration: integration, tenant: tenant}}
+}
+
+// Activate records the partner id, to be committed with Pending's writes.
+func (d *Deferred) Activate(ctx context.Context, entityType, localID, remoteID string) error {
+	if d.s.b == nil {
+		return d.scoped.Activate(ctx, entityType, localID, remoteID)
+	}
+	if remoteID == "" {
+		return errors.New("mapping: activate needs the partner id")
+	}
+	k := d.key(entityType, localID)
+	p := &pendingActivation{m: Mapping{Key: k, RemoteID: remoteID, State: Active}}
+	p.op = op(activateStmt, k, remoteID, &p.m.IdempotencyKey, &p.m.UpdatedAt)
+	d.pending = append(d.pending, p)
+	return nil
+}
+
+// Pending are the writes Activate has not committed yet, for the
+// delivery's outcome to carry (delivery.Log.Finish); call Settle once
+// they ran.
+func (d *Deferred) Pending() []*groupcommit.Op {
+	ops := make([]*groupcommit.Op, len(d.pending))
+	for i, p := range d.pending {
+		ops[i] = p.op
+	}
+	return ops
+}
+
+// Settle caches the pending writes that committed and forgets them all.
+func (d *Deferred) Settle() {
+	for _, p := range d.pending {
+		if p.op.Err == nil && p.op.Applied {
+			d.s.cache.Add(p.m.Key, p.m)
+		}
+	}
+	d.pending = nil
+}
+
+// Flush commits the pending writes now, in a transaction of their own.
+func (d *Deferred) Flush(ctx context.Context) error {
+	if len(d.pending) == 0 {
+		return nil
+	}
+	ops := d.Pending()
+	err := d.s.b.Do(ctx, ops...)
+	for _, o := range ops {
+		if err == nil && !o.Applied {
+			err = errors.New("no row returned")
+		}
+	}
+	d.Settle()
+	if err != nil {
+		return fmt.Errorf("mapping: activate (%d partner ids): %w", len(ops), err)
+	}
+	return nil
+}
+
+func (d *Deferred) Get(ctx context.Context, entityType, localID string) (connector.Mapping, error) {
+	if err := d.Flush(ctx); err != nil {
+		return connector.Mapping{}, err
+	}
+	return d.scoped.Get(ctx, entityType, localID)
+}
+
+// Cached reports false while writes are pending: the caller's next call
+// (Intend, Get) writes them first.
+func (d *Deferred) Cached(entityType, localID string) (connector.Mapping, bool) {
+	if len(d.pending) > 0 {
+		return connector.Mapping{}, false
+	}
+	return d.scoped.Cached(entityType, localID)
+}
+
+func (d *Deferred) Fresh(ctx context.Context, entityType, localID string) (connector.Mapping, error) {
+	if err := d.Flush(ctx); err != nil {
+		return connector.Mapping{}, err
+	}
+	return d.scoped.Fresh(ctx, entityType, localID)
+}
+
+func (d *Deferred) Intend(ctx context.Context, entityType, localID, idempotencyKey string) (connector.Mapping, error) {
+	if err := d.Flush(ctx); err != nil {
+		return connector.Mapping{}, err
+	}
+	return d.scoped.Intend(ctx, entityType, localID, idempotencyKey)
+}
+
+func (d *Deferred) MarkDeleting(ctx context.Context, entityType, localID string) error {
+	if err := d.Flush(ctx); err != nil {
+		return err
+	}
+	return d.scoped.MarkDeleting(ctx, entityType, localID)
+}
+
+func (d *Deferred) MarkDeleted(ctx context.Context, entityType, localID string) (bool, error) {
+	if err := d.Flush(ctx); err != nil {
+		return false, err
+	}
+	return d.scoped.MarkDeleted(ctx, entityType, localID)
+}
+
 type scoped struct {
 	s                   *Store
 	integration, tenant string

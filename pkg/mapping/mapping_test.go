@@ -244,3 +244,138 @@ func TestGroupCommitWritesAreCommittedWhenTheCallReturns(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// A Deferred store's Activate is written with the writes the caller
+// runs its Pending ops with (the delivery's outcome), in one transaction:
+// nothing before, and nothing if that transaction fails; any other call
+// writes it first, so the delivery's own reads see it.
+func TestDeferredActivateCommitsWithTheOutcome(t *testing.T) {
+	ctx := context.Background()
+	url := migrated(t)
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	b, err := groupcommit.New(pool, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	s, err := New(pool, 10, WithGroupCommit(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := func(local string) string {
+		var st string
+		if err := pool.QueryRow(ctx, `SELECT state FROM ferry.mapping WHERE integration = 'shop' AND local_id = $1`, local).Scan(&st); err != nil {
+			return "none"
+		}
+		return st
+	}
+	// An outcome write that commits, and one that fails.
+	if _, err := pool.Exec(ctx, `CREATE TABLE outcome_probe (id text PRIMARY KEY CHECK (id <> 'bad'))`); err != nil {
+		t.Fatal(err)
+	}
+	probe := &groupcommit.Stmt{Name: "probe", Keys: 1, Args: func(ops []*groupcommit.Op) []any { return []any{groupcommit.KeyColumn(ops, 0)} },
+		SQL: `INSERT INTO outcome_probe SELECT * FROM unnest($1::text[]) RETURNING id`}
+
+	for _, c := range []struct {
+		local, outcome, want string
+	}{{"p1", "ok", "active"}, {"p2", "bad", "creating"}} {
+		d := s.Deferred("shop", "acme")
+		if _, err := d.Intend(ctx, "product", c.local, "shop:e:"+c.local); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Activate(ctx, "product", c.local, "item-"+c.local); err != nil {
+			t.Fatal(err)
+		}
+		if st := state(c.local); st != "creating" {
+			t.Fatalf("%s after Activate, before the outcome: %s; want the intent only", c.local, st)
+		}
+		if _, ok := d.Cached("product", c.local); ok {
+			t.Fatalf("%s cached before its partner id committed", c.local)
+		}
+		err := b.Do(ctx, append([]*groupcommit.Op{{Stmt: probe, Key: []string{c.outcome}}}, d.Pending()...)...)
+		d.Settle()
+		if (err == nil) != (c.outcome == "ok") {
+			t.Fatalf("outcome %s: %v", c.outcome, err)
+		}
+		if st := state(c.local); st != c.want {
+			t.Fatalf("%s after an outcome that %s: %s; want %s", c.local, map[bool]string{true: "committed", false: "failed"}[err == nil], st, c.want)
+		}
+		if _, ok := d.Cached("product", c.local); ok != (c.want == "active") {
+			t.Fatalf("%s cached: %v after the outcome; want %v", c.local, ok, c.want == "active")
+		}
+	}
+
+	// Any other call writes the pending id first.
+	d := s.Deferred("shop", "acme")
+	if _, err := d.Intend(ctx, "product", "p3", "shop:e:p3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Activate(ctx, "product", "p3", "item-p3"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := d.MarkDeleted(ctx, "product", "p3"); err != nil || !ok {
+		t.Fatalf("MarkDeleted after a pending Activate = %v, %v", ok, err)
+	}
+	if st := state("p3"); st != "deleted" {
+		t.Fatalf("p3 is %s, want deleted (activated first, then deleted)", st)
+	}
+	if len(d.Pending()) != 0 {
+		t.Fatalf("%d writes still pending after a call that writes them", len(d.Pending()))
+	}
+}
+
+// A batch whose one unit fails runs again unit by unit: the others
+// commit whole, the failing one not at all.
+func TestDeferredActivateInAFailingBatch(t *testing.T) {
+	ctx := context.Background()
+	url := migrated(t)
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	b, err := groupcommit.New(pool, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	s, err := New(pool, 10, WithGroupCommit(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `CREATE TABLE outcome_probe (id text PRIMARY KEY CHECK (id <> 'bad'))`); err != nil {
+		t.Fatal(err)
+	}
+	probe := &groupcommit.Stmt{Name: "probe", Keys: 1, Args: func(ops []*groupcommit.Op) []any { return []any{groupcommit.KeyColumn(ops, 0)} },
+		SQL: `INSERT INTO outcome_probe SELECT * FROM unnest($1::text[]) RETURNING id`}
+	unit := func(outcome, local string) []*groupcommit.Op {
+		d := s.Deferred("shop", "acme")
+		if _, err := d.Intend(ctx, "product", local, "shop:e:"+local); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Activate(ctx, "product", local, "item-"+local); err != nil {
+			t.Fatal(err)
+		}
+		return append([]*groupcommit.Op{{Stmt: probe, Key: []string{outcome}}}, d.Pending()...)
+	}
+	good, bad, alone := unit("u1", "p4"), unit("bad", "p5"), []*groupcommit.Op{{Stmt: probe, Key: []string{"u2"}}}
+	b.RunUnits(good, bad, alone)
+	for _, o := range append(append(good, alone...), bad...) {
+		want := o.Key[len(o.Key)-1] != "bad" && o.Key[len(o.Key)-1] != "p5"
+		if (o.Err == nil && o.Applied) != want {
+			t.Errorf("%v: applied %v, err %v; want applied %v", o.Key, o.Applied, o.Err, want)
+		}
+	}
+	var states string
+	if err := pool.QueryRow(ctx, `SELECT string_agg(local_id || '=' || state, ',' ORDER BY local_id) FROM ferry.mapping`).Scan(&states); err != nil || states != "p4=active,p5=creating" {
+		t.Fatalf("mappings %s (%v); want p4 active, p5 still an intent", states, err)
+	}
+	var probes string
+	if err := pool.QueryRow(ctx, `SELECT string_agg(id, ',' ORDER BY id) FROM outcome_probe`).Scan(&probes); err != nil || probes != "u1,u2" {
+		t.Fatalf("outcomes %s (%v); want u1 and u2", probes, err)
+	}
+}

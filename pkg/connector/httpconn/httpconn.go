@@ -350,11 +350,13 @@ func (d *delivery) runSteps(ctx context.Context, op string, done map[string]conn
 		completed = append(completed, st)
 		// Recorded before the mapping: a crash in between resumes here and
 		// writes the mapping from the recorded step. The last step needs
-		// no record of its own when it maps nothing (Finish records its
-		// call; a retry sends it again under the same idempotency key, as
-		// after a crash before any record) or when it is the create whose
-		// intent the mapping holds (the active mapping under this event's
-		// intent key is the record: run). A statement less per delivery.
+		// no record of its own when it maps nothing (the outcome that
+		// follows records the delivery; a retry before it sends the call
+		// again under the same idempotency key, as after a crash before
+		// any record) or when it is the create whose intent the mapping
+		// holds (an active mapping under this event's intent key is the
+		// record: run; the sink commits it with the outcome). A statement
+		// less per delivery.
 		if d.req.Checkpoint != nil && !d.recordedByFinish(op, i, s) {
 			if err := d.req.Checkpoint(ctx, st); err != nil {
 				return connector.Result{}, &connector.Failure{Reason: "delivery log: record step " + s.name, Err: err}
