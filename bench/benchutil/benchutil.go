@@ -77,3 +77,37 @@ func List(vs []float64) string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// MappedOperations and MappedEntities are the HTTP connector the mapped
+// runs use (sinkbench -only mapped, and httpconn's BenchmarkDeliver):
+// create writes a mapping (intent first, then the partner's id), update
+// reads it for the path. YAML at the connector's level.
+const (
+	MappedOperations = `operations: {"*.created": create, "*.updated": update, "*.deleted": delete}`
+	MappedEntities   = `entities:
+  product:
+    create:
+      - name: item
+        path: /v1/items
+        body: '{"external_id": {{.local_id}}, "name": {{.payload.name}}}'
+        id: $.id
+    update:
+      - name: item
+        path: /v1/items/{{.remote_id}}
+        body: '{"external_id": {{.local_id}}, "name": {{.payload.name}}}'
+    delete:
+      - name: item
+        path: /v1/items/{{.remote_id}}
+`
+)
+
+// Indent puts prefix before every line of s that is not empty.
+func Indent(prefix, s string) string {
+	lines := strings.SplitAfter(s, "\n")
+	for i, l := range lines {
+		if strings.TrimSpace(l) != "" {
+			lines[i] = prefix + l
+		}
+	}
+	return strings.Join(lines, "")
+}

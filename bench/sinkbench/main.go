@@ -531,28 +531,9 @@ func scaleRun(ctx context.Context, cl *pgtest.Cluster, bin string, events, tenan
 }
 
 // mappedConnector is the HTTP connector with mappings the mapped run
-// uses: create writes a mapping (intent first, then the partner's id),
-// update reads it for the path.
-const mappedConnector = `    connector:
-      type: http
-      base_url: http://%s
-      timeout: 10s
-      operations: {"*.created": create, "*.updated": update, "*.deleted": delete}
-      entities:
-        product:
-          create:
-            - name: item
-              path: /v1/items
-              body: '{"external_id": {{.local_id}}, "name": {{.payload.name}}}'
-              id: $.id
-          update:
-            - name: item
-              path: /v1/items/{{.remote_id}}
-              body: '{"external_id": {{.local_id}}, "name": {{.payload.name}}}'
-          delete:
-            - name: item
-              path: /v1/items/{{.remote_id}}
-`
+// uses (benchutil.MappedEntities), as the integration's connector block.
+var mappedConnector = "    connector:\n      type: http\n      base_url: http://%s\n      timeout: 10s\n" +
+	benchutil.Indent("      ", benchutil.MappedOperations+"\n"+benchutil.MappedEntities)
 
 // mappedRun creates n objects over 1,000 tenants, then updates each
 // (2n events, every object's update after its create in its tenant's

@@ -173,23 +173,38 @@ func TestDeletingKeepsThePartnerIDAndLeavesTheCache(t *testing.T) {
 // and each is committed when its call returns: another connection reads
 // it at once (the intent must be in the database before the partner
 // call). A write that fails fails alone: its batch's others still land.
-func TestGroupCommitWritesAreCommittedWhenTheCallReturns(t *testing.T) {
-	ctx := context.Background()
+// groupCommitted is a store in a group commit over a fresh migrated
+// database, with its batcher and pool.
+func groupCommitted(t *testing.T) (*Store, *groupcommit.Batcher, *pgxpool.Pool, string) {
+	t.Helper()
 	url := migrated(t)
-	pool, err := pgxpool.New(ctx, url)
+	pool, err := pgxpool.New(context.Background(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pool.Close()
+	t.Cleanup(pool.Close)
 	b, err := groupcommit.New(pool, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
+	t.Cleanup(b.Close) // before the pool closes
 	s, err := New(pool, 10, WithGroupCommit(b))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s, b, pool, url
+}
+
+// probeStmt writes to outcome_probe (probeTable): an outcome that
+// commits, or with id "bad" one the database refuses.
+var probeStmt = &groupcommit.Stmt{Name: "probe", Keys: 1, Args: func(ops []*groupcommit.Op) []any { return []any{groupcommit.KeyColumn(ops, 0)} },
+	SQL: `INSERT INTO outcome_probe SELECT * FROM unnest($1::text[]) RETURNING id`}
+
+const probeTable = `CREATE TABLE outcome_probe (id text PRIMARY KEY CHECK (id <> 'bad'))`
+
+func TestGroupCommitWritesAreCommittedWhenTheCallReturns(t *testing.T) {
+	ctx := context.Background()
+	s, _, pool, url := groupCommitted(t)
 	other, err := pgx.Connect(ctx, url)
 	if err != nil {
 		t.Fatal(err)
@@ -251,21 +266,7 @@ func TestGroupCommitWritesAreCommittedWhenTheCallReturns(t *testing.T) {
 // writes it first, so the delivery's own reads see it.
 func TestDeferredActivateCommitsWithTheOutcome(t *testing.T) {
 	ctx := context.Background()
-	url := migrated(t)
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	b, err := groupcommit.New(pool, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	s, err := New(pool, 10, WithGroupCommit(b))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, b, pool, _ := groupCommitted(t)
 	state := func(local string) string {
 		var st string
 		if err := pool.QueryRow(ctx, `SELECT state FROM ferry.mapping WHERE integration = 'shop' AND local_id = $1`, local).Scan(&st); err != nil {
@@ -273,12 +274,9 @@ func TestDeferredActivateCommitsWithTheOutcome(t *testing.T) {
 		}
 		return st
 	}
-	// An outcome write that commits, and one that fails.
-	if _, err := pool.Exec(ctx, `CREATE TABLE outcome_probe (id text PRIMARY KEY CHECK (id <> 'bad'))`); err != nil {
+	if _, err := pool.Exec(ctx, probeTable); err != nil {
 		t.Fatal(err)
 	}
-	probe := &groupcommit.Stmt{Name: "probe", Keys: 1, Args: func(ops []*groupcommit.Op) []any { return []any{groupcommit.KeyColumn(ops, 0)} },
-		SQL: `INSERT INTO outcome_probe SELECT * FROM unnest($1::text[]) RETURNING id`}
 
 	for _, c := range []struct {
 		local, outcome, want string
@@ -296,7 +294,7 @@ func TestDeferredActivateCommitsWithTheOutcome(t *testing.T) {
 		if _, ok := d.Cached("product", c.local); ok {
 			t.Fatalf("%s cached before its partner id committed", c.local)
 		}
-		err := b.Do(ctx, append([]*groupcommit.Op{{Stmt: probe, Key: []string{c.outcome}}}, d.Pending()...)...)
+		err := b.Do(ctx, append([]*groupcommit.Op{{Stmt: probeStmt, Key: []string{c.outcome}}}, d.Pending()...)...)
 		d.Settle()
 		if (err == nil) != (c.outcome == "ok") {
 			t.Fatalf("outcome %s: %v", c.outcome, err)
@@ -332,26 +330,10 @@ func TestDeferredActivateCommitsWithTheOutcome(t *testing.T) {
 // commit whole, the failing one not at all.
 func TestDeferredActivateInAFailingBatch(t *testing.T) {
 	ctx := context.Background()
-	url := migrated(t)
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
+	s, b, pool, _ := groupCommitted(t)
+	if _, err := pool.Exec(ctx, probeTable); err != nil {
 		t.Fatal(err)
 	}
-	defer pool.Close()
-	b, err := groupcommit.New(pool, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	s, err := New(pool, 10, WithGroupCommit(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, `CREATE TABLE outcome_probe (id text PRIMARY KEY CHECK (id <> 'bad'))`); err != nil {
-		t.Fatal(err)
-	}
-	probe := &groupcommit.Stmt{Name: "probe", Keys: 1, Args: func(ops []*groupcommit.Op) []any { return []any{groupcommit.KeyColumn(ops, 0)} },
-		SQL: `INSERT INTO outcome_probe SELECT * FROM unnest($1::text[]) RETURNING id`}
 	unit := func(outcome, local string) []*groupcommit.Op {
 		d := s.Deferred("shop", "acme")
 		if _, err := d.Intend(ctx, "product", local, "shop:e:"+local); err != nil {
@@ -360,9 +342,9 @@ func TestDeferredActivateInAFailingBatch(t *testing.T) {
 		if err := d.Activate(ctx, "product", local, "item-"+local); err != nil {
 			t.Fatal(err)
 		}
-		return append([]*groupcommit.Op{{Stmt: probe, Key: []string{outcome}}}, d.Pending()...)
+		return append([]*groupcommit.Op{{Stmt: probeStmt, Key: []string{outcome}}}, d.Pending()...)
 	}
-	good, bad, alone := unit("u1", "p4"), unit("bad", "p5"), []*groupcommit.Op{{Stmt: probe, Key: []string{"u2"}}}
+	good, bad, alone := unit("u1", "p4"), unit("bad", "p5"), []*groupcommit.Op{{Stmt: probeStmt, Key: []string{"u2"}}}
 	b.RunUnits(good, bad, alone)
 	for _, o := range append(append(good, alone...), bad...) {
 		want := o.Key[len(o.Key)-1] != "bad" && o.Key[len(o.Key)-1] != "p5"

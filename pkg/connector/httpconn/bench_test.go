@@ -11,29 +11,11 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/ferry-cdc/ferry/bench/benchutil"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 	"github.com/ferry-cdc/ferry/pkg/connector/connectortest"
 	"github.com/ferry-cdc/ferry/pkg/connector/webhook"
 )
-
-// benchConnector is sinkbench's mapped connector (bench/sinkbench).
-const benchConnector = `
-operations: {"*.created": create, "*.updated": update, "*.deleted": delete}
-entities:
-  product:
-    create:
-      - name: item
-        path: /v1/items
-        body: '{"external_id": {{.local_id}}, "name": {{.payload.name}}}'
-        id: $.id
-    update:
-      - name: item
-        path: /v1/items/{{.remote_id}}
-        body: '{"external_id": {{.local_id}}, "name": {{.payload.name}}}'
-    delete:
-      - name: item
-        path: /v1/items/{{.remote_id}}
-`
 
 const benchPayload = `{"sku":"sku-1","name":"Product","description":"lorem ipsum lorem ipsum","price":100,"currency":"EUR"}`
 
@@ -78,7 +60,7 @@ func BenchmarkDeliver(b *testing.B) {
 		}
 	})
 	var cfg Config
-	if err := yaml.Unmarshal([]byte(benchConnector), &cfg); err != nil {
+	if err := yaml.Unmarshal([]byte(benchutil.MappedOperations+"\n"+benchutil.MappedEntities), &cfg); err != nil {
 		b.Fatal(err)
 	}
 	for _, typ := range []string{"product.created", "product.updated"} {
