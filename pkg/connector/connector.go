@@ -56,9 +56,14 @@ type Mappings interface {
 	Fresh(ctx context.Context, entityType, localID string) (Mapping, error)
 	// Intend records the intent to create the object before the partner
 	// call, and returns the mapping as it now stands: an earlier intent
-	// keeps its idempotency key, so a retry sends the same one.
+	// keeps its idempotency key, so a retry sends the same one. The
+	// intent is committed when Intend returns.
 	Intend(ctx context.Context, entityType, localID, idempotencyKey string) (Mapping, error)
-	// Activate records the partner id after a successful create.
+	// Activate records the partner id after a successful create. The
+	// sink commits it with the delivery's outcome, in one transaction
+	// (any later call of the same delivery sees it); a delivery that
+	// does not finish leaves the intent, and its retry sends the
+	// intent's key again.
 	Activate(ctx context.Context, entityType, localID, remoteID string) error
 	// MarkDeleting records that the partner object is being deleted
 	// (before the delete call), so a crash or failure mid-delete is
