@@ -151,6 +151,10 @@ func (b *Batcher) Do(ctx context.Context, ops ...*Op) error {
 	// caller never acts on a write whose outcome it does not know.
 	for _, o := range ops {
 		<-o.done
+	}
+	// Every op is done before any is read: the batcher writes each until
+	// it marks it done.
+	for _, o := range ops {
 		if o.Err != nil {
 			return o.Err
 		}

@@ -191,3 +191,98 @@ func TestHTTP_CreateKilledWhileItsOutcomeCommitsIsRecoveredByItsIntent(t *testin
 		t.Errorf("variant mapping %s %s after the restart, want %s active", r, s, created[0].ID)
 	}
 }
+
+// The mapping protocol under repeated SIGKILL: tenants create products
+// (two steps: item, then price) and variants (one step, waiting for
+// their product), then update both, while the sink is killed four times
+// mid-load and restarted. Afterwards every object exists once at the
+// partner, carries its update, and is mapped to that object: no create
+// went out twice under different keys, no update reached another object
+// or was lost.
+func TestHTTP_SinkKilledRepeatedlyCreatesEachObjectOnce(t *testing.T) {
+	e := newEnv(t, partnersim.Config{Latency: 3 * time.Millisecond, Jitter: 4 * time.Millisecond})
+	const tenants, objects, kills = 10, 20, 4
+	for i := range objects {
+		for ti := range tenants {
+			tenant := fmt.Sprintf("t%02d", ti)
+			p, v := fmt.Sprintf("p%02d", i), fmt.Sprintf("v%02d", i)
+			e.emit(tenant, tenant+"-"+p+"-c", "product.created", "product", p, product("lamp "+p, 10+i))
+			e.emit(tenant, tenant+"-"+v+"-c", "variant.created", "variant", v, fmt.Sprintf(`{"product_id": %q, "sku": "sku-%s"}`, p, v))
+		}
+	}
+	for i := range objects {
+		for ti := range tenants {
+			tenant := fmt.Sprintf("t%02d", ti)
+			p, v := fmt.Sprintf("p%02d", i), fmt.Sprintf("v%02d", i)
+			e.emit(tenant, tenant+"-"+p+"-u", "product.updated", "product", p, product("renamed "+p, 20+i))
+			e.emit(tenant, tenant+"-"+v+"-u", "variant.updated", "variant", v, fmt.Sprintf(`{"product_id": %q, "sku": "sku-%s-2"}`, p, v))
+		}
+	}
+	const total = tenants * objects * 4
+	succeeded := func() int {
+		var n int
+		_ = e.conn.QueryRow(context.Background(), `SELECT count(*) FROM ferry.delivery WHERE state = 'succeeded'`).Scan(&n)
+		return n
+	}
+	args := []string{"--config", e.shopConfig("    timeout: 3s\n"), "--instance-id", "mapping-kills", "--session-timeout", "30s"}
+	p := e.startProcess(args...)
+	defer func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("last sink's stderr:\n%s", p.stderr.String())
+		}
+	}()
+	for k := range kills {
+		before := succeeded()
+		waitFor(t, 2*time.Minute, fmt.Sprintf("deliveries before kill %d", k+1), func() bool { return succeeded() >= before+total/(2*kills) })
+		p.kill()
+		p = e.startProcess(args...)
+	}
+	waitFor(t, 3*time.Minute, "every event delivered", func() bool { return succeeded() == total })
+
+	type key struct{ tenant, local string }
+	count := map[key]int{}
+	byID := map[string]partnersim.Object{}
+	for _, entity := range []string{"items", "variants"} {
+		for _, o := range e.sim.Objects(entity) {
+			count[key{o.Tenant, o.ExternalID}]++
+			byID[o.ID] = o
+		}
+	}
+	replayed := 0
+	for ti := range tenants {
+		for _, r := range e.sim.Requests(fmt.Sprintf("t%02d", ti)) {
+			if r.Replayed {
+				replayed++
+			}
+		}
+	}
+	t.Logf("%d creates replayed by their idempotency key after the kills", replayed) // how often a kill hit a create
+	prices := map[string]int{} // by item id
+	for _, o := range e.sim.Objects("prices") {
+		prices[fmt.Sprint(o.Fields["item_id"])]++
+	}
+	for ti := range tenants {
+		tenant := fmt.Sprintf("t%02d", ti)
+		for i := range objects {
+			p, v := fmt.Sprintf("p%02d", i), fmt.Sprintf("v%02d", i)
+			for _, c := range []struct{ entity, local, field, want string }{
+				{"product", p, "name", "renamed " + p},
+				{"variant", v, "sku", "sku-" + v + "-2"},
+			} {
+				if n := count[key{tenant, c.local}]; n != 1 {
+					t.Errorf("%s %s: %d objects at the partner, want 1", tenant, c.local, n)
+				}
+				remote, state := e.mappingOf(c.entity, tenant, c.local)
+				o, ok := byID[remote]
+				if state != "active" || !ok || o.Tenant != tenant || o.ExternalID != c.local || fmt.Sprint(o.Fields[c.field]) != c.want {
+					t.Errorf("%s %s: mapping %s %s → %+v; want it active on the object with %s %q", tenant, c.local, state, remote, o, c.field, c.want)
+				}
+			}
+			item, _ := e.mappingOf("product", tenant, p)
+			if prices[item] != 1 {
+				t.Errorf("%s %s: %d prices for item %s, want 1", tenant, p, prices[item], item)
+			}
+		}
+	}
+}
