@@ -258,7 +258,7 @@ func TestHTTP_SinkKilledRepeatedlyCreatesEachObjectOnce(t *testing.T) {
 		}
 	}
 	t.Logf("%d creates replayed by their idempotency key after the kills", replayed) // how often a kill hit a create
-	prices := map[string]int{} // by item id
+	prices := map[string]int{}                                                       // by item id
 	for _, o := range e.sim.Objects("prices") {
 		prices[fmt.Sprint(o.Fields["item_id"])]++
 	}
