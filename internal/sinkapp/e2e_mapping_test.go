@@ -257,8 +257,9 @@ func TestHTTP_SinkKilledRepeatedlyCreatesEachObjectOnce(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d creates replayed by their idempotency key after the kills", replayed) // how often a kill hit a create
-	prices := map[string]int{}                                                       // by item id
+	// How often a kill hit a create, for the record.
+	t.Logf("%d creates replayed by their idempotency key after the kills", replayed)
+	prices := map[string]int{} // by item id
 	for _, o := range e.sim.Objects("prices") {
 		prices[fmt.Sprint(o.Fields["item_id"])]++
 	}
