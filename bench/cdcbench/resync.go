@@ -192,7 +192,14 @@ func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, obje
 		return r, err
 	}
 	if len(slow) > 0 {
-		fmt.Fprintf(os.Stderr, "cdcbench: %d inserts over 50 ms during the resync: %s\n", len(slow), strings.Join(slow, " "))
+		// The first ones show when the stalls began; a lock stalls
+		// thousands, which say no more.
+		shown := slow[:min(len(slow), 40)]
+		more := ""
+		if len(slow) > len(shown) {
+			more = fmt.Sprintf(" … and %d more", len(slow)-len(shown))
+		}
+		fmt.Fprintf(os.Stderr, "cdcbench: %d inserts over 50 ms during the resync (seconds into it: latency): %s%s\n", len(slow), strings.Join(shown, " "), more)
 	}
 	r.baseN, r.duringN = len(base), len(during)
 	r.baseP50, r.baseP99 = pct(base, 0.50), pct(base, 0.99)
