@@ -281,22 +281,9 @@ func (b *Batcher) RunUnits(units ...[]*Op) {
 	}
 	// One unit, or a failed batch: each unit on its own.
 	for _, u := range units {
-		var err error
-		if len(u) == 1 {
-			g := newGroup(u[0])
-			ctx, cancel := b.bound()
-			var rows pgx.Rows
-			if rows, err = b.pool.Query(ctx, g.Stmt.SQL, g.Stmt.Args(g.Ops)...); err == nil {
-				err = g.read(rows)
-			}
-			cancel()
-		} else {
-			err = b.pipeline(u)
-		}
+		err := b.pipeline(u)
 		for _, o := range u {
-			if err != nil {
-				o.Applied, o.Err = false, err
-			}
+			o.Err = err
 			close(o.done)
 		}
 	}

@@ -202,20 +202,21 @@ func TestHTTP_CreateKilledWhileItsOutcomeCommitsIsRecoveredByItsIntent(t *testin
 func TestHTTP_SinkKilledRepeatedlyCreatesEachObjectOnce(t *testing.T) {
 	e := newEnv(t, partnersim.Config{Latency: 3 * time.Millisecond, Jitter: 4 * time.Millisecond})
 	const tenants, objects, kills = 10, 20, 4
-	for i := range objects {
-		for ti := range tenants {
-			tenant := fmt.Sprintf("t%02d", ti)
-			p, v := fmt.Sprintf("p%02d", i), fmt.Sprintf("v%02d", i)
-			e.emit(tenant, tenant+"-"+p+"-c", "product.created", "product", p, product("lamp "+p, 10+i))
-			e.emit(tenant, tenant+"-"+v+"-c", "variant.created", "variant", v, fmt.Sprintf(`{"product_id": %q, "sku": "sku-%s"}`, p, v))
-		}
-	}
-	for i := range objects {
-		for ti := range tenants {
-			tenant := fmt.Sprintf("t%02d", ti)
-			p, v := fmt.Sprintf("p%02d", i), fmt.Sprintf("v%02d", i)
-			e.emit(tenant, tenant+"-"+p+"-u", "product.updated", "product", p, product("renamed "+p, 20+i))
-			e.emit(tenant, tenant+"-"+v+"-u", "variant.updated", "variant", v, fmt.Sprintf(`{"product_id": %q, "sku": "sku-%s-2"}`, p, v))
+	// Every object's create, then every object's update.
+	for _, ph := range []struct {
+		id, typ, name, sku string
+		price              int
+	}{
+		{"c", "created", "lamp ", "", 10},
+		{"u", "updated", "renamed ", "-2", 20},
+	} {
+		for i := range objects {
+			for ti := range tenants {
+				tenant := fmt.Sprintf("t%02d", ti)
+				p, v := fmt.Sprintf("p%02d", i), fmt.Sprintf("v%02d", i)
+				e.emit(tenant, tenant+"-"+p+"-"+ph.id, "product."+ph.typ, "product", p, product(ph.name+p, ph.price+i))
+				e.emit(tenant, tenant+"-"+v+"-"+ph.id, "variant."+ph.typ, "variant", v, fmt.Sprintf(`{"product_id": %q, "sku": "sku-%s%s"}`, p, v, ph.sku))
+			}
 		}
 	}
 	const total = tenants * objects * 4

@@ -214,19 +214,34 @@ func (s *Store) Intend(ctx context.Context, k Key, idempotencyKey string) (Mappi
 // Activate records the partner id of k after a successful create. When
 // it returns nil the partner id is committed.
 func (s *Store) Activate(ctx context.Context, k Key, remoteID string) (Mapping, error) {
-	if remoteID == "" {
-		return Mapping{}, errors.New("mapping: activate needs the partner id")
+	a, err := newActivation(k, remoteID)
+	if err != nil {
+		return Mapping{}, err
 	}
-	m := Mapping{Key: k, RemoteID: remoteID, State: Active}
-	o := op(activateStmt, k, remoteID, &m.IdempotencyKey, &m.UpdatedAt)
-	if err := s.do(ctx, o); err != nil {
+	if err := s.do(ctx, a.op); err != nil {
 		return Mapping{}, fmt.Errorf("mapping: activate %+v: %w", k, err)
 	}
-	if !o.Applied {
+	if !a.op.Applied {
 		return Mapping{}, fmt.Errorf("mapping: activate %+v: no row returned", k)
 	}
-	s.cache.Add(k, m)
-	return m, nil
+	s.cache.Add(k, a.m)
+	return a.m, nil
+}
+
+// activation is an Activate's write and the mapping it makes, filled by
+// the write's returned row.
+type activation struct {
+	op *groupcommit.Op
+	m  Mapping
+}
+
+func newActivation(k Key, remoteID string) (*activation, error) {
+	if remoteID == "" {
+		return nil, errors.New("mapping: activate needs the partner id")
+	}
+	a := &activation{m: Mapping{Key: k, RemoteID: remoteID, State: Active}}
+	a.op = op(activateStmt, k, remoteID, &a.m.IdempotencyKey, &a.m.UpdatedAt)
+	return a, nil
 }
 
 // MarkDeleted records that k's partner object was deleted. It reports
@@ -305,12 +320,7 @@ func (s *Store) ForTenant(ctx context.Context, integration, tenant string) ([]Ma
 // Activate writes at once, as For's store does.
 type Deferred struct {
 	scoped
-	pending []*pendingActivation
-}
-
-type pendingActivation struct {
-	op *groupcommit.Op
-	m  Mapping
+	pending []*activation
 }
 
 // Deferred returns a Deferred store for one delivery of the tenant.
@@ -323,13 +333,11 @@ func (d *Deferred) Activate(ctx context.Context, entityType, localID, remoteID s
 	if d.s.b == nil {
 		return d.scoped.Activate(ctx, entityType, localID, remoteID)
 	}
-	if remoteID == "" {
-		return errors.New("mapping: activate needs the partner id")
+	a, err := newActivation(d.key(entityType, localID), remoteID)
+	if err != nil {
+		return err
 	}
-	k := d.key(entityType, localID)
-	p := &pendingActivation{m: Mapping{Key: k, RemoteID: remoteID, State: Active}}
-	p.op = op(activateStmt, k, remoteID, &p.m.IdempotencyKey, &p.m.UpdatedAt)
-	d.pending = append(d.pending, p)
+	d.pending = append(d.pending, a)
 	return nil
 }
 
