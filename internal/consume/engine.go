@@ -601,7 +601,24 @@ func (e *Engine) deliverEvent(ctx context.Context, tp lane.TP, rec *kgo.Record, 
 		// soon take its deliveries over. Claim nothing meanwhile.
 		return e.dbTrouble(errors.New("lease not renewed lately"))
 	}
-	att, err := e.dlog.Begin(ctx, e.cfg.Name, ev, src)
+	// The partner ids a create records commit with the delivery's
+	// outcome (Finish below), in one transaction; the intent it writes
+	// before its call, with the claim, when the connector can name it.
+	var maps *mapping.Deferred
+	var claim []*groupcommit.Op
+	if e.maps != nil {
+		maps = e.maps.Deferred(e.cfg.Name, ev.TenantID)
+		if in, ok := e.conn.(connector.Intender); ok && resync == "" && bad == "" {
+			first := connector.Request{Integration: e.cfg.Name, Event: ev, Mappings: maps,
+				IdempotencyKey: delivery.Attempt{Integration: e.cfg.Name, EventID: ev.ID}.IdempotencyKey()}
+			if it, ok := in.Intent(first); ok {
+				if o := maps.IntendOnClaim(ev.ID, it); o != nil {
+					claim = append(claim, o)
+				}
+			}
+		}
+	}
+	att, err := e.dlog.Begin(ctx, e.cfg.Name, ev, src, claim...)
 	var nc *delivery.ErrNotClaimed
 	switch {
 	case errors.As(err, &nc) && nc.Held():
@@ -622,11 +639,7 @@ func (e *Engine) deliverEvent(ctx context.Context, tp lane.TP, rec *kgo.Record, 
 	req := connector.Request{Integration: e.cfg.Name, Event: ev, Resync: resync != "", Steps: att.Steps,
 		IdempotencyKey: att.IdempotencyKey(), Attempt: att.Number,
 		Checkpoint: func(ctx context.Context, s connector.Step) error { return e.dlog.Checkpoint(ctx, att, s) }}
-	// The partner ids a create records commit with the delivery's
-	// outcome (Finish below), in one transaction.
-	var maps *mapping.Deferred
-	if e.maps != nil {
-		maps = e.maps.Deferred(e.cfg.Name, ev.TenantID)
+	if maps != nil {
 		req.Mappings = maps
 	}
 

@@ -273,10 +273,12 @@ var (
 // Begin claims the next attempt of ev for integration: inserts the row
 // (pending → in_flight) or moves failed/in_flight → in_flight. It returns
 // *ErrNotClaimed when the delivery is already final (a redelivery).
-func (l *Log) Begin(ctx context.Context, integration string, ev connector.Event, src Source) (Attempt, error) {
+// The writes with run after the claim, in its transaction (a create's
+// intent: mapping.Deferred.IntendOnClaim); they see the claimed row.
+func (l *Log) Begin(ctx context.Context, integration string, ev connector.Event, src Source, with ...*groupcommit.Op) (Attempt, error) {
 	var r begun
 	o := beginOp(integration, ev, src, l.holder, &r)
-	if err := l.b.Do(ctx, o); err != nil {
+	if err := l.b.Do(ctx, append([]*groupcommit.Op{o}, with...)...); err != nil {
 		return Attempt{}, fmt.Errorf("delivery: begin %s: %w", ev.ID, err)
 	}
 	if !o.Applied {

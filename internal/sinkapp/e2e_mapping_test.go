@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/ferry-cdc/ferry/internal/partnersim"
+	"github.com/ferry-cdc/ferry/internal/pgdb"
 )
 
 // The intent protocol with the mapping writes in the delivery log's
@@ -21,10 +22,24 @@ import (
 // object, before the answer came back, is recovered by the next process
 // from the intent: it sends the intent's Idempotency-Key again, the
 // partner replays its answer, and the object exists once, mapped. Twenty
-// tenants create at once, so the intents share batches.
+// tenants create at once, so the intents share batches. Each intent
+// commits in the transaction that claimed its delivery (triggers record
+// each row's transaction).
 func TestHTTP_IntentCommittedBeforeTheCallAndRecoveredAfterAKill(t *testing.T) {
 	e := newEnv(t, partnersim.Config{})
 	ctx := context.Background()
+	if _, err := pgdb.Migrate(ctx, e.conn); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.conn.Exec(ctx, `CREATE TABLE public.written_in (tbl text, key text, xid xid8);
+		CREATE FUNCTION public.note_xid() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+			INSERT INTO public.written_in VALUES (TG_TABLE_NAME,
+				COALESCE(to_jsonb(NEW)->>'event_id', concat_ws('/', NEW.tenant_id, to_jsonb(NEW)->>'entity_type', to_jsonb(NEW)->>'local_id')), pg_current_xact_id());
+			RETURN NULL; END $$;
+		CREATE TRIGGER note_xid AFTER INSERT ON ferry.delivery FOR EACH ROW EXECUTE FUNCTION public.note_xid();
+		CREATE TRIGGER note_xid AFTER INSERT ON ferry.mapping FOR EACH ROW EXECUTE FUNCTION public.note_xid();`); err != nil {
+		t.Fatal(err)
+	}
 	const tenants = 20
 	var mu sync.Mutex
 	var violations []string
@@ -107,6 +122,18 @@ func TestHTTP_IntentCommittedBeforeTheCallAndRecoveredAfterAKill(t *testing.T) {
 	}
 	if n, replayed := e.calls("t00", "POST", "/v1/items"); n != 2 || replayed != 1 {
 		t.Errorf("t00's item: %d creates sent, %d replayed; want the lost one and its replay by the intent's key", n, replayed)
+	}
+	var apart int
+	if err := e.conn.QueryRow(ctx, `SELECT count(*) FROM public.written_in d JOIN public.written_in m
+		ON m.tbl = 'mapping' AND m.key = split_part(d.key, '-', 1) || '/product/p1'
+		WHERE d.tbl = 'delivery' AND d.xid <> m.xid`).Scan(&apart); err != nil || apart != 0 {
+		t.Errorf("%d intents committed apart from their delivery's claim (%v); want none", apart, err)
+	}
+	var pairs int
+	if err := e.conn.QueryRow(ctx, `SELECT count(*) FROM public.written_in d JOIN public.written_in m
+		ON m.tbl = 'mapping' AND m.key = split_part(d.key, '-', 1) || '/product/p1' AND m.xid = d.xid
+		WHERE d.tbl = 'delivery'`).Scan(&pairs); err != nil || pairs != tenants {
+		t.Errorf("%d intents written with their claims (%v); want %d", pairs, err, tenants)
 	}
 	mu.Lock()
 	defer mu.Unlock()

@@ -163,6 +163,34 @@ type Undoer interface {
 // retry resumes after them.
 var ErrNothingToUndo = errors.New("nothing to undo: no completed step has an undo request")
 
+// Intender is implemented by connectors whose delivery of a create
+// starts by writing the intent (Mappings.Intend) without reading the
+// mappings first. Intent names that intent before the sink claims the
+// attempt, and the sink writes it in the claim's transaction: one commit
+// less per create. The written intent is the one Deliver's Intend call
+// then gets back, as if it had written it (committed, and the mapping as
+// it stands).
+//
+// req is the request Deliver would see for a first attempt: Steps,
+// Checkpoint and Attempt are not set yet, and IdempotencyKey is the
+// first attempt's. The sink writes the intent only if the claim turns
+// out to be that of such an attempt (a delivery with no completed steps
+// whose key no redrive changed); otherwise Deliver writes its own. The
+// intent must be exactly what Deliver would write first: an intent for
+// a delivery that then writes none, or a different one, is an object
+// marked as being created that no call creates.
+type Intender interface {
+	// Intent returns the intent, or false when Deliver would write none
+	// first (not a create, or an object the cache says is mapped).
+	Intent(req Request) (Intent, bool)
+}
+
+// Intent is an intent to create one of our objects at the partner under
+// an idempotency key (Mappings.Intend's arguments).
+type Intent struct {
+	EntityType, LocalID, IdempotencyKey string
+}
+
 // Prober is implemented by connectors that can check the partner's
 // health cheaply; the sink's circuit breaker calls it while open.
 type Prober interface {

@@ -91,24 +91,44 @@ func New(pool *pgxpool.Pool, size int, opts ...Option) (*Store, error) {
 // the rows it read or wrote first.
 const keyArrays = `unnest($1::text[], $2::text[], $3::text[], $4::text[]`
 
+// intentConflict ends an intent's INSERT: an intent on a deleted mapping
+// starts over (new key, no partner id); on any other it leaves the row as
+// it is and returns it.
+const intentConflict = `ON CONFLICT (integration, entity_type, tenant_id, local_id) DO UPDATE
+			SET state = CASE WHEN m.state = 'deleted' THEN 'creating' ELSE m.state END,
+			    idempotency_key = CASE WHEN m.state = 'deleted' THEN EXCLUDED.idempotency_key ELSE m.idempotency_key END,
+			    remote_id = CASE WHEN m.state = 'deleted' THEN NULL ELSE m.remote_id END,
+			    updated_at = now()
+		RETURNING m.integration, m.entity_type, m.tenant_id, m.local_id, m.remote_id, m.state, m.idempotency_key, m.updated_at`
+
 var (
 	freshStmt = &groupcommit.Stmt{Name: "mapping: get", Keys: 4, Args: keyArgs, SQL: `SELECT m.integration, m.entity_type, m.tenant_id, m.local_id,
 			m.remote_id, m.state, m.idempotency_key, m.updated_at
 		FROM ` + keyArrays + `) AS u(integration, entity_type, tenant_id, local_id)
 		JOIN ferry.mapping m ON m.integration = u.integration AND m.entity_type = u.entity_type
 			AND m.tenant_id = u.tenant_id AND m.local_id = u.local_id`}
-	// An intent on a deleted mapping starts over (new key, no partner
-	// id); on any other it leaves the row as it is and returns it.
 	intendStmt = &groupcommit.Stmt{Name: "mapping: intend", Keys: 4, Args: valueArgs,
 		SQL: `INSERT INTO ferry.mapping AS m (integration, entity_type, tenant_id, local_id, state, idempotency_key)
 		SELECT u.integration, u.entity_type, u.tenant_id, u.local_id, 'creating', u.v
 		FROM ` + keyArrays + `, $5::text[]) AS u(integration, entity_type, tenant_id, local_id, v)
-		ON CONFLICT (integration, entity_type, tenant_id, local_id) DO UPDATE
-			SET state = CASE WHEN m.state = 'deleted' THEN 'creating' ELSE m.state END,
-			    idempotency_key = CASE WHEN m.state = 'deleted' THEN EXCLUDED.idempotency_key ELSE m.idempotency_key END,
-			    remote_id = CASE WHEN m.state = 'deleted' THEN NULL ELSE m.remote_id END,
-			    updated_at = now()
-		RETURNING m.integration, m.entity_type, m.tenant_id, m.local_id, m.remote_id, m.state, m.idempotency_key, m.updated_at`}
+		` + intentConflict}
+	// The intent a claim carries (Deferred.IntendOnClaim): the same
+	// write as intendStmt, made only when the delivery it is for ($6,
+	// the event id) is in flight with no completed step and its first
+	// idempotency key, as the claim in the same transaction leaves a
+	// delivery whose first call is a create under that key. Otherwise
+	// (a delivery that is final, resumes after steps, or was redriven
+	// under a new key) it writes nothing, and the delivery writes its
+	// own intent if it needs one. (A delivery in flight in another live
+	// process, which the claim could not take, gets the intent that
+	// process writes itself: the same key.)
+	intendOnClaimStmt = &groupcommit.Stmt{Name: "mapping: intend on claim", Keys: 4, Args: intendOnClaimArgs,
+		SQL: `INSERT INTO ferry.mapping AS m (integration, entity_type, tenant_id, local_id, state, idempotency_key)
+		SELECT u.integration, u.entity_type, u.tenant_id, u.local_id, 'creating', u.v
+		FROM ` + keyArrays + `, $5::text[], $6::text[]) AS u(integration, entity_type, tenant_id, local_id, v, event_id)
+		JOIN ferry.delivery d ON d.integration = u.integration AND d.event_id = u.event_id
+		WHERE d.state = 'in_flight' AND d.key_generation = 0 AND COALESCE(jsonb_array_length(d.steps), 0) = 0
+		` + intentConflict}
 	activateStmt = &groupcommit.Stmt{Name: "mapping: activate", Keys: 4, Args: valueArgs,
 		SQL: `INSERT INTO ferry.mapping AS m (integration, entity_type, tenant_id, local_id, remote_id, state)
 		SELECT u.integration, u.entity_type, u.tenant_id, u.local_id, u.v, 'active'
@@ -141,6 +161,16 @@ func valueArgs(ops []*groupcommit.Op) []any {
 		v[i] = o.Row.(string)
 	}
 	return append(keyArgs(ops), v)
+}
+
+// intendOnClaimArgs is valueArgs and the event ids of the deliveries.
+func intendOnClaimArgs(ops []*groupcommit.Op) []any {
+	v, ev := make([]string, len(ops)), make([]string, len(ops))
+	for i, o := range ops {
+		r := o.Row.(*claimIntent)
+		v[i], ev[i] = r.key, r.eventID
+	}
+	return append(keyArgs(ops), v, ev)
 }
 
 func op(stmt *groupcommit.Stmt, k Key, row any, out ...any) *groupcommit.Op {
@@ -195,20 +225,37 @@ func (s *Store) Fresh(ctx context.Context, k Key) (Mapping, error) {
 // retry sends the same one; an active mapping means nothing to create).
 // When it returns nil the intent is committed.
 func (s *Store) Intend(ctx context.Context, k Key, idempotencyKey string) (Mapping, error) {
-	m := Mapping{Key: k}
-	var remote *string
-	o := op(intendStmt, k, idempotencyKey, &remote, &m.State, &m.IdempotencyKey, &m.UpdatedAt)
-	if err := s.do(ctx, o); err != nil {
+	in := newIntent(intendStmt, k, idempotencyKey)
+	if err := s.do(ctx, in.op); err != nil {
 		return Mapping{}, fmt.Errorf("mapping: intend %+v: %w", k, err)
 	}
-	if !o.Applied {
+	if !in.op.Applied {
 		return Mapping{}, fmt.Errorf("mapping: intend %+v: no row returned", k)
 	}
-	if remote != nil {
-		m.RemoteID = *remote
-	}
 	s.cache.Remove(k)
-	return m, nil
+	return in.mapping(), nil
+}
+
+// intent is an intent's write and the mapping it returns.
+type intent struct {
+	op     *groupcommit.Op
+	m      Mapping
+	remote *string
+}
+
+func newIntent(stmt *groupcommit.Stmt, k Key, row any) *intent {
+	in := &intent{m: Mapping{Key: k}}
+	in.op = op(stmt, k, row, &in.remote, &in.m.State, &in.m.IdempotencyKey, &in.m.UpdatedAt)
+	return in
+}
+
+// mapping is the mapping the write returned.
+func (in *intent) mapping() Mapping {
+	m := in.m
+	if in.remote != nil {
+		m.RemoteID = *in.remote
+	}
+	return m
 }
 
 // Activate records the partner id of k after a successful create. When
@@ -321,6 +368,31 @@ func (s *Store) ForTenant(ctx context.Context, integration, tenant string) ([]Ma
 type Deferred struct {
 	scoped
 	pending []*activation
+	claimed *claimIntent // written with the claim, for Intend to answer with
+}
+
+// claimIntent is an intent written in the transaction that claims its
+// delivery.
+type claimIntent struct {
+	*intent
+	key, eventID string
+}
+
+// IntendOnClaim returns the write of in, to run in the transaction that
+// claims the delivery of event eventID (delivery.Log.Begin). It writes
+// the intent only when the claim leaves a first attempt with nothing
+// done, under the first attempt's key (see intendOnClaimStmt); the
+// delivery's Intend with in's arguments is then answered by this write
+// instead of writing again. Nil without group commit: the intent is
+// written by Intend, on its own.
+func (d *Deferred) IntendOnClaim(eventID string, in connector.Intent) *groupcommit.Op {
+	if d.s.b == nil {
+		return nil
+	}
+	c := &claimIntent{key: in.IdempotencyKey, eventID: eventID}
+	c.intent = newIntent(intendOnClaimStmt, d.key(in.EntityType, in.LocalID), c)
+	d.claimed = c
+	return c.op
 }
 
 // Deferred returns a Deferred store for one delivery of the tenant.
@@ -404,7 +476,16 @@ func (d *Deferred) Fresh(ctx context.Context, entityType, localID string) (conne
 	return d.scoped.Fresh(ctx, entityType, localID)
 }
 
+// Intend answers with the intent written with the claim
+// (IntendOnClaim) when that wrote this one; otherwise it writes it.
 func (d *Deferred) Intend(ctx context.Context, entityType, localID, idempotencyKey string) (connector.Mapping, error) {
+	if c := d.claimed; c != nil {
+		d.claimed = nil // one delivery, one intent written first
+		if c.op.Err == nil && c.op.Applied && c.key == idempotencyKey && c.m.Key == d.key(entityType, localID) {
+			d.s.cache.Remove(c.m.Key)
+			return conv(c.mapping()), nil
+		}
+	}
 	if err := d.Flush(ctx); err != nil {
 		return connector.Mapping{}, err
 	}

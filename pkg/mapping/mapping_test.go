@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ferry-cdc/ferry/internal/delivery"
 	"github.com/ferry-cdc/ferry/internal/groupcommit"
 	"github.com/ferry-cdc/ferry/internal/pgdb"
 	"github.com/ferry-cdc/ferry/internal/pgtest"
@@ -359,5 +360,131 @@ func TestDeferredActivateInAFailingBatch(t *testing.T) {
 	var probes string
 	if err := pool.QueryRow(ctx, `SELECT string_agg(id, ',' ORDER BY id) FROM outcome_probe`).Scan(&probes); err != nil || probes != "u1,u2" {
 		t.Fatalf("outcomes %s (%v); want u1 and u2", probes, err)
+	}
+}
+
+// A create's intent written with its delivery's claim (what the sink
+// does for the HTTP connector): written only when the claim is a first
+// attempt with nothing done under the first key, and then the
+// delivery's Intend is answered by it, not written again.
+func TestIntentWrittenWithTheClaim(t *testing.T) {
+	ctx := context.Background()
+	s, _, pool, _ := groupCommitted(t)
+	log, err := delivery.New(pool, delivery.Options{Holder: "sink-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(log.Close)
+	key := func(id string) string { return "shop:" + id + ":item" } // the first attempt's key and the step
+	intent := func(local string) (state, idemKey string) {
+		if err := pool.QueryRow(ctx, `SELECT state, idempotency_key FROM ferry.mapping WHERE integration = 'shop' AND local_id = $1`, local).Scan(&state, &idemKey); err != nil {
+			return "none", ""
+		}
+		return state, idemKey
+	}
+	event := func(id, local string) connector.Event {
+		return connector.Event{ID: id, TenantID: "acme", EventType: "product.created", AggregateType: "product", AggregateID: local, Payload: []byte(`{}`)}
+	}
+	// claim begins the delivery of id with the intent of local, as the
+	// sink does.
+	claim := func(id, local string) (*Deferred, delivery.Attempt, error) {
+		d := s.Deferred("shop", "acme")
+		o := d.IntendOnClaim(id, connector.Intent{EntityType: "product", LocalID: local, IdempotencyKey: key(id)})
+		if o == nil {
+			t.Fatal("IntendOnClaim = nil with group commit")
+		}
+		a, err := log.Begin(ctx, "shop", event(id, local), delivery.Source{Topic: "t", Offset: 1}, o)
+		return d, a, err
+	}
+
+	// A first attempt: the intent commits with the claim.
+	d, a, err := claim("e1", "p1")
+	if err != nil || a.Number != 1 {
+		t.Fatalf("Begin = %+v, %v", a, err)
+	}
+	if st, k := intent("p1"); st != "creating" || k != key("e1") {
+		t.Fatalf("p1 after the claim: %s %q; want creating under %q", st, k, key("e1"))
+	}
+	// Intend is answered by that write: with the row gone behind the
+	// store's back, it still answers with the intent, and writes nothing.
+	if _, err := pool.Exec(ctx, `DELETE FROM ferry.mapping WHERE local_id = 'p1'`); err != nil {
+		t.Fatal(err)
+	}
+	m, err := d.Intend(ctx, "product", "p1", key("e1"))
+	if err != nil || m.State != "creating" || m.IdempotencyKey != key("e1") {
+		t.Fatalf("Intend after the claim = %+v, %v", m, err)
+	}
+	if st, _ := intent("p1"); st != "none" {
+		t.Fatalf("Intend wrote the intent again (p1 is %s)", st)
+	}
+	// Once only: a second Intend writes.
+	if _, err := d.Intend(ctx, "product", "p1", key("e1")); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := intent("p1"); st != "creating" {
+		t.Fatalf("second Intend: p1 is %s, want creating", st)
+	}
+	if err := log.Finish(ctx, a, delivery.Outcome{State: delivery.Succeeded, Status: 201}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A redelivery of a final delivery is not claimed: no intent.
+	var nc *delivery.ErrNotClaimed
+	if _, _, err := claim("e1", "p2"); !errors.As(err, &nc) {
+		t.Fatalf("redelivery Begin = %v, want not claimed", err)
+	}
+	if st, _ := intent("p2"); st != "none" {
+		t.Fatalf("a redelivery that was not claimed wrote an intent (p2 %s)", st)
+	}
+
+	// An attempt that resumes after a completed step: no intent.
+	_, a, err = claim("e3", "p3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM ferry.mapping WHERE local_id = 'p3'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := log.Checkpoint(ctx, a, connector.Step{Name: "item", RemoteID: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := log.Finish(ctx, a, delivery.Outcome{State: delivery.Failed, Reason: "503"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, a, err = claim("e3", "p3"); err != nil || len(a.Steps) != 1 {
+		t.Fatalf("second attempt = %+v, %v; want it to resume after one step", a, err)
+	}
+	if st, _ := intent("p3"); st != "none" {
+		t.Fatalf("an attempt resuming after a step wrote an intent (p3 %s)", st)
+	}
+
+	// A rejected delivery redriven under a new key: the claim writes no
+	// intent under the first key; Intend writes the new one.
+	_, a, err = claim("e4", "p4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM ferry.mapping WHERE local_id = 'p4'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := log.Finish(ctx, a, delivery.Outcome{State: delivery.Rejected, Status: 422, Reason: "no"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := log.Redrive(ctx, delivery.Selection{Integration: "shop", EventID: "e4"}, "fixed"); err != nil {
+		t.Fatal(err)
+	}
+	d, a, err = claim("e4", "p4")
+	if err != nil || a.KeyGeneration != 1 {
+		t.Fatalf("redriven attempt = %+v, %v; want key generation 1", a, err)
+	}
+	if st, _ := intent("p4"); st != "none" {
+		t.Fatalf("a redriven attempt's claim wrote an intent under the first key (p4 %s)", st)
+	}
+	newKey := a.IdempotencyKey() + ":item"
+	if m, err := d.Intend(ctx, "product", "p4", newKey); err != nil || m.IdempotencyKey != newKey {
+		t.Fatalf("Intend after a redrive = %+v, %v; want the new key %q", m, err, newKey)
+	}
+	if st, k := intent("p4"); st != "creating" || k != newKey {
+		t.Fatalf("p4 after Intend: %s %q; want creating under %q", st, k, newKey)
 	}
 }

@@ -15,7 +15,7 @@
 // newCRM, a Factory. The factory decodes the rest of the block into its
 // own struct with Block.Decode (strictly: an unknown key is an error
 // naming its path), checks it, and returns a connector.Connector (plus,
-// optionally, connector.Undoer and connector.Prober). Its errors are
+// optionally, connector.Undoer, connector.Prober and connector.Intender). Its errors are
 // reported with their paths, together with every other problem of the
 // config, and the sink exits with code 2 before it touches Kafka or
 // Postgres.

@@ -16,7 +16,9 @@
 //   - update and delete (when given) succeed, and a redelivered delete
 //     changes nothing;
 //   - Undo (a connector.Undoer) undoes a create once, and Probe (a
-//     connector.Prober) tells a healthy partner from one in an outage.
+//     connector.Prober) tells a healthy partner from one in an outage;
+//   - the intent a connector.Intender names for an event is the first
+//     mapping write its Deliver makes, and it names one for the create.
 //
 // The suite plays the sink's part: one in-memory mapping store per
 // check (MemMappings), steps recorded through Request.Checkpoint and
@@ -215,50 +217,87 @@ func Run(t *testing.T, h Harness) {
 			}
 		})
 	}
-	t.Run("UndoUndoesOnce", func(t *testing.T) {
-		c, _ := start(t)
-		u, ok := c.c.(connector.Undoer)
-		if !ok {
-			t.Skip("not a connector.Undoer")
-		}
-		ev := h.Event("acme")
-		c.must(ev, 1, connector.Succeeded)
-		before := c.p.Effects()
-		r := c.request(ev, 2)
-		calls, err := u.Undo(context.Background(), r, r.Steps)
-		if errors.Is(err, connector.ErrNothingToUndo) {
-			t.Skip("the create has no undo")
-		}
-		if err != nil {
-			t.Fatalf("Undo: %v", err)
-		}
-		after := c.p.Effects()
-		if after == before || len(calls) == 0 {
-			t.Fatalf("Undo changed nothing at the partner (%d effects, then %d) or recorded no call (%d)", before, after, len(calls))
-		}
-		if _, err := u.Undo(context.Background(), r, r.Steps); err != nil && !errors.Is(err, connector.ErrNothingToUndo) {
-			if got, _ := connector.Classify(err); got != connector.Failed {
-				t.Fatalf("Undo again (a retry of the compensation): %v", err)
+	// The checks of the optional interfaces run for connectors that
+	// implement them.
+	kind := h.New(t, "http://127.0.0.1:9", Timeout)
+	_, undoer := kind.(connector.Undoer)
+	_, intender := kind.(connector.Intender)
+	_, prober := kind.(connector.Prober)
+	if undoer {
+		t.Run("UndoUndoesOnce", func(t *testing.T) {
+			c, _ := start(t)
+			u := c.c.(connector.Undoer)
+			ev := h.Event("acme")
+			c.must(ev, 1, connector.Succeeded)
+			before := c.p.Effects()
+			r := c.request(ev, 2)
+			calls, err := u.Undo(context.Background(), r, r.Steps)
+			if errors.Is(err, connector.ErrNothingToUndo) {
+				t.Skip("the create has no undo")
 			}
-		}
-		if got := c.p.Effects(); got != after {
-			t.Fatalf("Undo again changed the partner again: %d effects, then %d", after, got)
-		}
-	})
-	t.Run("ProbeTellsOutage", func(t *testing.T) {
-		c, f := start(t)
-		p, ok := c.c.(connector.Prober)
-		if !ok {
-			t.Skip("not a connector.Prober")
-		}
-		if err := p.Probe(context.Background()); err != nil {
-			t.Fatalf("Probe of a healthy partner: %v", err)
-		}
-		f.set(outageFault, 0, Answer{}, 0)
-		if err := p.Probe(context.Background()); err == nil {
-			t.Fatal("Probe of a partner answering 503 to everything reported it healthy")
-		}
-	})
+			if err != nil {
+				t.Fatalf("Undo: %v", err)
+			}
+			after := c.p.Effects()
+			if after == before || len(calls) == 0 {
+				t.Fatalf("Undo changed nothing at the partner (%d effects, then %d) or recorded no call (%d)", before, after, len(calls))
+			}
+			if _, err := u.Undo(context.Background(), r, r.Steps); err != nil && !errors.Is(err, connector.ErrNothingToUndo) {
+				if got, _ := connector.Classify(err); got != connector.Failed {
+					t.Fatalf("Undo again (a retry of the compensation): %v", err)
+				}
+			}
+			if got := c.p.Effects(); got != after {
+				t.Fatalf("Undo again changed the partner again: %d effects, then %d", after, got)
+			}
+		})
+	}
+	if intender {
+		t.Run("IntentIsTheFirstWrite", func(t *testing.T) {
+			c, _ := start(t)
+			in := c.c.(connector.Intender)
+			rec := &writeRecorder{MemMappings: c.maps}
+			evs := []connector.Event{h.Event("acme")}
+			for _, e := range []func(string) connector.Event{h.Update, h.Delete} {
+				if e != nil {
+					evs = append(evs, e("acme"))
+				}
+			}
+			named := 0
+			for _, ev := range evs {
+				r := c.request(ev, 1)
+				r.Mappings = rec
+				want, ok := in.Intent(r)
+				rec.writes = nil
+				if _, err := c.c.Deliver(context.Background(), r); err != nil {
+					t.Fatalf("%s: %v", ev.EventType, err)
+				}
+				if !ok {
+					continue
+				}
+				named++
+				if len(rec.writes) == 0 || rec.writes[0] != (write{"Intend", want}) {
+					t.Fatalf("%s: Intent named %+v, but Deliver's mapping writes were %+v; the intent must be the first", ev.EventType, want, rec.writes)
+				}
+			}
+			if named == 0 {
+				t.Fatal("Intent named no intent, not even for the create (with a store whose cache holds nothing)")
+			}
+		})
+	}
+	if prober {
+		t.Run("ProbeTellsOutage", func(t *testing.T) {
+			c, f := start(t)
+			p := c.c.(connector.Prober)
+			if err := p.Probe(context.Background()); err != nil {
+				t.Fatalf("Probe of a healthy partner: %v", err)
+			}
+			f.set(outageFault, 0, Answer{}, 0)
+			if err := p.Probe(context.Background()); err == nil {
+				t.Fatal("Probe of a partner answering 503 to everything reported it healthy")
+			}
+		})
+	}
 }
 
 // check is one connector against one partner, with the sink's state
@@ -329,4 +368,43 @@ func (c *check) must(ev connector.Event, attempt int, want connector.Outcome) co
 	c.t.Helper()
 	res, err := c.deliver(ev, attempt)
 	return c.expect(res, err, want)
+}
+
+// write is one mapping write a delivery made: Intend's arguments, or
+// the object another write was of.
+type write struct {
+	Call   string
+	Intent connector.Intent
+}
+
+// writeRecorder records the mapping writes, in order, over a store
+// whose cache (the sink's, which a connector may ask first) holds
+// nothing, as after a restart.
+type writeRecorder struct {
+	*MemMappings
+	writes []write
+}
+
+func (r *writeRecorder) Cached(string, string) (connector.Mapping, bool) {
+	return connector.Mapping{}, false
+}
+
+func (r *writeRecorder) Intend(ctx context.Context, entityType, localID, key string) (connector.Mapping, error) {
+	r.writes = append(r.writes, write{"Intend", connector.Intent{EntityType: entityType, LocalID: localID, IdempotencyKey: key}})
+	return r.MemMappings.Intend(ctx, entityType, localID, key)
+}
+
+func (r *writeRecorder) Activate(ctx context.Context, entityType, localID, remoteID string) error {
+	r.writes = append(r.writes, write{"Activate", connector.Intent{EntityType: entityType, LocalID: localID}})
+	return r.MemMappings.Activate(ctx, entityType, localID, remoteID)
+}
+
+func (r *writeRecorder) MarkDeleting(ctx context.Context, entityType, localID string) error {
+	r.writes = append(r.writes, write{"MarkDeleting", connector.Intent{EntityType: entityType, LocalID: localID}})
+	return r.MemMappings.MarkDeleting(ctx, entityType, localID)
+}
+
+func (r *writeRecorder) MarkDeleted(ctx context.Context, entityType, localID string) (bool, error) {
+	r.writes = append(r.writes, write{"MarkDeleted", connector.Intent{EntityType: entityType, LocalID: localID}})
+	return r.MemMappings.MarkDeleted(ctx, entityType, localID)
 }

@@ -66,6 +66,15 @@ func (c *contacts) Deliver(ctx context.Context, req connector.Request) (connecto
 	return connector.Result{Calls: calls, RemoteID: out.ID}, nil
 }
 
+// Intent: Deliver's first write is its intent (connector.Intender).
+func (c *contacts) Intent(req connector.Request) (connector.Intent, bool) {
+	in := connector.Intent{EntityType: "contact", LocalID: req.Event.AggregateID, IdempotencyKey: req.IdempotencyKey}
+	if c.broken == "other-intent" {
+		in.IdempotencyKey += ":other"
+	}
+	return in, true
+}
+
 func retryAfter(v string) time.Duration {
 	n, _ := strconv.Atoi(v) // absent or a date: no hint
 	return time.Duration(n) * time.Second
@@ -100,10 +109,11 @@ func TestSuiteFailsBrokenConnectors(t *testing.T) {
 		return
 	}
 	for broken, check := range map[string]string{
-		"fresh-key":   "RedeliveryHasNoSecondEffect",
-		"503-rejects": "ServerErrorIsFailure",
-		"no-calls":    "SuccessRecordsCallsAndMappings",
-		"intent-left": "SuccessRecordsCallsAndMappings",
+		"fresh-key":    "RedeliveryHasNoSecondEffect",
+		"503-rejects":  "ServerErrorIsFailure",
+		"no-calls":     "SuccessRecordsCallsAndMappings",
+		"intent-left":  "SuccessRecordsCallsAndMappings",
+		"other-intent": "IntentIsTheFirstWrite",
 	} {
 		t.Run(broken, func(t *testing.T) {
 			cmd := exec.Command(os.Args[0], "-test.run=^TestSuiteFailsBrokenConnectors$", "-test.v")

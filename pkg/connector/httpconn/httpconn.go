@@ -152,15 +152,9 @@ func (d *delivery) run(ctx context.Context) (connector.Result, error) {
 	if d.req.Mappings == nil {
 		return connector.Result{}, &connector.Rejection{Reason: "the http connector needs the sink's mapping store"}
 	}
-	op := d.c.cfg.operation(d.req.Event.EventType)
-	if d.req.Delete {
-		op = opDelete
-	}
+	op := d.c.operation(d.req)
 	if op == "" {
 		return connector.Result{}, &connector.Unhandled{Reason: fmt.Sprintf("event type %s maps to no operation: add it to the connector's operations (create, update, upsert or delete)", d.req.Event.EventType)}
-	}
-	if d.req.Resync && op != opDelete {
-		op = opUpsert
 	}
 	// Parents first: a child whose parent is not at the partner yet waits.
 	if op != opDelete {
@@ -182,10 +176,7 @@ func (d *delivery) run(ctx context.Context) (connector.Result, error) {
 		}
 	}
 	local := d.data["local_id"].(string)
-	intentKey := "" // the key of the first create step
-	if creates := d.e.ops[opCreate]; len(creates) > 0 {
-		intentKey = d.req.IdempotencyKey + ":" + creates[0].name
-	}
+	intentKey := d.intentKey()
 	var m connector.Mapping
 	var err error
 	intended := false
@@ -282,6 +273,51 @@ func (d *delivery) run(ctx context.Context) (connector.Result, error) {
 		}
 	}
 	return d.runSteps(ctx, op, done)
+}
+
+// operation is what req asks of the partner: create, update, upsert or
+// delete; "" when its event type maps to none.
+func (c *Connector) operation(req connector.Request) string {
+	op := c.cfg.operation(req.Event.EventType)
+	switch {
+	case req.Delete:
+		return opDelete
+	case req.Resync && op != opDelete && op != "":
+		return opUpsert
+	}
+	return op
+}
+
+// intentKey is the idempotency key of the entity's first create step,
+// the one its intent records; "" when the entity has no create.
+func (d *delivery) intentKey() string {
+	if creates := d.e.ops[opCreate]; len(creates) > 0 {
+		return d.req.IdempotencyKey + ":" + creates[0].name
+	}
+	return ""
+}
+
+// Intent names the intent a create writes first (connector.Intender):
+// run's create of an entity with no parents (a child checks its parents
+// first, and may wait instead) whose object the cache does not hold.
+func (c *Connector) Intent(req connector.Request) (connector.Intent, bool) {
+	m, ok := req.Mappings.(cacher)
+	if !ok || c.operation(req) != opCreate || len(req.Steps) > 0 {
+		return connector.Intent{}, false
+	}
+	e, ok := c.entities[req.Event.AggregateType]
+	if !ok || len(e.parents) > 0 || len(e.ops[opCreate]) == 0 {
+		return connector.Intent{}, false
+	}
+	d, err := c.start(req)
+	if err != nil {
+		return connector.Intent{}, false
+	}
+	local := d.data["local_id"].(string)
+	if _, hit := m.Cached(e.name, local); hit {
+		return connector.Intent{}, false
+	}
+	return connector.Intent{EntityType: e.name, LocalID: local, IdempotencyKey: d.intentKey()}, true
 }
 
 // loadIDs fills .ids with the mappings create steps record.

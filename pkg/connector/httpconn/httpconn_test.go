@@ -875,3 +875,74 @@ func TestPlannedTemplatesRenderAsTextTemplate(t *testing.T) {
 		}
 	}
 }
+
+// intentRecorder records the intents Deliver writes.
+type intentRecorder struct {
+	*coldCache
+	intents []connector.Intent
+}
+
+func (r *intentRecorder) Intend(ctx context.Context, entityType, localID, key string) (connector.Mapping, error) {
+	r.intents = append(r.intents, connector.Intent{EntityType: entityType, LocalID: localID, IdempotencyKey: key})
+	return r.coldCache.Intend(ctx, entityType, localID, key)
+}
+
+// Intent (connector.Intender) names the intent Deliver then writes
+// first, and nothing where Deliver writes none first: an update, a
+// resync's upsert, a delete, a child (it checks its parent first), an
+// object the cache holds, a store without a cache.
+func TestIntentIsTheOneDeliverWritesFirst(t *testing.T) {
+	_, base := sim(t)
+	c := newConn(t, example(t, "shop"), base)
+	ctx := context.Background()
+	lamp := `{"name": "Lamp", "price": 1, "currency": "EUR"}`
+	rec := &intentRecorder{coldCache: &coldCache{MemMappings: connectortest.NewMemMappings()}}
+
+	r := req(event("c1", "product.created", "product", "p1", lamp), rec)
+	in, ok := c.Intent(r)
+	want := connector.Intent{EntityType: "product", LocalID: "p1", IdempotencyKey: "shop:c1:item"}
+	if !ok || in != want {
+		t.Fatalf("Intent of a create = %+v, %v; want %+v", in, ok, want)
+	}
+	if _, err := c.Deliver(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.intents) == 0 || rec.intents[0] != in {
+		t.Fatalf("Deliver wrote the intents %+v; want %+v first", rec.intents, in)
+	}
+
+	variant := req(event("c2", "variant.created", "variant", "v1", `{"product_id": "p1", "sku": "L-1"}`), rec)
+	resync := req(event("c3", "product.created", "product", "p3", lamp), rec)
+	resync.Resync = true
+	del := req(event("c4", "product.created", "product", "p1", lamp), rec)
+	del.Delete = true
+	steps := req(event("c5", "product.created", "product", "p5", lamp), rec)
+	steps.Steps = []connector.Step{{Name: "item", RemoteID: "x"}}
+	warm := connectortest.NewMemMappings()
+	if err := warm.Activate(ctx, "product", "p1", "item-1"); err != nil {
+		t.Fatal(err)
+	}
+	cached := req(event("c6", "product.created", "product", "p1", lamp), &warmCache{warm})
+	for name, r := range map[string]connector.Request{
+		"an update":               req(event("c7", "product.updated", "product", "p1", lamp), rec),
+		"a child":                 variant,
+		"a resync":                resync,
+		"a delete":                del,
+		"an attempt after a step": steps,
+		"a cached object":         cached,
+		"a store without a cache": req(event("c8", "product.created", "product", "p8", lamp), connectortest.NewMemMappings()),
+		"an unknown entity":       req(event("c9", "thing.created", "thing", "t1", `{}`), rec),
+	} {
+		if in, ok := c.Intent(r); ok {
+			t.Errorf("Intent of %s = %+v; want none", name, in)
+		}
+	}
+}
+
+// warmCache is a store whose cache holds every mapping it has.
+type warmCache struct{ *connectortest.MemMappings }
+
+func (w *warmCache) Cached(entityType, localID string) (connector.Mapping, bool) {
+	m, err := w.Get(context.Background(), entityType, localID)
+	return m, err == nil && m.Active()
+}
