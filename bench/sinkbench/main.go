@@ -33,13 +33,15 @@ import (
 
 // trace prints delivery progress every half second (to see stalls).
 var (
-	trace        = flag.Bool("trace", false, "print progress every 0.5 s")
-	scaleTenants = flag.Int("scale-tenants", 1_000_000, "distinct tenants in the scale run (-only scale; compared with 1,000 over as many events)")
-	bigEvents    = flag.Int("big-events", 1000, "events of 1 MB in the big-payload run")
-	heap         = flag.String("heap", "", "save the sink's heap profile at its highest resident set to this file (parked and big runs)")
-	profile      = flag.String("profile", "", "write a CPU profile of the sink, taken 1.5 s into each run, to this file (the last run's stays; -only mapped: the webhook run's to FILE.webhook)")
-	profileFor   = flag.Duration("profile-for", 2*time.Second, "how long -profile samples")
-	pgStats      = flag.Bool("pg-stats", false, "-only mapped: load pg_stat_statements and print, after each sink run, the statements that took most of Postgres' time")
+	trace         = flag.Bool("trace", false, "print progress every 0.5 s")
+	scaleTenants  = flag.Int("scale-tenants", 1_000_000, "distinct tenants in the scale run (-only scale; compared with 1,000 over as many events)")
+	bigEvents     = flag.Int("big-events", 1000, "events of 1 MB in the big-payload run")
+	heap          = flag.String("heap", "", "save the sink's heap profile at its highest resident set to this file (parked and big runs)")
+	profile       = flag.String("profile", "", "write a CPU profile of the sink, taken 1.5 s into each run, to this file (the last run's stays; -only mapped: the webhook run's to FILE.webhook)")
+	profileFor    = flag.Duration("profile-for", 2*time.Second, "how long -profile samples")
+	mappedTenants = flag.Int("mapped-tenants", 1000, "-only mapped: tenants the objects are spread over (fewer tenants, fewer lanes: each delivery's latency counts more)")
+	pgDurable     = flag.Bool("pg-durable", false, "-only: Postgres with fsync and synchronous_commit on (each commit waits for its WAL flush, as in production), not the test defaults")
+	pgStats       = flag.Bool("pg-stats", false, "-only mapped: load pg_stat_statements and print, after each sink run, the statements that took most of Postgres' time")
 )
 
 // sinkProfile saves a CPU profile of the running sink (go tool pprof
@@ -151,8 +153,12 @@ func runOnly(which, bin string, events, parked, repeat int) error {
 	}
 	ctx := context.Background()
 	var opts pgtest.Options
+	opts.Settings = map[string]string{}
 	if *pgStats {
-		opts.Settings = map[string]string{"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all"}
+		opts.Settings["shared_preload_libraries"], opts.Settings["pg_stat_statements.track"] = "pg_stat_statements", "all"
+	}
+	if *pgDurable {
+		opts.Settings["fsync"], opts.Settings["synchronous_commit"], opts.Settings["full_page_writes"] = "on", "on", "on"
 	}
 	cl, err := pgtest.Start(ctx, opts)
 	if err != nil {
@@ -535,7 +541,7 @@ func scaleRun(ctx context.Context, cl *pgtest.Cluster, bin string, events, tenan
 var mappedConnector = "    connector:\n      type: http\n      base_url: http://%s\n      timeout: 10s\n" +
 	benchutil.Indent("      ", benchutil.MappedOperations+"\n"+benchutil.MappedEntities)
 
-// mappedRun creates n objects over 1,000 tenants, then updates each
+// mappedRun creates n objects over -mapped-tenants tenants (1,000), then updates each
 // (2n events, every object's update after its create in its tenant's
 // order), through the HTTP connector with mappings (mapped) or the
 // webhook, and returns the rate over the 2n.
@@ -558,7 +564,7 @@ func mappedRun(ctx context.Context, cl *pgtest.Cluster, bin, name string, n int,
 		if i >= n {
 			typ = "product.updated"
 		}
-		tenant := tenantN(obj)
+		tenant := fmt.Sprintf("tenant-%04d", obj%*mappedTenants)
 		kc.Produce(ctx, &kgo.Record{Topic: "outbox.product", Key: []byte(tenant), Value: payload, Headers: []kgo.RecordHeader{
 			{Key: "event_id", Value: []byte("e-" + strconv.Itoa(i))}, {Key: "tenant_id", Value: []byte(tenant)},
 			{Key: "event_type", Value: []byte(typ)}, {Key: "aggregate_type", Value: []byte("product")},
