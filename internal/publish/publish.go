@@ -416,11 +416,14 @@ const closeWait = 10 * time.Second
 // every record's callback has run, so the next session never overlaps
 // this one's callbacks.
 func (s *Session) Close() {
-	s.fail(errSessionEnded)
-	if s.cur != nil { // begun, never committed: its ack must still be called
+	// A transaction begun and never committed is acked first, with the
+	// session's end: the latch cancels its records in flight, whose
+	// callbacks would otherwise ack it with "context canceled".
+	if s.cur != nil {
 		s.cur.finish(fmt.Errorf("transaction at %s not received whole: %w", s.cur.tx.CommitLSN, errSessionEnded))
 		s.cur = nil
 	}
+	s.fail(errSessionEnded)
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	wait := closeWait
