@@ -606,6 +606,7 @@ func (e *Engine) deliverEvent(ctx context.Context, tp lane.TP, rec *kgo.Record, 
 	// before its call, with the claim, when the connector can name it.
 	var maps *mapping.Deferred
 	var claim []*groupcommit.Op
+	var intentState any
 	if e.maps != nil {
 		maps = e.maps.Deferred(e.cfg.Name, ev.TenantID)
 		if in, ok := e.conn.(connector.Intender); ok && resync == "" && bad == "" {
@@ -615,6 +616,7 @@ func (e *Engine) deliverEvent(ctx context.Context, tp lane.TP, rec *kgo.Record, 
 				if o := maps.IntendOnClaim(ev.ID, it); o != nil {
 					claim = append(claim, o)
 				}
+				intentState = it.State
 			}
 		}
 	}
@@ -637,7 +639,7 @@ func (e *Engine) deliverEvent(ctx context.Context, tp lane.TP, rec *kgo.Record, 
 		return e.dbTrouble(err)
 	}
 	req := connector.Request{Integration: e.cfg.Name, Event: ev, Resync: resync != "", Steps: att.Steps,
-		IdempotencyKey: att.IdempotencyKey(), Attempt: att.Number,
+		IdempotencyKey: att.IdempotencyKey(), Attempt: att.Number, IntentState: intentState,
 		Checkpoint: func(ctx context.Context, s connector.Step) error { return e.dlog.Checkpoint(ctx, att, s) }}
 	if maps != nil {
 		req.Mappings = maps

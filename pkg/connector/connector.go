@@ -111,6 +111,9 @@ type Request struct {
 	IdempotencyKey string
 	// Attempt counts from 1.
 	Attempt int
+	// IntentState is the State of the intent the connector (a
+	// connector.Intender) named for this attempt; nil when it named none.
+	IntentState any
 }
 
 // Result is a successful delivery.
@@ -189,6 +192,10 @@ type Intender interface {
 // an idempotency key (Mappings.Intend's arguments).
 type Intent struct {
 	EntityType, LocalID, IdempotencyKey string
+	// State is the connector's own: work Intent did that Deliver can
+	// reuse (a decoded payload). The sink hands it back to the Deliver
+	// of the same attempt in Request.IntentState, and never looks at it.
+	State any
 }
 
 // Prober is implemented by connectors that can check the partner's

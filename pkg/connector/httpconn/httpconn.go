@@ -90,17 +90,36 @@ type delivery struct {
 	data  map[string]any
 	steps map[string]any // .steps
 	calls []connector.Call
+	// delivered is set once a Deliver took this delivery over from
+	// Intent (fromIntent).
+	delivered bool
 }
 
 // Deliver implements connector.Connector.
 func (c *Connector) Deliver(ctx context.Context, req connector.Request) (connector.Result, error) {
-	d, err := c.start(req)
-	if err != nil {
-		return connector.Result{}, err
+	d, ok := fromIntent(req)
+	if !ok {
+		var err error
+		if d, err = c.start(req); err != nil {
+			return connector.Result{}, err
+		}
 	}
 	res, err := d.run(ctx)
 	res.Calls = d.calls
 	return res, err
+}
+
+// fromIntent is the delivery Intent started for req's attempt
+// (req.IntentState), for its Deliver alone, once.
+func fromIntent(req connector.Request) (*delivery, bool) {
+	d, ok := req.IntentState.(*delivery)
+	if !ok || d.delivered || d.req.Event.ID != req.Event.ID {
+		return nil, false
+	}
+	d.delivered = true
+	d.req = req // the claimed attempt's: steps, key, checkpoint
+	d.data["idempotency_key"] = req.IdempotencyKey
+	return d, true
 }
 
 // start finds the entity and builds the template data.
@@ -317,7 +336,7 @@ func (c *Connector) Intent(req connector.Request) (connector.Intent, bool) {
 	if _, hit := m.Cached(e.name, local); hit {
 		return connector.Intent{}, false
 	}
-	return connector.Intent{EntityType: e.name, LocalID: local, IdempotencyKey: d.intentKey()}, true
+	return connector.Intent{EntityType: e.name, LocalID: local, IdempotencyKey: d.intentKey(), State: d}, true
 }
 
 // loadIDs fills .ids with the mappings create steps record.

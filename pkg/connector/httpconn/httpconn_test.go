@@ -892,7 +892,7 @@ func (r *intentRecorder) Intend(ctx context.Context, entityType, localID, key st
 // resync's upsert, a delete, a child (it checks its parent first), an
 // object the cache holds, a store without a cache.
 func TestIntentIsTheOneDeliverWritesFirst(t *testing.T) {
-	_, base := sim(t)
+	s, base := sim(t)
 	c := newConn(t, example(t, "shop"), base)
 	ctx := context.Background()
 	lamp := `{"name": "Lamp", "price": 1, "currency": "EUR"}`
@@ -901,14 +901,41 @@ func TestIntentIsTheOneDeliverWritesFirst(t *testing.T) {
 	r := req(event("c1", "product.created", "product", "p1", lamp), rec)
 	in, ok := c.Intent(r)
 	want := connector.Intent{EntityType: "product", LocalID: "p1", IdempotencyKey: "shop:c1:item"}
-	if !ok || in != want {
+	if !ok || in.State == nil || (connector.Intent{EntityType: in.EntityType, LocalID: in.LocalID, IdempotencyKey: in.IdempotencyKey}) != want {
 		t.Fatalf("Intent of a create = %+v, %v; want %+v", in, ok, want)
 	}
+	r.IntentState = in.State // as the sink hands it back
 	if _, err := c.Deliver(ctx, r); err != nil {
 		t.Fatal(err)
 	}
+	in.State = nil
 	if len(rec.intents) == 0 || rec.intents[0] != in {
 		t.Fatalf("Deliver wrote the intents %+v; want %+v first", rec.intents, in)
+	}
+	// The state Intent hands Deliver follows the claimed attempt: a
+	// redriven delivery's new key is the one written and sent. Undo of
+	// the same request starts afresh.
+	r = req(event("c2", "product.created", "product", "p2", lamp), rec)
+	in, _ = c.Intent(r)
+	r.IdempotencyKey, r.IntentState = "shop:c2:r1", in.State
+	rec.intents = nil
+	if _, err := c.Deliver(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.intents) == 0 || rec.intents[0].IdempotencyKey != "shop:c2:r1:item" {
+		t.Fatalf("after a redrive, Deliver wrote the intents %+v; want the new key shop:c2:r1:item first", rec.intents)
+	}
+	var sent []string
+	for _, q := range s.Requests("") {
+		if q.Method == "POST" && strings.Contains(q.Body, `"p2"`) {
+			sent = append(sent, q.IdempotencyKey)
+		}
+	}
+	if len(sent) != 1 || sent[0] != "shop:c2:r1:item" {
+		t.Fatalf("the partner got the keys %q for p2; want shop:c2:r1:item", sent)
+	}
+	if d, ok := fromIntent(r); ok {
+		t.Fatalf("Intent's delivery %p handed out twice", d)
 	}
 
 	variant := req(event("c2", "variant.created", "variant", "v1", `{"product_id": "p1", "sku": "L-1"}`), rec)
