@@ -274,7 +274,9 @@ var (
 // (pending → in_flight) or moves failed/in_flight → in_flight. It returns
 // *ErrNotClaimed when the delivery is already final (a redelivery).
 // The writes with run after the claim, in its transaction (a create's
-// intent: mapping.Deferred.IntendOnClaim); they see the claimed row.
+// intent: mapping.Deferred.IntendOnClaim), and see the claimed row: a
+// batch runs its statements in order of first appearance, and every
+// unit that holds such a write starts with its claim.
 func (l *Log) Begin(ctx context.Context, integration string, ev connector.Event, src Source, with ...*groupcommit.Op) (Attempt, error) {
 	var r begun
 	o := beginOp(integration, ev, src, l.holder, &r)
