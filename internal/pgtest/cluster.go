@@ -268,6 +268,18 @@ func DropDatabase(ctx context.Context, serverURL, name string) error {
 		return fmt.Errorf("pgtest: connect %s: %w", redactURL(serverURL), err)
 	}
 	defer conn.Close(ctx)
+	// A slot stays active until its walsender has exited, which can be a
+	// moment after its client stopped: end the walsenders and wait for
+	// their slots to be let go (a database with a slot cannot be dropped).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var active int
+		if err := conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE database = $1 AND active`, name).Scan(&active); err != nil {
+			return fmt.Errorf("pgtest: end the replication connections of %s: %w", name, err)
+		}
+		if active == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
 	if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active`, name); err != nil {
 		return fmt.Errorf("pgtest: drop the replication slots of %s: %w", name, err)
 	}

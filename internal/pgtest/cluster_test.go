@@ -5,7 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // TestRestartKeepsPortAndData restarts a cluster each way and finds the
@@ -43,5 +45,59 @@ func TestRestartKeepsPortAndData(t *testing.T) {
 	}
 	if err := c.Restart(ctx, "sideways", 0); err == nil {
 		t.Fatal("unknown restart mode accepted")
+	}
+}
+
+// TestDropDatabaseWithAnActiveSlot drops a database whose logical slot a
+// replication connection still streams from (a cdc that has not quite
+// gone away): the connection is ended and the slot dropped with it.
+func TestDropDatabaseWithAnActiveSlot(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := Start(ctx, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	url, err := CreateDatabase(ctx, c.URL, "held")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `CREATE PUBLICATION p FOR ALL TABLES`); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	repl, err := pgconn.Connect(ctx, url+"&replication=database")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repl.Close(context.Background())
+	slot, err := pglogrepl.CreateReplicationSlot(ctx, repl, "s", "pgoutput", pglogrepl.CreateReplicationSlotOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lsn, err := pglogrepl.ParseLSN(slot.ConsistentPoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pglogrepl.StartReplication(ctx, repl, "s", lsn, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names 'p'"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := DropDatabase(ctx, c.URL, "held"); err != nil {
+		t.Fatalf("drop with the slot in use: %v", err)
+	}
+	server, err := pgx.Connect(ctx, c.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close(ctx)
+	var dbs, slots int
+	if err := server.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_database WHERE datname = 'held'), (SELECT count(*) FROM pg_replication_slots)`).Scan(&dbs, &slots); err != nil || dbs+slots != 0 {
+		t.Fatalf("after the drop: %d databases named held, %d slots (%v); want none", dbs, slots, err)
 	}
 }
