@@ -116,7 +116,7 @@ func main() {
 	parked := flag.Int("parked", 100_000, "events parked in the memory run")
 	out := flag.String("out", "", "append the Markdown section to this file")
 	repeat := flag.Int("repeat", 3, "runs per rate scenario (the median is reported)")
-	only := flag.String("only", "", `run one scenario only ("slow": the 20 ms partner; "fast": the 0 ms partner; "parked": the memory run; "big": 1 MB payloads; "scale": 3 sinks, 1,000 tenants then -scale-tenants), without writing a report`)
+	only := flag.String("only", "", `run one scenario only ("slow": the 20 ms partner; "fast": the 0 ms partner; "failing": one tenant failing every call, paired with a 0 ms run; "parked": the memory run; "big": 1 MB payloads; "scale": 3 sinks, 1,000 tenants then -scale-tenants), without writing a report`)
 	bin := flag.String("bin", "bin", "folder with sink, devbroker and partnersim")
 	flag.Parse()
 	if *only != "" {
@@ -148,8 +148,8 @@ var (
 
 // runOnly runs one scenario repeat times and prints each result.
 func runOnly(which, bin string, events, parked, repeat int) error {
-	if which != "slow" && which != "fast" && which != "parked" && which != "big" && which != "scale" && which != "mapped" {
-		return fmt.Errorf("-only %q: want slow, fast, parked, big, scale or mapped", which)
+	if which != "slow" && which != "fast" && which != "failing" && which != "parked" && which != "big" && which != "scale" && which != "mapped" {
+		return fmt.Errorf("-only %q: want slow, fast, failing, parked, big, scale or mapped", which)
 	}
 	ctx := context.Background()
 	var opts pgtest.Options
@@ -201,6 +201,27 @@ func runOnly(which, bin string, events, parked, repeat int) error {
 				return err
 			}
 			fmt.Printf("%d events of 1 MB, default settings: %.0f deliveries/s (%.0f MB/s); peak RSS %.1f MiB\n", *bigEvents, r, r, rss)
+		case "failing":
+			// A pair, as in the full run: the order alternates.
+			var base, healthy float64
+			runBase := func() (err error) {
+				base, err = scenario(ctx, cl, bin, fmt.Sprintf("only_base_%d", i), events, events, "", fastSink, nil, nil, nil)
+				return err
+			}
+			runFailing := func() (err error) {
+				healthy, err = scenario(ctx, cl, bin, fmt.Sprintf("only_failing_%d", i), events, events-events/1000, `{"tenant":"tenant-0000","status":503}`, fastSink, nil, nil, nil)
+				return err
+			}
+			order := []func() error{runBase, runFailing}
+			if i%2 == 1 {
+				order = []func() error{runFailing, runBase}
+			}
+			for _, run := range order {
+				if err := run(); err != nil {
+					return err
+				}
+			}
+			fmt.Printf("one tenant of 1,000 failing every call: healthy tenants %.0f deliveries/s, paired 0 ms run %.0f: %.0f%%\n", healthy, base, 100*healthy/base)
 		case "fast":
 			r, err := scenario(ctx, cl, bin, fmt.Sprintf("only_fast_%d", i), events, events, "", fastSink, nil, &rss, nil)
 			if err != nil {
