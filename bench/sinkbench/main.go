@@ -202,24 +202,9 @@ func runOnly(which, bin string, events, parked, repeat int) error {
 			}
 			fmt.Printf("%d events of 1 MB, default settings: %.0f deliveries/s (%.0f MB/s); peak RSS %.1f MiB\n", *bigEvents, r, r, rss)
 		case "failing":
-			// A pair, as in the full run: the order alternates.
-			var base, healthy float64
-			runBase := func() (err error) {
-				base, err = scenario(ctx, cl, bin, fmt.Sprintf("only_base_%d", i), events, events, "", fastSink, nil, nil, nil)
+			base, healthy, err := failingPair(ctx, cl, bin, "only", i, events, nil)
+			if err != nil {
 				return err
-			}
-			runFailing := func() (err error) {
-				healthy, err = scenario(ctx, cl, bin, fmt.Sprintf("only_failing_%d", i), events, events-events/1000, `{"tenant":"tenant-0000","status":503}`, fastSink, nil, nil, nil)
-				return err
-			}
-			order := []func() error{runBase, runFailing}
-			if i%2 == 1 {
-				order = []func() error{runFailing, runBase}
-			}
-			for _, run := range order {
-				if err := run(); err != nil {
-					return err
-				}
 			}
 			fmt.Printf("one tenant of 1,000 failing every call: healthy tenants %.0f deliveries/s, paired 0 ms run %.0f: %.0f%%\n", healthy, base, 100*healthy/base)
 		case "fast":
@@ -683,6 +668,38 @@ func printStatements(ctx context.Context, url, name string) error {
 func tenantN(i int) string { return fmt.Sprintf("tenant-%04d", i%1000) }
 
 // runs measures one scenario repeat times and returns every result.
+// failingPair runs pair i of the 0 ms partner run and the run with one
+// tenant of 1,000 failing every call (databases prefix_fast_i and
+// prefix_failing_i), in an order that alternates with i: a drift within
+// a pair cancels out over the pairs. It returns the 0 ms run's rate and
+// the healthy tenants' rate; rss, when not nil, gets the 0 ms run's
+// peak RSS.
+func failingPair(ctx context.Context, cl *pgtest.Cluster, bin, prefix string, i, events int, rss *float64) (base, healthy float64, err error) {
+	var b, h []float64
+	runBase := func() (err error) {
+		b, err = runs(1, "0 ms partner", func(int) (float64, error) {
+			return scenario(ctx, cl, bin, fmt.Sprintf("%s_fast_%d", prefix, i), events, events, "", fastSink, nil, rss, nil)
+		})
+		return err
+	}
+	runFailing := func() (err error) {
+		h, err = runs(1, "one failing tenant", func(int) (float64, error) {
+			return scenario(ctx, cl, bin, fmt.Sprintf("%s_failing_%d", prefix, i), events, events-events/1000, `{"tenant":"tenant-0000","status":503}`, fastSink, nil, nil, nil)
+		})
+		return err
+	}
+	order := []func() error{runBase, runFailing}
+	if i%2 == 1 {
+		order = []func() error{runFailing, runBase}
+	}
+	for _, run := range order {
+		if err := run(); err != nil {
+			return 0, 0, err
+		}
+	}
+	return b[0], h[0], nil
+}
+
 func runs(repeat int, name string, fn func(i int) (float64, error)) ([]float64, error) {
 	var out []float64
 	for i := range repeat {
@@ -753,29 +770,11 @@ func runBench(ctx context.Context, bin string, events, parked, repeat int, out s
 	// spread by ±10%.
 	var fast, healthy, ratios []float64
 	for i := range repeat + 2 {
-		var f, h []float64
-		base := func() (err error) {
-			f, err = runs(1, "0 ms partner", func(int) (float64, error) {
-				return scenario(ctx, cl, bin, fmt.Sprintf("sink_fast_%d", i), events, events, "", fastSink, nil, &fastRSS, nil)
-			})
+		f, h, err := failingPair(ctx, cl, bin, "sink", i, events, &fastRSS)
+		if err != nil {
 			return err
 		}
-		failing := func() (err error) {
-			h, err = runs(1, "one failing tenant", func(int) (float64, error) {
-				return scenario(ctx, cl, bin, fmt.Sprintf("sink_failing_%d", i), events, events-events/1000, `{"tenant":"tenant-0000","status":503}`, fastSink, nil, nil, nil)
-			})
-			return err
-		}
-		order := []func() error{base, failing}
-		if i%2 == 1 {
-			order = []func() error{failing, base}
-		}
-		for _, run := range order {
-			if err := run(); err != nil {
-				return err
-			}
-		}
-		fast, healthy, ratios = append(fast, f[0]), append(healthy, h[0]), append(ratios, 100*h[0]/f[0])
+		fast, healthy, ratios = append(fast, f), append(healthy, h), append(ratios, 100*h/f)
 	}
 	var calls []float64
 	// As many runs as the pairs above: single runs spread by ±2%, and the

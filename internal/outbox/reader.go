@@ -363,7 +363,14 @@ func (r *Reader) stream(ctx context.Context, repl *pgconn.PgConn, lockConn *pgx.
 		}
 		if ctx.Err() != nil && (!dec.InTx() || lctx.Err() != nil) {
 			// Shutting down: confirm what Kafka has acknowledged, under a
-			// fresh timeout, so the next holder resends less.
+			// fresh timeout, so the next holder resends less. Records
+			// already sent are answered within moments: wait for them
+			// (at most shutdownGrace), unless a transaction was cut.
+			for wait := time.Now().Add(shutdownGrace); !dec.InTx() && tracker.Err() == nil && time.Now().Before(wait); time.Sleep(5 * time.Millisecond) {
+				if _, _, inFlight := tracker.Acked(); inFlight == 0 {
+					break
+				}
+			}
 			fctx, fcancel := context.WithTimeout(base, 5*time.Second)
 			err := sendStatus(fctx)
 			fcancel()

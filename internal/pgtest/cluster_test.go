@@ -16,13 +16,7 @@ func TestRestartKeepsPortAndData(t *testing.T) {
 	if Backend() == "containers" {
 		t.Skip("restarts need a local cluster") // never the default path
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	c, err := Start(ctx, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Stop()
+	ctx, c := started(t)
 	exec := func(sql string) error {
 		conn, err := pgx.Connect(ctx, c.URL)
 		if err != nil {
@@ -52,13 +46,7 @@ func TestRestartKeepsPortAndData(t *testing.T) {
 // replication connection still streams from (a cdc that has not quite
 // gone away): the connection is ended and the slot dropped with it.
 func TestDropDatabaseWithAnActiveSlot(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	c, err := Start(ctx, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Stop()
+	ctx, c := started(t)
 	url, err := CreateDatabase(ctx, c.URL, "held")
 	if err != nil {
 		t.Fatal(err)
@@ -100,4 +88,17 @@ func TestDropDatabaseWithAnActiveSlot(t *testing.T) {
 	if err := server.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_database WHERE datname = 'held'), (SELECT count(*) FROM pg_replication_slots)`).Scan(&dbs, &slots); err != nil || dbs+slots != 0 {
 		t.Fatalf("after the drop: %d databases named held, %d slots (%v); want none", dbs, slots, err)
 	}
+}
+
+// started starts a cluster for the test, stopped when it ends.
+func started(t *testing.T) (context.Context, *Cluster) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	c, err := Start(ctx, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Stop() })
+	return ctx, c
 }
