@@ -437,14 +437,22 @@ func TestIntentWrittenWithTheClaim(t *testing.T) {
 		t.Fatalf("a redelivery that was not claimed wrote an intent (p2 %s)", st)
 	}
 
+	// firstAttempt claims a first attempt, then removes the intent it
+	// wrote, so that what a later claim writes shows.
+	firstAttempt := func(id, local string) delivery.Attempt {
+		t.Helper()
+		_, a, err := claim(id, local)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pool.Exec(ctx, `DELETE FROM ferry.mapping WHERE local_id = $1`, local); err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+
 	// An attempt that resumes after a completed step: no intent.
-	_, a, err = claim("e3", "p3")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, `DELETE FROM ferry.mapping WHERE local_id = 'p3'`); err != nil {
-		t.Fatal(err)
-	}
+	a = firstAttempt("e3", "p3")
 	if err := log.Checkpoint(ctx, a, connector.Step{Name: "item", RemoteID: "x"}); err != nil {
 		t.Fatal(err)
 	}
@@ -460,13 +468,7 @@ func TestIntentWrittenWithTheClaim(t *testing.T) {
 
 	// A rejected delivery redriven under a new key: the claim writes no
 	// intent under the first key; Intend writes the new one.
-	_, a, err = claim("e4", "p4")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, `DELETE FROM ferry.mapping WHERE local_id = 'p4'`); err != nil {
-		t.Fatal(err)
-	}
+	a = firstAttempt("e4", "p4")
 	if err := log.Finish(ctx, a, delivery.Outcome{State: delivery.Rejected, Status: 422, Reason: "no"}); err != nil {
 		t.Fatal(err)
 	}

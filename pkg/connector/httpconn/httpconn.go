@@ -199,7 +199,7 @@ func (d *delivery) run(ctx context.Context) (connector.Result, error) {
 	var m connector.Mapping
 	var err error
 	intended := false
-	if c, ok := d.req.Mappings.(cacher); ok && op == opCreate && len(d.req.Steps) == 0 && intentKey != "" {
+	if c, ok := intendsFirst(d.req, op, d.e); ok {
 		// A create: the intent is written whatever the mapping holds
 		// (below), unless it is active, and Intend answers with the
 		// mapping as it stands. So a create that finds nothing in the
@@ -316,16 +316,24 @@ func (d *delivery) intentKey() string {
 	return ""
 }
 
+// intendsFirst reports whether run writes e's intent before it reads
+// the mapping (unless the cache holds it): a create's first attempt of
+// an entity that has a create, with a store that caches.
+func intendsFirst(req connector.Request, op string, e *entity) (cacher, bool) {
+	c, ok := req.Mappings.(cacher)
+	return c, ok && op == opCreate && len(req.Steps) == 0 && len(e.ops[opCreate]) > 0
+}
+
 // Intent names the intent a create writes first (connector.Intender):
 // run's create of an entity with no parents (a child checks its parents
 // first, and may wait instead) whose object the cache does not hold.
 func (c *Connector) Intent(req connector.Request) (connector.Intent, bool) {
-	m, ok := req.Mappings.(cacher)
-	if !ok || c.operation(req) != opCreate || len(req.Steps) > 0 {
+	e, ok := c.entities[req.Event.AggregateType]
+	if !ok || len(e.parents) > 0 {
 		return connector.Intent{}, false
 	}
-	e, ok := c.entities[req.Event.AggregateType]
-	if !ok || len(e.parents) > 0 || len(e.ops[opCreate]) == 0 {
+	m, ok := intendsFirst(req, c.operation(req), e)
+	if !ok {
 		return connector.Intent{}, false
 	}
 	d, err := c.start(req)
