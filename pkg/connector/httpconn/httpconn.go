@@ -11,6 +11,8 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferry-cdc/ferry/internal/safe"
@@ -28,7 +30,17 @@ type Connector struct {
 	auth     func(*http.Request)
 	client   *http.Client
 	origin   *url.URL // base_url parsed: every call goes to its scheme, host and port
+
+	// ops caches Config.operation by event type (matching the patterns
+	// takes a few µs, twice per create); about maxCachedOps types at
+	// most (calls racing to add one may each add it).
+	ops  sync.Map // event type → operation
+	nops atomic.Int64
 }
+
+// maxCachedOps bounds Connector.ops: event types come from the outbox,
+// and a writer may invent them.
+const maxCachedOps = 4096
 
 // sameOrigin checks that a call's URL goes where base_url does: same
 // scheme, host and port, no userinfo, under base_url's path. Paths start
@@ -297,7 +309,17 @@ func (d *delivery) run(ctx context.Context) (connector.Result, error) {
 // operation is what req asks of the partner: create, update, upsert or
 // delete; "" when its event type maps to none.
 func (c *Connector) operation(req connector.Request) string {
-	op := c.cfg.operation(req.Event.EventType)
+	var op string
+	if v, ok := c.ops.Load(req.Event.EventType); ok {
+		op = v.(string)
+	} else {
+		op = c.cfg.operation(req.Event.EventType)
+		if c.nops.Load() < maxCachedOps {
+			if _, had := c.ops.LoadOrStore(req.Event.EventType, op); !had {
+				c.nops.Add(1)
+			}
+		}
+	}
 	switch {
 	case req.Delete:
 		return opDelete

@@ -588,6 +588,38 @@ func TestOperationPrecedence(t *testing.T) {
 	}
 }
 
+// TestOperationCached: the connector answers an event type's operation
+// from its cache as the configuration does, twice, and caches at most
+// maxCachedOps types (the outbox's writers name them).
+func TestOperationCached(t *testing.T) {
+	cfg := Config{Operations: map[string]string{"*.deleted": "delete", "product.*": "upsert", "product.deleted": "update"}}
+	c := &Connector{cfg: cfg}
+	for i := 0; i < maxCachedOps+100; i++ {
+		typ := fmt.Sprintf("t%d.deleted", i)
+		if i%3 == 0 {
+			typ = fmt.Sprintf("product.t%d", i)
+		}
+		for range 2 {
+			ev := connector.Event{EventType: typ}
+			if got, want := c.operation(connector.Request{Event: ev}), cfg.operation(typ); got != want {
+				t.Fatalf("operation(%q) = %q, want %q", typ, got, want)
+			}
+		}
+	}
+	for typ, want := range map[string]string{"product.deleted": "update", "x.y": ""} {
+		for range 2 {
+			if got := c.operation(connector.Request{Event: connector.Event{EventType: typ}}); got != want {
+				t.Errorf("operation(%q) = %q, want %q", typ, got, want)
+			}
+		}
+	}
+	n := 0
+	c.ops.Range(func(any, any) bool { n++; return true })
+	if n != maxCachedOps || c.nops.Load() != maxCachedOps {
+		t.Errorf("%d event types cached (counted %d), want at most %d", n, c.nops.Load(), maxCachedOps)
+	}
+}
+
 // FuzzBodyEscaping: whatever a payload string holds, the rendered body is
 // JSON and carries the value unchanged, in and outside a JSON string.
 func FuzzBodyEscaping(f *testing.F) {
