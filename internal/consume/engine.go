@@ -120,7 +120,7 @@ func New(cfg Config, kafka kafkaconf.Config, conn connector.Connector, dlog *del
 		e.sched.SetBudget(e.budget)
 	}
 	if cfg.ParkAfter > 0 {
-		e.sched.SetSpill(cfg.ParkAfter, e.spill, e.loadPage)
+		e.sched.SetSpill(cfg.ParkAfter, cfg.MaxBufferedPerPartition, e.spill, e.loadPage)
 	}
 	return e
 }

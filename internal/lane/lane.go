@@ -49,6 +49,18 @@ type LoadFunc func(ctx context.Context, tp TP, key string, after *Item, n int) (
 // with 100,000 parked events holds at most this many references.
 const loadPage = 256
 
+// A lane blocked past spillAfter and waiting for its next attempt spills
+// what arrives once it holds spillBytes or spillItems of it (the second
+// at most half the partition's cap, SetSpill), without waiting for the
+// attempt: the retry's backoff reaches a minute, and meanwhile its
+// records would pile up in memory, up to the byte budget or the
+// partition's cap, which stop fetching for every tenant (sinkbench
+// -only parked: live heap spikes of 15 MB between attempts).
+const (
+	spillBytes = 1 << 20
+	spillItems = 256
+)
+
 // Verdict is what a delivery attempt decided for its lane.
 type Verdict int
 
@@ -103,6 +115,7 @@ type Scheduler struct {
 	spill      SpillFunc
 	load       LoadFunc
 	spillAfter time.Duration
+	spillItems int     // see spillBytes
 	budget     *Budget // nil: bytes are not counted
 
 	mu    sync.Mutex
@@ -146,6 +159,16 @@ type lane struct {
 	running      bool
 	timer        *time.Timer
 	blockedSince time.Time // zero while the lane flows
+	// mem and memBytes count the records in queue that a spill would
+	// move (not spilled references, not redriven items); spillDue asks a
+	// worker to spill them while the lane waits (see spillBytes), and
+	// spillHeld stops asking until the lane's next attempt after a
+	// spill that left as much (it failed, or a redriven item holds the
+	// records behind it).
+	mem       int
+	memBytes  int64
+	spillDue  bool
+	spillHeld bool
 }
 
 // New returns a scheduler with the given number of workers.
@@ -157,10 +180,16 @@ func New(workers int, deliver DeliverFunc) *Scheduler {
 
 // SetSpill enables durable parking: a lane blocked (backing off, parked
 // or paused, not Shared) for at least after has its queued items spilled
-// with spill, and reads them back a page at a time with load. Call before
-// Run.
-func (s *Scheduler) SetSpill(after time.Duration, spill SpillFunc, load LoadFunc) {
+// with spill, at its attempts and, while it waits, as more arrive, and
+// reads them back a page at a time with load. partitionCap is the number
+// of items at which the caller stops fetching a partition (0: none); a
+// waiting lane spills before it holds half of them. Call before Run.
+func (s *Scheduler) SetSpill(after time.Duration, partitionCap int, spill SpillFunc, load LoadFunc) {
 	s.spillAfter, s.spill, s.load = after, spill, load
+	s.spillItems = spillItems
+	if partitionCap > 0 {
+		s.spillItems = max(1, min(spillItems, partitionCap/2))
+	}
 }
 
 // SetBudget counts the Size of queued items against b (shared by the
@@ -288,14 +317,27 @@ func (s *Scheduler) Add(tp TP, items ...*Item) int {
 		}
 		l := p.lane(it.Key)
 		l.queue = append(l.queue, it)
+		l.mem++
+		l.memBytes += it.Size
+		if (l.memBytes >= spillBytes || l.mem >= s.spillItems) && s.spillsWaiting(l) {
+			l.spillDue = true
+		}
 		s.enqueue(l)
 	}
 	return p.buffered
 }
 
-// enqueue puts l on the ready list if it can run; s.mu is held.
+// spillsWaiting reports whether l, waiting for its next attempt, spills
+// what it holds now; s.mu is held.
+func (s *Scheduler) spillsWaiting(l *lane) bool {
+	return s.spill != nil && l.state != Active && !l.running && !l.spillHeld &&
+		!l.blockedSince.IsZero() && time.Since(l.blockedSince) >= s.spillAfter
+}
+
+// enqueue puts l on the ready list if it can run, or if it waits with a
+// spill due; s.mu is held.
 func (s *Scheduler) enqueue(l *lane) {
-	if l.queued || l.running || l.state != Active || l.empty() || l.p.revoked {
+	if l.queued || l.running || l.state != Active && !l.spillDue || l.empty() || l.p.revoked {
 		return
 	}
 	l.queued = true
@@ -321,6 +363,13 @@ func (s *Scheduler) work(ctx context.Context) {
 			s.mu.Unlock()
 			continue
 		}
+		l.spillDue = false
+		if l.state != Active { // queued to spill while it waits (Add)
+			s.spillWaiting(l)
+			s.mu.Unlock()
+			continue
+		}
+		l.spillHeld = false // an attempt: a waiting lane may spill again after it
 		l.running = true
 		l.p.running++
 		var out Outcome
@@ -351,6 +400,8 @@ func (s *Scheduler) work(ctx context.Context) {
 			l.queue[0] = nil
 			l.queue = l.queue[1:]
 			if !it.Spilled && !it.Redriven {
+				l.mem--
+				l.memBytes -= it.Size
 				s.finish(l.p, it)
 			}
 			l.blockedSince = time.Time{}
@@ -373,6 +424,24 @@ func (s *Scheduler) work(ctx context.Context) {
 }
 
 func (l *lane) empty() bool { return len(l.queue) == 0 && l.unloaded == 0 }
+
+// spillWaiting spills what a waiting lane holds in memory, between its
+// attempts; s.mu is held on entry and exit.
+func (s *Scheduler) spillWaiting(l *lane) {
+	l.running = true
+	l.p.running++
+	moved := s.spillLane(l)
+	l.running = false
+	l.p.running--
+	if l.memBytes >= spillBytes || l.mem >= s.spillItems {
+		// More arrived during the spill, or nothing moved (the spill
+		// failed, or a redriven item holds the records behind it): the
+		// second not again before the lane's next attempt.
+		l.spillDue, l.spillHeld = moved > 0, moved == 0
+	}
+	s.enqueue(l) // its wait may have ended meanwhile (its timer, Wake)
+	s.cond.Broadcast() // Revoke may be waiting for this partition
+}
 
 // head returns the lane's next item, first reading a page of its spilled
 // items back when the next one is in durable storage; nil when that read
@@ -410,8 +479,8 @@ func (s *Scheduler) head(ctx context.Context, l *lane) *Item {
 // spillLane moves l's queued, not yet spilled items to durable storage and
 // finishes their offsets; the lane keeps only their count. s.mu is held on
 // entry and exit; it is released around the spill call. The caller holds
-// the lane (running).
-func (s *Scheduler) spillLane(l *lane) {
+// the lane (running). It returns how many items it moved.
+func (s *Scheduler) spillLane(l *lane) int {
 	// Spilled references are a prefix of the queue; the records in
 	// memory follow them (and the unloaded ones).
 	n := 0
@@ -428,13 +497,13 @@ func (s *Scheduler) spillLane(l *lane) {
 	}
 	items := append([]*Item(nil), l.queue[n:end]...)
 	if len(items) == 0 {
-		return
+		return 0
 	}
 	s.mu.Unlock()
 	err := s.spill(l.p.tp, items)
 	s.mu.Lock()
 	if err != nil {
-		return // kept in memory; the next blocked attempt tries again
+		return 0 // kept in memory; the next blocked attempt tries again
 	}
 	// Add only appends, and the lane is held: the queue is still the
 	// references, these items, then what followed them (which stays in
@@ -444,10 +513,13 @@ func (s *Scheduler) spillLane(l *lane) {
 	l.queue = l.queue[:n+k]
 	l.unloaded += len(items)
 	for _, it := range items {
+		l.mem--
+		l.memBytes -= it.Size
 		if !l.p.revoked {
 			s.finish(l.p, it)
 		}
 	}
+	return len(items)
 }
 
 // finish marks it's offset done, advances the watermark and releases its

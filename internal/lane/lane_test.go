@@ -226,7 +226,7 @@ func TestSpilledLaneKeepsCountReadsPagesBackInOrder(t *testing.T) {
 	})
 	budget := NewBudget(1 << 30)
 	s.SetBudget(budget)
-	s.SetSpill(0, store.spill, store.load)
+	s.SetSpill(0, 0, store.spill, store.load)
 	run(t, s)
 	tp := TP{"t", 0}
 	const n = 1000
@@ -265,6 +265,121 @@ func TestSpilledLaneKeepsCountReadsPagesBackInOrder(t *testing.T) {
 	}
 }
 
+// A lane blocked past spillAfter that waits for its next attempt (an
+// hour away here) spills what arrives as it arrives, not at that attempt:
+// it never holds spillItems records, or half the partition's cap, in
+// memory; the watermark passes them and the budget gets their bytes back.
+// Once it flows again, everything comes back in order.
+func TestWaitingLaneSpillsWhatArrives(t *testing.T) {
+	for _, c := range []struct {
+		cap, most int // the partition's cap (SetSpill), the most a lane may hold
+	}{{0, spillItems}, {100, 50}} {
+		t.Run(fmt.Sprintf("cap %d", c.cap), func(t *testing.T) {
+			store := newFakeStore()
+			var blocked atomic.Bool
+			blocked.Store(true)
+			var attempts atomic.Int32
+			var otherDone atomic.Bool
+			var mu sync.Mutex
+			var got []int64
+			s := New(2, func(_ context.Context, _ TP, it *Item) Outcome {
+				if it.Key == "stuck" && blocked.Load() {
+					attempts.Add(1)
+					return Outcome{Verdict: Backoff, Delay: time.Hour}
+				}
+				otherDone.Store(otherDone.Load() || it.Key == "other")
+				if it.Spilled {
+					store.drop(it.Key, it.Value.(int64))
+				}
+				if it.Key == "stuck" {
+					mu.Lock()
+					got = append(got, it.Offset)
+					mu.Unlock()
+				}
+				return Outcome{Verdict: Done}
+			})
+			budget := NewBudget(1 << 30)
+			s.SetBudget(budget)
+			s.SetSpill(0, c.cap, store.spill, store.load)
+			run(t, s)
+			tp := TP{"t", 0}
+			s.Add(tp, &Item{Key: "stuck", Offset: 0, Size: 100})
+			waitFor(t, "the first attempt and its spill", func() bool { return store.count("stuck") == 1 })
+			const n = 2000
+			inMemory := func() int {
+				s.mu.Lock()
+				defer s.mu.Unlock()
+				return s.parts[tp].lanes["stuck"].mem
+			}
+			for off := int64(1); off <= n; off++ {
+				s.Add(tp, &Item{Key: "stuck", Offset: off, Size: 100})
+				if off%500 == 0 { // a fetch's worth arrived: it goes to storage before the next
+					waitFor(t, fmt.Sprintf("fewer than %d records in memory", c.most), func() bool { return inMemory() < c.most })
+				}
+			}
+			s.Add(tp, &Item{Key: "other", Offset: n + 1, Size: 100})
+			waitFor(t, "what arrived spilled, all but the last few, and the other lane's record delivered", func() bool {
+				return store.count("stuck") > n-c.most && otherDone.Load()
+			})
+			if a := attempts.Load(); a != 1 {
+				t.Fatalf("%d attempts, want 1 (the next is an hour away)", a)
+			}
+			held := inMemory()
+			if spilled := store.count("stuck"); spilled+held != n+1 {
+				t.Fatalf("%d spilled and %d in memory, want %d in all", spilled, held, n+1)
+			}
+			want := int64(n + 2) // past everything
+			if held > 0 {
+				want = int64(store.count("stuck")) // the first record in memory
+			}
+			if c, _ := s.Committable(tp); c != want {
+				t.Fatalf("watermark %d, want %d (past every spilled record)", c, want)
+			}
+			if u := budget.Used(); u != int64(held)*100 {
+				t.Fatalf("budget counts %d bytes, want %d (the records in memory)", u, held*100)
+			}
+			blocked.Store(false)
+			s.Wake(tp, "stuck")
+			waitFor(t, "the lane drained", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == n+1 })
+			for i, off := range got {
+				if off != int64(i) {
+					t.Fatalf("delivered out of order at %d: %v", i, got[max(0, i-3):min(len(got), i+3)])
+				}
+			}
+		})
+	}
+}
+
+// A waiting lane whose spill fails keeps its records in memory and does
+// not try again on every record that arrives: only at its next attempt.
+func TestWaitingLaneSpillFailureWaitsForTheAttempt(t *testing.T) {
+	var calls atomic.Int32
+	var attempts atomic.Int32
+	s := New(2, func(_ context.Context, _ TP, it *Item) Outcome {
+		attempts.Add(1)
+		return Outcome{Verdict: Backoff, Delay: time.Hour}
+	})
+	s.SetSpill(0, 0, func(TP, []*Item) error { calls.Add(1); return fmt.Errorf("database down") }, newFakeStore().load)
+	run(t, s)
+	tp := TP{"t", 0}
+	s.Add(tp, &Item{Key: "stuck", Offset: 0, Size: 100})
+	waitFor(t, "the first attempt", func() bool { return calls.Load() == 1 })
+	for off := int64(1); off <= 2000; off++ {
+		s.Add(tp, &Item{Key: "stuck", Offset: off, Size: 100})
+	}
+	waitFor(t, "the waiting lane's spill", func() bool { return calls.Load() >= 2 })
+	time.Sleep(50 * time.Millisecond)
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("%d spills for 2,000 records while the database is down, want 2 (the attempt's, one while waiting)", n)
+	}
+	if c, _ := s.Committable(tp); c != 0 {
+		t.Fatalf("watermark %d: records that were not spilled were finished", c)
+	}
+	s.Wake(tp, "stuck") // the next attempt: its spill, and then one while waiting again
+	waitFor(t, "the next attempt", func() bool { return attempts.Load() == 2 })
+	waitFor(t, "its spill", func() bool { return calls.Load() >= 3 })
+}
+
 // Counts given at assignment (AddSpilled) come before anything fetched.
 func TestAddSpilledGoesBeforeFetchedRecords(t *testing.T) {
 	store := newFakeStore()
@@ -285,7 +400,7 @@ func TestAddSpilledGoesBeforeFetchedRecords(t *testing.T) {
 		mu.Unlock()
 		return Outcome{Verdict: Done}
 	})
-	s.SetSpill(time.Hour, store.spill, store.load)
+	s.SetSpill(time.Hour, 0, store.spill, store.load)
 	s.AddSpilled(tp, "a", 600)
 	s.Add(tp, &Item{Key: "a", Offset: 600}, &Item{Key: "a", Offset: 601})
 	run(t, s)
@@ -305,7 +420,7 @@ func TestSharedWaitDoesNotSpill(t *testing.T) {
 		attempts.Add(1)
 		return Outcome{Verdict: Backoff, Delay: time.Millisecond, Shared: true}
 	})
-	s.SetSpill(0, store.spill, store.load)
+	s.SetSpill(0, 0, store.spill, store.load)
 	run(t, s)
 	tp := TP{"t", 0}
 	s.Add(tp, &Item{Key: "a", Offset: 0}, &Item{Key: "a", Offset: 1})
@@ -469,7 +584,7 @@ func TestRedrivenItemsAreNeverSpilled(t *testing.T) {
 		mu.Unlock()
 		return Outcome{Verdict: Done}
 	})
-	s.SetSpill(0, func(tp TP, items []*Item) error {
+	s.SetSpill(0, 0, func(tp TP, items []*Item) error {
 		for _, it := range items {
 			if it.Redriven {
 				t.Errorf("a redriven item was spilled: %+v", it)

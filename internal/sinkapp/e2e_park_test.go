@@ -77,3 +77,51 @@ func TestGuarantee4_DurableParkingKeepsOrderAndLetsOffsetsAdvance(t *testing.T) 
 		t.Fatalf("parked rows left: %d %v", parked, err)
 	}
 }
+
+// A tenant whose next attempt is minutes away (its backoff) still parks
+// what keeps arriving for it, as it arrives: the partition's cap
+// (max_buffered_per_partition) is never spent on its records, so the
+// healthy tenant behind them in the same partition flows now instead of
+// at the blocked tenant's next attempt. Nothing is lost and the blocked
+// tenant's events come back in order.
+func TestBlockedTenantParksArrivalsWithoutWaitingForItsNextAttempt(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	ctx := context.Background()
+	badPart := e.produce("bad", "bad-1", "product.updated", `{"n":1}`)
+	good := ""
+	for i := 0; good == ""; i++ {
+		name := fmt.Sprintf("good-%d", i)
+		if e.produce(name, name+"-probe", "product.updated", `{"n":0}`) == badPart {
+			good = name
+		}
+	}
+	e.sim.AddRule(partnersim.Rule{Tenant: "bad", Status: 503, Reason: "down for this tenant"})
+	cfg := e.config("    retry: {initial: 3m, max: 3m}\n    park_after: 100ms\n    max_buffered_per_partition: 20\n")
+	stop := e.start("--config", cfg)
+	waitFor(t, time.Minute, "the blocked tenant's first attempt", func() bool { return len(e.sim.Requests("bad")) > 0 })
+	time.Sleep(200 * time.Millisecond) // past park_after
+	const n = 300
+	for i := 2; i <= n; i++ {
+		e.produce("bad", fmt.Sprintf("bad-%d", i), "product.updated", fmt.Sprintf(`{"n":%d}`, i))
+	}
+	for i := 1; i <= 20; i++ {
+		e.produce(good, fmt.Sprintf("%s-%d", good, i), "product.updated", fmt.Sprintf(`{"n":%d}`, i))
+	}
+	// The blocked tenant's next attempt is 3 minutes away.
+	waitFor(t, time.Minute, "the healthy tenant behind the blocked one delivered", func() bool { return len(e.delivered()[good]) == 21 })
+	waitFor(t, time.Minute, "the blocked tenant's arrivals parked", func() bool {
+		var parked int
+		err := e.conn.QueryRow(ctx, `SELECT count(*) FROM ferry.parked_event WHERE tenant_id = 'bad'`).Scan(&parked)
+		return err == nil && parked >= n-10
+	})
+	if got := len(e.delivered()["bad"]); got != 0 {
+		t.Fatalf("blocked tenant had %d applied", got)
+	}
+	if code, stderr := stop(); code != 0 {
+		t.Fatalf("sink exited %d: %s", code, stderr)
+	}
+	e.sim.ClearRules()
+	e.start("--config", e.config("    park_after: 100ms\n"))
+	waitFor(t, time.Minute, "the blocked tenant to drain in order", func() bool { return len(e.delivered()["bad"]) >= n })
+	checkInOrder(t, map[string][]int{"bad": e.delivered()["bad"]}, map[string]int{"bad": n})
+}
