@@ -439,7 +439,7 @@ func (s *Scheduler) spillWaiting(l *lane) {
 		// second not again before the lane's next attempt.
 		l.spillDue, l.spillHeld = moved > 0, moved == 0
 	}
-	s.enqueue(l) // its wait may have ended meanwhile (its timer, Wake)
+	s.enqueue(l)       // its wait may have ended meanwhile (its timer, Wake)
 	s.cond.Broadcast() // Revoke may be waiting for this partition
 }
 
