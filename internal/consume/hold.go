@@ -1,8 +1,6 @@
 package consume
 
 import (
-	"strings"
-
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -100,7 +98,8 @@ func detach(r *kgo.Record) {
 	r.Key, r.Value = take(r.Key), take(r.Value)
 	hs := make([]kgo.RecordHeader, len(r.Headers))
 	for i, h := range r.Headers {
-		hs[i] = kgo.RecordHeader{Key: strings.Clone(h.Key), Value: take(h.Value)}
+		// franz-go reads each header key into a string of its own.
+		hs[i] = kgo.RecordHeader{Key: h.Key, Value: take(h.Value)}
 	}
 	r.Headers = hs
 }

@@ -169,6 +169,9 @@ type lane struct {
 	memBytes  int64
 	spillDue  bool
 	spillHeld bool
+	// shared: the lane waits for the integration (Outcome.Shared), not
+	// for itself, and never spills.
+	shared bool
 }
 
 // New returns a scheduler with the given number of workers.
@@ -319,19 +322,20 @@ func (s *Scheduler) Add(tp TP, items ...*Item) int {
 		l.queue = append(l.queue, it)
 		l.mem++
 		l.memBytes += it.Size
-		if (l.memBytes >= spillBytes || l.mem >= s.spillItems) && s.spillsWaiting(l) {
-			l.spillDue = true
-		}
+		s.spillIfDue(l)
 		s.enqueue(l)
 	}
 	return p.buffered
 }
 
-// spillsWaiting reports whether l, waiting for its next attempt, spills
-// what it holds now; s.mu is held.
-func (s *Scheduler) spillsWaiting(l *lane) bool {
-	return s.spill != nil && l.state != Active && !l.running && !l.spillHeld &&
-		!l.blockedSince.IsZero() && time.Since(l.blockedSince) >= s.spillAfter
+// spillIfDue queues l for a spill if it waits for its next attempt,
+// blocked past spillAfter, holding enough in memory; s.mu is held.
+func (s *Scheduler) spillIfDue(l *lane) {
+	if (l.memBytes >= spillBytes || l.mem >= s.spillItems) && s.spill != nil && l.state != Active && !l.shared &&
+		!l.running && !l.spillHeld && !l.blockedSince.IsZero() && time.Since(l.blockedSince) >= s.spillAfter {
+		l.spillDue = true
+		s.enqueue(l)
+	}
 }
 
 // enqueue puts l on the ready list if it can run, or if it waits with a
@@ -411,12 +415,27 @@ func (s *Scheduler) work(ctx context.Context) {
 			s.enqueue(l)
 		case Backoff, Park, Pause:
 			l.state = map[Verdict]LaneState{Backoff: BackingOff, Park: Parked, Pause: Paused}[out.Verdict]
+			l.shared = out.Shared
 			l.timer = time.AfterFunc(out.Delay, func() {
 				s.mu.Lock()
 				defer s.mu.Unlock()
 				l.state, l.timer = Active, nil
 				s.enqueue(l)
 			})
+			// A lane that will be blocked spillAfter before its next
+			// attempt spills then, as the attempt would have: its
+			// partition may be paused at its cap, with nothing arriving
+			// to ask for it (Add).
+			if wait := s.spillAfter - time.Since(l.blockedSince); s.spill != nil && !out.Shared && !l.blockedSince.IsZero() && wait > 0 && wait < out.Delay {
+				time.AfterFunc(wait, func() {
+					s.mu.Lock()
+					defer s.mu.Unlock()
+					if l.mem > 0 && l.state != Active && !l.running && !l.shared {
+						l.spillDue = true
+						s.enqueue(l)
+					}
+				})
+			}
 		}
 		s.cond.Broadcast() // Revoke may be waiting for this partition
 		s.mu.Unlock()

@@ -350,6 +350,33 @@ func TestWaitingLaneSpillsWhatArrives(t *testing.T) {
 	}
 }
 
+// A lane whose next attempt comes after it has been blocked spillAfter
+// spills then, not at that attempt, even with nothing more arriving (its
+// partition paused at its cap, say).
+func TestWaitingLaneSpillsAtSpillAfter(t *testing.T) {
+	store := newFakeStore()
+	var attempts atomic.Int32
+	s := New(2, func(_ context.Context, _ TP, it *Item) Outcome {
+		attempts.Add(1)
+		return Outcome{Verdict: Backoff, Delay: time.Hour}
+	})
+	s.SetSpill(200*time.Millisecond, 0, store.spill, store.load)
+	run(t, s)
+	tp := TP{"t", 0}
+	s.Add(tp, &Item{Key: "stuck", Offset: 0, Size: 100})
+	waitFor(t, "the first attempt", func() bool { return attempts.Load() == 1 })
+	for off := int64(1); off <= 10; off++ {
+		s.Add(tp, &Item{Key: "stuck", Offset: off, Size: 100})
+	}
+	waitFor(t, "the lane spilled at spillAfter", func() bool { return store.count("stuck") == 11 })
+	if a := attempts.Load(); a != 1 {
+		t.Fatalf("%d attempts, want 1 (the next is an hour away)", a)
+	}
+	if c, _ := s.Committable(tp); c != 11 {
+		t.Fatalf("watermark %d, want 11", c)
+	}
+}
+
 // A waiting lane whose spill fails keeps its records in memory and does
 // not try again on every record that arrives: only at its next attempt.
 func TestWaitingLaneSpillFailureWaitsForTheAttempt(t *testing.T) {
@@ -430,6 +457,33 @@ func TestSharedWaitDoesNotSpill(t *testing.T) {
 	}
 	if c, _ := s.Committable(tp); c != 0 {
 		t.Fatalf("watermark %d moved", c)
+	}
+}
+
+// A lane blocked by its own failure long enough to spill, then waiting
+// for the integration (a Shared wait: the breaker opened), spills nothing
+// more of what arrives: the caller stops fetching instead.
+func TestSharedWaitAfterOwnFailureKeepsArrivals(t *testing.T) {
+	store := newFakeStore()
+	var attempts atomic.Int32
+	s := New(2, func(_ context.Context, _ TP, it *Item) Outcome {
+		if attempts.Add(1) == 1 {
+			return Outcome{Verdict: Backoff, Delay: 300 * time.Millisecond}
+		}
+		return Outcome{Verdict: Backoff, Delay: time.Hour, Shared: true}
+	})
+	s.SetSpill(50*time.Millisecond, 0, store.spill, store.load)
+	run(t, s)
+	tp := TP{"t", 0}
+	s.Add(tp, &Item{Key: "a", Offset: 0, Size: 100})
+	waitFor(t, "the second attempt, a shared wait", func() bool { return attempts.Load() == 2 })
+	spilled := store.count("a") // the first failure's: 1
+	for off := int64(1); off <= 1000; off++ {
+		s.Add(tp, &Item{Key: "a", Offset: off, Size: 100})
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := store.count("a"); n != spilled {
+		t.Fatalf("%d records spilled during a shared wait (%d before it)", n-spilled, spilled)
 	}
 }
 
