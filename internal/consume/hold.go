@@ -11,6 +11,9 @@ const (
 	holdBudget  = "max_buffered_bytes reached"
 )
 
+// holdLabels are the reasons as ferry_sink_fetch_held names them.
+var holdLabels = map[string]string{holdPaused: "paused", holdBreaker: "breaker_open", holdBudget: "max_buffered_bytes"}
+
 // hold pauses fetching every topic of the integration while the lanes
 // cannot use more records: the integration is paused, its breaker is
 // open, or the records in memory spent the byte budget. It resumes
@@ -37,6 +40,13 @@ func (e *Engine) hold() {
 	}
 	if why == e.heldFor {
 		return
+	}
+	for reason, label := range holdLabels {
+		v := 0.0
+		if reason == why {
+			v = 1
+		}
+		e.m.FetchHeld.WithLabelValues(e.cfg.Name, label).Set(v)
 	}
 	switch {
 	case e.heldFor == "":

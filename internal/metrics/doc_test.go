@@ -30,6 +30,7 @@ func TestDocsMetricsMatchCode(t *testing.T) {
 	s.DeliveryDuration.WithLabelValues("i")
 	s.Lanes.WithLabelValues("i", "active")
 	s.BreakerOpen.WithLabelValues("i")
+	s.FetchHeld.WithLabelValues("i", "paused")
 	s.BadRecords.WithLabelValues("i")
 	s.Reconnects.WithLabelValues("postgres")
 	s.Outcomes.WithLabelValues("i")

@@ -49,8 +49,9 @@ func TestBreakerOpenPausesFetchingInsteadOfParking(t *testing.T) {
 	total := e.produceBacklog(tenants, perTenant)
 	e.start("--config", e.config("    park_after: 1s\n    retry: {initial: 20ms, max: 100ms}\n    breaker: {failures: 3, window: 10, open_for: 300ms}\n"),
 		"--admin-addr", admin, "--max-buffered-bytes", "4KiB")
-	waitFor(t, time.Minute, "breaker open", func() bool {
-		return metric(admin, `ferry_sink_breaker_open{integration="shop"}`) == 1
+	waitFor(t, time.Minute, "breaker open, fetching held for it", func() bool {
+		return metric(admin, `ferry_sink_breaker_open{integration="shop"}`) == 1 &&
+			metric(admin, `ferry_sink_fetch_held{integration="shop",reason="breaker_open"}`) == 1
 	})
 	// A while with the breaker open: probes fail, lanes wait.
 	for range 30 {
@@ -87,8 +88,10 @@ func TestPausedIntegrationPausesFetchingInsteadOfParking(t *testing.T) {
 	total := e.produceBacklog(tenants, perTenant)
 	admin := freeAddr(t)
 	e.start("--config", e.config("    park_after: 100ms\n"), "--admin-addr", admin, "--max-buffered-bytes", "4KiB")
-	waitFor(t, time.Minute, "lanes waiting, paused", func() bool {
-		return metric(admin, `ferry_sink_lanes{integration="shop",state="paused"}`) > 0
+	// Fetching may pause before the first fetch (then no lane holds
+	// anything) or after it (lanes wait, paused).
+	waitFor(t, time.Minute, "fetching paused", func() bool {
+		return metric(admin, `ferry_sink_fetch_held{integration="shop",reason="paused"}`) == 1
 	})
 	for range 20 {
 		time.Sleep(100 * time.Millisecond)
@@ -102,6 +105,9 @@ func TestPausedIntegrationPausesFetchingInsteadOfParking(t *testing.T) {
 	if code, out, errOut := e.runCmd("resume", "--integration", "shop"); code != 0 {
 		t.Fatalf("resume: %d %s %s", code, out, errOut)
 	}
+	waitFor(t, time.Minute, "fetching no longer held for the pause", func() bool {
+		return metric(admin, `ferry_sink_fetch_held{integration="shop",reason="paused"}`) == 0
+	})
 	waitFor(t, time.Minute, "all delivered after resume", func() bool {
 		got := 0
 		for _, s := range e.delivered() {
