@@ -20,6 +20,28 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// inOrder fails t unless got is 0, 1, 2, …
+func inOrder(t *testing.T, got []int64) {
+	t.Helper()
+	for i, off := range got {
+		if off != int64(i) {
+			t.Fatalf("delivered out of order at %d: %v", i, got[max(0, i-3):min(len(got), i+3)])
+		}
+	}
+}
+
+// backingOff returns a running scheduler whose every attempt ends in
+// out, spilling to a fake store after the lane has been blocked after,
+// and its count of attempts.
+func backingOff(t *testing.T, out Outcome, after time.Duration) (*Scheduler, *fakeStore, *atomic.Int32) {
+	store := newFakeStore()
+	attempts := new(atomic.Int32)
+	s := New(2, func(context.Context, TP, *Item) Outcome { attempts.Add(1); return out })
+	s.SetSpill(after, 0, store.spill, store.load)
+	run(t, s)
+	return s, store, attempts
+}
+
 func run(t *testing.T, s *Scheduler) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -200,34 +222,65 @@ func (f *fakeStore) count(key string) int {
 	return len(f.rows[key])
 }
 
+// stuck is a running scheduler whose lane "stuck" ends each attempt in
+// out while blocked is set (counting them), then delivers, recording
+// its offsets; other lanes deliver at once. Lanes spill to a fake store
+// at once (spillAfter 0), with the partition cap given; delivered
+// spilled items are dropped from it, as the engine does.
+type stuck struct {
+	s        *Scheduler
+	store    *fakeStore
+	budget   *Budget
+	blocked  atomic.Bool
+	attempts atomic.Int32
+	other    atomic.Bool // a record of another lane was delivered
+	mu       sync.Mutex
+	got      []int64
+}
+
+func newStuck(t *testing.T, out Outcome, partitionCap int) *stuck {
+	h := &stuck{store: newFakeStore(), budget: NewBudget(1 << 30)}
+	h.blocked.Store(true)
+	h.s = New(2, func(_ context.Context, _ TP, it *Item) Outcome {
+		if it.Key == "stuck" && h.blocked.Load() {
+			h.attempts.Add(1)
+			return out
+		}
+		if it.Spilled {
+			h.store.drop(it.Key, it.Value.(int64))
+		}
+		if it.Key != "stuck" {
+			h.other.Store(true)
+			return Outcome{Verdict: Done}
+		}
+		h.mu.Lock()
+		h.got = append(h.got, it.Offset)
+		h.mu.Unlock()
+		return Outcome{Verdict: Done}
+	})
+	h.s.SetBudget(h.budget)
+	h.s.SetSpill(0, partitionCap, h.store.spill, h.store.load)
+	run(t, h.s)
+	return h
+}
+
+// drained waits until n of stuck's records were delivered and returns
+// their offsets.
+func (h *stuck) drained(t *testing.T, n int) []int64 {
+	t.Helper()
+	waitFor(t, "the lane drained", func() bool { h.mu.Lock(); defer h.mu.Unlock(); return len(h.got) == n })
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]int64(nil), h.got...)
+}
+
 // A blocked lane's records move to storage and the lane keeps only their
 // count: the watermark passes them, the budget gets their bytes back, and
 // once unblocked the lane reads them back a page at a time, in order,
 // followed by what arrived in memory meanwhile.
 func TestSpilledLaneKeepsCountReadsPagesBackInOrder(t *testing.T) {
-	store := newFakeStore()
-	var blocked atomic.Bool
-	blocked.Store(true)
-	var mu sync.Mutex
-	var got []int64
-	s := New(2, func(_ context.Context, _ TP, it *Item) Outcome {
-		if it.Key == "stuck" && blocked.Load() {
-			return Outcome{Verdict: Park, Delay: time.Millisecond}
-		}
-		if it.Spilled {
-			store.drop(it.Key, it.Value.(int64))
-		}
-		if it.Key == "stuck" {
-			mu.Lock()
-			got = append(got, it.Offset)
-			mu.Unlock()
-		}
-		return Outcome{Verdict: Done}
-	})
-	budget := NewBudget(1 << 30)
-	s.SetBudget(budget)
-	s.SetSpill(0, 0, store.spill, store.load)
-	run(t, s)
+	h := newStuck(t, Outcome{Verdict: Park, Delay: time.Millisecond}, 0)
+	s, store, budget := h.s, h.store, h.budget
 	tp := TP{"t", 0}
 	const n = 1000
 	for off := int64(0); off < n; off++ {
@@ -247,13 +300,9 @@ func TestSpilledLaneKeepsCountReadsPagesBackInOrder(t *testing.T) {
 	}
 	s.mu.Unlock()
 	s.Add(tp, &Item{Key: "stuck", Offset: n + 1, Size: 100}) // arrives while parked
-	blocked.Store(false)
-	waitFor(t, "the lane drained", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == n+1 })
-	for i, off := range got[:n] {
-		if off != int64(i) {
-			t.Fatalf("delivered out of order at %d: %v", i, got[max(0, i-3):i+3])
-		}
-	}
+	h.blocked.Store(false)
+	got := h.drained(t, n+1)
+	inOrder(t, got[:n])
 	if got[n] != n+1 {
 		t.Fatalf("the record that arrived while parked came at %d, not last", got[n])
 	}
@@ -275,33 +324,8 @@ func TestWaitingLaneSpillsWhatArrives(t *testing.T) {
 		cap, most int // the partition's cap (SetSpill), the most a lane may hold
 	}{{0, spillItems}, {100, 50}} {
 		t.Run(fmt.Sprintf("cap %d", c.cap), func(t *testing.T) {
-			store := newFakeStore()
-			var blocked atomic.Bool
-			blocked.Store(true)
-			var attempts atomic.Int32
-			var otherDone atomic.Bool
-			var mu sync.Mutex
-			var got []int64
-			s := New(2, func(_ context.Context, _ TP, it *Item) Outcome {
-				if it.Key == "stuck" && blocked.Load() {
-					attempts.Add(1)
-					return Outcome{Verdict: Backoff, Delay: time.Hour}
-				}
-				otherDone.Store(otherDone.Load() || it.Key == "other")
-				if it.Spilled {
-					store.drop(it.Key, it.Value.(int64))
-				}
-				if it.Key == "stuck" {
-					mu.Lock()
-					got = append(got, it.Offset)
-					mu.Unlock()
-				}
-				return Outcome{Verdict: Done}
-			})
-			budget := NewBudget(1 << 30)
-			s.SetBudget(budget)
-			s.SetSpill(0, c.cap, store.spill, store.load)
-			run(t, s)
+			h := newStuck(t, Outcome{Verdict: Backoff, Delay: time.Hour}, c.cap)
+			s, store, budget := h.s, h.store, h.budget
 			tp := TP{"t", 0}
 			s.Add(tp, &Item{Key: "stuck", Offset: 0, Size: 100})
 			waitFor(t, "the first attempt and its spill", func() bool { return store.count("stuck") == 1 })
@@ -319,9 +343,9 @@ func TestWaitingLaneSpillsWhatArrives(t *testing.T) {
 			}
 			s.Add(tp, &Item{Key: "other", Offset: n + 1, Size: 100})
 			waitFor(t, "what arrived spilled, all but the last few, and the other lane's record delivered", func() bool {
-				return store.count("stuck") > n-c.most && otherDone.Load()
+				return store.count("stuck") > n-c.most && h.other.Load()
 			})
-			if a := attempts.Load(); a != 1 {
+			if a := h.attempts.Load(); a != 1 {
 				t.Fatalf("%d attempts, want 1 (the next is an hour away)", a)
 			}
 			held := inMemory()
@@ -338,14 +362,9 @@ func TestWaitingLaneSpillsWhatArrives(t *testing.T) {
 			if u := budget.Used(); u != int64(held)*100 {
 				t.Fatalf("budget counts %d bytes, want %d (the records in memory)", u, held*100)
 			}
-			blocked.Store(false)
+			h.blocked.Store(false)
 			s.Wake(tp, "stuck")
-			waitFor(t, "the lane drained", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == n+1 })
-			for i, off := range got {
-				if off != int64(i) {
-					t.Fatalf("delivered out of order at %d: %v", i, got[max(0, i-3):min(len(got), i+3)])
-				}
-			}
+			inOrder(t, h.drained(t, n+1))
 		})
 	}
 }
@@ -354,14 +373,7 @@ func TestWaitingLaneSpillsWhatArrives(t *testing.T) {
 // spills then, not at that attempt, even with nothing more arriving (its
 // partition paused at its cap, say).
 func TestWaitingLaneSpillsAtSpillAfter(t *testing.T) {
-	store := newFakeStore()
-	var attempts atomic.Int32
-	s := New(2, func(_ context.Context, _ TP, it *Item) Outcome {
-		attempts.Add(1)
-		return Outcome{Verdict: Backoff, Delay: time.Hour}
-	})
-	s.SetSpill(200*time.Millisecond, 0, store.spill, store.load)
-	run(t, s)
+	s, store, attempts := backingOff(t, Outcome{Verdict: Backoff, Delay: time.Hour}, 200*time.Millisecond)
 	tp := TP{"t", 0}
 	s.Add(tp, &Item{Key: "stuck", Offset: 0, Size: 100})
 	waitFor(t, "the first attempt", func() bool { return attempts.Load() == 1 })
@@ -432,23 +444,12 @@ func TestAddSpilledGoesBeforeFetchedRecords(t *testing.T) {
 	s.Add(tp, &Item{Key: "a", Offset: 600}, &Item{Key: "a", Offset: 601})
 	run(t, s)
 	waitFor(t, "all delivered", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 602 })
-	for i, off := range got {
-		if off != int64(i) {
-			t.Fatalf("out of order at %d: %v", i, got[max(0, i-3):min(len(got), i+3)])
-		}
-	}
+	inOrder(t, got)
 }
 
 // A Shared wait (the integration's, not the lane's) never spills.
 func TestSharedWaitDoesNotSpill(t *testing.T) {
-	store := newFakeStore()
-	var attempts atomic.Int32
-	s := New(1, func(_ context.Context, _ TP, it *Item) Outcome {
-		attempts.Add(1)
-		return Outcome{Verdict: Backoff, Delay: time.Millisecond, Shared: true}
-	})
-	s.SetSpill(0, 0, store.spill, store.load)
-	run(t, s)
+	s, store, attempts := backingOff(t, Outcome{Verdict: Backoff, Delay: time.Millisecond, Shared: true}, 0)
 	tp := TP{"t", 0}
 	s.Add(tp, &Item{Key: "a", Offset: 0}, &Item{Key: "a", Offset: 1})
 	waitFor(t, "several attempts", func() bool { return attempts.Load() >= 5 })

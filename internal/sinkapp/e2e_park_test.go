@@ -19,15 +19,7 @@ import (
 func TestGuarantee4_DurableParkingKeepsOrderAndLetsOffsetsAdvance(t *testing.T) {
 	e := newEnv(t, partnersim.Config{})
 	ctx := context.Background()
-	badPart := e.produce("bad", "bad-1", "product.updated", `{"n":1}`)
-	good := ""
-	for i := 0; good == ""; i++ {
-		name := fmt.Sprintf("good-%d", i)
-		if e.produce(name, name+"-probe", "product.updated", `{"n":0}`) == badPart {
-			good = name
-		}
-	}
-	e.sim.AddRule(partnersim.Rule{Tenant: "bad", Status: 503, Reason: "down for this tenant"})
+	good, badPart := e.badBesideGood()
 	for n := 2; n <= 40; n++ {
 		e.produce("bad", fmt.Sprintf("bad-%d", n), "product.updated", fmt.Sprintf(`{"n":%d}`, n))
 	}
@@ -87,15 +79,7 @@ func TestGuarantee4_DurableParkingKeepsOrderAndLetsOffsetsAdvance(t *testing.T) 
 func TestBlockedTenantParksArrivalsWithoutWaitingForItsNextAttempt(t *testing.T) {
 	e := newEnv(t, partnersim.Config{})
 	ctx := context.Background()
-	badPart := e.produce("bad", "bad-1", "product.updated", `{"n":1}`)
-	good := ""
-	for i := 0; good == ""; i++ {
-		name := fmt.Sprintf("good-%d", i)
-		if e.produce(name, name+"-probe", "product.updated", `{"n":0}`) == badPart {
-			good = name
-		}
-	}
-	e.sim.AddRule(partnersim.Rule{Tenant: "bad", Status: 503, Reason: "down for this tenant"})
+	good, _ := e.badBesideGood()
 	cfg := e.config("    retry: {initial: 3m, max: 3m}\n    park_after: 100ms\n    max_buffered_per_partition: 20\n")
 	stop := e.start("--config", cfg)
 	waitFor(t, time.Minute, "the blocked tenant's first attempt", func() bool { return len(e.sim.Requests("bad")) > 0 })

@@ -56,16 +56,7 @@ func TestGuarantee2_PerTenantOrderAtPartner(t *testing.T) {
 // failing tenant catches up in order. Nothing is recorded as lost.
 func TestGuarantee4_FailingTenantDoesNotBlockItsPartition(t *testing.T) {
 	e := newEnv(t, partnersim.Config{})
-	// Find a healthy tenant in the same partition as "bad".
-	badPart := e.produce("bad", "bad-1", "product.updated", `{"n":1}`)
-	good := ""
-	for i := 0; good == ""; i++ {
-		name := fmt.Sprintf("good-%d", i)
-		if e.produce(name, name+"-probe", "product.updated", `{"n":0}`) == badPart {
-			good = name
-		}
-	}
-	e.sim.AddRule(partnersim.Rule{Tenant: "bad", Status: 503, Reason: "tenant backend down"})
+	good, _ := e.badBesideGood()
 	for n := 2; n <= 5; n++ {
 		e.produce("bad", fmt.Sprintf("bad-%d", n), "product.updated", fmt.Sprintf(`{"n":%d}`, n))
 	}

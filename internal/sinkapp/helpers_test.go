@@ -95,6 +95,23 @@ func (e *env) produce(tenant, eventID, eventType string, payload string) int32 {
 	return e.emit(tenant, eventID, eventType, "product", "p1", payload)
 }
 
+// badBesideGood produces "bad"'s first event (n 1), finds a healthy
+// tenant whose events land in the same partition (each probe produces
+// an event n 0 for its tenant) and makes the partner fail every call of
+// "bad" (503). It returns the healthy tenant and the partition.
+func (e *env) badBesideGood() (good string, part int32) {
+	e.t.Helper()
+	part = e.produce("bad", "bad-1", "product.updated", `{"n":1}`)
+	for i := 0; good == ""; i++ {
+		name := fmt.Sprintf("good-%d", i)
+		if e.produce(name, name+"-probe", "product.updated", `{"n":0}`) == part {
+			good = name
+		}
+	}
+	e.sim.AddRule(partnersim.Rule{Tenant: "bad", Status: 503, Reason: "down for this tenant"})
+	return good, part
+}
+
 // emit produces an event as cdc would, on outbox.<aggregate type>, and
 // returns the partition it landed on.
 func (e *env) emit(tenant, eventID, eventType, aggType, aggID, payload string) int32 {
