@@ -54,8 +54,8 @@ const loadPage = 256
 // at most half the partition's cap, SetSpill), without waiting for the
 // attempt: the retry's backoff reaches a minute, and meanwhile its
 // records would pile up in memory, up to the byte budget or the
-// partition's cap, which stop fetching for every tenant (sinkbench
-// -only parked: live heap spikes of 15 MB between attempts).
+// partition's cap, which stop fetching for every tenant of the
+// integration or the partition until that attempt.
 const (
 	spillBytes = 1 << 20
 	spillItems = 256
