@@ -667,7 +667,6 @@ func printStatements(ctx context.Context, url, name string) error {
 
 func tenantN(i int) string { return fmt.Sprintf("tenant-%04d", i%1000) }
 
-// runs measures one scenario repeat times and returns every result.
 // failingPair runs pair i of the 0 ms partner run and the run with one
 // tenant of 1,000 failing every call (databases prefix_fast_i and
 // prefix_failing_i), in an order that alternates with i: a drift within
@@ -700,6 +699,7 @@ func failingPair(ctx context.Context, cl *pgtest.Cluster, bin, prefix string, i,
 	return b[0], h[0], nil
 }
 
+// runs measures one scenario repeat times and returns every result.
 func runs(repeat int, name string, fn func(i int) (float64, error)) ([]float64, error) {
 	var out []float64
 	for i := range repeat {

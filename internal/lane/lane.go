@@ -328,14 +328,21 @@ func (s *Scheduler) Add(tp TP, items ...*Item) int {
 	return p.buffered
 }
 
-// spillIfDue queues l for a spill if it waits for its next attempt,
-// blocked past spillAfter, holding enough in memory; s.mu is held.
+// spillIfDue queues l for a spill if it waits, blocked past spillAfter,
+// holding enough in memory; s.mu is held.
 func (s *Scheduler) spillIfDue(l *lane) {
-	if (l.memBytes >= spillBytes || l.mem >= s.spillItems) && s.spill != nil && l.state != Active && !l.shared &&
-		!l.running && !l.spillHeld && !l.blockedSince.IsZero() && time.Since(l.blockedSince) >= s.spillAfter {
+	if (l.memBytes >= spillBytes || l.mem >= s.spillItems) && !l.spillHeld && s.waitsToSpill(l) {
 		l.spillDue = true
 		s.enqueue(l)
 	}
+}
+
+// waitsToSpill reports whether l waits for its next attempt on its own
+// account (not Shared), blocked past spillAfter: what it holds goes to
+// durable storage without waiting for the attempt; s.mu is held.
+func (s *Scheduler) waitsToSpill(l *lane) bool {
+	return s.spill != nil && l.state != Active && !l.shared && !l.running &&
+		!l.blockedSince.IsZero() && time.Since(l.blockedSince) >= s.spillAfter
 }
 
 // enqueue puts l on the ready list if it can run, or if it waits with a
@@ -430,7 +437,7 @@ func (s *Scheduler) work(ctx context.Context) {
 				time.AfterFunc(wait, func() {
 					s.mu.Lock()
 					defer s.mu.Unlock()
-					if l.mem > 0 && l.state != Active && !l.running && !l.shared {
+					if l.mem > 0 && s.waitsToSpill(l) {
 						l.spillDue = true
 						s.enqueue(l)
 					}
