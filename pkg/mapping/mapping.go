@@ -334,13 +334,17 @@ func (s *Store) For(integration, tenant string) connector.Mappings {
 	return scoped{s: s, integration: integration, tenant: tenant}
 }
 
+// forTenantSQL reads a tenant's mappings of one integration ($1 the
+// tenant, $2 the integration) by the primary key's leading columns.
+const forTenantSQL = `SELECT entity_type, local_id, COALESCE(remote_id, ''), state, idempotency_key, updated_at
+		FROM ferry.mapping WHERE tenant_id = $1 AND integration = $2 AND state IN ('creating', 'active', 'deleting')
+		ORDER BY created_at DESC, entity_type, local_id`
+
 // ForTenant lists a tenant's mappings of one integration that hold a
 // partner object (creating, active or deleting), newest first: a rollback deletes
 // children (created after their parents) before their parents.
 func (s *Store) ForTenant(ctx context.Context, integration, tenant string) ([]Mapping, error) {
-	rows, err := s.pool.Query(ctx, `SELECT entity_type, local_id, COALESCE(remote_id, ''), state, idempotency_key, updated_at
-		FROM ferry.mapping WHERE tenant_id = $1 AND integration = $2 AND state IN ('creating', 'active', 'deleting')
-		ORDER BY created_at DESC, entity_type, local_id`, tenant, integration)
+	rows, err := s.pool.Query(ctx, forTenantSQL, tenant, integration)
 	if err != nil {
 		return nil, fmt.Errorf("mapping: list %s/%s: %w", integration, tenant, err)
 	}

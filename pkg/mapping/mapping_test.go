@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 
@@ -170,10 +171,6 @@ func TestDeletingKeepsThePartnerIDAndLeavesTheCache(t *testing.T) {
 	})
 }
 
-// In a group commit, many lanes' intents and partner ids share batches,
-// and each is committed when its call returns: another connection reads
-// it at once (the intent must be in the database before the partner
-// call). A write that fails fails alone: its batch's others still land.
 // groupCommitted is a store in a group commit over a fresh migrated
 // database, with its batcher and pool.
 func groupCommitted(t *testing.T) (*Store, *groupcommit.Batcher, *pgxpool.Pool, string) {
@@ -203,6 +200,10 @@ var probeStmt = &groupcommit.Stmt{Name: "probe", Keys: 1, Args: func(ops []*grou
 
 const probeTable = `CREATE TABLE outcome_probe (id text PRIMARY KEY CHECK (id <> 'bad'))`
 
+// In a group commit, many lanes' intents and partner ids share batches,
+// and each is committed when its call returns: another connection reads
+// it at once (the intent must be in the database before the partner
+// call). A write that fails fails alone: its batch's others still land.
 func TestGroupCommitWritesAreCommittedWhenTheCallReturns(t *testing.T) {
 	ctx := context.Background()
 	s, _, pool, url := groupCommitted(t)
@@ -488,5 +489,52 @@ func TestIntentWrittenWithTheClaim(t *testing.T) {
 	}
 	if st, k := intent("p4"); st != "creating" || k != newKey {
 		t.Fatalf("p4 after Intend: %s %q; want creating under %q", st, k, newKey)
+	}
+}
+
+// The mapping table has one index, its primary key, which every intent
+// writes; a tenant's rollback reads its mappings by the key's leading
+// columns instead of a second index or the whole table.
+func TestOneIndexServesWritesAndATenantsRollback(t *testing.T) {
+	s, _, conn, _ := groupCommitted(t)
+	ctx := context.Background()
+	if _, err := conn.Exec(ctx, `INSERT INTO ferry.mapping (integration, entity_type, tenant_id, local_id, remote_id, state)
+		SELECT 'shop', 'product', 't' || i % 1000, 'p' || i, 'r' || i, 'active' FROM generate_series(1, 20000) i; ANALYZE ferry.mapping`); err != nil {
+		t.Fatal(err)
+	}
+	var indexes []string
+	rows, err := conn.Query(ctx, `SELECT indexname FROM pg_indexes WHERE schemaname = 'ferry' AND tablename = 'mapping' ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		indexes = append(indexes, name)
+	}
+	if rows.Close(); rows.Err() != nil || fmt.Sprint(indexes) != "[mapping_pkey]" {
+		t.Fatalf("ferry.mapping's indexes: %v (%v), want the primary key alone", indexes, rows.Err())
+	}
+	var plan strings.Builder
+	rows, err = conn.Query(ctx, "EXPLAIN "+forTenantSQL, "t7", "shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			t.Fatal(err)
+		}
+		plan.WriteString(line + "\n")
+	}
+	rows.Close()
+	if !strings.Contains(plan.String(), "mapping_pkey") || strings.Contains(plan.String(), "Seq Scan") {
+		t.Fatalf("a tenant's mappings are not read by the primary key:\n%s", plan.String())
+	}
+	ms, err := s.ForTenant(ctx, "shop", "t7")
+	if err != nil || len(ms) != 20 {
+		t.Fatalf("ForTenant(t7): %d mappings, %v; want 20", len(ms), err)
 	}
 }
