@@ -108,11 +108,17 @@ func URL(raw string) string {
 	if err != nil {
 		return "(URL redacted: it does not parse)"
 	}
-	if u.User != nil {
-		u.User = url.User(Redacted)
+	return URLOf(u)
+}
+
+// URLOf is URL of a URL parsed already (u is left as it is).
+func URLOf(u *url.URL) string {
+	c := *u
+	if c.User != nil {
+		c.User = url.User(Redacted)
 	}
-	u.RawQuery = Query(u.RawQuery)
-	return u.String()
+	c.RawQuery = Query(c.RawQuery)
+	return c.String()
 }
 
 // urlRe finds URLs in free text (error messages): a scheme, "://", and

@@ -168,6 +168,7 @@ type entity struct {
 	parents map[string]*tmpl
 	lookup  *call
 	ops     map[string][]step // create, update, delete
+	payload payloadUse        // what its templates read of .payload
 }
 
 // compileConfig checks every field and returns every problem at once,
@@ -244,6 +245,7 @@ func (c *Config) compile(prefix string, getenv func(string) string) (map[string]
 	for _, name := range sortedKeys(c.Entities) {
 		e, eerrs := c.Entities[name].compile(name, fmt.Sprintf("%s.entities.%s", prefix, name))
 		errs = append(errs, eerrs...)
+		e.payload = payloadOf(e, headers)
 		entities[name] = e
 	}
 	// Declared parents must be entities too.

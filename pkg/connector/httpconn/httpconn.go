@@ -45,11 +45,8 @@ const maxCachedOps = 4096
 // sameOrigin checks that a call's URL goes where base_url does: same
 // scheme, host and port, no userinfo, under base_url's path. Paths start
 // with "/" and values are escaped, so only a raw value could break this.
-func (c *Connector) sameOrigin(target string) error {
-	u, err := url.Parse(target)
+func (c *Connector) sameOrigin(u *url.URL) error {
 	switch {
-	case err != nil:
-		return errors.New("the rendered URL does not parse")
 	case u.Scheme != c.origin.Scheme || u.Host != c.origin.Host || u.User != nil:
 		return fmt.Errorf("the rendered URL goes to %s://%s, not to base_url's %s://%s", u.Scheme, u.Host, c.origin.Scheme, c.origin.Host)
 	case !strings.HasPrefix(u.Path, c.origin.Path):
@@ -77,6 +74,7 @@ func newWithEnv(cfg Config, prefix string, getenv func(string) string) (*Connect
 	if c.origin, err = url.Parse(c.base); err != nil {
 		return nil, fmt.Errorf("%s.base_url: %w", prefix, err) // checked by compile
 	}
+	c.origin.Host = strings.TrimSuffix(c.origin.Host, ":") // as http.NewRequest leaves a request's
 	switch a := cfg.Auth; a.Type {
 	case "bearer":
 		tok := getenv(a.TokenEnv)
@@ -142,11 +140,11 @@ func (c *Connector) start(req connector.Request) (*delivery, error) {
 		return nil, &connector.Unhandled{Reason: fmt.Sprintf("no entity %q in this connector's configuration (aggregate type of event type %s); configured: %v",
 			ev.AggregateType, ev.EventType, sortedKeys(c.entities))}
 	}
-	payload, err := decodeJSON(ev.Payload)
+	payload, err := e.payload.decode(ev.Payload)
 	if err != nil {
 		return nil, &connector.Rejection{Reason: "payload is not JSON: " + err.Error()}
 	}
-	headers := map[string]any{}
+	headers := make(map[string]any, len(ev.Headers))
 	for k, v := range ev.Headers {
 		headers[k] = v
 	}
@@ -155,7 +153,7 @@ func (c *Connector) start(req connector.Request) (*delivery, error) {
 		"event_id": ev.ID, "tenant_id": ev.TenantID, "event_type": ev.EventType, "aggregate_type": ev.AggregateType,
 		"aggregate_id": ev.AggregateID, "payload": payload, "headers": headers, "remote_id": "",
 		"ids": map[string]any{}, "parents": map[string]any{}, "steps": d.steps, "idempotency_key": req.IdempotencyKey,
-		"cloudevent": cloudEventOf(ev),
+		"cloudevent": cloudEventOf(ev), "local_id": "", // set below; here, the map is made for all of them
 	}
 	local, err := render(e.id, d.data)
 	if err != nil || local == "" {
@@ -644,13 +642,12 @@ func (d *delivery) do(ctx context.Context, c call, idemKey string, missingOK boo
 	if body != "" {
 		rdr = strings.NewReader(body)
 	}
-	target := d.c.base + path
-	if err := d.c.sameOrigin(target); err != nil {
-		return nil, &connector.Rejection{Reason: "cannot build the request (bad input): " + err.Error(), Calls: d.calls}
-	}
-	hreq, err := http.NewRequestWithContext(ctx, c.method, target, rdr)
+	hreq, err := http.NewRequestWithContext(ctx, c.method, d.c.base+path, rdr)
 	if err != nil {
 		return nil, &connector.Rejection{Reason: "cannot build the request (bad input): " + safe.Text(err.Error()), Calls: d.calls}
+	}
+	if err := d.c.sameOrigin(hreq.URL); err != nil {
+		return nil, &connector.Rejection{Reason: "cannot build the request (bad input): " + err.Error(), Calls: d.calls}
 	}
 	if body != "" {
 		hreq.Header.Set("Content-Type", "application/json")
@@ -673,7 +670,7 @@ func (d *delivery) do(ctx context.Context, c call, idemKey string, missingOK boo
 	if err := webhook.CheckHeaders(hreq.Header); err != nil {
 		return nil, &connector.Rejection{Reason: "cannot build the request (bad input): " + err.Error(), Calls: d.calls}
 	}
-	rec := connector.Call{Method: c.method, URL: safe.URL(target), RequestBody: body}
+	rec := connector.Call{Method: c.method, URL: safe.URLOf(hreq.URL), RequestBody: body}
 	start := time.Now()
 	resp, err := d.c.client.Do(hreq)
 	rec.Duration = time.Since(start)

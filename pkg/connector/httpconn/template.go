@@ -45,11 +45,18 @@ const (
 
 var funcs = template.FuncMap{
 	fnJSON: func(v any) (string, error) {
+		if s, ok := v.(string); ok && plainJSON(s) {
+			return `"` + s + `"`, nil
+		}
 		b, err := json.Marshal(v)
 		return string(b), err
 	},
 	fnJSONString: func(v any) (string, error) {
-		b, err := json.Marshal(text(v))
+		s := text(v)
+		if plainJSON(s) {
+			return s, nil
+		}
+		b, err := json.Marshal(s)
 		if err != nil {
 			return "", err
 		}
@@ -70,6 +77,19 @@ var funcs = template.FuncMap{
 		return s, nil
 	},
 	fnRaw: func(v any) string { return text(v) },
+}
+
+// plainJSON reports whether s is written into a JSON string as it is:
+// printable ASCII that json.Marshal does not escape (it escapes '"',
+// '\\', and '<', '>', '&' for HTML). Most values are; Marshal writes the
+// rest.
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
 }
 
 // text is v as a plain string: strings as they are, anything else as
@@ -280,6 +300,10 @@ func walk(n parse.Node, f func(parse.Node)) {
 		walk(x.Pipe, f)
 		walk(x.List, f)
 		walk(x.ElseList, f)
+	case *parse.ChainNode:
+		walk(x.Node, f)
+	case *parse.TemplateNode:
+		walk(x.Pipe, f)
 	}
 }
 
