@@ -89,7 +89,9 @@ type Config struct {
 	FetchMaxBytes *ByteSize `yaml:"fetch_max_bytes"`
 	// FetchMaxPartitionBytes bounds one partition's part of a fetch
 	// response (franz-go FetchMaxPartitionBytes); a larger record is still
-	// fetched alone. Default 256KiB; at most fetch_max_bytes.
+	// fetched alone. Default 64KiB (compressed: small records that
+	// compress well are several times that in memory); at most
+	// fetch_max_bytes.
 	FetchMaxPartitionBytes *ByteSize `yaml:"fetch_max_partition_bytes"`
 }
 
@@ -97,7 +99,7 @@ type Config struct {
 const (
 	defaultMaxBufferedBytes       = 64 << 20
 	defaultFetchMaxBytes          = 4 << 20
-	defaultFetchMaxPartitionBytes = 256 << 10
+	defaultFetchMaxPartitionBytes = 64 << 10
 	maxFetchMaxBytes              = 256 << 20
 )
 
@@ -267,7 +269,7 @@ type flags struct {
 	SessionTimeout           *time.Duration `help:"Consumer group session timeout: how long a silent member keeps its partitions (default 30s)." env:"FERRY_SESSION_TIMEOUT" name:"session-timeout"`
 	MaxBufferedBytes         *string        `help:"Bytes of records the process holds in memory, split between the integrations; fetching pauses at it (default 64MiB)." env:"FERRY_MAX_BUFFERED_BYTES" name:"max-buffered-bytes" placeholder:"SIZE"`
 	FetchMaxBytes            *string        `help:"Bytes of one Kafka fetch response (default 4MiB)." env:"FERRY_FETCH_MAX_BYTES" name:"fetch-max-bytes" placeholder:"SIZE"`
-	FetchMaxPartitionBytes   *string        `help:"Bytes of one partition in a fetch response (default 256KiB)." env:"FERRY_FETCH_MAX_PARTITION_BYTES" name:"fetch-max-partition-bytes" placeholder:"SIZE"`
+	FetchMaxPartitionBytes   *string        `help:"Bytes of one partition in a fetch response (default 64KiB)." env:"FERRY_FETCH_MAX_PARTITION_BYTES" name:"fetch-max-partition-bytes" placeholder:"SIZE"`
 
 	Run      runCmd      `cmd:"" default:"withargs" help:"Consume and deliver (the default command)."`
 	Status   statusCmd   `cmd:"" help:"Deliveries by integration and state, and parked queue depth per tenant."`

@@ -58,16 +58,16 @@ integrations:
 		t.Fatal(err)
 	}
 	for _, in := range c.cfg.Integrations {
-		if in.MaxBufferedBytes != 32<<20 || in.FetchMaxBytes != 4<<20 || in.FetchMaxPartitionBytes != 256<<10 {
-			t.Errorf("%s: defaults %d, %d, %d: want half of 64MiB, 4MiB, 256KiB", in.Name, in.MaxBufferedBytes, in.FetchMaxBytes, in.FetchMaxPartitionBytes)
+		if in.MaxBufferedBytes != 32<<20 || in.FetchMaxBytes != 4<<20 || in.FetchMaxPartitionBytes != 64<<10 {
+			t.Errorf("%s: defaults %d, %d, %d: want half of 64MiB, 4MiB, 64KiB", in.Name, in.MaxBufferedBytes, in.FetchMaxBytes, in.FetchMaxPartitionBytes)
 		}
 	}
 	c, err = parse([]string{"--config", write("max_buffered_bytes: 1 GB\n"), "--fetch-max-bytes", "4MiB"},
-		func(k string) string { return map[string]string{"FERRY_FETCH_MAX_PARTITION_BYTES": "65536"}[k] }, io.Discard)
+		func(k string) string { return map[string]string{"FERRY_FETCH_MAX_PARTITION_BYTES": "131072"}[k] }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if in := c.cfg.Integrations[1]; in.MaxBufferedBytes != 500_000_000 || in.FetchMaxBytes != 4<<20 || in.FetchMaxPartitionBytes != 65536 {
+	if in := c.cfg.Integrations[1]; in.MaxBufferedBytes != 500_000_000 || in.FetchMaxBytes != 4<<20 || in.FetchMaxPartitionBytes != 131072 {
 		t.Errorf("file, flag and environment not applied: %d, %d, %d", in.MaxBufferedBytes, in.FetchMaxBytes, in.FetchMaxPartitionBytes)
 	}
 	if _, err := parse([]string{"--config", write(""), "--max-buffered-bytes", "0"}, func(string) string { return "" }, io.Discard); err == nil ||
