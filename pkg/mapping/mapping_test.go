@@ -502,39 +502,30 @@ func TestOneIndexServesWritesAndATenantsRollback(t *testing.T) {
 		SELECT 'shop', 'product', 't' || i % 1000, 'p' || i, 'r' || i, 'active' FROM generate_series(1, 20000) i; ANALYZE ferry.mapping`); err != nil {
 		t.Fatal(err)
 	}
-	var indexes []string
-	rows, err := conn.Query(ctx, `SELECT indexname FROM pg_indexes WHERE schemaname = 'ferry' AND tablename = 'mapping' ORDER BY 1`)
-	if err != nil {
-		t.Fatal(err)
+	indexes := texts(t, conn, `SELECT indexname FROM pg_indexes WHERE schemaname = 'ferry' AND tablename = 'mapping' ORDER BY 1`)
+	if fmt.Sprint(indexes) != "[mapping_pkey]" {
+		t.Fatalf("ferry.mapping's indexes: %v, want the primary key alone", indexes)
 	}
-	for rows.Next() {
-		var name string
-		if err := rows.Scan(&name); err != nil {
-			t.Fatal(err)
-		}
-		indexes = append(indexes, name)
-	}
-	if rows.Close(); rows.Err() != nil || fmt.Sprint(indexes) != "[mapping_pkey]" {
-		t.Fatalf("ferry.mapping's indexes: %v (%v), want the primary key alone", indexes, rows.Err())
-	}
-	var plan strings.Builder
-	rows, err = conn.Query(ctx, "EXPLAIN "+forTenantSQL, "t7", "shop")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var line string
-		if err := rows.Scan(&line); err != nil {
-			t.Fatal(err)
-		}
-		plan.WriteString(line + "\n")
-	}
-	rows.Close()
-	if !strings.Contains(plan.String(), "mapping_pkey") || strings.Contains(plan.String(), "Seq Scan") {
-		t.Fatalf("a tenant's mappings are not read by the primary key:\n%s", plan.String())
+	plan := strings.Join(texts(t, conn, "EXPLAIN "+forTenantSQL, "t7", "shop"), "\n")
+	if !strings.Contains(plan, "mapping_pkey") || strings.Contains(plan, "Seq Scan") {
+		t.Fatalf("a tenant's mappings are not read by the primary key:\n%s", plan)
 	}
 	ms, err := s.ForTenant(ctx, "shop", "t7")
 	if err != nil || len(ms) != 20 {
 		t.Fatalf("ForTenant(t7): %d mappings, %v; want 20", len(ms), err)
 	}
+}
+
+// texts runs a query whose rows are one text column each.
+func texts(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) []string {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), sql, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
