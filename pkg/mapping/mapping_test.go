@@ -496,17 +496,17 @@ func TestIntentWrittenWithTheClaim(t *testing.T) {
 // writes; a tenant's rollback reads its mappings by the key's leading
 // columns instead of a second index or the whole table.
 func TestOneIndexServesWritesAndATenantsRollback(t *testing.T) {
-	s, _, conn, _ := groupCommitted(t)
+	s, _, pool, _ := groupCommitted(t)
 	ctx := context.Background()
-	if _, err := conn.Exec(ctx, `INSERT INTO ferry.mapping (integration, entity_type, tenant_id, local_id, remote_id, state)
+	if _, err := pool.Exec(ctx, `INSERT INTO ferry.mapping (integration, entity_type, tenant_id, local_id, remote_id, state)
 		SELECT 'shop', 'product', 't' || i % 1000, 'p' || i, 'r' || i, 'active' FROM generate_series(1, 20000) i; ANALYZE ferry.mapping`); err != nil {
 		t.Fatal(err)
 	}
-	indexes := texts(t, conn, `SELECT indexname FROM pg_indexes WHERE schemaname = 'ferry' AND tablename = 'mapping' ORDER BY 1`)
+	indexes := texts(t, pool, `SELECT indexname FROM pg_indexes WHERE schemaname = 'ferry' AND tablename = 'mapping' ORDER BY 1`)
 	if fmt.Sprint(indexes) != "[mapping_pkey]" {
 		t.Fatalf("ferry.mapping's indexes: %v, want the primary key alone", indexes)
 	}
-	plan := strings.Join(texts(t, conn, "EXPLAIN "+forTenantSQL, "t7", "shop"), "\n")
+	plan := strings.Join(texts(t, pool, "EXPLAIN "+forTenantSQL, "t7", "shop"), "\n")
 	if !strings.Contains(plan, "mapping_pkey") || strings.Contains(plan, "Seq Scan") {
 		t.Fatalf("a tenant's mappings are not read by the primary key:\n%s", plan)
 	}

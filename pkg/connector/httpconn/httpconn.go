@@ -153,7 +153,7 @@ func (c *Connector) start(req connector.Request) (*delivery, error) {
 		"event_id": ev.ID, "tenant_id": ev.TenantID, "event_type": ev.EventType, "aggregate_type": ev.AggregateType,
 		"aggregate_id": ev.AggregateID, "payload": payload, "headers": headers, "remote_id": "",
 		"ids": map[string]any{}, "parents": map[string]any{}, "steps": d.steps, "idempotency_key": req.IdempotencyKey,
-		"cloudevent": cloudEventOf(ev), "local_id": "", // set below; here, the map is made for all of them
+		"cloudevent": cloudEventOf(ev), "local_id": "", // set below; listed so that the map is made big enough for it
 	}
 	local, err := render(e.id, d.data)
 	if err != nil || local == "" {

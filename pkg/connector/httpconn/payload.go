@@ -3,9 +3,8 @@ package httpconn
 import (
 	"encoding/json"
 	"slices"
-	"unicode/utf8"
-
 	"text/template/parse"
+	"unicode/utf8"
 
 	"github.com/ferry-cdc/ferry/internal/jsonscan"
 )
