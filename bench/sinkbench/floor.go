@@ -13,13 +13,14 @@ import (
 	"github.com/ferry-cdc/ferry/pkg/connector/webhook"
 )
 
-// httpFloor measures what slowConcurrency plain HTTP clients (the sink's
-// HTTP client, nothing else) get from the same 20 ms partner with nothing
-// else running: the most any sink could achieve on this machine. It returns the rate and the mean call time in
-// seconds.
-func httpFloor(bin string) (float64, float64, error) {
+// httpFloor measures what clients plain HTTP clients (the sink's HTTP
+// client, nothing else: no Kafka, no delivery log) get from the partner
+// started with partner's flags, with nothing else running: the most any
+// sink making that many calls at once could achieve on this machine. It
+// returns the rate and the mean call time in seconds.
+func httpFloor(bin string, partner []string, clients int) (float64, float64, error) {
 	addr := benchutil.FreeAddr()
-	p, err := start(filepath.Join(bin, "partnersim"), append([]string{"-addr", addr, "-discard"}, slowPartner...)...)
+	p, err := start(filepath.Join(bin, "partnersim"), append([]string{"-addr", addr, "-discard"}, partner...)...)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -33,7 +34,7 @@ func httpFloor(bin string) (float64, float64, error) {
 	stop := time.Now().Add(d)
 	var n, total atomic.Int64
 	var wg sync.WaitGroup
-	for range slowConcurrency {
+	for range clients {
 		wg.Go(func() {
 			for time.Now().Before(stop) {
 				s := time.Now()
