@@ -575,7 +575,7 @@ func mappedRun(ctx context.Context, cl *pgtest.Cluster, bin, name string, n int,
 		if i >= n {
 			typ = "product.updated"
 		}
-		tenant := fmt.Sprintf("tenant-%04d", obj%*mappedTenants)
+		tenant := tenantOf(obj, *mappedTenants)
 		kc.Produce(ctx, &kgo.Record{Topic: "outbox.product", Key: []byte(tenant), Value: payload, Headers: []kgo.RecordHeader{
 			{Key: "event_id", Value: []byte("e-" + strconv.Itoa(i))}, {Key: "tenant_id", Value: []byte(tenant)},
 			{Key: "event_type", Value: []byte(typ)}, {Key: "aggregate_type", Value: []byte("product")},
@@ -670,7 +670,12 @@ func printStatements(ctx context.Context, url, name string) error {
 	return rows.Err()
 }
 
-func tenantN(i int) string { return fmt.Sprintf("tenant-%04d", i%1000) }
+// tenantOf names the tenant of event (or object) i spread over n
+// tenants: tenant-0000, tenant-0001, ... (four digits or more).
+func tenantOf(i, n int) string { return fmt.Sprintf("tenant-%04d", i%n) }
+
+// tenantN is tenantOf over the rate runs' 1,000 tenants.
+func tenantN(i int) string { return tenantOf(i, 1000) }
 
 // failingPair runs pair i of the 0 ms partner run and the run with one
 // tenant of 1,000 failing every call (databases prefix_fast_i and
