@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ferry-cdc/ferry/internal/groupcommit"
+	"github.com/ferry-cdc/ferry/internal/pgtest"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 )
 
@@ -118,20 +119,7 @@ func TestBatchedUpdatesUseThePrimaryKey(t *testing.T) {
 		t.Fatalf("the log's other connections plan with enable_seqscan %q (%v), want on", seqscan, err)
 	}
 	for _, g := range groupcommit.Groups(ops) {
-		rows, err := l.b.Pool().Query(ctx, "EXPLAIN "+g.Stmt.SQL, g.Stmt.Args(g.Ops)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var plan []string
-		for rows.Next() {
-			var line string
-			if err := rows.Scan(&line); err != nil {
-				t.Fatal(err)
-			}
-			plan = append(plan, line)
-		}
-		rows.Close()
-		text := strings.Join(plan, "\n")
+		text := strings.Join(pgtest.Texts(t, l.b.Pool(), "EXPLAIN "+g.Stmt.SQL, g.Stmt.Args(g.Ops)...), "\n")
 		if !strings.Contains(text, "Index Scan using delivery_pkey") || strings.Contains(text, "Seq Scan on delivery") {
 			t.Fatalf("%s plans a scan of the log:\n%s", g.Stmt.Name, text)
 		}

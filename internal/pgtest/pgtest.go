@@ -132,3 +132,24 @@ func sanitize(s string) string {
 	}
 	return b.String()
 }
+
+// Querier is what Texts reads with: a pool, a connection or a
+// transaction.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// Texts runs sql and returns its rows' one text column (an EXPLAIN's
+// plan lines, a list of names); it fails t on any error.
+func Texts(t testing.TB, q Querier, sql string, args ...any) []string {
+	t.Helper()
+	rows, err := q.Query(context.Background(), sql, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}

@@ -31,9 +31,7 @@ func TestGuarantee2_UnloadableParkedRecordsKeepThePartitionPaused(t *testing.T) 
 	cfg := e.config("    park_after: 100ms\n    breaker: {failures: 100, window: 100}\n")
 	stop := e.start("--config", cfg, "--postgres-statement-timeout", "300ms")
 	waitFor(t, time.Minute, "the failing tenant parked", func() bool {
-		var parked int
-		err := e.conn.QueryRow(ctx, `SELECT count(*) FROM ferry.parked_event WHERE tenant_id = 'bad'`).Scan(&parked)
-		return err == nil && parked == 10
+		return e.parkedCount("bad") == 10
 	})
 	if code, stderr := stop(); code != 0 {
 		t.Fatalf("sink exited %d: %s", code, stderr)

@@ -502,11 +502,11 @@ func TestOneIndexServesWritesAndATenantsRollback(t *testing.T) {
 		SELECT 'shop', 'product', 't' || i % 1000, 'p' || i, 'r' || i, 'active' FROM generate_series(1, 20000) i; ANALYZE ferry.mapping`); err != nil {
 		t.Fatal(err)
 	}
-	indexes := texts(t, pool, `SELECT indexname FROM pg_indexes WHERE schemaname = 'ferry' AND tablename = 'mapping' ORDER BY 1`)
+	indexes := pgtest.Texts(t, pool, `SELECT indexname FROM pg_indexes WHERE schemaname = 'ferry' AND tablename = 'mapping' ORDER BY 1`)
 	if fmt.Sprint(indexes) != "[mapping_pkey]" {
 		t.Fatalf("ferry.mapping's indexes: %v, want the primary key alone", indexes)
 	}
-	plan := strings.Join(texts(t, pool, "EXPLAIN "+forTenantSQL, "t7", "shop"), "\n")
+	plan := strings.Join(pgtest.Texts(t, pool, "EXPLAIN "+forTenantSQL, "t7", "shop"), "\n")
 	if !strings.Contains(plan, "mapping_pkey") || strings.Contains(plan, "Seq Scan") {
 		t.Fatalf("a tenant's mappings are not read by the primary key:\n%s", plan)
 	}
@@ -514,18 +514,4 @@ func TestOneIndexServesWritesAndATenantsRollback(t *testing.T) {
 	if err != nil || len(ms) != 20 {
 		t.Fatalf("ForTenant(t7): %d mappings, %v; want 20", len(ms), err)
 	}
-}
-
-// texts runs a query whose rows are one text column each.
-func texts(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) []string {
-	t.Helper()
-	rows, err := pool.Query(context.Background(), sql, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
