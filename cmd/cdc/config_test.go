@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferry-cdc/ferry/internal/testutil"
 )
 
 func writeFile(t *testing.T, body string) string {
@@ -83,7 +85,7 @@ func TestHelpExplainsSettings(t *testing.T) {
 // keeps retrying, and its one log line per outage says what to check
 // (and never prints the password).
 func TestUnreachableKafkaAndPostgresSayWhatToDo(t *testing.T) {
-	dead := freeAddr(t) // nothing listens there
+	dead := testutil.DeadAddr(t) // refuses connections
 	e := newEnv(t)
 	for _, c := range []struct{ pg, brokers, want string }{
 		{e.db, dead, "cannot reach Kafka brokers"},
@@ -95,7 +97,10 @@ func TestUnreachableKafkaAndPostgresSayWhatToDo(t *testing.T) {
 		go func() {
 			done <- run(ctx, []string{"run", "--postgres-url", c.pg, "--brokers", c.brokers, "--slot", e.slot, "--admin-addr", "off", "--reconnect-max", "500ms"}, noenv, &bytes.Buffer{}, &stderr)
 		}()
-		waitFor(t, 30*time.Second, "the reconnect log line", func() bool { return strings.Contains(stderr.String(), c.want) })
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(stderr.String(), c.want) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
 		exited := false
 		select {
 		case <-done:
@@ -104,6 +109,9 @@ func TestUnreachableKafkaAndPostgresSayWhatToDo(t *testing.T) {
 		}
 		cancel()
 		code := <-done
+		if !strings.Contains(stderr.String(), c.want) {
+			t.Fatalf("no %q logged in 30s; stderr:\n%s", c.want, stderr.String())
+		}
 		if exited || code != 0 || strings.Contains(stderr.String(), "secret") {
 			t.Fatalf("exited by itself %v, code %d; want it running until stopped, then 0, and no password; stderr:\n%s", exited, code, stderr.String())
 		}

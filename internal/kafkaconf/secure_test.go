@@ -3,7 +3,6 @@ package kafkaconf
 import (
 	"context"
 	"crypto/tls"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/ferry-cdc/ferry/internal/kafkatest"
 	"github.com/ferry-cdc/ferry/internal/retry"
+	"github.com/ferry-cdc/ferry/internal/testutil"
 )
 
 // client builds a client from cfg and closes it when the test ends.
@@ -112,16 +112,11 @@ func TestUntrustedBrokerCertificateIsPermanentAndNamesTLS(t *testing.T) {
 }
 
 func TestBrokerDownIsNotPermanent(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close() // nothing listens there now: connection refused
+	addr := testutil.DeadAddr(t) // connection refused
 	cfg := Config{Brokers: []string{addr}, TLS: TLS{Enabled: true}, SASL: SASL{Mechanism: MechanismSCRAMSHA512, Username: "u", Password: "p"}}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err = cfg.Ping(ctx, client(t, cfg))
+	err := cfg.Ping(ctx, client(t, cfg))
 	if err == nil || retry.IsPermanent(err) {
 		t.Fatalf("got %v; want a retriable error", err)
 	}

@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ferry-cdc/ferry/internal/partnersim"
+	"github.com/ferry-cdc/ferry/internal/testutil"
 )
 
 // send makes one raw request to the admin server: host, when not empty,
@@ -135,10 +135,9 @@ func TestSecrets_NeverStoredLoggedOrShown(t *testing.T) {
 	e.sim.AddRule(partnersim.Rule{Tenant: "acme", Status: 422, Reason: "acme is not welcome"})
 	cfgPath := e.shopConfig("")
 	t.Setenv("SHOP_TOKEN", partnerSecret)
-	closed := httptest.NewServer(http.NotFoundHandler())
-	closed.Close() // nothing listens there: every call is a transport error
+	dead := "http://" + testutil.DeadAddr(t) // every call is a transport error
 	t.Setenv("FERRY_TEST_HOOK_URL", e.simURL+"/v1/events?token="+hookSecret)
-	t.Setenv("FERRY_TEST_DEAD_HOOK_URL", closed.URL+"/hook?sig="+deadSecret)
+	t.Setenv("FERRY_TEST_DEAD_HOOK_URL", dead+"/hook?sig="+deadSecret)
 	sep := "?"
 	if strings.Contains(e.db, "?") {
 		sep = "&"

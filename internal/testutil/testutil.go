@@ -6,7 +6,9 @@ package testutil
 import (
 	"bytes"
 	"net"
+	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -32,6 +34,30 @@ func FreeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// DeadAddr returns a 127.0.0.1:port that refuses connections for the
+// rest of the test. A port FreeAddr returned, or a closed listener's, is
+// free for anyone: another test process may listen on it (a broker, a
+// partner) a moment later, and the "dead" server answers. DeadAddr keeps
+// a socket bound to its port without listening (and without
+// SO_REUSEADDR), so that no one else can bind it, and a connection is
+// refused.
+func DeadAddr(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
 }
 
 // SyncBuffer is a bytes.Buffer safe for concurrent Write and String.

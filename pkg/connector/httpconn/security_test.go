@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/ferry-cdc/ferry/internal/partnersim"
+	"github.com/ferry-cdc/ferry/internal/testutil"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 	"github.com/ferry-cdc/ferry/pkg/connector/connectortest"
 )
@@ -178,9 +179,7 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 
 // Transport errors are stored without their URL (it may carry a token).
 func TestTransportErrorsCarryNoURL(t *testing.T) {
-	srv := httptest.NewServer(http.NotFoundHandler())
-	base := srv.URL
-	srv.Close() // nothing listens there now
+	base := "http://" + testutil.DeadAddr(t) // refuses connections
 	cfg := example(t, "shop")
 	c := newConn(t, cfg, base)
 	_, err := c.Deliver(context.Background(), req(event("e1", "product.created", "product", "p1", `{"name": "Lamp", "price": 1, "currency": "EUR"}`), connectortest.NewMemMappings()))
