@@ -97,10 +97,7 @@ func TestUnreachableKafkaAndPostgresSayWhatToDo(t *testing.T) {
 		go func() {
 			done <- run(ctx, []string{"run", "--postgres-url", c.pg, "--brokers", c.brokers, "--slot", e.slot, "--admin-addr", "off", "--reconnect-max", "500ms"}, noenv, &bytes.Buffer{}, &stderr)
 		}()
-		deadline := time.Now().Add(30 * time.Second)
-		for !strings.Contains(stderr.String(), c.want) && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
+		logged := testutil.Eventually(30*time.Second, func() bool { return strings.Contains(stderr.String(), c.want) })
 		exited := false
 		select {
 		case <-done:
@@ -109,7 +106,7 @@ func TestUnreachableKafkaAndPostgresSayWhatToDo(t *testing.T) {
 		}
 		cancel()
 		code := <-done
-		if !strings.Contains(stderr.String(), c.want) {
+		if !logged {
 			t.Fatalf("no %q logged in 30s; stderr:\n%s", c.want, stderr.String())
 		}
 		if exited || code != 0 || strings.Contains(stderr.String(), "secret") {

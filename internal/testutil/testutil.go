@@ -16,13 +16,22 @@ import (
 // WaitFor polls cond until it holds, failing the test after ceiling.
 func WaitFor(t *testing.T, ceiling time.Duration, what string, cond func() bool) {
 	t.Helper()
+	if !Eventually(ceiling, cond) {
+		t.Fatalf("timed out after %s waiting for %s", ceiling, what)
+	}
+}
+
+// Eventually polls cond until it holds or ceiling passes, and reports
+// whether it held: for a test that must clean up before it fails.
+func Eventually(ceiling time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(ceiling)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", ceiling, what)
+			return false
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return true
 }
 
 // FreeAddr returns a free 127.0.0.1:port.
