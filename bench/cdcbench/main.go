@@ -47,24 +47,40 @@ var (
 	resyncChunk               int
 	pgLog                     string
 	resyncLockRef             bool
+	resyncControl             bool
 )
 
 // resyncRuns runs the resync-under-writes run repeat times with
-// watermarks and, as a reference, the way resync used to lock the outbox
-// (in turns, so each pair sees the same machine).
+// watermarks and, in turns with it, as references: the same run with no
+// resync at all for as long as the resync took (the control: what the
+// machine alone does to a p99 over a window that long), and the way
+// resync used to lock the outbox, so each set sees the same machine.
 func resyncRuns(ctx context.Context, cl *pgtest.Cluster, bin string, repeat int) ([]resyncResult, error) {
 	var rs []resyncResult
-	for i := range 2 * repeat {
-		lock := i%2 == 1
-		if lock && !resyncLockRef {
-			continue
-		}
-		r, err := resyncUnderWrites(ctx, cl, bin, resyncObjects, resyncRate, resyncBaseline, lock)
+	run := func(w way, control time.Duration) (resyncResult, error) {
+		r, err := resyncUnderWrites(ctx, cl, bin, resyncObjects, resyncRate, resyncBaseline, w, control)
 		if err != nil {
-			return nil, fmt.Errorf("resync under writes (%s): %w", r.how, err)
+			return r, fmt.Errorf("resync under writes (%s): %w", r.how, err)
 		}
 		fmt.Fprintln(os.Stderr, r)
 		rs = append(rs, r)
+		return r, nil
+	}
+	for range repeat {
+		r, err := run(watermarks, 0)
+		if err != nil {
+			return nil, err
+		}
+		if resyncControl {
+			if _, err := run(noResync, time.Duration(r.resyncSecs*float64(time.Second))); err != nil {
+				return nil, err
+			}
+		}
+		if resyncLockRef {
+			if _, err := run(shareLock, 0); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return rs, nil
 }
@@ -105,6 +121,7 @@ func main() {
 	flag.StringVar(&pgLog, "pg-log", "", "write Postgres' log here, with autovacuum runs, checkpoints and statements over 200 ms")
 	flag.IntVar(&resyncChunk, "resync-chunk", 0, "the resync's outbox.resync_chunk (0: cdc's default)")
 	flag.BoolVar(&resyncLockRef, "resync-lock-ref", true, "run the share-lock reference in turns with the resync runs")
+	flag.BoolVar(&resyncControl, "resync-control", true, "after each resync run, run the control: the same writers for as long, with no resync")
 	flag.Parse()
 	ctx := context.Background()
 	var counts []int

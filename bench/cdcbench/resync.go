@@ -25,7 +25,8 @@ import (
 // objects.
 type resyncResult struct {
 	objects              int
-	how                  string // "watermarks" (cdc resync) or "share lock" (the old way, as a reference)
+	way                  way
+	how                  string // the way, with its settings
 	baseP50, baseP99     time.Duration
 	duringP50, duringP99 time.Duration
 	duringMax            time.Duration
@@ -35,6 +36,15 @@ type resyncResult struct {
 	published            float64 // resync events cdc published
 }
 
+// way is what a resync-under-writes run does between its baselines.
+type way int
+
+const (
+	watermarks way = iota // cdc resync
+	noResync              // nothing: the control
+	shareLock             // what resync did before watermarks
+)
+
 // resyncUnderWrites fills one tenant ("big") with objects objects, runs
 // cdc live, and has 4 clients insert other tenants' events at rate per
 // second: for baseline, then while `cdc resync --tenant big` runs, then
@@ -42,9 +52,11 @@ type resyncResult struct {
 // latency drifts over minutes). With
 // shareLock it instead runs what resync did before watermarks (one
 // transaction: LOCK TABLE outbox IN SHARE MODE, then emit every object's
-// latest event) so the two can be compared on the same machine.
-func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, objects, rate int, baseline time.Duration, shareLock bool) (resyncResult, error) {
-	r := resyncResult{objects: objects, how: "watermarks"}
+// latest event) so the two can be compared on the same machine. With
+// noResync it runs nothing for control (as long as the resync it stands
+// beside took): what p99 ratio a window that long gives with no resync.
+func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, objects, rate int, baseline time.Duration, w way, control time.Duration) (resyncResult, error) {
+	r := resyncResult{objects: objects, way: w}
 	switch {
 	case resyncCap > 0:
 		r.how = fmt.Sprintf("watermarks, resync_rate %.0f/s", resyncCap)
@@ -56,12 +68,14 @@ func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, obje
 	if resyncChunk > 0 {
 		r.how += fmt.Sprintf(", resync_chunk %d", resyncChunk)
 	}
-	if shareLock {
-		r.how = "share lock (before)"
-	}
 	name := "bench_resync"
-	if shareLock {
+	switch w {
+	case shareLock:
+		r.how = "share lock (before)"
 		name += "_lock"
+	case noResync:
+		r.how = "no resync (control)"
+		name += "_control"
 	}
 	url, conn, done, err := scratchDB(ctx, cl, bin, name)
 	if err != nil {
@@ -135,7 +149,13 @@ func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, obje
 		go func(file string) { time.Sleep(5 * time.Second); profile(admin, file) }(cdcProfile)
 		cdcProfile = ""
 	}
-	if shareLock {
+	switch w {
+	case noResync:
+		select {
+		case <-time.After(control):
+		case err = <-errs:
+		}
+	case shareLock:
 		err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, `LOCK TABLE outbox IN SHARE MODE`); err != nil {
 				return err
@@ -148,7 +168,7 @@ func resyncUnderWrites(ctx context.Context, cl *pgtest.Cluster, bin string, obje
 					FROM outbox WHERE tenant_id = 'big' ORDER BY aggregate_type, aggregate_id, seq DESC) l ORDER BY seq) x`)
 			return err
 		})
-	} else {
+	default:
 		var out []byte
 		args := []string{"resync", "--postgres-url", url, "--integration", "bench", "--tenant", "big"}
 		if resyncCap != 0 {
@@ -231,24 +251,26 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 func renderResync(rs []resyncResult) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n## Resync while other tenants write (cdc)\n\n")
-	fmt.Fprintf(&b, "One tenant with %d objects is resynced (`cdc resync` with its default chunks: 2000 objects, or a twentieth of a second's when capped) while 4 clients insert other tenants' events at %d/s (single-row transactions); the latency of those inserts, client-side, from when each was due (so inserts held up behind a slow one count), for %s before the resync, during it (until cdc confirmed it all) and for as long after it (the baseline is before and after together). The share-lock rows run what resync did before watermarks (one transaction: `LOCK TABLE outbox IN SHARE MODE`, then every object's latest event), in turns with the watermark runs. Target (issue 14): p99 during at most 2x the baseline.\n\n",
+	fmt.Fprintf(&b, "One tenant with %d objects is resynced (`cdc resync` with its default chunks: 2000 objects, or a twentieth of a second's when capped) while 4 clients insert other tenants' events at %d/s (single-row transactions); the latency of those inserts, client-side, from when each was due (so inserts held up behind a slow one count), for %s before the resync, during it (until cdc confirmed it all) and for as long after it (the baseline is before and after together). The control rows run the same writers with no resync at all, for as long as the resync before them took: the ratio the machine alone gives over a window that long. The share-lock rows run what resync did before watermarks (one transaction: `LOCK TABLE outbox IN SHARE MODE`, then every object's latest event), in turns with the watermark runs. Target (issue 14): p99 during at most 2x the baseline.\n\n",
 		rs[0].objects, resyncRate, resyncBaseline)
 	b.WriteString("| resync | took (writing it) | inserts before and after: p50 / p99 | during: p50 / p99 / max | p99 during / before |\n|---|---|---|---|---|\n")
-	ratios := map[string][]float64{}
+	ratios := map[way][]float64{}
+	hows := map[way]string{}
 	for _, r := range rs {
 		ratio := ms(r.duringP99) / ms(r.baseP99)
-		ratios[r.how] = append(ratios[r.how], ratio)
+		ratios[r.way] = append(ratios[r.way], ratio)
+		hows[r.way] = r.how
 		fmt.Fprintf(&b, "| %s | %.1f s (%.1f s) | %.2f / %.2f ms (%d) | %.2f / %.2f / %.0f ms (%d) | %.2fx |\n",
 			r.how, r.resyncSecs, r.serverSecs, ms(r.baseP50), ms(r.baseP99), r.baseN, ms(r.duringP50), ms(r.duringP99), ms(r.duringMax), r.duringN, ratio)
 	}
 	b.WriteString("\n")
-	for _, how := range []string{rs[0].how, "share lock (before)"} {
-		if vs := ratios[how]; len(vs) > 0 {
+	for _, w := range []way{watermarks, noResync, shareLock} {
+		if vs := ratios[w]; len(vs) > 0 {
 			var each []string
 			for _, v := range vs {
 				each = append(each, fmt.Sprintf("%.2f", v))
 			}
-			fmt.Fprintf(&b, "- %s: median p99 ratio %.2fx (runs: %s)\n", how, benchutil.Median(vs), strings.Join(each, ", "))
+			fmt.Fprintf(&b, "- %s: median p99 ratio %.2fx (runs: %s)\n", hows[w], benchutil.Median(vs), strings.Join(each, ", "))
 		}
 	}
 	return b.String()
