@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"strings"
 	"sync"
@@ -576,8 +577,11 @@ func (e *Engine) deliverEvent(ctx context.Context, tp lane.TP, rec *kgo.Record, 
 	case !e.cfg.handles(ev.EventType):
 		skip = "no handler for event type " + ev.EventType + " in this integration"
 	}
+	// The copy the log keeps for a redrive carries the resync marker, so
+	// a redriven resync event is delivered as one (an upsert).
+	kept := withResync(ev, resync)
 	if skip != "" {
-		if err := e.dlog.Ignore(ctx, e.cfg.Name, ev, src, skip); err != nil {
+		if err := e.dlog.Ignore(ctx, e.cfg.Name, kept, src, skip); err != nil {
 			return e.dbTrouble(err)
 		}
 		e.m.Deliveries.WithLabelValues(e.cfg.Name, "skipped").Inc()
@@ -620,7 +624,7 @@ func (e *Engine) deliverEvent(ctx context.Context, tp lane.TP, rec *kgo.Record, 
 			}
 		}
 	}
-	att, err := e.dlog.Begin(ctx, e.cfg.Name, ev, src, claim...)
+	att, err := e.dlog.Begin(ctx, e.cfg.Name, kept, src, claim...)
 	var nc *delivery.ErrNotClaimed
 	switch {
 	case errors.As(err, &nc) && nc.Held():
@@ -983,6 +987,20 @@ func decode(r *kgo.Record) (ev connector.Event, resync, bad string) {
 		return ev, resync, fmt.Sprintf("%v at %s/%d offset %d", problems, r.Topic, r.Partition, r.Offset)
 	}
 	return ev, resync, ""
+}
+
+// withResync returns ev with the resync marker among its headers (a
+// copy of them), as the delivery log stores it; ev itself when resync is
+// "". deliverRedrive takes the marker back out.
+func withResync(ev connector.Event, resync string) connector.Event {
+	if resync == "" {
+		return ev
+	}
+	h := make(map[string]string, len(ev.Headers)+1)
+	maps.Copy(h, ev.Headers)
+	h[route.HeaderResync] = resync
+	ev.Headers = h
+	return ev
 }
 
 // Per-event deadline headers: an outbox row's headers may carry either

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ferry-cdc/ferry/internal/delivery"
 	"github.com/ferry-cdc/ferry/internal/lane"
+	"github.com/ferry-cdc/ferry/internal/route"
 	"github.com/ferry-cdc/ferry/pkg/connector"
 )
 
@@ -108,7 +109,9 @@ func (e *Engine) deliverRedrive(ctx context.Context, tp lane.TP, it *lane.Item, 
 		// logs; its commit time is not kept (a redrive's retry.max_age
 		// runs from the redrive).
 		rec := &kgo.Record{Topic: src.Topic, Partition: src.Partition, Offset: src.Offset, Key: []byte(it.Key)}
-		out = e.deliverEvent(ctx, tp, rec, ev, "", unusable(ev))
+		resync := ev.Headers[route.HeaderResync] // a resync event stays one (withResync)
+		delete(ev.Headers, route.HeaderResync)
+		out = e.deliverEvent(ctx, tp, rec, ev, resync, unusable(ev))
 	} else {
 		e.log.Warn("redrive request without a stored copy of its event; closed", "event_id", ref.eventID)
 	}

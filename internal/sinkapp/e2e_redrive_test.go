@@ -3,13 +3,17 @@ package sinkapp
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/user"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/ferry-cdc/ferry/internal/delivery"
 	"github.com/ferry-cdc/ferry/internal/partnersim"
+	"github.com/ferry-cdc/ferry/internal/route"
 )
 
 // Under on_reject: skip the lane has moved on past a rejected event; an
@@ -218,5 +222,72 @@ func TestRedriveOfARejectionUsesANewIdempotencyKey(t *testing.T) {
 	}
 	if got := keys["initech"]; len(got) != 3 || !strings.HasPrefix(got[2], "shop:initech-1 201") {
 		t.Errorf("initech's requests: %v, want two 503s and the redrive under the same key shop:initech-1", got)
+	}
+}
+
+// A resync event's stored copy keeps its resync marker: rejected, then
+// retried by an operator, it is delivered as a resync event again (an
+// upsert), not as the plain update its event type names. With no_upsert
+// set the difference shows: an update of an object with no mapping is
+// refused, while the resync's upsert creates it. The same holds for a
+// resync event skipped by the tenant switch and retried once the tenant
+// is on again.
+func TestRedriveOfAResyncEventIsAResyncAgain(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	e.sim.AddRule(partnersim.Rule{Tenant: "acme", Method: "POST", Status: 422, Reason: "name taken"})
+	cfg := e.shopConfig("    on_reject: skip\n")
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withNoUpsert := strings.Replace(string(b), "      timeout: 5s\n", "      timeout: 5s\n      no_upsert: true\n", 1)
+	if withNoUpsert == string(b) {
+		t.Fatal("examples/shop.yaml's connector has no 'timeout: 5s' line to put no_upsert after")
+	}
+	if err := os.WriteFile(cfg, []byte(withNoUpsert), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	resync := kgo.RecordHeader{Key: route.HeaderResync, Value: []byte("shop")}
+	e.emit("acme", "acme-7:resync:1", "product.updated", "product", "p1", product("lamp", 10), resync)
+	// A plain update of an unmapped object: refused under no_upsert (the
+	// test's control: the marker is what makes the difference).
+	e.emit("acme", "acme-8", "product.updated", "product", "p2", product("desk", 20))
+	e.start("--config", cfg)
+	waitFor(t, time.Minute, "the resync event rejected by the partner, the plain update by no_upsert", func() bool {
+		return e.state("acme-7:resync:1") == "rejected" && e.state("acme-8") == "rejected"
+	})
+	e.sim.ClearRules()
+
+	code, out, errOut := e.runCmd("retry", "--integration", "shop", "--event", "acme-7:resync:1", "--reason", "name freed")
+	if code != 0 || !strings.Contains(out, "acme-7:resync:1 (tenant acme, was rejected): now succeeded") {
+		t.Fatalf("retry of the resync event: %d\n%s\n%s", code, out, errOut)
+	}
+	if it, ok := itemsOf(e.sim, "acme")["p1"]; !ok || it.Fields["name"] != "lamp" {
+		t.Fatalf("p1 at the partner after the redrive: %+v (present %v), want created by the resync's upsert", it, ok)
+	}
+	if remote, state := e.mappingOf("product", "acme", "p1"); state != "active" || remote == "" {
+		t.Fatalf("p1's mapping: %q %s", remote, state)
+	}
+	code, out, errOut = e.runCmd("retry", "--integration", "shop", "--event", "acme-8")
+	if !strings.Contains(out, "acme-8 (tenant acme, was rejected): now rejected") {
+		t.Fatalf("retry of the plain update: %d\n%s\n%s, want refused again under no_upsert", code, out, errOut)
+	}
+
+	// Skipped by the switch, retried once the tenant is on: still a resync.
+	if code, out, errOut := e.runCmd("tenants", "disable", "--integration", "shop", "--tenant", "globex", "--config", cfg); code != 0 {
+		t.Fatalf("disable: %s %s", out, errOut)
+	}
+	e.emit("globex", "globex-3:resync:2", "product.updated", "product", "p3", product("sofa", 30), resync)
+	waitFor(t, time.Minute, "the resync event skipped by the switch", func() bool { return e.state("globex-3:resync:2") == "skipped" })
+	// (No cdc runs here: the resync request enabling files stays unserved.)
+	if code, out, errOut := e.runCmd("tenants", "enable", "--integration", "shop", "--tenant", "globex", "--wait", "0s"); code != 0 {
+		t.Fatalf("enable: %d %s %s", code, out, errOut)
+	}
+	code, out, errOut = e.runCmd("retry", "--integration", "shop", "--event", "globex-3:resync:2", "--wait", "20s")
+	if code != 0 || !strings.Contains(out, "globex-3:resync:2 (tenant globex, was skipped): now succeeded") {
+		t.Fatalf("retry of the skipped resync event: %d\n%s\n%s", code, out, errOut)
+	}
+	if it, ok := itemsOf(e.sim, "globex")["p3"]; !ok || it.Fields["name"] != "sofa" {
+		t.Fatalf("p3 at the partner: %+v (present %v)", it, ok)
 	}
 }

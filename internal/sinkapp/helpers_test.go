@@ -112,15 +112,15 @@ func (e *env) badBesideGood() (good string, part int32) {
 	return good, part
 }
 
-// emit produces an event as cdc would, on outbox.<aggregate type>, and
-// returns the partition it landed on.
-func (e *env) emit(tenant, eventID, eventType, aggType, aggID, payload string) int32 {
+// emit produces an event as cdc would, on outbox.<aggregate type>, with
+// any extra headers, and returns the partition it landed on.
+func (e *env) emit(tenant, eventID, eventType, aggType, aggID, payload string, extra ...kgo.RecordHeader) int32 {
 	e.t.Helper()
-	rec := &kgo.Record{Topic: e.kafka.TopicPrefix + "outbox." + aggType, Key: []byte(tenant), Value: []byte(payload), Headers: []kgo.RecordHeader{
+	rec := &kgo.Record{Topic: e.kafka.TopicPrefix + "outbox." + aggType, Key: []byte(tenant), Value: []byte(payload), Headers: append([]kgo.RecordHeader{
 		{Key: "event_id", Value: []byte(eventID)}, {Key: "tenant_id", Value: []byte(tenant)},
 		{Key: "event_type", Value: []byte(eventType)}, {Key: "aggregate_type", Value: []byte(aggType)},
 		{Key: "aggregate_id", Value: []byte(aggID)}, {Key: "commit_lsn", Value: []byte("0/16B3748")},
-	}}
+	}, extra...)}
 	res := e.prod.ProduceSync(context.Background(), rec)
 	if err := res.FirstErr(); err != nil {
 		e.t.Fatalf("produce: %v", err)
