@@ -110,7 +110,7 @@ func serve(ctx context.Context, conn *pgx.Conn, cfg Config, req request, log *sl
 	if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, $2)`, WatermarkPrefix, markOf("low")); err != nil {
 		return 0, fmt.Errorf("resync %d: write the low watermark: %w", req.id, err)
 	}
-	if err := waitRunning(ctx, conn, req, log); err != nil {
+	if err := waitRunning(ctx, conn, req, log, markOf("alive")); err != nil {
 		return 0, err
 	}
 	total, err := emitChunks(ctx, conn, cfg, req, markOf)
@@ -279,22 +279,44 @@ func clearWork(ctx context.Context, tx pgx.Tx, request int64) error {
 	return err
 }
 
-// waitRunning waits until every transaction running now has ended.
-func waitRunning(ctx context.Context, conn *pgx.Conn, req request, log *slog.Logger) error {
+// aliveEvery is how often a resync waiting for running transactions
+// writes an alive mark (non-transactional, like the low mark): the
+// reader keeps the window open while it sees them, so a transaction open
+// longer than windowIdle delays the resync but does not make the reader
+// give its window up (and drop its events).
+var aliveEvery = windowIdle / 6
+
+// waitRunning waits until every transaction running now has ended,
+// writing alive, the request's alive mark, every aliveEvery meanwhile.
+func waitRunning(ctx context.Context, conn *pgx.Conn, req request, log *slog.Logger, alive string) error {
+	// The snapshot's in-progress list leaves out running transactions
+	// whose ids are at or above its xmax (xmax is one past the latest
+	// completed id, not the next id to assign): an id taken in the same
+	// statement bounds them.
 	var snap string
-	if err := conn.QueryRow(ctx, `SELECT pg_current_snapshot()::text`).Scan(&snap); err != nil {
+	var next int64
+	if err := conn.QueryRow(ctx, `SELECT pg_current_snapshot()::text, pg_current_xact_id()::text::bigint`).Scan(&snap, &next); err != nil {
 		return fmt.Errorf("resync %d: read the running transactions: %w", req.id, err)
 	}
-	start, wait, logged := time.Now(), 5*time.Millisecond, time.Now()
+	start, wait, logged, marked := time.Now(), 5*time.Millisecond, time.Now(), time.Now()
 	for {
 		var running int
 		var oldest *string
-		if err := conn.QueryRow(ctx, `SELECT count(*), min(x::text) FROM pg_snapshot_xip($1::pg_snapshot) x
-			WHERE NOT pg_visible_in_snapshot(x, pg_current_snapshot())`, snap).Scan(&running, &oldest); err != nil {
+		if err := conn.QueryRow(ctx, `SELECT count(*), min(x::text) FROM (
+				SELECT x FROM pg_snapshot_xip($1::pg_snapshot) x
+				UNION ALL
+				SELECT s::text::xid8 FROM generate_series(pg_snapshot_xmax($1::pg_snapshot)::text::bigint, $2::bigint - 1) s) r
+			WHERE NOT pg_visible_in_snapshot(x, pg_current_snapshot())`, snap, next).Scan(&running, &oldest); err != nil {
 			return fmt.Errorf("resync %d: check the running transactions: %w", req.id, err)
 		}
 		if running == 0 {
 			return nil
+		}
+		if time.Since(marked) >= aliveEvery {
+			if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, $2)`, WatermarkPrefix, alive); err != nil {
+				return fmt.Errorf("resync %d: write an alive mark: %w", req.id, err)
+			}
+			marked = time.Now()
 		}
 		if time.Since(logged) > 10*time.Second {
 			log.Warn("resync waits for transactions that were running at its low watermark to end", "request", req.id,

@@ -14,6 +14,7 @@ import (
 
 // WatermarkPrefix is the logical message prefix of resync watermarks
 // (see Resync): a low mark (non-transactional) opens a request's window,
+// alive marks (non-transactional) say its server is still waiting,
 // a chunk mark (transactional, first in its transaction) says the rest of
 // the transaction is the request's resync events, and an end mark
 // (transactional) closes the window at its transaction's commit.
@@ -21,12 +22,13 @@ const WatermarkPrefix = "ferry.resync"
 
 // windowIdle is how long a window may see no mark of its request before
 // the reader gives it up (its server died and nothing serves the request
-// again), releasing the slot position it holds.
+// again), releasing the slot position it holds. A server waiting for
+// long transactions writes alive marks meanwhile (aliveEvery).
 const windowIdle = time.Hour
 
 // mark is a watermark's content.
 type mark struct {
-	Mark    string `json:"mark"` // low, chunk, end
+	Mark    string `json:"mark"` // low, alive, chunk, end
 	Request int64  `json:"request"`
 	Attempt int    `json:"attempt"`
 	Tenant  string `json:"tenant,omitempty"` // low marks
@@ -87,6 +89,10 @@ func (w *windows) message(lm *pglogrepl.LogicalDecodingMessage) {
 		}
 		w.open[mk.Request] = win
 		w.m.ResyncWindows.Set(float64(len(w.open)))
+	case mk.Mark == "alive" && !lm.Transactional:
+		if old != nil && old.Attempt == mk.Attempt {
+			old.seen = w.now() // its server waits for long transactions
+		}
 	case mk.Mark == "chunk" && lm.Transactional:
 		w.inChunk = true
 		if old != nil && old.Attempt == mk.Attempt {
