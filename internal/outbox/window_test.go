@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -78,7 +77,7 @@ func TestWaitRunningWritesAliveMarks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	slot := "alive_" + strings.ReplaceAll(strings.TrimPrefix(conn.Config().Database, "t"), "-", "_")
+	slot := conn.Config().Database + "_alive" // pgtest's names are valid slot name prefixes
 	if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'test_decoding')`, slot); err != nil {
 		t.Fatal(err)
 	}
