@@ -110,7 +110,14 @@ func serve(ctx context.Context, conn *pgx.Conn, cfg Config, req request, log *sl
 	if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, $2)`, WatermarkPrefix, markOf("low")); err != nil {
 		return 0, fmt.Errorf("resync %d: write the low watermark: %w", req.id, err)
 	}
-	if err := waitRunning(ctx, conn, req, log, markOf("alive")); err != nil {
+	// From here until serve returns, alive marks keep the window open
+	// through any long statement: the wait below, the work-set read, a
+	// slow resync query.
+	actx, stop := context.WithCancel(ctx)
+	alive := make(chan struct{})
+	go func() { defer close(alive); keepAlive(actx, conn.Config(), req, markOf("alive"), log) }()
+	defer func() { stop(); <-alive }()
+	if err := waitRunning(ctx, conn, req, log); err != nil {
 		return 0, err
 	}
 	total, err := emitChunks(ctx, conn, cfg, req, markOf)
@@ -279,16 +286,62 @@ func clearWork(ctx context.Context, tx pgx.Tx, request int64) error {
 	return err
 }
 
-// aliveEvery is how often a resync waiting for running transactions
-// writes an alive mark (non-transactional, like the low mark): the
-// reader keeps the window open while it sees them, so a transaction open
-// longer than windowIdle delays the resync but does not make the reader
+// aliveEvery is how often a resync being served writes an alive mark
+// (non-transactional, like the low mark): the reader keeps the window
+// open while it sees them, so a statement running longer than windowIdle
+// (a long transaction to wait for, the work set of a very large tenant,
+// a slow resync query) delays the resync but does not make the reader
 // give its window up (and drop its events).
 var aliveEvery = windowIdle / 6
 
-// waitRunning waits until every transaction running now has ended,
-// writing alive, the request's alive mark, every aliveEvery meanwhile.
-func waitRunning(ctx context.Context, conn *pgx.Conn, req request, log *slog.Logger, alive string) error {
+// keepAlive writes alive, the request's alive mark, every aliveEvery
+// until ctx ends. It uses a connection of its own, opened for the first
+// mark (a resync shorter than aliveEvery opens none): serve's connection
+// runs one statement at a time. A mark that cannot be written is logged
+// and tried again at the next tick; should none get through for
+// windowIdle, the reader gives the window up, as for a server that died.
+func keepAlive(ctx context.Context, cfg *pgx.ConnConfig, req request, alive string, log *slog.Logger) {
+	var mc *pgx.Conn
+	defer func() {
+		if mc != nil {
+			mc.Close(context.Background())
+		}
+	}()
+	start := time.Now()
+	t := time.NewTicker(aliveEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var err error
+		if mc == nil {
+			mc, err = pgx.ConnectConfig(ctx, cfg)
+		}
+		if err == nil {
+			_, err = mc.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, $2)`, WatermarkPrefix, alive)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			log.Warn("resync could not write an alive mark; will try again (cdc gives a resync's window up after "+windowIdle.String()+" without one)",
+				"request", req.id, "tenant_id", req.tenant, "reason", err.Error())
+			if mc != nil {
+				mc.Close(context.Background())
+				mc = nil
+			}
+			continue
+		}
+		log.Info("resync still running; alive mark written", "request", req.id, "tenant_id", req.tenant,
+			"running", time.Since(start).Round(time.Second).String())
+	}
+}
+
+// waitRunning waits until every transaction running now has ended.
+func waitRunning(ctx context.Context, conn *pgx.Conn, req request, log *slog.Logger) error {
 	// The snapshot's in-progress list leaves out running transactions
 	// whose ids are at or above its xmax (xmax is one past the latest
 	// completed id, not the next id to assign): an id taken in the same
@@ -298,7 +351,7 @@ func waitRunning(ctx context.Context, conn *pgx.Conn, req request, log *slog.Log
 	if err := conn.QueryRow(ctx, `SELECT pg_current_snapshot()::text, pg_current_xact_id()::text::bigint`).Scan(&snap, &next); err != nil {
 		return fmt.Errorf("resync %d: read the running transactions: %w", req.id, err)
 	}
-	start, wait, logged, marked := time.Now(), 5*time.Millisecond, time.Now(), time.Now()
+	start, wait, logged := time.Now(), 5*time.Millisecond, time.Now()
 	for {
 		var running int
 		var oldest *string
@@ -311,12 +364,6 @@ func waitRunning(ctx context.Context, conn *pgx.Conn, req request, log *slog.Log
 		}
 		if running == 0 {
 			return nil
-		}
-		if time.Since(marked) >= aliveEvery {
-			if _, err := conn.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, $2)`, WatermarkPrefix, alive); err != nil {
-				return fmt.Errorf("resync %d: write an alive mark: %w", req.id, err)
-			}
-			marked = time.Now()
 		}
 		if time.Since(logged) > 10*time.Second {
 			log.Warn("resync waits for transactions that were running at its low watermark to end", "request", req.id,

@@ -14,7 +14,7 @@ import (
 
 // WatermarkPrefix is the logical message prefix of resync watermarks
 // (see Resync): a low mark (non-transactional) opens a request's window,
-// alive marks (non-transactional) say its server is still waiting,
+// alive marks (non-transactional) say its server is still at work,
 // a chunk mark (transactional, first in its transaction) says the rest of
 // the transaction is the request's resync events, and an end mark
 // (transactional) closes the window at its transaction's commit.
@@ -22,8 +22,8 @@ const WatermarkPrefix = "ferry.resync"
 
 // windowIdle is how long a window may see no mark of its request before
 // the reader gives it up (its server died and nothing serves the request
-// again), releasing the slot position it holds. A server waiting for
-// long transactions writes alive marks meanwhile (aliveEvery).
+// again), releasing the slot position it holds. A server writes alive
+// marks meanwhile (aliveEvery) through its long statements.
 const windowIdle = time.Hour
 
 // mark is a watermark's content.
@@ -91,7 +91,7 @@ func (w *windows) message(lm *pglogrepl.LogicalDecodingMessage) {
 		w.m.ResyncWindows.Set(float64(len(w.open)))
 	case mk.Mark == "alive" && !lm.Transactional:
 		if old != nil && old.Attempt == mk.Attempt {
-			old.seen = w.now() // its server waits for long transactions
+			old.seen = w.now() // its server is still at work
 		}
 	case mk.Mark == "chunk" && lm.Transactional:
 		w.inChunk = true

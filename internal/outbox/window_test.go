@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 
 	"github.com/ferry-cdc/ferry/internal/lsnack"
 	"github.com/ferry-cdc/ferry/internal/metrics"
+	"github.com/ferry-cdc/ferry/internal/pgdb"
 	"github.com/ferry-cdc/ferry/internal/pgtest"
 )
 
@@ -67,70 +70,163 @@ func TestAliveMarksKeepAWaitingWindowOpen(t *testing.T) {
 }
 
 // waitRunning, against a real server, waits for a transaction that was
-// running when it started, and writes alive marks into the WAL while it
-// waits (read back here through a test_decoding slot).
-func TestWaitRunningWritesAliveMarks(t *testing.T) {
-	db := pgtest.New(t)
+// running when it started (its id above the snapshot's xmax on an
+// otherwise idle server: the case the in-progress list alone missed).
+func TestWaitRunningWaitsForARunningWriter(t *testing.T) {
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, db)
-	if err != nil {
+	conn, other := connPair(t)
+	if _, err := conn.Exec(ctx, `CREATE TABLE w (x int)`); err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(ctx)
+	commitAt := holdWriter(t, other, 1500*time.Millisecond)
+	if err := waitRunning(ctx, conn, request{id: 7, tenant: "acme"}, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatal(err)
+	}
+	returned := time.Now()
+	if at := <-commitAt; returned.Before(at) {
+		t.Fatalf("waitRunning returned %v before the running transaction's commit was sent", at.Sub(returned))
+	}
+}
+
+// While a resync is served, its alive marks reach the WAL through each
+// long statement, not only between them: the wait for a writer running
+// at the low mark, and the work set's read (here a resync query that
+// takes 1.5 s). Read back, in decoding order, through a test_decoding
+// slot: the writer's commit ends the wait; the read runs from the
+// query's own message to the first chunk mark.
+func TestServeWritesAliveMarksThroughLongStatements(t *testing.T) {
+	ctx := context.Background()
+	conn, other := connPair(t)
+	if _, err := pgdb.Migrate(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{CreateObjects: true, ResyncQueries: []ResyncQuery{{
+		AggregateType: "customer", EventType: "customer.updated",
+		// It writes a message of its own as it starts (a mark in the
+		// WAL), then sleeps.
+		Query: `SELECT 'c1' AS aggregate_id, '{}'::jsonb AS payload
+			FROM (SELECT pg_logical_emit_message(false, 'test', 'reading')::text AS l) m
+			WHERE pg_sleep(1.5 + 0 * length(m.l)) IS NOT NULL AND $1::text <> ''`,
+	}}}
+	cfg.SetDefaults()
+	if err := ensureTable(ctx, conn, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := EnsurePartitions(ctx, conn, cfg, time.Now(), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `CREATE TABLE w (x int)`); err != nil {
+		t.Fatal(err)
+	}
 	slot := conn.Config().Database + "_alive" // pgtest's names are valid slot name prefixes
 	if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'test_decoding')`, slot); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _, _ = conn.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, slot) })
-	if _, err := conn.Exec(ctx, `CREATE TABLE w (x int)`); err != nil {
-		t.Fatal(err)
-	}
-	other, err := pgx.Connect(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close(ctx)
-	tx, err := other.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO w VALUES (1)`); err != nil { // an xid: a running writer
-		t.Fatal(err)
-	}
 	old := aliveEvery
 	aliveEvery = 100 * time.Millisecond
 	t.Cleanup(func() { aliveEvery = old })
-	const held = 1500 * time.Millisecond
-	type commit struct {
-		at  time.Time // when the commit was sent
-		err error
+
+	var id int64
+	if err := conn.QueryRow(ctx, `INSERT INTO ferry.resync_request (integration, tenant_id) VALUES ('crm', 'acme') RETURNING id`).Scan(&id); err != nil {
+		t.Fatal(err)
 	}
-	committed := make(chan commit, 1)
+	commitAt := holdWriter(t, other, 1500*time.Millisecond)
+	n, err := serve(ctx, conn, cfg, request{id: id, integration: "crm", tenant: "acme"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil || n != 1 {
+		t.Fatalf("serve: %d events, %v; want the query's one", n, err)
+	}
+	<-commitAt
+
+	markOf := func(data string) string {
+		_, content, ok := strings.Cut(data, "content:")
+		var m mark
+		if !ok || !strings.Contains(data, "prefix: "+WatermarkPrefix+",") || json.Unmarshal([]byte(content), &m) != nil || m.Request != id {
+			return ""
+		}
+		return m.Mark
+	}
+	// Commits are asynchronous (synchronous_commit off): decoding reads
+	// up to what is flushed, so read until the end mark is there.
+	var changes []string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		rows, err := conn.Query(ctx, `SELECT data FROM pg_logical_slot_peek_changes($1, NULL, NULL)`, slot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if changes, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			t.Fatal(err)
+		}
+		if slices.ContainsFunc(changes, func(d string) bool { return markOf(d) == "end" }) || time.Now().After(deadline) {
+			break
+		}
+	}
+	// phase: 0 before the low mark, 1 waiting (until the writer's row),
+	// 2 until the query starts, 3 reading (until the first chunk mark),
+	// 4 after.
+	phase, alive := 0, [5]int{}
+	for _, data := range changes {
+		switch {
+		case phase == 0 && markOf(data) == "low":
+			phase = 1
+		case phase == 1 && strings.HasPrefix(data, "table public.w: INSERT"):
+			phase = 2
+		case phase == 2 && strings.HasPrefix(data, "message: transactional: 0 prefix: test,"):
+			phase = 3
+		case phase == 3 && markOf(data) == "chunk":
+			phase = 4
+		case markOf(data) == "alive":
+			if !strings.Contains(data, "transactional: 0") {
+				t.Fatalf("a transactional alive mark: %s", data)
+			}
+			alive[phase]++
+		}
+	}
+	// One every 100 ms over about 1.5 s each; the bound leaves room for
+	// a slow machine.
+	if phase != 4 || alive[1] < 3 || alive[3] < 3 {
+		t.Fatalf("alive marks while waiting %d, while reading %d (phases seen: %d of 4); want some in each, one every %v:\n%s",
+			alive[1], alive[3], phase, aliveEvery, strings.Join(changes, "\n"))
+	}
+}
+
+// connPair connects twice to a new database.
+func connPair(t *testing.T) (*pgx.Conn, *pgx.Conn) {
+	t.Helper()
+	db := pgtest.New(t)
+	var conns [2]*pgx.Conn
+	for i := range conns {
+		c, err := pgx.Connect(context.Background(), db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close(context.Background()) })
+		conns[i] = c
+	}
+	return conns[0], conns[1]
+}
+
+// holdWriter begins a transaction on conn that writes a row of w (so it
+// has an id) and commits it after held; the channel gets the time the
+// commit was sent, once it is done.
+func holdWriter(t *testing.T, conn *pgx.Conn, held time.Duration) <-chan time.Time {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO w VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	at := make(chan time.Time, 1)
 	go func() {
 		time.Sleep(held)
-		at := time.Now()
-		committed <- commit{at, tx.Commit(context.Background())}
+		sent := time.Now()
+		if err := tx.Commit(context.Background()); err != nil {
+			t.Error(err)
+		}
+		at <- sent
 	}()
-	alive := `{"mark":"alive","request":7,"attempt":1}`
-	if err := waitRunning(ctx, conn, request{id: 7, tenant: "acme"}, slog.New(slog.NewTextHandler(io.Discard, nil)), alive); err != nil {
-		t.Fatal(err)
-	}
-	returned := time.Now()
-	c := <-committed
-	if c.err != nil {
-		t.Fatal(c.err)
-	}
-	if returned.Before(c.at) {
-		t.Fatalf("waitRunning returned %v before the running transaction's commit was sent", c.at.Sub(returned))
-	}
-	var marks int
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_logical_slot_peek_changes($1, NULL, NULL)
-		WHERE data LIKE 'message: transactional: 0 prefix: ' || $2 || '%' AND data LIKE '%' || $3`, slot, WatermarkPrefix, alive).Scan(&marks); err != nil {
-		t.Fatal(err)
-	}
-	// One every 100 ms over about 1.5 s; the bound leaves room for a
-	// slow machine's polling.
-	if marks < 3 {
-		t.Fatalf("%d alive marks in the WAL during a %v wait, want one every %v", marks, held, aliveEvery)
-	}
+	return at
 }
