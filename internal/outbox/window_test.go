@@ -18,6 +18,7 @@ import (
 	"github.com/ferry-cdc/ferry/internal/metrics"
 	"github.com/ferry-cdc/ferry/internal/pgdb"
 	"github.com/ferry-cdc/ferry/internal/pgtest"
+	"github.com/ferry-cdc/ferry/internal/testutil"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -187,6 +188,59 @@ func TestServeWritesAliveMarksThroughLongStatements(t *testing.T) {
 	if phase != 4 || alive[1] < 3 || alive[3] < 3 {
 		t.Fatalf("alive marks while waiting %d, while reading %d (phases seen: %d of 4); want some in each, one every %v:\n%s",
 			alive[1], alive[3], phase, aliveEvery, strings.Join(changes, "\n"))
+	}
+}
+
+// keepAlive goes on after its connection is lost: the failed mark is
+// logged, and the next tick connects again.
+func TestKeepAliveReconnectsAfterItsConnectionIsLost(t *testing.T) {
+	ctx := context.Background()
+	conn, _ := connPair(t)
+	slot := conn.Config().Database + "_keep" // pgtest's names are valid slot name prefixes
+	if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'test_decoding')`, slot); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = conn.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, slot) })
+	old := aliveEvery
+	aliveEvery = 50 * time.Millisecond
+	t.Cleanup(func() { aliveEvery = old })
+
+	alive := `{"mark":"alive","request":9,"attempt":1}`
+	marks := func() int {
+		var n int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_logical_slot_peek_changes($1, NULL, NULL)
+			WHERE data LIKE 'message: transactional: 0 prefix: ' || $2 || '%' AND data LIKE '%' || $3`, slot, WatermarkPrefix, alive).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !ok(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %s within 10 s", what)
+			}
+		}
+	}
+	var logs testutil.SyncBuffer
+	kctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		keepAlive(kctx, conn.Config(), request{id: 9, tenant: "acme"}, alive, slog.New(slog.NewTextHandler(&logs, nil)))
+	}()
+	waitFor("first mark", func() bool { return marks() > 0 })
+	var killed int
+	if err := conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE '%pg_logical_emit_message%'`).Scan(&killed); err != nil || killed != 1 {
+		t.Fatalf("terminated %d mark connections (%v), want 1", killed, err)
+	}
+	after := marks()
+	waitFor("marks after the connection was lost", func() bool { return marks() >= after+3 })
+	stop()
+	<-done
+	if !strings.Contains(logs.String(), "could not write an alive mark") {
+		t.Fatalf("the lost connection was not logged:\n%s", logs.String())
 	}
 }
 
