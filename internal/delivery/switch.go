@@ -64,8 +64,12 @@ type Tenant struct {
 	Enabled     bool           `json:"enabled"`
 	Paused      bool           `json:"paused"`
 	Deliveries  map[string]int `json:"deliveries"` // by state
-	Parked      int            `json:"parked"`     // events in the durable queue
-	LastUpdate  *time.Time     `json:"last_update,omitempty"`
+	// DeliveriesOver is set (to TenantCounted) when the tenant has more
+	// deliveries than the tenants view reads; Deliveries and LastUpdate
+	// are then empty.
+	DeliveriesOver int        `json:"deliveries_over,omitempty"`
+	Parked         int        `json:"parked"` // events in the durable queue
+	LastUpdate     *time.Time `json:"last_update,omitempty"`
 	// Resync is the state of the newest resync request: "", "requested"
 	// or "done".
 	Resync string `json:"resync,omitempty"`

@@ -11,6 +11,14 @@ type TenantKey struct {
 	Integration string
 }
 
+// TenantCounted is how many of a tenant's deliveries the tenants view
+// reads for its counts and last update: a tenant with more shows
+// DeliveriesOver instead, so that a page costs at most limit ×
+// TenantCounted rows however large its tenants are (the page asks every
+// 5 s). `sink failures --tenant` lists a large tenant's problems. A
+// variable for tests.
+var TenantCounted = 10_000
+
 // TenantsPage lists up to limit tenants of an integration (or all when
 // ""), after the key after (zero: from the first), in (tenant_id,
 // integration) order, with the same columns as Tenants; next is the key
@@ -21,7 +29,7 @@ type TenantKey struct {
 // index scan of delivery_tenant (one index probe per tenant, however many
 // deliveries each has), the switch, pauses and parked events by their
 // (tenant_id, integration) indexes. The counts read only the page's
-// tenants' rows.
+// tenants' rows, at most TenantCounted each.
 func (l *Log) TenantsPage(ctx context.Context, integration string, after TenantKey, limit int) (ts []Tenant, next *TenantKey, err error) {
 	rows, err := l.pool.Query(ctx, `
 		WITH RECURSIVE d(tenant_id, integration) AS (
@@ -45,13 +53,14 @@ func (l *Log) TenantsPage(ctx context.Context, integration string, after TenantK
 		SELECT t.integration, t.tenant_id,
 			COALESCE((SELECT enabled FROM ferry.tenant_switch s WHERE s.integration = t.integration AND s.tenant_id = t.tenant_id), true),
 			EXISTS (SELECT 1 FROM ferry.pause p WHERE p.integration = t.integration AND p.tenant_id IN (t.tenant_id, '')),
-			COALESCE((SELECT jsonb_object_agg(state, n) FROM (SELECT state, count(*) AS n FROM ferry.delivery d
-				WHERE d.tenant_id = t.tenant_id AND d.integration = t.integration GROUP BY state) c), '{}'::jsonb),
+			COALESCE((SELECT jsonb_object_agg(state, n) FROM (SELECT state, count(*) AS n FROM (SELECT state FROM ferry.delivery d
+				WHERE d.tenant_id = t.tenant_id AND d.integration = t.integration LIMIT $5) x GROUP BY state) c), '{}'::jsonb),
 			(SELECT count(*) FROM ferry.parked_event q WHERE q.integration = t.integration AND q.tenant_id = t.tenant_id),
-			(SELECT max(updated_at) FROM ferry.delivery d WHERE d.tenant_id = t.tenant_id AND d.integration = t.integration),
+			(SELECT max(updated_at) FROM (SELECT updated_at FROM ferry.delivery d
+				WHERE d.tenant_id = t.tenant_id AND d.integration = t.integration LIMIT $5) x),
 			COALESCE((SELECT CASE WHEN done_at IS NULL THEN 'requested' WHEN error IS NOT NULL THEN 'failed' ELSE 'done' END FROM ferry.resync_request r
 				WHERE r.integration = t.integration AND r.tenant_id = t.tenant_id ORDER BY id DESC LIMIT 1), '')
-		FROM page t ORDER BY t.tenant_id, t.integration`, integration, after.TenantID, after.Integration, limit)
+		FROM page t ORDER BY t.tenant_id, t.integration`, integration, after.TenantID, after.Integration, limit, TenantCounted+1)
 	if err != nil {
 		return nil, nil, fmt.Errorf("delivery: list tenants: %w", err)
 	}
@@ -60,6 +69,14 @@ func (l *Log) TenantsPage(ctx context.Context, integration string, after TenantK
 		var t Tenant
 		if err := rows.Scan(&t.Integration, &t.TenantID, &t.Enabled, &t.Paused, &t.Deliveries, &t.Parked, &t.LastUpdate, &t.Resync); err != nil {
 			return nil, nil, fmt.Errorf("delivery: read tenants: %w", err)
+		}
+		n := 0
+		for _, c := range t.Deliveries {
+			n += c
+		}
+		if n > TenantCounted {
+			// Counts and last update of some of its rows would mislead.
+			t.Deliveries, t.LastUpdate, t.DeliveriesOver = map[string]int{}, nil, TenantCounted
 		}
 		ts = append(ts, t)
 	}

@@ -90,7 +90,10 @@ type PartitionLag struct {
 type IntegrationStatus struct {
 	Name       string           `json:"integration"`
 	Deliveries map[string]int64 `json:"deliveries"` // by state
-	Parked     map[string]int64 `json:"parked"`     // tenant → queued events, for the delivery.ParkedTop tenants with the most
+	// Estimated names the states whose Deliveries are estimates from
+	// the table's statistics (succeeded, on a large log: delivery.CountedBelow).
+	Estimated []string         `json:"deliveries_estimated,omitempty"`
+	Parked    map[string]int64 `json:"parked"` // tenant → queued events, for the delivery.ParkedTop tenants with the most
 	// ParkedTotal is the integration's parked events, over ParkedTenants
 	// tenants (`sink tenants` lists every one).
 	ParkedTotal   int64          `json:"parked_total"`
@@ -121,7 +124,11 @@ func (s *Service) Status(ctx context.Context) ([]IntegrationStatus, error) {
 		return st
 	}
 	for _, c := range counts {
-		get(c.Integration).Deliveries[string(c.State)] = c.Deliveries
+		st := get(c.Integration)
+		st.Deliveries[string(c.State)] = c.Deliveries
+		if c.Estimated {
+			st.Estimated = append(st.Estimated, string(c.State))
+		}
 	}
 	for in, ts := range parked {
 		st := get(in)

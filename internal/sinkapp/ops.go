@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/user"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -154,7 +155,7 @@ func status(ctx context.Context, svc *ops.Service, cmd statusCmd, stdout io.Writ
 		if s.LagError != "" {
 			lag = "? (" + s.LagError + ")"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%.1f\t%s\t%s\n", s.Name, orDash(s.Breaker), len(s.Processes), counts(s.Lanes), s.Rate, counts(s.Deliveries), lag)
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%.1f\t%s\t%s\n", s.Name, orDash(s.Breaker), len(s.Processes), counts(s.Lanes), s.Rate, counts(s.Deliveries, s.Estimated...), lag)
 	}
 	fmt.Fprintln(w, "\nINTEGRATION\tTOPIC\tPARTITION\tCOMMITTED\tEND\tLAG")
 	for _, s := range sts {
@@ -182,8 +183,9 @@ func status(ctx context.Context, svc *ops.Service, cmd statusCmd, stdout io.Writ
 	return w.Flush()
 }
 
-// counts prints a state → count map as "a=1 b=2", or "-".
-func counts[N int | int64](m map[string]N) string {
+// counts prints a state → count map as "a=1 b=2", or "-"; the states
+// named estimated as "a≈1".
+func counts[N int | int64](m map[string]N, estimated ...string) string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
@@ -191,7 +193,11 @@ func counts[N int | int64](m map[string]N) string {
 	sort.Strings(keys)
 	out := make([]string, len(keys))
 	for i, k := range keys {
-		out[i] = fmt.Sprintf("%s=%d", k, m[k])
+		sep := "="
+		if slices.Contains(estimated, k) {
+			sep = "≈" // an estimate from the table's statistics
+		}
+		out[i] = fmt.Sprintf("%s%s%d", k, sep, m[k])
 	}
 	return orDash(strings.Join(out, " "))
 }

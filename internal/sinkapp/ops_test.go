@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ferry-cdc/ferry/internal/delivery"
+	"github.com/ferry-cdc/ferry/internal/ops"
 	"github.com/ferry-cdc/ferry/internal/partnersim"
 )
 
@@ -83,8 +85,26 @@ func TestOperatorFailuresSkipRetryAndStatus(t *testing.T) {
 	}
 
 	code, out, _ = e.runCmd("status")
-	if code != 0 || !strings.Contains(out, "succeeded") || !strings.Contains(out, "skipped") {
+	if code != 0 || !strings.Contains(out, "skipped=1 succeeded=2") {
 		t.Fatalf("status:\n%s", out)
+	}
+	// A log above delivery.CountedBelow rows: the problems are counted,
+	// succeeded is estimated from the table's statistics, and says so.
+	if _, err := e.conn.Exec(context.Background(), `ANALYZE ferry.delivery`); err != nil {
+		t.Fatal(err)
+	}
+	old := delivery.CountedBelow
+	delivery.CountedBelow = 0
+	defer func() { delivery.CountedBelow = old }()
+	code, out, _ = e.runCmd("status")
+	if code != 0 || !strings.Contains(out, "skipped=1 succeeded≈2") {
+		t.Fatalf("status of a large log:\n%s", out)
+	}
+	code, out, _ = e.runCmd("status", "--json")
+	var sts []ops.IntegrationStatus
+	if err := json.Unmarshal([]byte(out), &sts); code != 0 || err != nil || len(sts) != 1 ||
+		!slices.Equal(sts[0].Estimated, []string{"succeeded"}) || sts[0].Deliveries["skipped"] != 1 {
+		t.Fatalf("status --json of a large log: %v %+v\n%s", err, sts, out)
 	}
 	var acts int
 	if err := e.conn.QueryRow(context.Background(), `SELECT count(*) FROM ferry.operator_action`).Scan(&acts); err != nil || acts != 2 {

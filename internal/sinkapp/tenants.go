@@ -73,7 +73,11 @@ func (c *command) tenants(ctx context.Context, svc *ops.Service, stdout, stderr 
 		if t.LastUpdate != nil {
 			last = t.LastUpdate.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%s\t%d\t%s\t%s\n", t.Integration, t.TenantID, sw, t.Paused, counts(t.Deliveries), t.Parked,
+		dl := counts(t.Deliveries)
+		if t.DeliveriesOver > 0 {
+			dl = fmt.Sprintf("over %d", t.DeliveriesOver) // not all read: sink failures --tenant lists its problems
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%s\t%d\t%s\t%s\n", t.Integration, t.TenantID, sw, t.Paused, dl, t.Parked,
 			orDash(t.Resync), last)
 	}
 	return w.Flush()

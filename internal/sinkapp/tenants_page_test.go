@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ferry-cdc/ferry/internal/delivery"
 	"github.com/ferry-cdc/ferry/internal/partnersim"
@@ -140,5 +141,112 @@ func TestStatusNamesTheTenantsWithTheMostParkedEvents(t *testing.T) {
 		if s.Name == "shop" && (len(s.Parked) != delivery.ParkedTop || s.ParkedTotal != 325 || s.ParkedTenants != 25) {
 			t.Fatalf("status --json for shop: %+v", s)
 		}
+	}
+}
+
+// The tenants view reads at most delivery.TenantCounted of a tenant's
+// deliveries: a tenant with more shows "over N" (no counts of some of
+// its rows, no last update from them); the others keep their counts.
+func TestTenantsViewReadsABoundedShareOfALargeTenant(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	ctx := context.Background()
+	if code, out, errOut := e.runCmd("status"); code != 0 { // applies the migrations
+		t.Fatalf("status: %d %s %s", code, out, errOut)
+	}
+	old := delivery.TenantCounted
+	delivery.TenantCounted = 5
+	defer func() { delivery.TenantCounted = old }()
+	// big has 5,000 deliveries; edge has 5, just at the limit; small 2;
+	// and 3,000 more tenants (after them in the view's order) one each,
+	// so that the statistics see many tenants, as a real log has.
+	if _, err := e.conn.Exec(ctx, `INSERT INTO ferry.delivery (integration, event_id, tenant_id, event_type, state)
+		SELECT 'shop', t || n, t, 'product.updated', CASE WHEN n = 1 THEN 'rejected' ELSE 'succeeded' END
+		FROM (VALUES ('big', 5000), ('edge', 5), ('small', 2)) v(t, k), generate_series(1, k) n
+		UNION ALL SELECT 'shop', 'x' || n, 'x' || lpad(n::text, 4, '0'), 'product.updated', 'succeeded' FROM generate_series(1, 3000) n;
+		ANALYZE ferry.delivery`); err != nil {
+		t.Fatal(err)
+	}
+	var code int
+	var out, errOut string
+	rowsRead := e.deliveryRowsRead(func() { code, out, errOut = e.runCmd("tenants", "--limit", "3", "--json") })
+	var ts []delivery.Tenant
+	if code != 0 || json.Unmarshal([]byte(out), &ts) != nil || len(ts) != 3 {
+		t.Fatalf("tenants: %d %s %s", code, out, errOut)
+	}
+	if rowsRead > 200 {
+		t.Errorf("the page read %d rows of ferry.delivery; its three tenants' share is at most 2 × 6 each and an index probe per tenant", rowsRead)
+	}
+	big, edge, small := ts[0], ts[1], ts[2]
+	if big.TenantID != "big" || big.DeliveriesOver != 5 || len(big.Deliveries) != 0 || big.LastUpdate != nil {
+		t.Errorf("the tenant over the limit: %+v", big)
+	}
+	if edge.TenantID != "edge" || edge.DeliveriesOver != 0 || edge.Deliveries["succeeded"] != 4 || edge.Deliveries["rejected"] != 1 || edge.LastUpdate == nil {
+		t.Errorf("the tenant at the limit: %+v", edge)
+	}
+	if small.DeliveriesOver != 0 || small.Deliveries["succeeded"] != 1 || small.Deliveries["rejected"] != 1 || small.LastUpdate == nil {
+		t.Errorf("a small tenant: %+v", small)
+	}
+	code, out, _ = e.runCmd("tenants", "--limit", "3")
+	if code != 0 || !strings.Contains(out, "over 5") || !strings.Contains(out, "rejected=1 succeeded=4") {
+		t.Fatalf("tenants table:\n%s", out)
+	}
+}
+
+// deliveryRowsRead returns how many rows of ferry.delivery run read, by
+// any scan, from the table's statistics (a backend's counts reach them
+// when it ends: a command's connections end with it).
+func (e *env) deliveryRowsRead(run func()) int64 {
+	e.t.Helper()
+	read := func() (n int64) {
+		if err := e.conn.QueryRow(context.Background(), `SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0)
+			FROM pg_stat_user_tables WHERE relid = 'ferry.delivery'::regclass`).Scan(&n); err != nil {
+			e.t.Fatal(err)
+		}
+		return n
+	}
+	before := read()
+	run()
+	waitFor(e.t, 10*time.Second, "the command's reads in the statistics", func() bool { return read() > before })
+	time.Sleep(time.Second) // any backend of the command still ending
+	return read() - before
+}
+
+// A later page of the failure listing reads about its own rows, as the
+// first does: the planner, misjudging the cursor's row comparison, read
+// every older problem through a bitmap and sorted them.
+func TestFailurePagesReadAboutTheirOwnRows(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	ctx := context.Background()
+	if code, out, errOut := e.runCmd("status"); code != 0 { // applies the migrations
+		t.Fatalf("status: %d %s %s", code, out, errOut)
+	}
+	// 200,000 deliveries, one in 125 a rejection, their times in no
+	// relation to their order in the table (as when problems come and
+	// go). Problems this rare make the planner count their share twice
+	// (the cursor's comparison, the index's predicate): it expects one
+	// row older than the cursor where there are 1,500.
+	if _, err := e.conn.Exec(ctx, `INSERT INTO ferry.delivery (integration, event_id, tenant_id, event_type, state, problem_at)
+		SELECT 'shop', 'e' || g, 't' || (g % 5000), 'product.updated',
+			CASE WHEN g % 125 = 0 THEN 'rejected' ELSE 'succeeded' END,
+			CASE WHEN g % 125 = 0 THEN now() - make_interval(secs => g % 86400) END
+		FROM generate_series(1, 200000) g;
+		ANALYZE ferry.delivery`); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := e.runCmd("failures", "--limit", "100", "--json")
+	var first, second []delivery.Failure
+	_, cursor, ok := strings.Cut(errOut, "more: --cursor ")
+	if code != 0 || !ok || json.Unmarshal([]byte(out), &first) != nil || len(first) != 100 {
+		t.Fatalf("failures: %d %d rows\n%s", code, len(first), errOut)
+	}
+	rowsRead := e.deliveryRowsRead(func() {
+		code, out, errOut = e.runCmd("failures", "--limit", "100", "--json", "--cursor", strings.TrimSpace(cursor))
+	})
+	if code != 0 || json.Unmarshal([]byte(out), &second) != nil || len(second) != 100 ||
+		second[0].ProblemAt.After(first[99].ProblemAt) || second[0].EventID == first[99].EventID {
+		t.Fatalf("second page: %d %d rows %s", code, len(second), errOut)
+	}
+	if rowsRead > 500 {
+		t.Errorf("the second page of 100 read %d rows of ferry.delivery (of 1,600 problems)", rowsRead)
 	}
 }
