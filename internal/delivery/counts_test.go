@@ -6,6 +6,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ferry-cdc/ferry/internal/pgtest"
 )
@@ -106,5 +109,36 @@ func TestCountsOfALargeLogCountProblemsAndEstimateTheRest(t *testing.T) {
 	plan := strings.Join(pgtest.Texts(t, tx, `EXPLAIN `+countProblems), "\n")
 	if !strings.Contains(plan, "delivery_problem") || strings.Contains(plan, "Seq Scan") {
 		t.Fatalf("the problems are not counted through delivery_problem:\n%s", plan)
+	}
+}
+
+// A failure listing with history holds one connection at a time: on a
+// pool of one it returns instead of waiting for a second.
+func TestFailuresWithHistoryOnAPoolOfOne(t *testing.T) {
+	l, ctx := newLog(t), context.Background()
+	a, err := l.Begin(ctx, "shop", ev, Source{Topic: "outbox.product"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Finish(ctx, a, Outcome{State: Rejected, Status: 422, Reason: "no"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := l.pool.Config().Copy()
+	cfg.MaxConns, cfg.MinConns = 1, 0
+	one, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer one.Close()
+	lone, err := New(one, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lone.Close()
+	tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	rows, _, err := lone.Failures(tctx, Filter{History: true})
+	if err != nil || len(rows) != 1 || len(rows[0].History) != 1 {
+		t.Fatalf("failures with history on a pool of one: %v, %+v", err, rows)
 	}
 }

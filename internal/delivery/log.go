@@ -767,6 +767,10 @@ func (l *Log) Failures(ctx context.Context, f Filter) (rows []Failure, next stri
 	if err := q.Err(); err != nil {
 		return nil, "", fmt.Errorf("delivery: list failures: %w", err)
 	}
+	// The connection goes back to the pool before history takes one: a
+	// listing never holds two (a pool of one would wait forever).
+	q.Close()
+	_ = tx.Rollback(ctx)
 	if len(rows) > f.Limit {
 		rows = rows[:f.Limit]
 		last := rows[len(rows)-1]
@@ -839,8 +843,14 @@ var CountedBelow = 200_000.0
 // CountedBelow). A first attempt still in flight is then in the
 // succeeded estimate (live sinks report their lanes in flight).
 func (l *Log) counts(ctx context.Context) ([]Count, error) {
-	var rowsEstimate float64 // -1 before the table was first analyzed
-	if err := l.pool.QueryRow(ctx, `SELECT reltuples FROM pg_class WHERE oid = 'ferry.delivery'::regclass`).Scan(&rowsEstimate); err != nil {
+	// The rows the planner reckons the table holds now: the last
+	// ANALYZE's (or VACUUM's) rows per page times the pages it has now,
+	// so the estimate follows the table's growth between them. -1 before
+	// the table was first analyzed.
+	var rowsEstimate float64
+	if err := l.pool.QueryRow(ctx, `SELECT CASE WHEN reltuples < 0 OR relpages = 0 THEN reltuples
+			ELSE reltuples / relpages * (pg_relation_size(oid) / current_setting('block_size')::int) END
+		FROM pg_class WHERE oid = 'ferry.delivery'::regclass`).Scan(&rowsEstimate); err != nil {
 		return nil, err
 	}
 	if rowsEstimate < CountedBelow {
@@ -861,7 +871,7 @@ func (l *Log) counts(ctx context.Context) ([]Count, error) {
 	rows, err := l.pool.Query(ctx, `WITH p AS (`+countProblems+`),
 		s AS (SELECT u.integration, round($1 * u.freq)::bigint AS n
 			FROM pg_stats, unnest(most_common_vals::text::text[], most_common_freqs) AS u(integration, freq)
-			WHERE schemaname = 'ferry' AND tablename = 'delivery' AND attname = 'integration')
+			WHERE schemaname = 'ferry' AND tablename = 'delivery' AND attname = 'integration' AND NOT inherited)
 		SELECT integration, state, n, false FROM p WHERE state <> 'succeeded'
 		UNION ALL
 		SELECT s.integration, 'succeeded', greatest(s.n - COALESCE((SELECT sum(n) FROM p

@@ -84,8 +84,12 @@ func TestWaitRunningWaitsForARunningWriter(t *testing.T) {
 		t.Fatal(err)
 	}
 	returned := time.Now()
-	if at := <-commitAt; returned.Before(at) {
-		t.Fatalf("waitRunning returned %v before the running transaction's commit was sent", at.Sub(returned))
+	c := <-commitAt
+	if c.err != nil {
+		t.Fatal(c.err)
+	}
+	if returned.Before(c.at) {
+		t.Fatalf("waitRunning returned %v before the running transaction's commit was sent", c.at.Sub(returned))
 	}
 }
 
@@ -137,7 +141,9 @@ func TestServeWritesAliveMarksThroughLongStatements(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("serve: %d events, %v; want the query's one", n, err)
 	}
-	<-commitAt
+	if c := <-commitAt; c.err != nil {
+		t.Fatal(c.err)
+	}
 
 	markOf := func(data string) string {
 		_, content, ok := strings.Cut(data, "content:")
@@ -262,8 +268,9 @@ func connPair(t *testing.T) (*pgx.Conn, *pgx.Conn) {
 
 // holdWriter begins a transaction on conn that writes a row of w (so it
 // has an id) and commits it after held; the channel gets the time the
-// commit was sent, once it is done.
-func holdWriter(t *testing.T, conn *pgx.Conn, held time.Duration) <-chan time.Time {
+// commit was sent and its error, once it is done (read by the test: a
+// goroutine must not report to a test that may have ended).
+func holdWriter(t *testing.T, conn *pgx.Conn, held time.Duration) <-chan commit {
 	t.Helper()
 	ctx := context.Background()
 	tx, err := conn.Begin(ctx)
@@ -273,14 +280,19 @@ func holdWriter(t *testing.T, conn *pgx.Conn, held time.Duration) <-chan time.Ti
 	if _, err := tx.Exec(ctx, `INSERT INTO w VALUES (1)`); err != nil {
 		t.Fatal(err)
 	}
-	at := make(chan time.Time, 1)
+	done, finished := make(chan commit, 1), make(chan struct{})
+	t.Cleanup(func() { <-finished }) // before conn's own cleanup closes it
 	go func() {
+		defer close(finished)
 		time.Sleep(held)
 		sent := time.Now()
-		if err := tx.Commit(context.Background()); err != nil {
-			t.Error(err)
-		}
-		at <- sent
+		done <- commit{sent, tx.Commit(context.Background())}
 	}()
-	return at
+	return done
+}
+
+// commit is when holdWriter sent its commit, and how it ended.
+type commit struct {
+	at  time.Time
+	err error
 }
