@@ -123,14 +123,8 @@ func TestServeWritesAliveMarksThroughLongStatements(t *testing.T) {
 	if _, err := conn.Exec(ctx, `CREATE TABLE w (x int)`); err != nil {
 		t.Fatal(err)
 	}
-	slot := conn.Config().Database + "_alive" // pgtest's names are valid slot name prefixes
-	if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'test_decoding')`, slot); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = conn.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, slot) })
-	old := aliveEvery
-	aliveEvery = 100 * time.Millisecond
-	t.Cleanup(func() { aliveEvery = old })
+	slot := decodingSlot(t, conn, "_alive")
+	markEvery(t, 100*time.Millisecond)
 
 	var id int64
 	if err := conn.QueryRow(ctx, `INSERT INTO ferry.resync_request (integration, tenant_id) VALUES ('crm', 'acme') RETURNING id`).Scan(&id); err != nil {
@@ -202,14 +196,8 @@ func TestServeWritesAliveMarksThroughLongStatements(t *testing.T) {
 func TestKeepAliveReconnectsAfterItsConnectionIsLost(t *testing.T) {
 	ctx := context.Background()
 	conn, _ := connPair(t)
-	slot := conn.Config().Database + "_keep" // pgtest's names are valid slot name prefixes
-	if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'test_decoding')`, slot); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = conn.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, slot) })
-	old := aliveEvery
-	aliveEvery = 50 * time.Millisecond
-	t.Cleanup(func() { aliveEvery = old })
+	slot := decodingSlot(t, conn, "_keep")
+	markEvery(t, 50*time.Millisecond)
 
 	alive := `{"mark":"alive","request":9,"attempt":1}`
 	marks := func() int {
@@ -248,6 +236,26 @@ func TestKeepAliveReconnectsAfterItsConnectionIsLost(t *testing.T) {
 	if !strings.Contains(logs.String(), "could not write an alive mark") {
 		t.Fatalf("the lost connection was not logged:\n%s", logs.String())
 	}
+}
+
+// decodingSlot creates a test_decoding slot named after conn's database
+// (pgtest's names are valid slot name prefixes) and suffix, dropped at
+// the test's end.
+func decodingSlot(t *testing.T, conn *pgx.Conn, suffix string) string {
+	t.Helper()
+	slot := conn.Config().Database + suffix
+	if _, err := conn.Exec(context.Background(), `SELECT pg_create_logical_replication_slot($1, 'test_decoding')`, slot); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = conn.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, slot) })
+	return slot
+}
+
+// markEvery sets aliveEvery for the test.
+func markEvery(t *testing.T, d time.Duration) {
+	old := aliveEvery
+	aliveEvery = d
+	t.Cleanup(func() { aliveEvery = old })
 }
 
 // connPair connects twice to a new database.
