@@ -53,14 +53,18 @@ func (l *Log) TenantsPage(ctx context.Context, integration string, after TenantK
 		SELECT t.integration, t.tenant_id,
 			COALESCE((SELECT enabled FROM ferry.tenant_switch s WHERE s.integration = t.integration AND s.tenant_id = t.tenant_id), true),
 			EXISTS (SELECT 1 FROM ferry.pause p WHERE p.integration = t.integration AND p.tenant_id IN (t.tenant_id, '')),
-			COALESCE((SELECT jsonb_object_agg(state, n) FROM (SELECT state, count(*) AS n FROM (SELECT state FROM ferry.delivery d
-				WHERE d.tenant_id = t.tenant_id AND d.integration = t.integration LIMIT $5) x GROUP BY state) c), '{}'::jsonb),
+			COALESCE(dl.by_state, '{}'::jsonb),
 			(SELECT count(*) FROM ferry.parked_event q WHERE q.integration = t.integration AND q.tenant_id = t.tenant_id),
-			(SELECT max(updated_at) FROM (SELECT updated_at FROM ferry.delivery d
-				WHERE d.tenant_id = t.tenant_id AND d.integration = t.integration LIMIT $5) x),
+			dl.last_update,
 			COALESCE((SELECT CASE WHEN done_at IS NULL THEN 'requested' WHEN error IS NOT NULL THEN 'failed' ELSE 'done' END FROM ferry.resync_request r
 				WHERE r.integration = t.integration AND r.tenant_id = t.tenant_id ORDER BY id DESC LIMIT 1), '')
-		FROM page t ORDER BY t.tenant_id, t.integration`, integration, after.TenantID, after.Integration, limit, TenantCounted+1)
+		FROM page t
+		-- The counts and the last update from one read of (at most $5
+		-- of) the tenant's deliveries.
+		LEFT JOIN LATERAL (SELECT jsonb_object_agg(state, n) AS by_state, max(last) AS last_update
+			FROM (SELECT state, count(*) AS n, max(updated_at) AS last FROM (SELECT state, updated_at FROM ferry.delivery d
+				WHERE d.tenant_id = t.tenant_id AND d.integration = t.integration LIMIT $5) x GROUP BY state) c) dl ON true
+		ORDER BY t.tenant_id, t.integration`, integration, after.TenantID, after.Integration, limit, TenantCounted+1)
 	if err != nil {
 		return nil, nil, fmt.Errorf("delivery: list tenants: %w", err)
 	}
