@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -41,6 +42,69 @@ type Service struct {
 	// Kafka is where consumer lag is read: brokers, TLS, SASL.
 	Kafka        kafkaconf.Config
 	Integrations map[string]Integration
+
+	counts countsCache // a large log's last counts, for Status
+}
+
+// countsCache holds the last delivery counts of a large log (see
+// countsReuse).
+type countsCache struct {
+	mu     sync.Mutex
+	at     time.Time // when they were read; zero: none held
+	took   time.Duration
+	counts []delivery.Count
+	parked map[string]map[string]int64
+	// forgets counts ForgetCounts calls: counts read while an act ran
+	// are not kept.
+	forgets uint64
+}
+
+// countsReuse: Status reuses a large log's counts (some estimated: over
+// delivery.CountedBelow rows) for countsReuse times what reading them
+// took. They cost up to a second there (the problems' pages are read),
+// and every open status page asks every 5 s: reused so, status keeps
+// Postgres busy a twentieth of the time at most, however many pages are
+// open. A small log is counted at every call. An operator act through
+// the admin API (ForgetCounts) has the next call count again.
+const countsReuse = 20
+
+// MinCountsReuse is the least time a large log's counts are reused for
+// (0: countsReuse alone). A variable for tests.
+var MinCountsReuse time.Duration
+
+// deliveryCounts is Log.Counts, reused as countsReuse says; at is when
+// the counts were read.
+func (s *Service) deliveryCounts(ctx context.Context) (counts []delivery.Count, parked map[string]map[string]int64, at time.Time, err error) {
+	c := &s.counts
+	c.mu.Lock()
+	if !c.at.IsZero() && time.Since(c.at) < max(MinCountsReuse, countsReuse*c.took) {
+		counts, parked, at = c.counts, c.parked, c.at
+		c.mu.Unlock()
+		return counts, parked, at, nil // read, never written, by Status
+	}
+	forgets := c.forgets
+	c.mu.Unlock()
+	at = time.Now()
+	if counts, parked, err = s.Log.Counts(ctx); err != nil {
+		return nil, nil, at, err
+	}
+	if slices.ContainsFunc(counts, func(n delivery.Count) bool { return n.Estimated }) {
+		c.mu.Lock()
+		if c.forgets == forgets {
+			c.at, c.took, c.counts, c.parked = at, time.Since(at), counts, parked
+		}
+		c.mu.Unlock()
+	}
+	return counts, parked, at, nil
+}
+
+// ForgetCounts has the next Status count the log again (after an
+// operator act, whose effect should show at once).
+func (s *Service) ForgetCounts() {
+	s.counts.mu.Lock()
+	s.counts.at = time.Time{}
+	s.counts.forgets++
+	s.counts.mu.Unlock()
 }
 
 // InputError is an operator mistake (bad or missing argument, nothing to
@@ -92,7 +156,10 @@ type IntegrationStatus struct {
 	Deliveries map[string]int64 `json:"deliveries"` // by state
 	// Estimated names the states whose Deliveries are estimates from
 	// the table's statistics (succeeded, on a large log: delivery.CountedBelow).
-	Estimated []string         `json:"deliveries_estimated,omitempty"`
+	Estimated []string `json:"deliveries_estimated,omitempty"`
+	// CountedAt is when Deliveries were read: on a large log the admin
+	// API reuses them for a while (see countsReuse).
+	CountedAt time.Time        `json:"counted_at"`
 	Parked    map[string]int64 `json:"parked"` // tenant → queued events, for the delivery.ParkedTop tenants with the most
 	// ParkedTotal is the integration's parked events, over ParkedTenants
 	// tenants (`sink tenants` lists every one).
@@ -110,7 +177,7 @@ type IntegrationStatus struct {
 // Status reports every integration known to the log, the live sinks or
 // the configuration.
 func (s *Service) Status(ctx context.Context) ([]IntegrationStatus, error) {
-	counts, parked, err := s.Log.Counts(ctx)
+	counts, parked, countedAt, err := s.deliveryCounts(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +185,7 @@ func (s *Service) Status(ctx context.Context) ([]IntegrationStatus, error) {
 	get := func(name string) *IntegrationStatus {
 		st := byName[name]
 		if st == nil {
-			st = &IntegrationStatus{Name: name, Deliveries: map[string]int64{}, Parked: map[string]int64{}, Lanes: map[string]int{}}
+			st = &IntegrationStatus{Name: name, Deliveries: map[string]int64{}, Parked: map[string]int64{}, Lanes: map[string]int{}, CountedAt: countedAt}
 			byName[name] = st
 		}
 		return st

@@ -12,10 +12,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ferry-cdc/ferry/internal/delivery"
+	"github.com/ferry-cdc/ferry/internal/ops"
 	"github.com/ferry-cdc/ferry/internal/partnersim"
 )
 
@@ -197,6 +200,75 @@ func TestAdminAPI(t *testing.T) {
 	code, out, errOut := e.runCmd("status", "--brokers", strings.Join(e.kafka.Addrs, ","))
 	if code != 0 || !strings.Contains(out, "closed") || !strings.Contains(out, e.topic) {
 		t.Fatalf("sink status: %d\n%s%s", code, out, errOut)
+	}
+}
+
+// On a large log (its succeeded count estimated) the admin API reuses
+// status's delivery counts for a while (they cost up to a second on
+// 10,000,000 deliveries, and the page asks every 5 s) and says when they
+// were read; an act through the API has the next status count again. A
+// small log is counted at every call.
+func TestStatusReusesTheCountsOfALargeLog(t *testing.T) {
+	e := newEnv(t, partnersim.Config{})
+	for _, id := range []string{"globex-1", "globex-2", "globex-3"} {
+		e.produce("globex", id, "product.updated", `{"n":1}`)
+	}
+	addr := freeAddr(t)
+	e.start("--config", e.config(""), "--admin-addr", addr)
+	waitFor(t, time.Minute, "the deliveries", func() bool { return e.state("globex-3") == "succeeded" })
+	type status struct {
+		Deliveries map[string]int64 `json:"deliveries"`
+		Estimated  []string         `json:"deliveries_estimated"`
+		CountedAt  time.Time        `json:"counted_at"`
+	}
+	get := func() status {
+		t.Helper()
+		var st []status
+		if code := api(t, addr, "", "GET", "/api/v1/status", "", &st); code != 200 || len(st) != 1 {
+			t.Fatalf("status: %d %+v", code, st)
+		}
+		return st[0]
+	}
+	// Another process's work, as far as this one knows.
+	skip := func(id string) {
+		t.Helper()
+		if _, err := e.conn.Exec(context.Background(), `UPDATE ferry.delivery SET state = 'skipped', problem_at = now()
+			WHERE integration = 'shop' AND event_id = $1`, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	oldBelow, oldReuse := delivery.CountedBelow, ops.MinCountsReuse
+	ops.MinCountsReuse = time.Hour // counts reused are reused for the whole test
+	t.Cleanup(func() { delivery.CountedBelow, ops.MinCountsReuse = oldBelow, oldReuse })
+
+	skip("globex-1")
+	if st := get(); st.Deliveries["skipped"] != 1 || len(st.Estimated) != 0 || time.Since(st.CountedAt) > time.Minute {
+		t.Fatalf("status of a small log: %+v", st)
+	}
+	skip("globex-2")
+	if st := get(); st.Deliveries["skipped"] != 2 {
+		t.Fatalf("status of a small log after a change: %+v; want it counted again", st)
+	}
+
+	if _, err := e.conn.Exec(context.Background(), `ANALYZE ferry.delivery`); err != nil {
+		t.Fatal(err)
+	}
+	delivery.CountedBelow = 0
+	first := get()
+	if first.Deliveries["skipped"] != 2 || !slices.Equal(first.Estimated, []string{"succeeded"}) {
+		t.Fatalf("status of a large log: %+v", first)
+	}
+	skip("globex-3")
+	if st := get(); st.Deliveries["skipped"] != 2 || !st.CountedAt.Equal(first.CountedAt) {
+		t.Fatalf("status of a large log, asked again: %+v; want the counts of %v reused", st, first.CountedAt)
+	}
+	var ok map[string]any
+	if code := api(t, addr, "", "POST", "/api/v1/pause", `{"integration":"shop","tenant":"acme","reason":"migration"}`, &ok); code != 200 {
+		t.Fatalf("pause: %d %v", code, ok)
+	}
+	if st := get(); st.Deliveries["skipped"] != 3 || !st.CountedAt.After(first.CountedAt) {
+		t.Fatalf("status of a large log after an act: %+v; want it counted again", st)
 	}
 }
 
