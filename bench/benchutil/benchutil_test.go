@@ -2,6 +2,7 @@ package benchutil
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -53,10 +54,9 @@ func TestMetricAsksForOneFamily(t *testing.T) {
 	target, _ := url.Parse("http://" + srv.Addr())
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	proxy.ModifyResponse = func(resp *http.Response) error {
-		rec := httptest.NewRecorder()
-		_, _ = rec.Body.ReadFrom(resp.Body)
+		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		body := rec.Body.String()
+		body := string(b)
 		resp.Body = readCloser{strings.NewReader(body)}
 		mu.Lock()
 		seen = append(seen, exchange{resp.Request.URL.Query(), resp.Request.Header.Get("Accept-Encoding"), body, resp.Header.Get("Content-Encoding")})
@@ -80,6 +80,10 @@ func TestMetricAsksForOneFamily(t *testing.T) {
 			t.Errorf("Metric(%s) = %v, want %v", c.series, got, c.want)
 		}
 		mu.Lock()
+		if len(seen) == 0 {
+			mu.Unlock()
+			t.Fatalf("Metric(%s) made no request", c.series)
+		}
 		ex := seen[len(seen)-1]
 		mu.Unlock()
 		if !strings.Contains(strings.Join(ex.query["name[]"], ","), c.family) || ex.encoding != "identity" || ex.gotEncode != "" {

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ferry-cdc/ferry/internal/admin"
@@ -49,13 +48,8 @@ var page []byte
 // (not JSON) or 500.
 func (s *Service) Routes(acc admin.Access) map[string]http.Handler {
 	// Every act is recorded under the token's name (admin.Access.Actor).
-	// After an act, and before its answer, status forgets the counts it
-	// reuses (see countsReuse).
 	guard := func(h http.HandlerFunc) http.Handler {
 		return acc.RequireToken(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method != http.MethodGet {
-				w = &forgetOnReply{ResponseWriter: w, forget: s.ForgetCounts}
-			}
 			h(w, r.WithContext(delivery.WithActor(r.Context(), acc.Actor(r))))
 		}))
 	}
@@ -234,25 +228,3 @@ func writeErr(w http.ResponseWriter, status int, msg string) {
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
 }
-
-// forgetOnReply calls forget once, before the first byte of the answer:
-// an act is done by then, and a status asked for after its answer
-// counts the log again.
-type forgetOnReply struct {
-	http.ResponseWriter
-	forget func()
-	once   sync.Once
-}
-
-func (f *forgetOnReply) WriteHeader(code int) {
-	f.once.Do(f.forget)
-	f.ResponseWriter.WriteHeader(code)
-}
-
-func (f *forgetOnReply) Write(b []byte) (int, error) {
-	f.once.Do(f.forget)
-	return f.ResponseWriter.Write(b)
-}
-
-// Unwrap is for http.ResponseController.
-func (f *forgetOnReply) Unwrap() http.ResponseWriter { return f.ResponseWriter }

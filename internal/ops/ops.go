@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/ferry-cdc/ferry/internal/consume"
 	"github.com/ferry-cdc/ferry/internal/delivery"
@@ -52,59 +54,86 @@ type countsCache struct {
 	mu     sync.Mutex
 	at     time.Time // when they were read; zero: none held
 	took   time.Duration
+	act    int64 // the last operator act (ferry.operator_action.id) before they were read
 	counts []delivery.Count
 	parked map[string]map[string]int64
-	// forgets counts ForgetCounts calls: counts read while an act ran
-	// are not kept.
-	forgets uint64
+	// flight has callers at once share one read.
+	flight singleflight.Group
+}
+
+// countsRead is one read of the log's counts.
+type countsRead struct {
+	counts []delivery.Count
+	parked map[string]map[string]int64
+	at     time.Time
 }
 
 // countsReuse: Status reuses a large log's counts (some estimated: over
-// delivery.CountedBelow rows) for countsReuse times what reading them
-// took. They cost up to a second there (the problems' pages are read),
-// and every open status page asks every 5 s: reused so, status keeps
-// Postgres busy a twentieth of the time at most, however many pages are
-// open. A small log is counted at every call. An operator act through
-// the admin API (ForgetCounts) has the next call count again.
+// delivery.CountedBelow rows), the parked counts with them, for
+// countsReuse times what reading them took, until an operator act is
+// recorded (by any process: ferry.operator_action). They cost up to a
+// second there (the problems' pages are read), and every open status
+// page asks every 5 s; reused so, and with callers at once sharing one
+// read, each sink's status keeps Postgres busy a twentieth of the time
+// at most, however many pages are open. A small log is counted at every
+// call.
 const countsReuse = 20
 
 // MinCountsReuse is the least time a large log's counts are reused for
 // (0: countsReuse alone). A variable for tests.
 var MinCountsReuse time.Duration
 
+// countsTimeout bounds a read that callers share (no single caller's
+// context ends it).
+const countsTimeout = time.Minute
+
 // deliveryCounts is Log.Counts, reused as countsReuse says; at is when
-// the counts were read.
+// the counts were read. The maps and slices are shared: read them only.
 func (s *Service) deliveryCounts(ctx context.Context) (counts []delivery.Count, parked map[string]map[string]int64, at time.Time, err error) {
+	// An index lookup: counts read before the last act are not reused.
+	// (An act whose id was assigned before another's but committed
+	// after it goes unnoticed until the counts expire.)
+	var act int64
+	if err := s.Pool.QueryRow(ctx, `SELECT COALESCE(max(id), 0) FROM ferry.operator_action`).Scan(&act); err != nil {
+		return nil, nil, at, fmt.Errorf("status: read the last operator act: %w", err)
+	}
 	c := &s.counts
 	c.mu.Lock()
-	if !c.at.IsZero() && time.Since(c.at) < max(MinCountsReuse, countsReuse*c.took) {
+	if !c.at.IsZero() && c.act == act && time.Since(c.at) < max(MinCountsReuse, countsReuse*c.took) {
 		counts, parked, at = c.counts, c.parked, c.at
 		c.mu.Unlock()
-		return counts, parked, at, nil // read, never written, by Status
+		return counts, parked, at, nil
 	}
-	forgets := c.forgets
 	c.mu.Unlock()
-	at = time.Now()
-	if counts, parked, err = s.Log.Counts(ctx); err != nil {
-		return nil, nil, at, err
-	}
-	if slices.ContainsFunc(counts, func(n delivery.Count) bool { return n.Estimated }) {
-		c.mu.Lock()
-		if c.forgets == forgets {
-			c.at, c.took, c.counts, c.parked = at, time.Since(at), counts, parked
+	// Keyed by the last act: a read begun before an act is not handed to
+	// callers after it.
+	ch := c.flight.DoChan(strconv.FormatInt(act, 10), func() (any, error) {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), countsTimeout)
+		defer cancel()
+		r := countsRead{at: time.Now()}
+		var err error
+		if r.counts, r.parked, err = s.Log.Counts(rctx); err != nil {
+			return nil, err
 		}
-		c.mu.Unlock()
+		if slices.ContainsFunc(r.counts, func(n delivery.Count) bool { return n.Estimated }) {
+			c.mu.Lock()
+			if r.at.After(c.at) {
+				c.at, c.took, c.act, c.counts, c.parked = r.at, time.Since(r.at), act, r.counts, r.parked
+			}
+			c.mu.Unlock()
+		}
+		return r, nil
+	})
+	select {
+	case <-ctx.Done():
+		return nil, nil, at, ctx.Err()
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, nil, at, res.Err
+		}
+		r := res.Val.(countsRead)
+		return r.counts, r.parked, r.at, nil
 	}
-	return counts, parked, at, nil
-}
-
-// ForgetCounts has the next Status count the log again (after an
-// operator act, whose effect should show at once).
-func (s *Service) ForgetCounts() {
-	s.counts.mu.Lock()
-	s.counts.at = time.Time{}
-	s.counts.forgets++
-	s.counts.mu.Unlock()
 }
 
 // InputError is an operator mistake (bad or missing argument, nothing to
@@ -157,10 +186,12 @@ type IntegrationStatus struct {
 	// Estimated names the states whose Deliveries are estimates from
 	// the table's statistics (succeeded, on a large log: delivery.CountedBelow).
 	Estimated []string `json:"deliveries_estimated,omitempty"`
-	// CountedAt is when Deliveries were read: on a large log the admin
-	// API reuses them for a while (see countsReuse).
-	CountedAt time.Time        `json:"counted_at"`
-	Parked    map[string]int64 `json:"parked"` // tenant → queued events, for the delivery.ParkedTop tenants with the most
+	// CountedAt is when Deliveries and the parked counts were read (a
+	// large log's are reused for a while: see countsReuse), CountedAge
+	// how long before this answer.
+	CountedAt  time.Time        `json:"counted_at"`
+	CountedAge float64          `json:"counted_age_seconds"`
+	Parked     map[string]int64 `json:"parked"` // tenant → queued events, for the delivery.ParkedTop tenants with the most
 	// ParkedTotal is the integration's parked events, over ParkedTenants
 	// tenants (`sink tenants` lists every one).
 	ParkedTotal   int64          `json:"parked_total"`
@@ -185,7 +216,8 @@ func (s *Service) Status(ctx context.Context) ([]IntegrationStatus, error) {
 	get := func(name string) *IntegrationStatus {
 		st := byName[name]
 		if st == nil {
-			st = &IntegrationStatus{Name: name, Deliveries: map[string]int64{}, Parked: map[string]int64{}, Lanes: map[string]int{}, CountedAt: countedAt}
+			st = &IntegrationStatus{Name: name, Deliveries: map[string]int64{}, Parked: map[string]int64{}, Lanes: map[string]int{},
+				CountedAt: countedAt, CountedAge: time.Since(countedAt).Seconds()}
 			byName[name] = st
 		}
 		return st
