@@ -59,6 +59,26 @@ func Metric(admin, series string) float64 {
 // PeakRSS returns a process's peak resident set (VmHWM) in MiB.
 func PeakRSS(pid int) float64 { return status(pid, "VmHWM:") }
 
+// CPUSeconds returns the CPU time (user and system) a process has used,
+// from /proc/<pid>/stat (0 if it cannot be read). Its resolution is a
+// clock tick (10 ms).
+func CPUSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name (which may hold spaces), from
+	// the third: state, ppid, …; utime and stime are the 14th and 15th.
+	_, rest, ok := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // USER_HZ, 100 on Linux
+}
+
 // RSS returns a process's resident set now (VmRSS) in MiB.
 func RSS(pid int) float64 { return status(pid, "VmRSS:") }
 

@@ -7,9 +7,11 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ferry-cdc/ferry/internal/admin"
 	"github.com/prometheus/client_golang/prometheus"
@@ -101,3 +103,16 @@ func TestMetricAsksForOneFamily(t *testing.T) {
 type readCloser struct{ *strings.Reader }
 
 func (readCloser) Close() error { return nil }
+
+// CPUSeconds reads this process's CPU time, which grows as it works.
+func TestCPUSecondsGrowsWithWork(t *testing.T) {
+	before := CPUSeconds(os.Getpid())
+	x := 0
+	for start := time.Now(); time.Since(start) < 200*time.Millisecond; {
+		x++
+	}
+	after := CPUSeconds(os.Getpid())
+	if after-before < 0.05 || after > 3600 {
+		t.Fatalf("CPU seconds %.2f then %.2f after 200 ms of work (%d loops)", before, after, x)
+	}
+}

@@ -235,7 +235,7 @@ func bigTransaction(ctx context.Context, cl *pgtest.Cluster, bin string, rows in
 	if _, err := conn.Exec(ctx, `CHECKPOINT`); err != nil {
 		return r, err
 	}
-	r.rate, r.peakRSSMiB, err = cdcDrain(bin, url, name, rows, true)
+	r.rate, r.peakRSSMiB, _, err = cdcDrain(bin, url, name, rows, true)
 	return r, err
 }
 
@@ -444,9 +444,9 @@ func drain(ctx context.Context, cl *pgtest.Cluster, bin, shape string, tenants, 
 		ceil := float64(rows) / secs
 		// cdc and pg_recvlogical take turns at going first: whoever runs
 		// second finds more of the WAL in the page cache.
-		var ref, rate, rss float64
+		var ref, rate, rss, cpu float64
 		runRef := func() error { ref, err = refDrain(url, "ref_"+slot, end, rows); return err }
-		runCDC := func() error { rate, rss, err = cdcDrain(bin, url, slot, rows, false); return err }
+		runCDC := func() error { rate, rss, cpu, err = cdcDrain(bin, url, slot, rows, false); return err }
 		order := []func() error{runRef, runCDC}
 		if i%2 == 1 {
 			order = []func() error{runCDC, runRef}
@@ -456,7 +456,7 @@ func drain(ctx context.Context, cl *pgtest.Cluster, bin, shape string, tenants, 
 				return r, err
 			}
 		}
-		fmt.Fprintf(os.Stderr, "%s, %d tenants, drain %s: ceiling %.0f/s, pg_recvlogical %.0f/s, cdc %.0f/s, RSS %.1f MiB\n", shape, tenants, slot, ceil, ref, rate, rss)
+		fmt.Fprintf(os.Stderr, "%s, %d tenants, drain %s: ceiling %.0f/s, pg_recvlogical %.0f/s, cdc %.0f/s, RSS %.1f MiB, cdc CPU %.2f µs/event\n", shape, tenants, slot, ceil, ref, rate, rss, cpu)
 		r.ceilRuns, r.refRuns, r.cdcRuns = append(r.ceilRuns, ceil), append(r.refRuns, ref), append(r.cdcRuns, rate)
 		r.peakRSSMiB = max(r.peakRSSMiB, rss)
 	}
@@ -503,19 +503,20 @@ func refDrain(url, slot string, end pglogrepl.LSN, rows int) (float64, error) {
 }
 
 // cdcDrain runs the cdc binary on its own slot and a fresh broker until it
-// published rows events; it returns the rate and cdc's peak RSS. The rate
+// published rows events; it returns the rate, cdc's peak RSS and its CPU
+// time per event in µs (from its start, start-up included). The rate
 // runs from the first event published to the last; with whole (a backlog
 // of one transaction, whose events are counted as published all at once
 // when it is acknowledged) from cdc's start instead.
-func cdcDrain(bin, url, slot string, rows int, whole bool) (float64, float64, error) {
+func cdcDrain(bin, url, slot string, rows int, whole bool) (rate, rss, cpuMicros float64, err error) {
 	dir, err := os.MkdirTemp("", "cdcbench-broker-")
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer os.RemoveAll(dir)
 	broker, brokerAddr, err := startBroker(bin, "--data-dir", dir, "--partitions", "8")
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer stop(broker)
 	admin := benchutil.FreeAddr()
@@ -523,7 +524,7 @@ func cdcDrain(bin, url, slot string, rows int, whole bool) (float64, float64, er
 	cdc.Stderr = os.Stderr
 	start := time.Now()
 	if err := cdc.Start(); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer stop(cdc)
 	var first time.Time
@@ -542,10 +543,11 @@ func cdcDrain(bin, url, slot string, rows int, whole bool) (float64, float64, er
 			}
 		}
 		if n >= float64(rows) {
-			return (n - n0) / time.Since(first).Seconds(), benchutil.PeakRSS(cdc.Process.Pid), nil
+			return (n - n0) / time.Since(first).Seconds(), benchutil.PeakRSS(cdc.Process.Pid),
+				benchutil.CPUSeconds(cdc.Process.Pid) / float64(rows) * 1e6, nil
 		}
 		if time.Now().After(deadline) {
-			return 0, 0, fmt.Errorf("cdc published %.0f of %d in 10 minutes", n, rows)
+			return 0, 0, 0, fmt.Errorf("cdc published %.0f of %d in 10 minutes", n, rows)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -121,11 +121,14 @@ func (t *Tracker) advance() {
 		}
 	}
 	if i > 0 {
-		// Shift rather than reslice so the backing array does not grow
-		// without bound under a steady stream.
-		n := copy(t.queue, t.queue[i:])
-		clear(t.queue[n:])
-		t.queue = t.queue[:n]
+		// Reslice: once the capacity left runs out, append moves the
+		// live entries to a new array about twice their number, so the
+		// array stays bounded and each drop costs O(1). (A shift per
+		// acknowledgement cost O(transactions in flight): 2.5% of cdc's
+		// CPU on single-row transactions.) The dropped slots are cleared
+		// so that their transactions can be collected.
+		clear(t.queue[:i])
+		t.queue = t.queue[i:]
 	}
 }
 

@@ -185,3 +185,25 @@ func TestNestedHolds(t *testing.T) {
 		t.Fatalf("released now: watermark %v, want 110", lsn)
 	}
 }
+
+// A steady stream (each transaction acknowledged while others are in
+// flight) keeps the queue's array bounded by a few times the
+// transactions in flight, and the watermark follows the oldest.
+func TestSteadyStreamKeepsTheQueueBounded(t *testing.T) {
+	const inFlight = 100
+	tr := New(0)
+	var live []*Pending
+	for i := 1; i <= 100_000; i++ {
+		live = append(live, tr.Add(pglogrepl.LSN(i), time.Time{}))
+		if len(live) > inFlight {
+			tr.Done(live[0], nil)
+			live = live[1:]
+		}
+		if c := cap(tr.queue); c > 4*inFlight {
+			t.Fatalf("after %d transactions the queue's array holds %d slots for %d in flight", i, c, len(tr.queue))
+		}
+	}
+	if lsn, _, n := tr.Acked(); lsn != pglogrepl.LSN(100_000-inFlight) || n != inFlight {
+		t.Fatalf("watermark %v with %d in flight; want %v with %d", lsn, n, pglogrepl.LSN(100_000-inFlight), inFlight)
+	}
+}

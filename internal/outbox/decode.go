@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -104,7 +105,7 @@ func (d *Decoder) Decode(msg pglogrepl.Message) (Step, error) {
 		}
 		d.tx = &Tx{Xid: m.Xid, CommitLSN: m.FinalLSN, CommitTime: m.CommitTime}
 		if m.FinalLSN != 0 {
-			d.tx.CommitLSNText = m.FinalLSN.String()
+			d.tx.CommitLSNText = lsnText(m.FinalLSN)
 		}
 		return Step{Begin: d.tx}, nil
 	case *pglogrepl.InsertMessage:
@@ -483,4 +484,26 @@ func Parse(data []byte) (m pglogrepl.Message, err error) {
 		}
 	}()
 	return pglogrepl.Parse(data)
+}
+
+// lsnText is lsn.String() ("%X/%X") without fmt: it runs once per
+// transaction, and fmt.Sprintf took 5% of cdc's CPU on single-row
+// transactions.
+func lsnText(lsn pglogrepl.LSN) string {
+	var b [17]byte // two 8-digit halves and the slash
+	out := appendUpperHex(b[:0], uint64(lsn)>>32)
+	out = append(out, '/')
+	out = appendUpperHex(out, uint64(lsn)&0xFFFFFFFF)
+	return string(out)
+}
+
+func appendUpperHex(b []byte, v uint64) []byte {
+	start := len(b)
+	b = strconv.AppendUint(b, v, 16)
+	for i := start; i < len(b); i++ {
+		if b[i] >= 'a' {
+			b[i] -= 'a' - 'A'
+		}
+	}
+	return b
 }

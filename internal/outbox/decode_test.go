@@ -258,3 +258,16 @@ func FuzzDecodeWAL(f *testing.F) {
 		}
 	})
 }
+
+// lsnText writes an LSN as pglogrepl (and Postgres) do: upper-case hex
+// halves without leading zeros.
+func FuzzLSNText(f *testing.F) {
+	for _, v := range []uint64{0, 1, 0xA, 0x16B3748, 0xFFFFFFFF, 0x1_00000000, 0xABCDEF01_23456789, ^uint64(0)} {
+		f.Add(v)
+	}
+	f.Fuzz(func(t *testing.T, v uint64) {
+		if got, want := lsnText(pglogrepl.LSN(v)), pglogrepl.LSN(v).String(); got != want {
+			t.Fatalf("lsnText(%#x) = %q, want %q", v, got, want)
+		}
+	})
+}

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -123,6 +124,9 @@ type Publisher struct {
 	router *route.Router
 	log    *slog.Logger
 	m      *metrics.CDC
+	// published and deadLettered are m.Events' two series, looked up
+	// once (a lookup per transaction hashed the label each time).
+	published, deadLettered prometheus.Counter
 	// Tenants, when set, tracks each tenant's published events.
 	Tenants *Tenants
 
@@ -142,7 +146,8 @@ func New(cfg Config, router *route.Router, log *slog.Logger, m *metrics.CDC) (*P
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	p := &Publisher{cfg: cfg, router: router, log: log, m: m}
+	p := &Publisher{cfg: cfg, router: router, log: log, m: m,
+		published: m.Events.WithLabelValues("published"), deadLettered: m.Events.WithLabelValues("dead_lettered")}
 	p.batchMax.Store(int32(cfg.MaxRecordBytes))
 	p.opts = append(cfg.Opts(), // brokers, TLS, SASL
 		kgo.ClientID(cfg.ClientID),
@@ -552,8 +557,10 @@ func (st *txState) finish(err error) {
 	if st.remaining.Add(-1) == 0 && st.acked.CompareAndSwap(false, true) {
 		p := st.s.p
 		dead := st.dead.Load()
-		p.m.Events.WithLabelValues("published").Add(float64(st.events - dead))
-		p.m.Events.WithLabelValues("dead_lettered").Add(float64(dead))
+		p.published.Add(float64(st.events - dead))
+		if dead > 0 {
+			p.deadLettered.Add(float64(dead))
+		}
 		st.ack(nil)
 	}
 }
