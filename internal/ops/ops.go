@@ -51,12 +51,10 @@ type Service struct {
 // countsCache holds the last delivery counts of a large log (see
 // countsReuse).
 type countsCache struct {
-	mu     sync.Mutex
-	at     time.Time // when they were read; zero: none held
-	took   time.Duration
-	act    int64 // the last operator act (ferry.operator_action.id) before they were read
-	counts []delivery.Count
-	parked map[string]map[string]int64
+	mu   sync.Mutex
+	last countsRead // last.at zero: none held
+	took time.Duration
+	act  int64 // the last operator act (ferry.operator_action.id) before they were read
 	// flight has callers at once share one read.
 	flight singleflight.Group
 }
@@ -99,10 +97,9 @@ func (s *Service) deliveryCounts(ctx context.Context) (counts []delivery.Count, 
 	}
 	c := &s.counts
 	c.mu.Lock()
-	if !c.at.IsZero() && c.act == act && time.Since(c.at) < max(MinCountsReuse, countsReuse*c.took) {
-		counts, parked, at = c.counts, c.parked, c.at
+	if last := c.last; !last.at.IsZero() && c.act == act && time.Since(last.at) < max(MinCountsReuse, countsReuse*c.took) {
 		c.mu.Unlock()
-		return counts, parked, at, nil
+		return last.counts, last.parked, last.at, nil
 	}
 	c.mu.Unlock()
 	// Keyed by the last act: a read begun before an act is not handed to
@@ -117,8 +114,8 @@ func (s *Service) deliveryCounts(ctx context.Context) (counts []delivery.Count, 
 		}
 		if slices.ContainsFunc(r.counts, func(n delivery.Count) bool { return n.Estimated }) {
 			c.mu.Lock()
-			if r.at.After(c.at) {
-				c.at, c.took, c.act, c.counts, c.parked = r.at, time.Since(r.at), act, r.counts, r.parked
+			if r.at.After(c.last.at) {
+				c.last, c.took, c.act = r, time.Since(r.at), act
 			}
 			c.mu.Unlock()
 		}
